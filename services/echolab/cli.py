@@ -23,15 +23,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run an echo server")
     servers = serve.add_subparsers(dest="server", required=True)
     threaded = servers.add_parser("threaded", help="socketserver: serial, thread-per-connection, pool")
-    config.add_arguments(threaded, SERVE_COMMON + ("model", "threads"))
+    config.add_arguments(threaded, (*SERVE_COMMON, "model", "threads"))
     asynchronous = servers.add_parser("async", help="asyncio Protocol on uvloop or asyncio")
-    config.add_arguments(asynchronous, SERVE_COMMON + ("loop",))
+    config.add_arguments(asynchronous, (*SERVE_COMMON, "loop"))
 
     bench = commands.add_parser("bench", help="load an echo server and report what the client saw")
     bench.add_argument("target", metavar="HOST:PORT")
     bench.add_argument("--framing", choices=config.FRAMINGS, default="lines")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     config.add_arguments(bench, BENCH)
+
+    demo = commands.add_parser("demo", help="sweep every server through rising concurrency, write a report")
+    from .demo import add_arguments as add_demo_arguments
+
+    add_demo_arguments(demo)
 
     settings = commands.add_parser("config", help="print the settings table")
     settings.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
@@ -55,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         from . import bench
 
         return bench.main(args)
+    if args.command == "demo":
+        raise_fd_limit()
+        from . import demo
+
+        return demo.run(args)
     if args.command == "config":
         print(config.markdown_table())
         return 0

@@ -1,0 +1,118 @@
+"""``echolab demo`` (``make demo``): the comparison anyone can run with only Python.
+
+Starts each server natively on loopback, walks it through a concurrency
+sweep with the ``echolab bench`` engine, prints a side-by-side table and a
+verdict per server, and writes reports/demo-<time>/index.html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .sweep import ServerSpec
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+DEFAULT_LEVELS = (1, 10, 100, 500, 1000, 2000, 5000)
+QUICK_LEVELS = (1, 10, 100, 1000)
+SERIAL_MAX_LEVEL = 10  # one client at a time: past this it only shows queueing
+
+
+def servers(framing: str) -> list[ServerSpec]:
+    return [
+        ServerSpec("threaded", "threaded", framing, ("--model", "thread-per-connection")),
+        ServerSpec("async", "async", framing, ("--loop", "uvloop")),
+        # The article's baseline in its own protocol: with persistent
+        # connections a serial server would serve its first client forever.
+        ServerSpec("serial", "threaded", "oneshot", ("--model", "serial")),
+    ]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help=f"about 30 s: levels {', '.join(map(str, QUICK_LEVELS))}, short runs")
+    parser.add_argument("--levels", type=lambda s: tuple(int(x) for x in s.split(",")),
+                        help=f"comma-separated connection counts (default {DEFAULT_LEVELS})")
+    parser.add_argument("--delay-ms", type=float, default=100.0, help="simulated IO (default 100)")
+    parser.add_argument("--framing", choices=("lines", "oneshot"), default="lines")
+    parser.add_argument("--duration", type=float, help="measured seconds per level (default 4, quick 1.5)")
+    parser.add_argument("--warmup", type=float,
+                        help="seconds of load before measuring (default 1, quick 0.5)")
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="where reports go")
+
+
+def summary_table(rows: list[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
+    from . import report
+
+    table = Table(title="threads vs asyncio (closed loop; bound = connections / delay)")
+    for column in ("connections", *dict.fromkeys(r["server"] for r in rows)):
+        table.add_column(column, justify="right")
+    grouped = report.by_server(rows)
+    for level in sorted({r["connections"] for r in rows}):
+        cells = [f"{level:,}"]
+        for series in grouped.values():
+            row = next((r for r in series if r["connections"] == level), None)
+            if row is None:
+                cells.append("")
+                continue
+            errors = sum(row["errors"].values())
+            style = "" if report.holds(row) else "[red]"
+            cells.append(
+                f"{style}{row['throughput']:,.0f}/s {row['bound_fraction'] or 0:.0%}\n"
+                f"p50 {row['latency_ms']['p50']:,.0f} p99 {row['latency_ms']['p99']:,.0f} ms"
+                + (f"\n{errors:,} errors" if errors else "")
+                + f"\nCPU {row['server_cpu_percent']:.0f}% {row['server_rss_mb']:.0f} MiB "
+                  f"{row['server_threads']} thr")
+        table.add_row(*cells)
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from . import report
+    from .sweep import measure
+
+    levels = args.levels or (QUICK_LEVELS if args.quick else DEFAULT_LEVELS)
+    duration = args.duration or (1.5 if args.quick else 4.0)
+    warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    plan = []
+    for spec in servers(args.framing):
+        spec_levels = [n for n in levels if spec.name != "serial" or n <= SERIAL_MAX_LEVEL]
+        if spec_levels:
+            plan.append((spec, spec_levels))
+
+    console = Console()
+    rows: list[dict[str, Any]] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("sweep", total=sum(len(levels) for _, levels in plan))
+        for spec, spec_levels in plan:
+            progress.update(task, description=f"{spec.name:>8}")
+
+            def done(row: dict[str, Any]) -> None:
+                progress.advance(task)
+                progress.console.print(f"  {row['server']:>8} {row['connections']:>6,} conns "
+                                       f"{row['throughput']:>9,.0f} req/s "
+                                       f"p99 {row['latency_ms']['p99']:>8,.0f} ms")
+
+            rows += measure(spec, spec_levels, args.delay_ms, duration, warmup, on_level=done)
+
+    console.print(summary_table(rows))
+    verdicts = [report.verdict(name, series) for name, series in report.by_server(rows).items()]
+    for line in verdicts:
+        console.print("• " + line)
+    settings = {"started": started, "levels": list(levels), "delay_ms": args.delay_ms,
+                "framing": args.framing, "duration": duration, "warmup": warmup}
+    folder = args.out / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    index = report.write(folder, rows, settings, verdicts)
+    console.print(f"report: {index.resolve()}")
+    return 0
