@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import logging
+import math
+import os
 import signal
+import socket
 import time
+from asyncio.constants import ACCEPT_RETRY_DELAY
 from typing import Any
 
 from . import metrics as metrics_module
@@ -24,6 +29,7 @@ from .runtime import RESOURCE_ERRNOS, AcceptErrorLog, log
 TICK = 0.001  # timer coalescing granularity, seconds
 LINGER_SECONDS = 1.0
 LAG_PROBE_INTERVAL = 0.25
+FD_PROBE_INTERVAL = 1.0
 
 
 class DelayQueue:
@@ -39,8 +45,9 @@ class DelayQueue:
         self._batches: dict[int, list[tuple[EchoProtocol, bytes, int, int, float]]] = {}
 
     def add(self, item: tuple[EchoProtocol, bytes, int, int, float]) -> None:
-        # Round up, so no request waits less than the delay.
-        due = int((self._loop.time() + self._delay) / TICK) + 1
+        # Round up, so no request waits less than the delay (the epsilon keeps
+        # float noise on uvloop's whole-millisecond clock from adding a tick).
+        due = math.ceil((self._loop.time() + self._delay) / TICK - 1e-6)
         batch = self._batches.get(due)
         if batch is None:
             batch = self._batches[due] = []
@@ -54,8 +61,17 @@ class DelayQueue:
 
 
 class EchoProtocol(asyncio.Protocol):
-    __slots__ = ("server", "metrics", "transport", "framer", "pending", "last_read",
-                 "failed", "refused", "client_done")
+    __slots__ = (
+        "client_done",
+        "failed",
+        "framer",
+        "last_read",
+        "metrics",
+        "pending",
+        "refused",
+        "server",
+        "transport",
+    )
 
     def __init__(self, server: AsyncEchoServer) -> None:
         self.server = server
@@ -86,8 +102,8 @@ class EchoProtocol(asyncio.Protocol):
             messages, self.failed = exc.complete, True
         if messages:
             payload, received, non_utf8 = self.framer.respond(messages)
-            for _ in range(non_utf8):
-                self.metrics.non_utf8()
+            if non_utf8:
+                self.metrics.non_utf8(non_utf8)
             count = len(messages)
             started = time.perf_counter()
             self.pending += count
@@ -101,8 +117,7 @@ class EchoProtocol(asyncio.Protocol):
         if self.failed and not self.pending:
             self._fail_too_large()
 
-    def deliver(self, payload: bytes, count: int, received: int, started: float,
-                now: float) -> None:
+    def deliver(self, payload: bytes, count: int, received: int, started: float, now: float) -> None:
         self.pending -= count
         self.server.in_flight -= count
         transport = self.transport
@@ -110,6 +125,11 @@ class EchoProtocol(asyncio.Protocol):
             self.metrics.not_answered("aborted", count)
             return
         transport.write(payload)
+        if transport.is_closing():
+            # The write failed at once: the client reset the connection. With
+            # oneshot, reading is paused, so the write is the first to notice.
+            self.metrics.not_answered("aborted", count)
+            return
         self.metrics.answered(count, now - started, received, len(payload))
         if self.pending:
             return
@@ -152,14 +172,19 @@ class EchoProtocol(asyncio.Protocol):
         transport.write(error)
         if transport.can_write_eof():
             transport.write_eof()
+        # oneshot paused reading; read again so the lingering discards what
+        # the client still sends and sees its EOF (then the transport closes
+        # at once) instead of holding the connection for the whole linger.
+        transport.resume_reading()
         self.server.loop.call_later(LINGER_SECONDS, transport.close)
 
 
 class AsyncEchoServer:
     """The state shared by all connections: limits, timers, shutdown."""
 
-    def __init__(self, settings: argparse.Namespace, metrics: ServerMetrics,
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, settings: argparse.Namespace, metrics: ServerMetrics, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.loop = loop
@@ -194,6 +219,31 @@ class AsyncEchoServer:
             proto.transport.close()
         self.loop.call_later(min(1.0, timeout / 4), self.sweep_idle)
 
+    def probe_fds(self, fd: int, accept_errors: AcceptErrorLog) -> None:
+        """uvloop only: notice running out of file descriptors, which libuv hides.
+
+        When accept() fails with EMFILE, libuv frees a spare descriptor it
+        keeps for this, accepts the waiting connections, closes them at once
+        and reports nothing (its "EMFILE trick", uv__emfile_trick): the loop's
+        exception handler never hears of it, clients just see a close. So ask
+        for a descriptor once a second: if that fails, so does the next
+        accept(); count and log it like a failed accept (once per probe, so a
+        long episode counts seconds, not turned-away clients).
+        """
+        if self.closing:
+            return  # the listener (``fd``) is closed or about to be
+        try:
+            os.close(os.dup(fd))
+        except OSError as exc:
+            if exc.errno not in RESOURCE_ERRNOS:
+                # EBADF: the listener is gone. uvloop closes it by itself when
+                # libuv cannot even get its spare descriptor back; say so.
+                log.error("listener closed (%s): no new connections; stop probing", exc.strerror)
+                return
+            self.metrics.accept_error(errno.errorcode[exc.errno])
+            accept_errors.failed(exc)
+        self.loop.call_later(FD_PROBE_INTERVAL, self.probe_fds, fd, accept_errors)
+
     def probe_lag(self, expected: float | None = None) -> None:
         now = time.monotonic()
         if expected is not None:
@@ -208,14 +258,46 @@ class AsyncEchoServer:
                 proto.transport.close()
         if self.connections:
             self._drained = self.loop.create_future()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._drained), timeout)
-            except TimeoutError:
-                pass
         left = list(self.connections)
         for proto in left:
             proto.transport.abort()
         return len(left)
+
+
+class ListeningSocket(socket.socket):
+    """A listening socket whose accept() ends asyncio's accept loop at a resource error.
+
+    CPython's selector loop (python/cpython#151615; 3.11 has it): when
+    accept() fails with EMFILE, ``_accept_connection`` schedules a retry in
+    1 s, as it should, but does not return: it calls accept() again, up to
+    ``backlog`` (4096) times, each failing and scheduling one more retry, and
+    the retries re-arm the listener: some 15,000 failed accepts a second.
+    Answering the next call with BlockingIOError ("nothing to accept") ends
+    the loop, as the upstream fix does. (uvloop does not call this method.)
+    """
+
+    _failed = False
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if self._failed:
+            self._failed = False
+            raise BlockingIOError(errno.EAGAIN, "accept loop ended after a resource error")
+        try:
+            return super().accept()
+        except OSError as exc:
+            self._failed = exc.errno in RESOURCE_ERRNOS
+            raise
+
+
+def listen(settings: argparse.Namespace) -> dict[str, Any]:
+    """Where ``create_server`` listens: uvloop binds itself; asyncio gets a ListeningSocket."""
+    if settings.loop == "uvloop":
+        return {"host": settings.host, "port": settings.port, "reuse_address": True}
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    plain = socket.create_server((settings.host, settings.port), family=family, backlog=settings.backlog)
+    return {"sock": ListeningSocket(fileno=plain.detach())}
 
 
 def handle_loop_exception(accept_errors: AcceptErrorLog, metrics: ServerMetrics):  # type: ignore[no-untyped-def]
@@ -234,19 +316,32 @@ def handle_loop_exception(accept_errors: AcceptErrorLog, metrics: ServerMetrics)
 
 async def serve(settings: argparse.Namespace, metrics: ServerMetrics) -> None:
     loop = asyncio.get_running_loop()
-    loop.set_exception_handler(handle_loop_exception(AcceptErrorLog(), metrics))
+    if settings.loop == "uvloop":
+        accept_errors = AcceptErrorLog(retry="new connections are closed at once (libuv's EMFILE trick)")
+    else:
+        accept_errors = AcceptErrorLog(retry=f"retrying every {ACCEPT_RETRY_DELAY:g}s (asyncio's pause)")
+    loop.set_exception_handler(handle_loop_exception(accept_errors, metrics))
     state = AsyncEchoServer(settings, metrics, loop)
-    server = await loop.create_server(lambda: EchoProtocol(state), settings.host, settings.port,
-                                      backlog=settings.backlog, reuse_address=True)
+    server = await loop.create_server(
+        lambda: EchoProtocol(state), backlog=settings.backlog, **listen(settings)
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     state.sweep_idle()
     state.probe_lag()
+    if settings.loop == "uvloop":
+        state.probe_fds(server.sockets[0].fileno(), accept_errors)
     port = server.sockets[0].getsockname()[1]
-    log.info("listening on %s:%d loop=%s framing=%s delay=%gms metrics=%s", settings.host, port,
-             settings.loop, settings.framing, settings.delay_ms,
-             settings.metrics_port if settings.metrics else "off")
+    log.info(
+        "listening on %s:%d loop=%s framing=%s delay=%gms metrics=%s",
+        settings.host,
+        port,
+        settings.loop,
+        settings.framing,
+        settings.delay_ms,
+        settings.metrics_port if settings.metrics else "off",
+    )
     await stop.wait()
     log.info("shutting down: no new connections, draining for up to %gs", settings.drain_timeout)
     server.close()
@@ -256,10 +351,8 @@ async def serve(settings: argparse.Namespace, metrics: ServerMetrics) -> None:
 
 
 def run(settings: argparse.Namespace) -> int:
-    info = {"loop": settings.loop, "framing": settings.framing,
-            "delay_ms": f"{settings.delay_ms:g}"}
-    metrics = metrics_module.start("async", info, settings.metrics, settings.host,
-                                   settings.metrics_port)
+    info = {"loop": settings.loop, "framing": settings.framing, "delay_ms": f"{settings.delay_ms:g}"}
+    metrics = metrics_module.start("async", info, settings.metrics, settings.host, settings.metrics_port)
     if settings.loop == "uvloop":
         import uvloop
 

@@ -6,13 +6,48 @@ import argparse
 import sys
 
 from . import __version__, config
-from .runtime import raise_fd_limit, setup_logging
+from .runtime import log, raise_fd_limit, setup_logging
 
-SERVE_COMMON = ("host", "port", "metrics_port", "metrics", "delay_ms", "framing",
-                "max_message_bytes", "idle_timeout", "max_connections", "backlog",
-                "drain_timeout", "log_level")
-BENCH = ("connections", "duration", "requests", "warmup", "rate", "message_size",
-         "delay_hint_ms", "timeout")
+SERVE_COMMON = (
+    "host",
+    "port",
+    "metrics_port",
+    "metrics",
+    "delay_ms",
+    "framing",
+    "max_message_bytes",
+    "idle_timeout",
+    "max_connections",
+    "backlog",
+    "drain_timeout",
+    "log_level",
+)
+# The HTTP servers: no framing (HTTP frames), no model or loop (fixed by the gunicorn worker class).
+SERVE_HTTP = (
+    "host",
+    "port",
+    "metrics_port",
+    "metrics",
+    "delay_ms",
+    "max_message_bytes",
+    "idle_timeout",
+    "max_connections",
+    "backlog",
+    "drain_timeout",
+    "log_level",
+    "workers",
+)
+BENCH = (
+    "framing",
+    "connections",
+    "duration",
+    "requests",
+    "warmup",
+    "rate",
+    "message_size",
+    "delay_hint_ms",
+    "timeout",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,15 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run an echo server")
     servers = serve.add_subparsers(dest="server", required=True)
     threaded = servers.add_parser("threaded", help="socketserver: serial, thread-per-connection, pool")
-    config.add_arguments(threaded, (*SERVE_COMMON, "model", "threads"))
+    config.add_arguments(threaded, "serve", (*SERVE_COMMON, "model", "threads"))
     asynchronous = servers.add_parser("async", help="asyncio Protocol on uvloop or asyncio")
-    config.add_arguments(asynchronous, (*SERVE_COMMON, "loop"))
+    config.add_arguments(asynchronous, "serve", (*SERVE_COMMON, "loop"))
+    threaded_http = servers.add_parser("threaded-http", help="WSGI on gunicorn gthread workers")
+    config.add_arguments(threaded_http, "serve", (*SERVE_HTTP, "http_threads"))
+    async_http = servers.add_parser("async-http", help="ASGI on gunicorn + uvicorn-worker (uvloop)")
+    config.add_arguments(async_http, "serve", SERVE_HTTP)
 
     bench = commands.add_parser("bench", help="load an echo server and report what the client saw")
     bench.add_argument("target", metavar="HOST:PORT")
-    bench.add_argument("--framing", choices=config.FRAMINGS, default="lines")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
-    config.add_arguments(bench, BENCH)
+    config.add_arguments(bench, "bench", BENCH)
 
     demo = commands.add_parser("demo", help="sweep every server through rising concurrency, write a report")
     from .demo import add_arguments as add_demo_arguments
@@ -49,12 +87,16 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(args.log_level, args.server)
         raise_fd_limit()
         if args.server == "threaded":
-            from . import threaded_server
-
-            return threaded_server.run(args)
-        from . import async_server
-
-        return async_server.run(args)
+            from .threaded_server import run
+        elif args.server == "async":
+            from .async_server import run
+        else:
+            from .http_server import run
+        try:
+            return run(args)
+        except OSError as exc:  # a port in use, an address not on this host...
+            log.error("cannot start: %s", exc)
+            return 1
     if args.command == "bench":
         raise_fd_limit()
         from . import bench

@@ -37,6 +37,7 @@ class Setting:
     type: Callable[[str], Any] = str
     choices: tuple[str, ...] | None = None
     unit: str = ""
+    scope: str = ""  # which server reads it, when only one does
 
     @property
     def flag(self) -> str:
@@ -65,62 +66,126 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", "0.0.0.0", "address the echo and metrics ports bind to", "serve"),
     Setting("port", 9090, "echo (TCP) port", "serve", int),
     Setting("metrics_port", 8000, "Prometheus /metrics port", "serve", int),
-    Setting("metrics", True, "instrument the server (off: no metrics at all, for measuring their cost)",
-            "serve", parse_bool),
+    Setting(
+        "metrics",
+        True,
+        "instrument the server (off: no metrics at all, for measuring their cost)",
+        "serve",
+        parse_bool,
+    ),
     Setting("delay_ms", 100.0, "simulated IO wait before each reply", "serve", float, unit="ms"),
-    Setting("framing", "oneshot", "oneshot: first read is the message, reply then close; "
-            "lines: persistent, one request per \\n-terminated line", "serve", choices=FRAMINGS),
-    Setting("model", "thread-per-connection", "threaded server's concurrency model", "serve",
-            choices=THREADED_MODELS),
-    Setting("threads", 64, "worker threads of the pool model", "serve", int),
-    Setting("loop", "uvloop", "async server's event loop", "serve", choices=LOOPS),
-    Setting("max_message_bytes", 65536, "longest request; longer gets an error line and a close",
-            "serve", int, unit="bytes"),
-    Setting("idle_timeout", 30.0, "close a connection that sends nothing (or half a line) for this long",
-            "serve", float, unit="s"),
-    Setting("max_connections", 20000, "connections beyond this get an error line and a close",
-            "serve", int),
+    Setting(
+        "framing",
+        "oneshot",
+        "oneshot: first read is the message, reply then close; "
+        "lines: persistent, one request per \\n-terminated line",
+        "serve",
+        choices=FRAMINGS,
+    ),
+    Setting(
+        "model",
+        "thread-per-connection",
+        "concurrency model",
+        "serve",
+        choices=THREADED_MODELS,
+        scope="threaded",
+    ),
+    Setting("threads", 64, "worker threads of the pool model", "serve", int, scope="threaded"),
+    Setting("loop", "uvloop", "event loop", "serve", choices=LOOPS, scope="async"),
+    Setting("workers", 2, "gunicorn worker processes", "serve", int, scope="threaded-http, async-http"),
+    Setting(
+        "http_threads",
+        64,
+        "threads per gthread worker process, each serving one request at a time",
+        "serve",
+        int,
+        scope="threaded-http",
+    ),
+    Setting(
+        "max_message_bytes",
+        65536,
+        "longest request; longer gets an error line and a close",
+        "serve",
+        int,
+        unit="bytes",
+    ),
+    Setting(
+        "idle_timeout",
+        30.0,
+        "close a connection that sends nothing (or half a line) for this long",
+        "serve",
+        float,
+        unit="s",
+    ),
+    Setting("max_connections", 20000, "connections beyond this get an error line and a close", "serve", int),
     Setting("backlog", 4096, "listen backlog (the kernel caps it at net.core.somaxconn)", "serve", int),
-    Setting("drain_timeout", 5.0, "on SIGTERM/SIGINT, how long in-flight requests may take to finish",
-            "serve", float, unit="s"),
-    Setting("log_level", "info", "log level; per-request lines only at debug", "serve",
-            choices=LOG_LEVELS),
+    Setting(
+        "drain_timeout",
+        5.0,
+        "on SIGTERM/SIGINT, how long in-flight requests may take to finish",
+        "serve",
+        float,
+        unit="s",
+    ),
+    Setting("log_level", "info", "log level; per-request lines only at debug", "serve", choices=LOG_LEVELS),
     # --- benchmark client ----------------------------------------------------
+    Setting(
+        "framing",
+        "lines",
+        "protocol to speak: the servers' --framing, or http (keep-alive POST /echo, for the HTTP servers)",
+        "bench",
+        choices=(*FRAMINGS, "http"),
+    ),
     Setting("connections", 100, "concurrent connections", "bench", int),
     Setting("duration", 10.0, "measured seconds (after connecting and warm-up)", "bench", float, unit="s"),
     Setting("requests", 0, "stop after this many requests instead (0: use --duration)", "bench", int),
     Setting("warmup", 1.0, "seconds of load before measuring starts", "bench", float, unit="s"),
-    Setting("rate", 0.0, "open loop: requests/s at a constant arrival rate (0: closed loop)",
-            "bench", float),
+    Setting("rate", 0.0, "open loop: requests/s at a constant arrival rate (0: closed loop)", "bench", float),
     Setting("message_size", 32, "request size, newline excluded", "bench", int, unit="bytes"),
     Setting("delay_hint_ms", 100.0, "server's delay, for the Little's-law bound", "bench", float, unit="ms"),
     Setting("timeout", 10.0, "per-request timeout", "bench", float, unit="s"),
 )
 
-BY_NAME = {s.name: s for s in SETTINGS}
+BY_KEY = {(s.group, s.name): s for s in SETTINGS}
 
 
-def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str],
-                  environ: os._Environ[str] | dict[str, str] = os.environ) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    group: str,
+    names: Iterable[str],
+    environ: os._Environ[str] | dict[str, str] = os.environ,
+) -> None:
     """Add the named settings as flags whose defaults come from the environment."""
     for name in names:
-        setting = BY_NAME[name]
+        setting = BY_KEY[group, name]
         help_text = f"{setting.help} (env {setting.env}; default {setting.default!r})"
         if setting.type is parse_bool:
-            parser.add_argument(setting.flag, dest=name, default=setting.initial(environ),
-                                action=argparse.BooleanOptionalAction, help=help_text)
+            parser.add_argument(
+                setting.flag,
+                dest=name,
+                default=setting.initial(environ),
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
         else:
-            parser.add_argument(setting.flag, dest=name, default=setting.initial(environ),
-                                type=setting.type, choices=setting.choices, help=help_text)
+            parser.add_argument(
+                setting.flag,
+                dest=name,
+                default=setting.initial(environ),
+                type=setting.type,
+                choices=setting.choices,
+                help=help_text,
+            )
 
 
 def markdown_table() -> str:
     """The README's configuration table."""
-    rows = ["| flag | env var | default | meaning |", "| --- | --- | --- | --- |"]
+    rows = ["| command | flag | env var | default | meaning |", "| --- | --- | --- | --- | --- |"]
     for s in SETTINGS:
+        command = "bench" if s.group == "bench" else f"serve {s.scope or 'threaded, async'}"
         default = f"{s.default}" + (f" {s.unit}" if s.unit else "")
         meaning = s.help.replace("|", "\\|")
         if s.choices:
             meaning += " (" + " \\| ".join(s.choices) + ")"
-        rows.append(f"| `{s.flag}` | `{s.env}` | {default} | {meaning} |")
+        rows.append(f"| {command} | `{s.flag}` | `{s.env}` | {default} | {meaning} |")
     return "\n".join(rows)

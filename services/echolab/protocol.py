@@ -61,6 +61,10 @@ class _Framer:
 
     def respond(self, messages: list[bytes]) -> tuple[bytes, int, int]:
         """The reply to ``messages``, their size on the wire, how many were not UTF-8."""
+        delimiter = self.delimiter
+        if len(messages) == 1 and messages[0].isascii():  # the common case, made cheap
+            message = messages[0]
+            return message.upper() + delimiter, len(message) + len(delimiter), 0
         replies = []
         non_utf8 = 0
         received = 0
@@ -69,8 +73,8 @@ class _Framer:
             replies.append(reply)
             non_utf8 += not valid
             received += len(message)
-        delimiter = self.delimiter
-        payload = delimiter.join(replies) + delimiter
+        # No requests, no reply: not even a lone delimiter (an empty line is a request).
+        payload = delimiter.join(replies) + delimiter if replies else b""
         return payload, received + len(delimiter) * len(messages), non_utf8
 
 
@@ -80,7 +84,7 @@ class LineFramer(_Framer):
     closes_after_reply = False
     delimiter = NEWLINE
 
-    __slots__ = ("max_size", "_partial")
+    __slots__ = ("_partial", "max_size")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
@@ -97,11 +101,12 @@ class LineFramer(_Framer):
         lines = data.split(NEWLINE)
         self._partial = lines.pop()
         limit = self.max_size
-        for index, line in enumerate(lines):
-            if len(line) > limit:
-                raise MessageTooLarge(lines[:index])
-        if len(self._partial) > limit:
-            raise MessageTooLarge(lines)
+        if len(data) > limit:  # otherwise no line can be over it: skip the scan
+            for index, line in enumerate(lines):
+                if len(line) > limit:
+                    raise MessageTooLarge(lines[:index])
+            if len(self._partial) > limit:
+                raise MessageTooLarge(lines)
         return lines
 
 
@@ -134,12 +139,21 @@ def make_framer(framing: str, max_size: int) -> Framer:
     raise ValueError(f"unknown framing {framing!r}")
 
 
+HTTP_PATH = "/echo"
+
+
 def request_bytes(message: bytes, framing: str) -> bytes:
-    """What a client sends for ``message``."""
+    """What a client sends for ``message`` (``http``: a keep-alive POST to the HTTP servers)."""
+    if framing == "http":
+        head = (
+            f"POST {HTTP_PATH} HTTP/1.1\r\nHost: echolab\r\nContent-Type: text/plain\r\n"
+            f"Content-Length: {len(message)}\r\n\r\n"
+        )
+        return head.encode("ascii") + message
     return message + NEWLINE if framing == "lines" else message
 
 
 def expected_reply(message: bytes, framing: str) -> bytes:
-    """What a correct server answers to ``message``."""
+    """What a correct server answers to ``message`` (``http``: the response body)."""
     reply, _ = transform(message)
     return reply + NEWLINE if framing == "lines" else reply

@@ -40,8 +40,11 @@ def raise_fd_limit() -> int:
 class AcceptErrorLog:
     """Logs resource exhaustion on accept once per episode, not once per retry."""
 
-    def __init__(self, every: float = 10.0) -> None:
+    def __init__(
+        self, every: float = 10.0, *, retry: str = f"retrying every {ACCEPT_RETRY_DELAY:g}s"
+    ) -> None:
         self._every = every
+        self._retry = retry  # what happens to new connections meanwhile: servers differ
         self._last = -every
         self._suppressed = 0
 
@@ -49,8 +52,12 @@ class AcceptErrorLog:
         now = time.monotonic()
         if now - self._last >= self._every:
             extra = f" ({self._suppressed} more since last report)" if self._suppressed else ""
-            log.error("accept failed: %s; existing connections keep being served, "
-                      "retrying every %.1fs%s", exc.strerror or exc, ACCEPT_RETRY_DELAY, extra)
+            log.error(
+                "accept failed: %s; existing connections keep being served, %s%s",
+                exc.strerror or exc,
+                self._retry,
+                extra,
+            )
             self._last, self._suppressed = now, 0
         else:
             self._suppressed += 1

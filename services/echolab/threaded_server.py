@@ -12,6 +12,7 @@ simulated IO), then in ``sendall``: exactly the code a threaded service has.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import signal
@@ -34,7 +35,7 @@ LINGER_SECONDS = 1.0
 class Connection:
     """What the server knows of one client, for metrics and shutdown."""
 
-    __slots__ = ("sock", "pending")
+    __slots__ = ("pending", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -50,10 +51,6 @@ class EchoHandler(socketserver.BaseRequestHandler):
 
 class EchoServer(socketserver.TCPServer):
     allow_reuse_address = True
-    # ThreadingMixIn: don't keep a list of threads to join; drain() waits for
-    # the connections themselves, bounded by the drain timeout.
-    daemon_threads = True
-    block_on_close = False
 
     def __init__(self, settings: argparse.Namespace, metrics: ServerMetrics) -> None:
         self.request_queue_size = settings.backlog
@@ -66,8 +63,10 @@ class EchoServer(socketserver.TCPServer):
         self._changed = threading.Condition(self._lock)
         self._accept_errors = AcceptErrorLog()
         super().__init__((settings.host, settings.port), EchoHandler)
-        metrics.track(active=lambda: len(self._connections),
-                      in_flight=lambda: sum(c.pending for c in list(self._connections.values())))
+        metrics.track(
+            active=lambda: len(self._connections),
+            in_flight=lambda: sum(c.pending for c in list(self._connections.values())),
+        )
 
     # --- accepting ---------------------------------------------------------
 
@@ -87,9 +86,13 @@ class EchoServer(socketserver.TCPServer):
     def verify_request(self, request: Any, client_address: Any) -> bool:
         sock: socket.socket = request
         with self._lock:
-            reason = ("shutdown" if self.stopping else
-                      "max_connections" if len(self._connections) >= self.settings.max_connections
-                      else None)
+            reason = (
+                "shutdown"
+                if self.stopping
+                else "max_connections"
+                if len(self._connections) >= self.settings.max_connections
+                else None
+            )
             if reason is None:
                 self._connections[sock] = Connection(sock)
                 self.metrics.connection_opened()
@@ -139,10 +142,9 @@ class EchoServer(socketserver.TCPServer):
                         raise
                     finally:
                         conn.pending = 0
-                    metrics.answered(len(messages), time.perf_counter() - started,
-                                     received, len(payload))
-                    for _ in range(non_utf8):
-                        metrics.non_utf8()
+                    metrics.answered(len(messages), time.perf_counter() - started, received, len(payload))
+                    if non_utf8:
+                        metrics.non_utf8(non_utf8)
                     log.debug("answered %d request(s)", len(messages))
                 if too_large:
                     metrics.not_answered("too_large")
@@ -169,10 +171,8 @@ class EchoServer(socketserver.TCPServer):
             # Makes a blocked recv() return b"" after any request already
             # buffered, which is still answered; a busy connection sees
             # `stopping` after its reply.
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass
 
     def drain(self, timeout: float) -> int:
         """Wait for connections to finish; return how many did not in time."""
@@ -180,9 +180,30 @@ class EchoServer(socketserver.TCPServer):
             self._changed.wait_for(lambda: not self._connections, timeout)
             return len(self._connections)
 
+    def cut(self) -> None:
+        """End the connections still open after the drain timeout.
+
+        A thread cannot be cancelled, but a thread blocked in recv() or
+        sendall() (a client not reading its replies) returns once its socket
+        is shut down, so none holds up the exit past its current delay: the
+        pool's workers are joined at exit, and the serial model's only thread
+        must return before serve_forever() can stop.
+        """
+        with self._lock:
+            socks = list(self._connections)
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
 
 class ThreadPerConnectionServer(socketserver.ThreadingMixIn, EchoServer):
-    pass
+    # Don't keep a list of threads to join; drain() waits for the connections
+    # themselves, bounded by the drain timeout. Set here, not on EchoServer:
+    # ThreadingMixIn comes first in the MRO, so its own defaults (False,
+    # True) shadowed EchoServer's, and server_close() joined every
+    # connection's thread, however long past the drain timeout.
+    daemon_threads = True
+    block_on_close = False
 
 
 class PoolServer(EchoServer):
@@ -251,27 +272,47 @@ MODELS = {
 
 
 def run(settings: argparse.Namespace) -> int:
-    info = {"model": settings.model, "framing": settings.framing,
-            "delay_ms": f"{settings.delay_ms:g}", "threads": str(settings.threads)}
-    metrics = metrics_module.start("threaded", info, settings.metrics, settings.host,
-                                   settings.metrics_port)
+    info = {
+        "model": settings.model,
+        "framing": settings.framing,
+        "delay_ms": f"{settings.delay_ms:g}",
+        "threads": str(settings.threads),
+    }
+    metrics = metrics_module.start(
+        "threaded", info, settings.metrics, settings.host, settings.metrics_port, thread_safe=True
+    )
     server = MODELS[settings.model](settings, metrics)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     acceptor = threading.Thread(target=server.serve_forever, name="acceptor", daemon=True)
     acceptor.start()
-    log.info("listening on %s:%d model=%s framing=%s delay=%gms metrics=%s",
-             settings.host, server.server_address[1], settings.model, settings.framing,
-             settings.delay_ms, settings.metrics_port if settings.metrics else "off")
+    log.info(
+        "listening on %s:%d model=%s framing=%s delay=%gms metrics=%s",
+        settings.host,
+        server.server_address[1],
+        settings.model,
+        settings.framing,
+        settings.delay_ms,
+        settings.metrics_port if settings.metrics else "off",
+    )
     stop.wait()
-    log.info("shutting down: no new connections, draining for up to %gs", settings.drain_timeout)
     started = time.monotonic()
+    # Refuse first, then say so: a client that sees the log line is refused.
     server.begin_shutdown()
-    server.shutdown()
-    server.server_close()
+    log.info("shutting down: no new connections, draining for up to %gs", settings.drain_timeout)
+    if settings.model != "serial":
+        server.shutdown()  # the listener closes first: the kernel refuses newcomers
+        server.server_close()
+    # Not so for serial: its one connection runs inside serve_forever(), and
+    # stopping that would wait for the connection, whatever the drain timeout.
+    # Its listener closes after the drain (newcomers meanwhile get an error
+    # line, or a reset from the backlog); both calls are idempotent.
     left = server.drain(max(0.0, settings.drain_timeout - (time.monotonic() - started)))
     if left:
         log.warning("drain timeout: closing %d connection(s) still open", left)
+        server.cut()
+    server.shutdown()
+    server.server_close()
     logging.shutdown()
     return 0
