@@ -1,0 +1,323 @@
+"""The HTTP echo servers, one suite run against both: gunicorn gthread and gunicorn + uvicorn-worker.
+
+Real gunicorn processes on loopback, each with two workers, so every count
+checked on /metrics is the sum over worker processes. Replies are checked
+against literal bytes, counts exactly; a traceback in a server's log, or an
+exit code other than 0 after SIGTERM, fails the test that started it.
+"""
+
+from __future__ import annotations
+
+import glob
+import http.client
+import os
+import socket
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import HOST, TIMEOUT, Metrics, ServerProcess
+from prometheus_client.multiprocess import MultiProcessCollector
+
+SERVERS = ["threaded-http", "async-http"]
+WORKERS = ("--workers", "2")
+FAST = ("--delay-ms", "20")
+# Long enough that a scrape sees every request of a batch in flight at once,
+# on a loaded machine: the tests assert on that ordering, not on durations.
+HOLD = ("--delay-ms", "1000")
+
+CASES = [
+    (b"hello", b"HELLO"),
+    (b"MiXeD cAsE 123 !?#", b"MIXED CASE 123 !?#"),
+    (b"x" * 5000, b"X" * 5000),
+    (b"", b""),  # an empty body is an empty message
+    ("straße".encode(), b"STRASSE"),
+    ("héllo wörld".encode(), "HÉLLO WÖRLD".encode()),
+    ("emoji 🙂 stays".encode(), "EMOJI 🙂 STAYS".encode()),
+]
+INVALID_UTF8 = [
+    (b"caf\xe9 au lait", b"CAF\xe9 AU LAIT"),
+    (b"\xff\xfe binary", b"\xff\xfe BINARY"),
+    (b"cut \xc3", b"CUT \xc3"),
+]
+
+
+class Response:
+    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.status, self.body, self.headers = status, body, headers
+
+
+class HttpServer(ServerProcess):
+    """``echolab serve threaded-http|async-http``: ready once /healthz answers."""
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                if "Address already in use" in self.log or "Connection in use" in self.log:
+                    return False  # lost a free port to another process: start() tries new ones
+                pytest.fail(f"server exited with {self.proc.returncode} while starting:\n{self.log}")
+            try:
+                if self.request("GET", "/healthz", timeout=1.0).status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"/healthz not answering after {timeout}s:\n{self.log}")
+            time.sleep(0.05)
+        self.idle_metrics()
+        return True
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | Iterator[bytes] | None = None,
+        timeout: float = TIMEOUT,
+        on_sent: Callable[[], None] | None = None,
+    ) -> Response:
+        """One request on a new connection (so that requests spread over the workers)."""
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body)
+            if on_sent is not None:
+                on_sent()
+            response = conn.getresponse()
+            headers = {name.lower(): value for name, value in response.getheaders()}
+            return Response(response.status, response.read(), headers)
+        finally:
+            conn.close()
+
+    def echo(self, body: bytes) -> bytes:
+        response = self.request("POST", "/echo", body)
+        assert response.status == 200, (response.status, response.body)
+        return response.body
+
+    def worker_counts(self, sample: str) -> dict[int, float]:
+        """``sample`` (e.g. ``echo_requests_total``, all labels) as each live worker's own files hold it."""
+        counts = {}
+        for worker in psutil.Process(self.pid).children():
+            pattern = os.path.join(tempfile.gettempdir(), "echolab-*-metrics-*", f"counter_{worker.pid}.db")
+            files = glob.glob(pattern)
+            metrics = MultiProcessCollector.merge(files, accumulate=False)
+            counts[worker.pid] = sum(s.value for m in metrics for s in m.samples if s.name == sample)
+        return counts
+
+
+def _problems(server: HttpServer) -> None:
+    problems = server.stop()
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def shared_http(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HttpServer]:
+    name = request.param
+    log_path = tmp_path_factory.mktemp(name) / "server.log"
+    server = HttpServer(name, "http", [name, *WORKERS, *FAST], {}, log_path).start()
+    yield server
+    _problems(server)
+
+
+@pytest.fixture
+def server(shared_http: HttpServer) -> Iterator[HttpServer]:
+    """The shared server, idle at the start; a traceback it logs during the test fails the test."""
+    shared_http.idle_metrics()
+    logged = len(shared_http.log)
+    yield shared_http
+    assert shared_http.proc is not None
+    if shared_http.proc.poll() is not None or "Traceback" in shared_http.log[logged:]:
+        pytest.fail(f"{shared_http.name} died or logged a traceback:\n{shared_http.log}", pytrace=False)
+
+
+@pytest.fixture
+def start_http(tmp_path: Path) -> Iterator[Callable[..., HttpServer]]:
+    """``start_http(name, *flags)``: a server of its own (two workers), checked and stopped at teardown."""
+    servers: list[HttpServer] = []
+
+    def start(name: str, *args: str) -> HttpServer:
+        server = HttpServer(
+            name, "http", [name, *WORKERS, *args], {}, tmp_path / f"{name}-{len(servers)}.log"
+        )
+        servers.append(server)
+        return server.start()
+
+    yield start
+    problems = [problem for server in servers for problem in server.stop()]
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+def settled(server: HttpServer, before: Metrics, ok: int) -> Metrics:
+    """The delta once ``ok`` requests are counted and none is in flight.
+
+    A worker counts a request after writing its reply, so the client can read
+    the reply a moment before the count moves: wait for it, then compare exactly.
+    """
+    after = server.wait_metrics(
+        lambda m: (
+            (m - before).query('echo_requests_total{outcome="ok"}') >= ok
+            and m.value("echo_requests_in_flight") == 0
+        )
+    )
+    return after - before
+
+
+# --- behaviour ---------------------------------------------------------------
+
+
+def test_answers_correctly(server):
+    before = server.scrape()
+    for request, reply in CASES:
+        assert server.echo(request) == reply
+    delta = settled(server, before, len(CASES))
+    expected = {
+        'echo_requests_total{outcome="ok"}': len(CASES),
+        'echo_requests_total{outcome="too_large"}': 0,
+        'echo_requests_total{outcome="aborted"}': 0,
+        "echo_request_duration_seconds_count": len(CASES),
+        "echo_received_bytes_total": sum(len(r) for r, _ in CASES),
+        "echo_sent_bytes_total": sum(len(r) for _, r in CASES),
+        "echo_non_utf8_requests_total": 0,
+    }
+    assert delta.counts(expected) == expected
+
+
+def test_invalid_utf8_is_uppercased_as_bytes_and_counted(server):
+    before = server.scrape()
+    for request, reply in INVALID_UTF8:
+        assert server.echo(request) == reply
+    delta = settled(server, before, len(INVALID_UTF8))
+    expected = {'echo_requests_total{outcome="ok"}': len(INVALID_UTF8),
+                "echo_non_utf8_requests_total": len(INVALID_UTF8)}  # fmt: skip
+    assert delta.counts(expected) == expected
+
+
+def test_routes(server):
+    before = server.scrape()
+    health = server.request("GET", "/healthz")
+    assert (health.status, health.body) == (200, b"ok\n")
+    assert server.request("GET", "/nowhere").status == 404
+    assert server.request("POST", "/nowhere", b"x").status == 404
+    wrong = server.request("GET", "/echo")
+    assert (wrong.status, wrong.headers.get("allow")) == (405, "POST")
+    assert server.request("POST", "/healthz", b"x").status == 405
+    delta = server.idle_metrics() - before
+    assert delta.value("echo_requests_total") == 0  # only echo requests are requests
+
+
+def test_oversized_bodies_are_refused_and_counted(server):
+    limit = 65536  # the default --max-message-bytes
+    before = server.scrape()
+    at_limit = b"a" * limit
+    assert server.echo(at_limit) == at_limit.upper()
+    declared = server.request("POST", "/echo", b"b" * (limit + 1))  # Content-Length over the limit
+    assert (declared.status, declared.body) == (413, b"ERROR message too large\n")
+    chunked = server.request("POST", "/echo", iter([b"c" * limit, b"c" * 100]))  # no length: chunked
+    assert (chunked.status, chunked.body) == (413, b"ERROR message too large\n")
+    assert server.echo(b"still serving") == b"STILL SERVING"
+    delta = settled(server, before, 2)
+    expected = {
+        'echo_requests_total{outcome="ok"}': 2,
+        'echo_requests_total{outcome="too_large"}': 2,
+        "echo_received_bytes_total": limit + len(b"still serving"),
+    }
+    assert delta.counts(expected) == expected
+
+
+def test_metrics_add_up_across_worker_processes(server):
+    """Every worker counts in its own files; one scrape of the master shows their sum."""
+    before = server.scrape()
+    workers_before = server.worker_counts("echo_requests_total")
+    sent = 0
+    with ThreadPoolExecutor(8) as pool:
+        # Batches of concurrent connections until both workers have served some (they
+        # race for each accept), bounded: sums over one worker would prove nothing.
+        for _batch in range(20):
+            replies = list(pool.map(server.echo, [b"batch %d" % i for i in range(16)]))
+            assert replies == [b"BATCH %d" % i for i in range(16)]
+            sent += len(replies)
+            counts = server.worker_counts("echo_requests_total")
+            if all(counts[pid] > workers_before.get(pid, 0) for pid in counts):
+                break
+    delta = settled(server, before, sent)
+    assert delta.query('echo_requests_total{outcome="ok"}') == sent
+    assert delta.query("echo_request_duration_seconds_count") == sent
+    per_worker = {pid: count - workers_before.get(pid, 0) for pid, count in server.worker_counts(
+        "echo_requests_total").items()}  # fmt: skip
+    assert len(per_worker) == 2 and all(per_worker.values()), per_worker
+    assert sum(per_worker.values()) == sent
+
+    after = server.scrape()
+    info = after.labels("echo_server_info")
+    assert info["server"] == server.name and info["workers"] == "2" and info["delay_ms"] == "20"
+    assert info.get("model", info.get("loop")) == ("gthread" if server.name == "threaded-http" else "uvloop")
+    assert after.value("echo_threads", server=server.name) >= 3  # master + 2 workers, at least
+    assert after.value("process_cpu_seconds_total") > 0
+    assert after.value("process_resident_memory_bytes") > 0
+
+
+@pytest.mark.parametrize("name", SERVERS)
+def test_serves_concurrently(start_http, name):
+    """50 requests at once: all 50 are in flight together before any is answered."""
+    server = start_http(name, *HOLD)
+    count = 50
+    sent: list[float] = []
+    answered: list[float] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> bytes:
+        body = server.request(
+            "POST", "/echo", b"req %d" % i, on_sent=lambda: sent.append(time.monotonic())
+        ).body
+        with lock:
+            answered.append(time.monotonic())
+        return body
+
+    with ThreadPoolExecutor(count) as pool:
+        futures = [pool.submit(one, i) for i in range(count)]
+        # The ordering, seen by the server: every request has started before any has ended.
+        server.wait_metrics(lambda m: m.value("echo_requests_in_flight") == count)
+        replies = [f.result() for f in futures]
+    assert replies == [b"REQ %d" % i for i in range(count)]
+    assert max(sent) < min(answered)  # and seen by the clients
+    delta = settled(server, Metrics(), count)
+    assert delta.query('echo_requests_total{outcome="ok"}') == count
+
+
+@pytest.mark.parametrize("name", SERVERS)
+def test_sigterm_drains_in_flight_requests(start_http, name):
+    server = start_http(name, *HOLD)
+    count = 10
+    with ThreadPoolExecutor(count) as pool:
+        futures = [pool.submit(server.request, "POST", "/echo", b"drain %d" % i) for i in range(count)]
+        server.wait_metrics(lambda m: m.value("echo_requests_in_flight") == count)
+        server.sigterm()
+        responses = [f.result() for f in futures]
+    assert [(r.status, r.body) for r in responses] == [(200, b"DRAIN %d" % i) for i in range(count)]
+    assert server.wait() == 0
+    assert "Traceback" not in server.log
+
+
+@pytest.mark.parametrize("name", SERVERS)
+def test_client_reset_mid_request_is_counted_aborted(start_http, name):
+    server = start_http(name, *HOLD)
+    conn = socket.create_connection((HOST, server.port), timeout=TIMEOUT)
+    conn.sendall(b"POST /echo HTTP/1.1\r\nHost: echolab\r\nContent-Length: 4\r\n\r\ngone")
+    server.wait_metrics(lambda m: m.value("echo_requests_in_flight") == 1)
+    # SO_LINGER 0: close with a reset, so the reply's write fails instead of being buffered.
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+    after = server.wait_metrics(lambda m: m.value("echo_requests_in_flight") == 0)
+    expected = {'echo_requests_total{outcome="aborted"}': 1, 'echo_requests_total{outcome="ok"}': 0}
+    assert after.counts(expected) == expected
+    assert server.echo(b"next") == b"NEXT"
