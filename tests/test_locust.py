@@ -1,0 +1,407 @@
+"""The Locust users against real servers, and against servers that misbehave on purpose.
+
+Locust always runs in a subprocess: importing it here would monkey-patch the
+test process for gevent. Each run is bounded by ``-t`` and stopped with
+SIGTERM as soon as what a test waits for shows in its /metrics (Locust then
+writes its final stats and exits); a shape run ends with its ``-t``; a fixture kills whatever is left, and
+fails the test if a Locust log shows a traceback (e.g. from our listeners).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import HOST, Metrics, ServerProcess, free_port
+
+LOADTEST = Path(__file__).resolve().parents[1] / "loadtest"
+DEADLINE = 30.0  # seconds any wait may take before the test fails
+METRICS_LOG = re.compile(r"client metrics \((\w+)\) on http://[^:]+:(\d+)/metrics")
+TARGETS = ("threaded", "async")
+
+
+class LocustProcess:
+    """``python -m locust ...``: its log, its /metrics, its final stats."""
+
+    def __init__(self, argv: list[str], workdir: Path, name: str) -> None:
+        self.log_path = workdir / f"{name}.log"
+        self.stats_prefix = workdir / name
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "ECHO_"))}
+        command = [sys.executable, "-m", "locust", *argv, "--metrics-host", HOST, "--metrics-port", "0"]
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=log, env=env,
+                                         start_new_session=True)  # fmt: skip
+        self._metrics_url: str | None = None
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    @property
+    def metrics_url(self) -> str:
+        """Found in the log: every process serves /metrics on a port of its own (here an ephemeral one)."""
+        deadline = time.monotonic() + DEADLINE
+        while self._metrics_url is None:
+            if match := METRICS_LOG.search(self.log):
+                self._metrics_url = f"http://{HOST}:{match.group(2)}/metrics"
+            elif self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"locust never served /metrics:\n{self.log}")
+            else:
+                time.sleep(0.05)
+        return self._metrics_url
+
+    def scrape(self) -> Metrics:
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            return Metrics.parse(response.read().decode())
+
+    def wait_metrics(self, predicate: Callable[[Metrics], bool]) -> Metrics:
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(
+                    f"locust exited with {self.proc.returncode} before its metrics matched:\n{self.log}"
+                )
+            metrics = self.scrape()
+            if predicate(metrics):
+                return metrics
+            if time.monotonic() > deadline:
+                pytest.fail(f"metrics never matched: {sorted(metrics.items())}\n{self.log}")
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        """SIGTERM: Locust stops its users, writes its stats and exits.
+
+        (Not SIGINT: its KeyboardInterrupt can land in a user's greenlet. Not for a
+        headless shape run either: Locust installs its SIGTERM handler after the shape ends.)
+        """
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait()
+
+    def wait(self) -> int:
+        return self.proc.wait(DEADLINE)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Locust's final stats per name, from ``--json-file`` (its CSV lags up to a second)."""
+        with open(f"{self.stats_prefix}.json") as stats:
+            return {entry["name"]: entry for entry in json.load(stats)}
+
+    def error_report(self) -> list[str]:
+        """The lines of the error report Locust prints when it exits (without ``--json-file``)."""
+        report = self.log.partition("Error report")[2]
+        return [line.strip() for line in report.splitlines() if re.match(r"\s*\d+\s", line)]
+
+
+@pytest.fixture
+def locust(tmp_path: Path) -> Iterator[Callable[..., LocustProcess]]:
+    """``locust(*args, files=..., name=..., stats=...)`` starts Locust; all are gone after the test.
+
+    ``stats``: write the final stats as JSON; without, Locust prints its error report instead.
+    """
+    started: list[LocustProcess] = []
+
+    def start(
+        *args: str, files: str = "locustfile.py", name: str = "locust", stats: bool = True
+    ) -> LocustProcess:
+        locustfiles = ",".join(str(LOADTEST / f) for f in files.split(","))
+        argv = ["-f", locustfiles, *(["--json-file", str(tmp_path / name)] if stats else []), *args]
+        started.append(LocustProcess(argv, tmp_path, name))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.kill()
+    broken = [process.log for process in started if "Traceback" in process.log]
+    if broken:
+        pytest.fail("traceback in a Locust log:\n" + "\n".join(broken), pytrace=False)
+
+
+def headless(users: int, *args: str) -> list[str]:
+    return ["--headless", "-u", str(users), "-r", str(users), "-t", "120s", "--only-summary", *args]
+
+
+def targets(threaded: tuple[str, int], asynchronous: tuple[str, int]) -> list[str]:
+    return ["--threaded-host", threaded[0], "--threaded-port", str(threaded[1]),
+            "--async-host", asynchronous[0], "--async-port", str(asynchronous[1])]  # fmt: skip
+
+
+def requests(metrics: Metrics, target: str) -> float:
+    return metrics.value("echo_client_requests_total", target=target)
+
+
+def echo_servers(start_server: Callable[..., ServerProcess], framing: str) -> list[str]:
+    servers = [start_server(t, "--framing", framing, "--delay-ms", "10") for t in TARGETS]
+    return targets(*(s.address for s in servers))
+
+
+# --- requests that succeed -----------------------------------------------------
+
+
+@pytest.mark.parametrize("framing", ["lines", "oneshot"])
+def test_requests_succeed_against_both_servers(
+    framing: str, start_server: Callable[..., ServerProcess], locust: Callable[..., LocustProcess]
+) -> None:
+    run = locust(*headless(4, *echo_servers(start_server, framing), "--framing", framing))
+    metrics = run.wait_metrics(
+        lambda m: all(requests(m, t) >= 20 and m.value("echo_client_users", target=t) == 2 for t in TARGETS)
+    )
+    assert run.stop() == 0, run.log
+    for target in TARGETS:
+        assert metrics.value("echo_client_requests_total", target=target, framing=framing) == requests(
+            metrics, target
+        )
+        assert metrics.value("echo_client_failures_total", target=target) == 0
+        assert metrics.value("echo_client_request_duration_seconds_count", target=target) == requests(
+            metrics, target
+        )
+        # The server delays each reply by 10 ms, so no request can be in the lowest buckets.
+        assert metrics.value("echo_client_request_duration_seconds_bucket", target=target, le="0.005") == 0
+    assert metrics.labels("echo_client_info") == {"role": "local"}
+    assert metrics.value("process_cpu_seconds_total") > 0
+    stats = run.stats()
+    for target in TARGETS:
+        assert stats[target]["method"] == framing
+        assert stats[target]["num_requests"] >= requests(metrics, target)
+        assert stats[target]["num_failures"] == 0
+
+
+def test_each_request_gets_the_whole_read_timeout(
+    start_server: Callable[..., ServerProcess], locust: Callable[..., LocustProcess]
+) -> None:
+    """Many quick requests add up to far more than one read timeout: none may time out.
+
+    (A libev timer restarted after stop() keeps only the time remaining: a
+    user that reused one that way failed every request after the first
+    --read-timeout seconds of load.)
+    """
+    run = locust(*headless(4, *echo_servers(start_server, "lines"), "--read-timeout", "0.3"))
+    # 2 users per target, 10 ms per request: 200 requests hold a timer armed for ~1 s each.
+    metrics = run.wait_metrics(lambda m: all(requests(m, t) >= 200 for t in TARGETS))
+    assert run.stop() == 0, run.log
+    for target in TARGETS:
+        assert metrics.value("echo_client_failures_total", target=target) == 0
+
+
+# --- requests that fail, by kind -----------------------------------------------
+
+
+class BadServer:
+    """A loopback server that reads a request, then replies wrongly, resets, or never answers."""
+
+    def __init__(self, behaviour: str) -> None:
+        self.behaviour = behaviour
+        self.listener = socket.create_server((HOST, 0))
+        self.listener.settimeout(0.1)
+        self.address = self.listener.getsockname()[:2]
+        self.stopping = threading.Event()
+        self.connections: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.connections.append(conn)
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(0.1)
+        with conn:
+            while not self.stopping.is_set():
+                try:
+                    data = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                if self.behaviour == "wrong_reply":
+                    conn.sendall(b"NOT YOUR ECHO\n")
+                elif self.behaviour == "reset":
+                    # SO_LINGER 0: close sends RST, the client's recv gets ECONNRESET.
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
+                # "timeout": read on, answer never
+
+    def close(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(5)
+        self.listener.close()
+
+
+@pytest.fixture
+def bad_server() -> Iterator[Callable[[str], BadServer]]:
+    servers: list[BadServer] = []
+
+    def start(behaviour: str) -> BadServer:
+        servers.append(BadServer(behaviour))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def refused_address() -> tuple[str, int]:
+    """A port nothing listens on (free a moment ago; nothing here binds it)."""
+    return HOST, free_port()
+
+
+# What Locust's failure table shows for each kind: the exception's repr.
+LOCUST_ERROR = {
+    "wrong_reply": "WrongReply",
+    "reset": "ConnectionResetError",
+    "timeout": "ReadTimeout",
+    "refused": "ConnectionRefusedError",
+}
+
+
+@pytest.mark.parametrize("kinds", [("wrong_reply", "reset"), ("timeout", "refused")], ids="+".join)
+def test_failures_become_locust_failures_of_their_kind(
+    kinds: tuple[str, str],
+    bad_server: Callable[[str], BadServer],
+    locust: Callable[..., LocustProcess],
+) -> None:
+    """The threaded user meets the first kind of failure, the async user the second."""
+    addresses = [refused_address() if k == "refused" else bad_server(k).address for k in kinds]
+    run = locust(*headless(2, *targets(*addresses), "--read-timeout", "0.3"), stats=False)
+    expected = dict(zip(TARGETS, kinds, strict=True))
+    metrics = run.wait_metrics(
+        lambda m: all(
+            m.value("echo_client_failures_total", target=t, kind=k) >= 3 for t, k in expected.items()
+        )
+    )
+    run.stop()
+    report = run.error_report()
+    for target, kind in expected.items():
+        # Every request failed, and each failure is of the kind this server causes ...
+        assert metrics.value("echo_client_failures_total", target=target) == requests(metrics, target)
+        assert metrics.value("echo_client_failures_total", target=target, kind=kind) == requests(
+            metrics, target
+        )
+        # ... and so is every Locust failure: "<count> lines <target>: <exception repr>".
+        errors = [line for line in report if f" lines {target}: " in line]
+        assert errors and all(f"{target}: {LOCUST_ERROR[kind]}(" in line for line in errors), report
+
+
+# --- distributed -----------------------------------------------------------------
+
+
+def test_master_and_workers_each_serve_metrics(
+    start_server: Callable[..., ServerProcess], locust: Callable[..., LocustProcess]
+) -> None:
+    servers = echo_servers(start_server, "lines")
+    port = str(free_port())
+    master = locust(*headless(4, *servers, "--master", "--expect-workers", "2", "--master-bind-host", HOST,
+                              "--master-bind-port", port), name="master")  # fmt: skip
+    workers = [
+        locust("--worker", "--master-host", HOST, "--master-port", port, name=f"worker{i}") for i in range(2)
+    ]
+    # Each worker runs the users of one class here (4 users, 2 classes, 2 workers).
+    for worker in workers:
+        worker.wait_metrics(lambda m: sum(requests(m, t) for t in TARGETS) >= 20)
+        assert worker.scrape().labels("echo_client_info") == {"role": "worker"}
+    metrics = master.wait_metrics(lambda m: all(m.value("echo_client_users", target=t) == 2 for t in TARGETS))
+    assert metrics.labels("echo_client_info") == {"role": "master"}
+    assert requests(metrics, "threaded") == requests(metrics, "async") == 0  # the master runs no users
+    assert master.stop() == 0, master.log
+    for worker in workers:
+        assert worker.proc.wait(DEADLINE) == 0, worker.log
+    stats = master.stats()
+    assert all(stats[t]["num_requests"] >= 20 and stats[t]["num_failures"] == 0 for t in TARGETS), stats
+
+
+# --- load shapes -----------------------------------------------------------------
+
+
+SHAPE_LOG = re.compile(r"Shape test updating to (\d+) users")
+SPAWNED_LOG = re.compile(r"All users spawned: .* \((\d+) total users\)")
+
+
+def shape_run(run: LocustProcess) -> tuple[list[int], list[int]]:
+    """Let a shape run to its end (``-t``); return the user counts it asked for, then those it got.
+
+    Both come from Locust's log, in order: the shape's decisions, and the
+    totals running after each change.
+    """
+    assert run.wait() == 0, run.log
+    log = run.log
+    assert "Shape test completed" in log, log
+    return [int(n) for n in SHAPE_LOG.findall(log)], [int(n) for n in SPAWNED_LOG.findall(log)]
+
+
+def test_step_ramp_adds_a_step_at_a_time_up_to_the_ceiling(
+    start_server: Callable[..., ServerProcess], locust: Callable[..., LocustProcess]
+) -> None:
+    args = ["--headless", "-u", "6", "-t", "5s", "--step-users", "2", "--step-seconds", "1", "--only-summary"]
+    run = locust(*args, *echo_servers(start_server, "lines"), files="locustfile.py,step_ramp.py")
+    asked, running = shape_run(run)
+    assert asked == [2, 4, 6], asked
+    assert running == [2, 4, 6], running
+    assert all(run.stats()[t]["num_failures"] == 0 for t in TARGETS)
+
+
+def test_spike_goes_up_and_back_to_the_baseline(
+    start_server: Callable[..., ServerProcess], locust: Callable[..., LocustProcess]
+) -> None:
+    args = [
+        "--headless",
+        "-u",
+        "2",
+        "-t",
+        "4s",
+        "--spike-users",
+        "4",
+        "--spike-at",
+        "1",
+        "--spike-seconds",
+        "1",
+    ]
+    run = locust(*args, *echo_servers(start_server, "lines"), files="locustfile.py,spike.py")
+    asked, running = shape_run(run)
+    assert asked == [2, 6, 2], asked
+    assert running == [2, 6, 2], running
+    assert all(run.stats()[t]["num_failures"] == 0 for t in TARGETS)
+
+
+# --- the capacity measurement ------------------------------------------------------
+
+
+def test_measure_capacity_runs_locust_without_importing_it(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server("async", "--framing", "lines", "--delay-ms", "0")
+    code = (
+        "import sys; from echolab.locust_capacity import measure_capacity\n"
+        f"rate = measure_capacity({HOST!r}, {server.port}, seconds=2, users=4)\n"
+        "assert 'locust' not in sys.modules and 'gevent' not in sys.modules, 'imported Locust'\n"
+        "print(rate)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) > 0
