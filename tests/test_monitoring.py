@@ -1,0 +1,378 @@
+"""The monitoring config: Prometheus and Grafana files checked statically, then for real.
+
+* ``promtool`` checks prometheus/prometheus.yml and rules.yml, and unit-tests the
+  recording rules;
+* the dashboards are valid JSON, every panel and variable queries the
+  provisioned data source, panel ids are unique, every panel has a unit and
+  every query a legend;
+* docker-compose.yml keeps its promises (same limits for both servers,
+  healthchecks, ports on ${BIND_ADDRESS}), without needing Docker;
+* and every query of every dashboard panel returns data from a real
+  Prometheus that scrapes the two servers and a Locust run, all started here
+  as plain processes. A query that returns nothing is a broken panel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dashboards import (
+    DASHBOARDS,
+    Prometheus,
+    all_panels,
+    load_dashboard,
+    query_panels,
+    wait_for_every_panel,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMETHEUS_DIR = ROOT / "prometheus"
+PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
+RULES = PROMETHEUS_DIR / "rules.yml"
+DATASOURCES = ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+COMPOSE = ROOT / "docker-compose.yml"
+LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+BIN = Path(sys.executable).parent
+
+HOST = "127.0.0.1"
+SERVERS = ("threaded", "async")
+JOBS = {"echo-servers", "locust-master", "locust-workers", "prometheus"}
+# What the dashboards' Grafana variables become in the live test. 1 s scrapes,
+# so a 5 s window holds five samples.
+SCRAPE_INTERVAL = "1s"
+RATE_WINDOW = "5s"
+DATA_DEADLINE = 60.0  # seconds for every panel to show data
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool not found: install Prometheus (Debian/Ubuntu: apt-get install prometheus)")
+    return path
+
+
+def run_promtool(*args: str) -> str:
+    result = subprocess.run([promtool(), *args], capture_output=True, text=True, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    return output
+
+
+def provisioned_uid() -> str:
+    sources = yaml.safe_load(DATASOURCES.read_text())["datasources"]
+    assert len(sources) == 1, "one data source, so every panel knows which"
+    uid = sources[0]["uid"]
+    assert isinstance(uid, str) and uid
+    return uid
+
+
+# --- Prometheus config ------------------------------------------------------------
+
+
+def test_promtool_checks_config() -> None:
+    output = run_promtool("check", "config", str(PROMETHEUS_CONFIG))
+    assert "SUCCESS" in output
+
+
+def test_promtool_checks_rules() -> None:
+    output = run_promtool("check", "rules", str(RULES))
+    assert "SUCCESS" in output
+
+
+def test_prometheus_jobs_and_intervals() -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == JOBS, "the dashboards and tests rely on these job names"
+    default = config["global"]["scrape_interval"]
+    for job in jobs.values():
+        interval = job.get("scrape_interval", default)
+        assert seconds(interval) <= 5, f"{job['job_name']} scraped every {interval}"
+    dns = jobs["locust-workers"]["dns_sd_configs"]
+    assert dns == [{"names": ["locust-worker"], "type": "A", "port": 9646, "refresh_interval": "5s"}]
+    assert jobs["echo-servers"]["honor_labels"] is True
+
+
+def seconds(duration: str) -> float:
+    match = re.fullmatch(r"(\d+)(ms|s|m)", duration)
+    assert match, duration
+    return int(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60}[match.group(2)]
+
+
+USERS_RULE_TEST = """
+rule_files: [{rules}]
+evaluation_interval: 5s
+tests:
+  # A master reports its workers' total: counting the workers too would double it.
+  - interval: 5s
+    input_series:
+      - series: 'echo_client_users{{job="locust-master", instance="m:9646", target="threaded"}}'
+        values: '30x3'
+      - series: 'echo_client_info{{job="locust-master", instance="m:9646", role="master"}}'
+        values: '1x3'
+      - series: 'echo_client_users{{job="locust-workers", instance="w1:9646", target="threaded"}}'
+        values: '20x3'
+      - series: 'echo_client_info{{job="locust-workers", instance="w1:9646", role="worker"}}'
+        values: '1x3'
+      - series: 'echo_client_users{{job="locust-workers", instance="w2:9646", target="threaded"}}'
+        values: '10x3'
+      - series: 'echo_client_info{{job="locust-workers", instance="w2:9646", role="worker"}}'
+        values: '1x3'
+      - series: 'echo_client_users{{job="locust", instance="l:9646", target="async"}}'
+        values: '7x3'
+      - series: 'echo_client_info{{job="locust", instance="l:9646", role="local"}}'
+        values: '1x3'
+    promql_expr_test:
+      - expr: target:echo_client_users:sum
+        eval_time: 10s
+        exp_samples:
+          - labels: 'target:echo_client_users:sum{{target="threaded"}}'
+            value: 30
+          - labels: 'target:echo_client_users:sum{{target="async"}}'
+            value: 7
+"""
+
+
+def test_users_rule_counts_each_user_once(tmp_path: Path) -> None:
+    test_file = tmp_path / "rules_test.yml"
+    test_file.write_text(USERS_RULE_TEST.format(rules=json.dumps(str(RULES))))
+    run_promtool("test", "rules", str(test_file))
+
+
+# --- Grafana provisioning and dashboards --------------------------------------------
+
+
+def test_dashboards_exist() -> None:
+    names = [p.name for p in DASHBOARDS]
+    assert "echolab-overview.json" in names
+    provider = yaml.safe_load((ROOT / "grafana/provisioning/dashboards/dashboards.yml").read_text())
+    path = provider["providers"][0]["options"]["path"]
+    compose = yaml.safe_load(COMPOSE.read_text())
+    grafana = compose["services"]["grafana"]
+    assert f"./grafana/dashboards:{path}:ro" in grafana["volumes"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{path}/echolab-overview.json"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=[p.name for p in DASHBOARDS])
+def test_dashboard_is_consistent(path: Path) -> None:
+    uid = provisioned_uid()
+    dashboard = load_dashboard(path)
+    ids = [p["id"] for p in all_panels(dashboard)]
+    assert len(ids) == len(set(ids)), f"duplicate panel ids: {sorted(i for i in ids if ids.count(i) > 1)}"
+    problems = []
+    for panel in all_panels(dashboard):
+        name = f"panel {panel['id']} {panel.get('title')!r}"
+        if panel.get("datasource", {}).get("uid") != uid:
+            problems.append(f"{name}: datasource {panel.get('datasource')}")
+    for panel in query_panels(dashboard):
+        name = f"panel {panel['id']} {panel.get('title')!r}"
+        if not panel.get("fieldConfig", {}).get("defaults", {}).get("unit"):
+            problems.append(f"{name}: no unit")
+        if not panel.get("targets"):
+            problems.append(f"{name}: no query")
+        for target in panel.get("targets", []):
+            if target.get("datasource", {}).get("uid") != uid:
+                problems.append(f"{name} {target.get('refId')}: datasource {target.get('datasource')}")
+            if not target.get("expr"):
+                problems.append(f"{name} {target.get('refId')}: empty query")
+            if not target.get("legendFormat"):
+                problems.append(f"{name} {target.get('refId')}: no legend")
+    for variable in dashboard.get("templating", {}).get("list", []):
+        if variable["type"] == "query" and variable["datasource"].get("uid") != uid:
+            problems.append(f"variable {variable['name']}: datasource {variable['datasource']}")
+    assert not problems, "\n".join(problems)
+
+
+# --- docker-compose.yml, read without Docker -------------------------------------------
+
+
+def test_compose_promises() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    assert set(services) >= {"threaded", "async", "locust-master", "locust-worker", "prometheus", "grafana"}
+    threaded, asynchronous = services["threaded"], services["async"]
+    for key in ("deploy", "ulimits", "stop_grace_period", "build", "image"):
+        assert threaded[key] == asynchronous[key], f"servers differ in {key}: the comparison is unfair"
+    limits = threaded["deploy"]["resources"]["limits"]
+    assert limits == {"cpus": "${SERVER_CPUS:-1}", "memory": "${SERVER_MEMORY:-512m}"}
+    nofile = threaded["ulimits"]["nofile"]
+    assert nofile["soft"] == nofile["hard"] == "${NOFILE_LIMIT:-20000}", "10,000 connections need fds"
+    drain = float(threaded["environment"]["ECHO_DRAIN_TIMEOUT"])
+    assert seconds(threaded["stop_grace_period"]) > drain
+    for name, service in services.items():
+        assert service.get("healthcheck", {}).get("test"), f"{name}: no healthcheck"
+        assert service.get("restart") == "unless-stopped", name
+        for port in service.get("ports", []):
+            assert port.startswith("${BIND_ADDRESS:-127.0.0.1}:"), f"{name} publishes {port} on every address"
+    for name in ("locust-master", "locust-worker", "grafana"):
+        conditions = {dep["condition"] for dep in services[name]["depends_on"].values()}
+        assert conditions == {"service_healthy"}, name
+    assert "GRAFANA_ADMIN_PASSWORD:?" in services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert services["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+
+
+# --- every panel against a real Prometheus ---------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Process:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+class Stack:
+    """Servers, a Locust run and Prometheus as processes on loopback, stopped in reverse order."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.processes: list[Process] = []
+        self.prometheus: Prometheus | None = None
+
+    def start(self, name: str, command: list[str]) -> Process:
+        log = self.workdir / f"{name}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ECHO_", "LOCUST_"))}
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
+        process = Process(name, proc, log)
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} (exit {p.proc.poll()}):\n{p.text()}" for p in self.processes)
+
+
+def wait_http(url: str, process: Process, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.proc.poll() is not None:
+            pytest.fail(f"{process.name} exited with {process.proc.returncode}:\n{process.text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{url} not answering after {timeout}s:\n{process.text()}")
+            time.sleep(0.1)
+
+
+def local_config(metrics: dict[str, int], locust_metrics: int, prometheus_port: int) -> dict[str, Any]:
+    """The repo's prometheus.yml with its jobs pointed at the local processes, scraping every second.
+
+    Job names, honor_labels and the labels the compose file gives the server
+    targets stay as in production; only the discovery changes.
+    """
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    config["global"].update(
+        scrape_interval=SCRAPE_INTERVAL, evaluation_interval=SCRAPE_INTERVAL, scrape_timeout=SCRAPE_INTERVAL
+    )
+    config["rule_files"] = [str(RULES)]
+    local = {
+        "echo-servers": [
+            {"targets": [f"{HOST}:{metrics[s]}"], "labels": {"server": s, "cpus": "1", "memory": "512m"}}
+            for s in SERVERS
+        ],
+        # A single local Locust process stands in for the master and workers.
+        "locust-workers": [{"targets": [f"{HOST}:{locust_metrics}"]}],
+        "locust-master": [],
+        "prometheus": [{"targets": [f"{HOST}:{prometheus_port}"]}],
+    }
+    for job in config["scrape_configs"]:
+        for key in [k for k in job if k.endswith("_sd_configs") or k == "static_configs"]:
+            del job[key]
+        job["static_configs"] = local[job["job_name"]]
+    return config  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if shutil.which("prometheus") is None:
+        pytest.fail("prometheus not found: install Prometheus (Debian/Ubuntu: apt-get install prometheus)")
+    assert LOCUSTFILE.exists(), f"{LOCUSTFILE} is missing"
+    workdir = tmp_path_factory.mktemp("monitoring")
+    stack = Stack(workdir)
+    try:
+        ports = {s: free_port() for s in SERVERS}
+        metrics = {s: free_port() for s in SERVERS}
+        for server in SERVERS:
+            process = stack.start(server, [
+                str(BIN / "echolab"), "serve", server, "--host", HOST, "--framing", "lines",
+                "--port", str(ports[server]), "--metrics-port", str(metrics[server]), "--delay-ms", "20",
+            ])  # fmt: skip
+            wait_http(f"http://{HOST}:{metrics[server]}/metrics", process)
+        locust_metrics = free_port()
+        # A little think time keeps the load light; every panel still gets data.
+        locust = stack.start("locust", [
+            str(BIN / "locust"), "-f", str(LOCUSTFILE), "--headless", "--users", "8", "--spawn-rate", "8",
+            "--run-time", "5m", "--only-summary", "--loglevel", "WARNING",
+            "--threaded-host", HOST, "--threaded-port", str(ports["threaded"]),
+            "--async-host", HOST, "--async-port", str(ports["async"]),
+            "--metrics-host", HOST, "--metrics-port", str(locust_metrics), "--think-time", "0.01",
+        ])  # fmt: skip
+        wait_http(f"http://{HOST}:{locust_metrics}/metrics", locust)
+        prometheus_port = free_port()
+        config = local_config(metrics, locust_metrics, prometheus_port)
+        (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+        prometheus = stack.start("prometheus", [
+            "prometheus", f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address={HOST}:{prometheus_port}",
+            "--log.level=warn",
+        ])  # fmt: skip
+        stack.prometheus = Prometheus(f"http://{HOST}:{prometheus_port}")
+        wait_http(f"{stack.prometheus.url}/-/ready", prometheus)
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=[p.name for p in DASHBOARDS])
+def test_every_panel_returns_data(stack: Stack, path: Path) -> None:
+    assert stack.prometheus is not None
+    problems = wait_for_every_panel(stack.prometheus, load_dashboard(path), RATE_WINDOW, DATA_DEADLINE)
+    if problems:
+        pytest.fail(problems + "\n" + stack.logs())
