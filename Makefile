@@ -11,7 +11,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,loadtest]'
+	$(BIN)/pip install --quiet -e '.[dev,loadtest,report]'
 	touch $@
 
 test: install
@@ -22,14 +22,86 @@ lint: install
 	$(BIN)/ruff format --check services tests loadtest
 	$(BIN)/mypy services
 
+# The comparison, natively: a concurrency sweep of every server, a report in reports/.
+# DEMO_ARGS="--quick" for a ~30 s version; see `echolab demo --help`.
+demo: install
+	$(BIN)/echolab demo $(DEMO_ARGS)
+
+# Every server at the levels where they differ; prints a table, writes reports/bench-*.json.
 bench: install
-	$(BIN)/python -m echolab.benchmark
+	$(BIN)/python -m echolab.benchmark $(BENCH_ARGS)
 
 serve-threaded: install
 	$(BIN)/echolab serve threaded --host $(HOST)
 
 serve-async: install
 	$(BIN)/echolab serve async --host $(HOST) --metrics-port 8001 --port 9091
+
+# --- Locust, natively: both servers (lines framing) + Locust; servers stop with Locust ---
+LOCUSTFILES    := loadtest/locustfile.py,loadtest/step_ramp.py,loadtest/spike.py
+LOADTEST_USERS ?= 200
+LOADTEST_TIME  ?= 60s
+STEP_USERS     ?= 20
+STEP_SECONDS   ?= 5
+
+.PHONY: locust loadtest
+
+# Web UI on http://127.0.0.1:8089: pick the users (one server or both) and a shape.
+locust: install
+	$(BIN)/python loadtest/run_local.py -f $(LOCUSTFILES) --class-picker
+
+# Headless step ramp (+STEP_USERS every STEP_SECONDS up to LOADTEST_USERS) for LOADTEST_TIME.
+loadtest: install
+	mkdir -p reports
+	$(BIN)/python loadtest/run_local.py -f loadtest/locustfile.py,loadtest/step_ramp.py --headless \
+	  -u $(LOADTEST_USERS) -t $(LOADTEST_TIME) --step-users $(STEP_USERS) --step-seconds $(STEP_SECONDS) \
+	  --html reports/locust.html --csv reports/locust --only-summary
+	@echo "Locust report: reports/locust.html (stats: reports/locust_stats.csv)"
+
+# --- the containerized stack: docker-compose.yml ---------------------------------
+COMPOSE  ?= docker compose
+# Services for up/logs; empty means all. E.g. SERVICES="threaded async prometheus".
+SERVICES ?=
+WORKERS  ?= 4
+
+.PHONY: up urls down logs ps scale test-stack
+
+# Compose refuses to start without GRAFANA_ADMIN_PASSWORD: the first stack
+# command writes .env from .env.example, with a random password.
+.env:
+	@sed "s/^GRAFANA_ADMIN_PASSWORD=.*/GRAFANA_ADMIN_PASSWORD=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(18))')/" \
+	  .env.example > $@
+	@echo "wrote .env from .env.example (random Grafana admin password): edit it for limits and ports"
+
+up: .env
+	$(COMPOSE) up --detach --build --wait $(SERVICES)
+	@$(MAKE) --no-print-directory urls
+
+urls: .env
+	@for s in "grafana 3000 Grafana" "locust-master 8089 Locust" "prometheus 9090 Prometheus"; do \
+	  set -- $$s; a=$$($(COMPOSE) port $$1 $$2 2>/dev/null) && [ -n "$$a" ] && echo "$$3: http://$$a/"; \
+	done; \
+	for s in "threaded 9090" "async 9090"; do \
+	  set -- $$s; a=$$($(COMPOSE) port $$1 $$2 2>/dev/null) && [ -n "$$a" ] && echo "echo server $$1: $$a"; \
+	done; true
+
+down: .env
+	$(COMPOSE) down
+
+logs: .env
+	$(COMPOSE) logs --follow --tail=100 $(SERVICES)
+
+ps: .env
+	$(COMPOSE) ps
+
+scale: .env
+	$(COMPOSE) up --detach --wait --no-recreate --scale locust-worker=$(WORKERS) locust-worker
+
+# Builds and runs the stack (less Grafana) under its own project name and
+# free ports, loads it, checks Prometheus sees it all, always tears it down.
+# Needs Docker: fails, never skips, without it.
+test-stack: install
+	$(BIN)/pytest tests/stack/check_stack.py --timeout=1800 -s
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from time import perf_counter
 from typing import Any
 
+import httptools
 import uvloop
 
 from .client import failure_kind
@@ -171,6 +172,38 @@ class OneshotConnection(asyncio.Protocol):
         self.user.again()
 
 
+class HttpConnection(LinesConnection):
+    """HTTP/1.1 keep-alive: a POST per request, the response parsed by httptools."""
+
+    def __init__(self, run: Run, user: User) -> None:
+        super().__init__(run, user)
+        self.parser = httptools.HttpResponseParser(self)
+        self.body = b""
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.run.error("bad_response")
+            self.transport.abort()
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        now = perf_counter()
+        run = self.run
+        at = self.sent.popleft()
+        status = self.parser.get_status_code()
+        if status == 200 and self.body == run.expected:
+            run.record(now - at)
+        else:
+            run.error("wrong_reply" if status == 200 else f"http_{status}")
+        self.body = b""
+        if run.closed_loop and not run.stopping:
+            self.send(now)
+
+
 class User:
     """One simulated client: keeps a connection (or a request) going until the run stops."""
 
@@ -182,12 +215,14 @@ class User:
 
     async def connect(self) -> None:
         run = self.run
-        factory = LinesConnection if run.framing == "lines" else OneshotConnection
+        factory = {"lines": LinesConnection, "oneshot": OneshotConnection, "http": HttpConnection}[
+            run.framing
+        ]
         self.started = perf_counter()
         try:
             await asyncio.wait_for(
-                run.loop.create_connection(lambda: factory(run, self), run.host, run.port),
-                run.timeout)
+                run.loop.create_connection(lambda: factory(run, self), run.host, run.port), run.timeout
+            )
         except (OSError, TimeoutError) as exc:
             run.error(kind_of(exc))
             self.again(RECONNECT_DELAY)
@@ -259,8 +294,8 @@ async def watch(run: Run, users: list[User]) -> None:
 
 
 async def bench(args: argparse.Namespace) -> BenchResult:
-    if args.rate and args.framing != "lines":
-        raise SystemExit("--rate (open loop) needs --framing lines")
+    if args.rate and args.framing == "oneshot":
+        raise SystemExit("--rate (open loop) needs persistent connections: --framing lines or http")
     loop = asyncio.get_running_loop()
     run = Run(loop, args)
     users = [User(run) for _ in range(args.connections)]
@@ -269,11 +304,11 @@ async def bench(args: argparse.Namespace) -> BenchResult:
     async def connect(user: User) -> None:
         async with gate:
             await user.connect()
-            if run.framing == "lines":
+            if run.framing != "oneshot":
                 await asyncio.wait([user.ready], timeout=run.timeout)
 
     await asyncio.gather(*(connect(u) for u in users))
-    connected = sum(u.ready.done() for u in users) if run.framing == "lines" else len(users)
+    connected = sum(u.ready.done() for u in users) if run.framing != "oneshot" else len(users)
     background = [loop.create_task(watch(run, users))]
     if args.rate:
         background.append(loop.create_task(pace(run, users, args.rate)))
@@ -311,12 +346,22 @@ def summarise(run: Run, args: argparse.Namespace, connected: int, elapsed: float
     delay = args.delay_hint_ms / 1000.0
     bound = args.connections / delay if delay > 0 and not args.rate else None
     return BenchResult(
-        target=args.target, framing=args.framing, mode="open" if args.rate else "closed",
-        connections=args.connections, connected=connected, rate=args.rate,
-        delay_hint_ms=args.delay_hint_ms, seconds=round(elapsed, 3), requests=count,
+        target=args.target,
+        framing=args.framing,
+        mode="open" if args.rate else "closed",
+        connections=args.connections,
+        connected=connected,
+        rate=args.rate,
+        delay_hint_ms=args.delay_hint_ms,
+        seconds=round(elapsed, 3),
+        requests=count,
         throughput=round(throughput, 1),
-        latency_ms={"p50": pct(50), "p90": pct(90), "p99": pct(99),
-                    "max": round(latencies[-1] * 1000, 3) if count else math.nan},
+        latency_ms={
+            "p50": pct(50),
+            "p90": pct(90),
+            "p99": pct(99),
+            "max": round(latencies[-1] * 1000, 3) if count else math.nan,
+        },
         errors=dict(run.errors),
         bound=round(bound, 1) if bound else None,
         bound_fraction=round(throughput / bound, 4) if bound else None,
@@ -329,14 +374,15 @@ def render(result: BenchResult) -> str:
         f"target      {result.target} ({result.framing}, {result.mode} loop, "
         f"{result.connected}/{result.connections} connections)",
         f"requests    {result.requests} in {result.seconds:.2f}s = {result.throughput:,.0f} req/s",
-        f"latency ms  p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  p99 {lat['p99']:.1f}  "
-        f"max {lat['max']:.1f}",
+        f"latency ms  p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  p99 {lat['p99']:.1f}  max {lat['max']:.1f}",
         "errors      " + (", ".join(f"{k}={v}" for k, v in sorted(result.errors.items())) or "none"),
     ]
     if result.bound:
-        lines.append(f"little's law bound {result.bound:,.0f} req/s "
-                     f"({result.connections} connections / {result.delay_hint_ms:g} ms): "
-                     f"achieved {result.bound_fraction:.1%}")
+        lines.append(
+            f"little's law bound {result.bound:,.0f} req/s "
+            f"({result.connections} connections / {result.delay_hint_ms:g} ms): "
+            f"achieved {result.bound_fraction:.1%}"
+        )
     return "\n".join(lines)
 
 

@@ -13,10 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+from .report import require_extra
+from .sweep import ServerSpec, measure, running
 
-from .sweep import ServerSpec, measure
+require_extra()
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
 
 ASYNC = ServerSpec("async", "async")
 ASYNC_NO_METRICS = ServerSpec("async (no metrics)", "async", options=("--no-metrics",))
@@ -26,6 +28,9 @@ POOL = ServerSpec("pool (64 threads)", "threaded", options=("--model", "pool", "
 # Serial and persistent connections would serve one client forever: the
 # article's baseline speaks its own protocol, one request per connection.
 SERIAL = ServerSpec("serial", "threaded", framing="oneshot", options=("--model", "serial"))
+
+THREADED_HTTP = ServerSpec("threaded-http", "threaded-http", "http")
+ASYNC_HTTP = ServerSpec("async-http", "async-http", "http")
 
 LEVELS = (100, 1000, 5000, 10000)
 
@@ -38,32 +43,53 @@ def plan() -> list[tuple[str, ServerSpec, tuple[int, ...], float]]:
         ("delay 100 ms", THREADED, LEVELS, 100),
         ("delay 100 ms", POOL, LEVELS, 100),
         ("delay 100 ms", SERIAL, (10,), 100),
+        ("delay 100 ms", THREADED_HTTP, LEVELS, 100),
+        ("delay 100 ms", ASYNC_HTTP, LEVELS, 100),
         ("delay 0", ASYNC, (10, 100), 0),
         ("delay 0", ASYNC_NO_METRICS, (10, 100), 0),
         ("delay 0", BARE, (10, 100), 0),
         ("delay 0", THREADED, (10, 100), 0),
         ("delay 0", POOL, (10, 100), 0),
         ("delay 0", SERIAL, (10,), 0),
+        ("delay 0", THREADED_HTTP, (10, 100), 0),
+        ("delay 0", ASYNC_HTTP, (10, 100), 0),
     ]
 
 
 def targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool, str]]:
     """The issue's targets for the async server, checked against this run."""
+
     def row(server: str, delay: float, connections: int) -> dict[str, Any] | None:
-        return next((r for r in rows if r["server"] == server and r["delay_ms"] == delay
-                     and r["connections"] == connections), None)
+        return next(
+            (
+                r
+                for r in rows
+                if r["server"] == server and r["delay_ms"] == delay and r["connections"] == connections
+            ),
+            None,
+        )
 
     checks = []
     for level in (1000, 5000):
         r = row("async", 100, level)
         if r and r["bound_fraction"] is not None:
-            checks.append((f"async >= 95% of the bound at {level}", r["bound_fraction"] >= 0.95,
-                           f"{r['bound_fraction']:.1%}"))
+            checks.append(
+                (
+                    f"async >= 95% of the bound at {level}",
+                    r["bound_fraction"] >= 0.95,
+                    f"{r['bound_fraction']:.1%}",
+                )
+            )
     ours, bare = row("async", 100, 10000), row("bare uvloop", 100, 10000)
     if ours and bare:
-        checks.append(("async >= bare uvloop at 10000", ours["throughput"] >= bare["throughput"],
-                       f"{ours['throughput']:,.0f} vs {bare['throughput']:,.0f} req/s "
-                       f"({ours['throughput'] / max(bare['throughput'], 1):.2f}x)"))
+        checks.append(
+            (
+                "async >= bare uvloop at 10000",
+                ours["throughput"] >= bare["throughput"],
+                f"{ours['throughput']:,.0f} vs {bare['throughput']:,.0f} req/s "
+                f"({ours['throughput'] / max(bare['throughput'], 1):.2f}x)",
+            )
+        )
     on, off = row("async", 0, 100), row("async (no metrics)", 0, 100)
     if on and off:
         ratio = on["throughput"] / max(off["throughput"], 1)
@@ -71,19 +97,48 @@ def targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool, str]]:
     return checks
 
 
+def locust_capacity(seconds: float) -> float:
+    """Requests/s one Locust process generates with our TCP user (see locust_capacity.py)."""
+    from .locust_capacity import measure_capacity
+
+    with running(ASYNC, delay_ms=0) as (port, _):
+        return measure_capacity("127.0.0.1", port, seconds=seconds)
+
+
 def table(rows: list[dict[str, Any]]) -> Table:
     out = Table(title="echolab bench (closed loop; bound = connections / delay)")
-    for column in ("delay", "server", "framing", "conns", "req/s", "of bound", "p50 ms", "p99 ms",
-                   "errors", "srv CPU", "RSS MB", "threads"):
+    for column in (
+        "delay",
+        "server",
+        "framing",
+        "conns",
+        "req/s",
+        "of bound",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "srv CPU",
+        "RSS MB",
+        "threads",
+    ):
         out.add_column(column, justify="right" if column not in ("server", "framing") else "left")
     for r in rows:
         fraction = f"{r['bound_fraction']:.1%}" if r["bound_fraction"] is not None else "-"
         errors = sum(r["errors"].values())
-        out.add_row(f"{r['delay_ms']:g} ms", r["server"], r["framing"], str(r["connections"]),
-                    f"{r['throughput']:,.0f}", fraction, f"{r['latency_ms']['p50']:.1f}",
-                    f"{r['latency_ms']['p99']:.1f}", str(errors) if errors else "",
-                    f"{r['server_cpu_percent']:.0f}%", f"{r['server_rss_mb']:.0f}",
-                    str(r["server_threads"]))
+        out.add_row(
+            f"{r['delay_ms']:g} ms",
+            r["server"],
+            r["framing"],
+            str(r["connections"]),
+            f"{r['throughput']:,.0f}",
+            fraction,
+            f"{r['latency_ms']['p50']:.1f}",
+            f"{r['latency_ms']['p99']:.1f}",
+            str(errors) if errors else "",
+            f"{r['server_cpu_percent']:.0f}%",
+            f"{r['server_rss_mb']:.0f}",
+            str(r["server_threads"]),
+        )
     return out
 
 
@@ -99,20 +154,33 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     show: Callable[[dict[str, Any]], None] = lambda r: console.print(  # noqa: E731
         f"  {r['server']:<20} delay {r['delay_ms']:>3g} ms  {r['connections']:>6} conns  "
-        f"{r['throughput']:>9,.0f} req/s  p99 {r['latency_ms']['p99']:>8.1f} ms")
+        f"{r['throughput']:>9,.0f} req/s  p99 {r['latency_ms']['p99']:>8.1f} ms"
+    )
     for _section, spec, levels, delay in plan():
         if args.only and args.only not in spec.name:
             continue
         rows += measure(spec, levels, delay, args.duration, args.warmup, on_level=show)
 
     console.print(table(rows))
+    locust_rate = locust_capacity(args.duration * 2)
+    console.print(
+        f"one Locust process (50 AsyncEchoUser, lines, async server at delay 0): {locust_rate:,.0f} req/s"
+    )
     checks = targets(rows)
     for name, ok, detail in checks:
         console.print(f"{'PASS' if ok else 'MISS'}  {name}: {detail}")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"rows": rows, "targets": [
-        {"target": n, "met": ok, "measured": d} for n, ok, d in checks]}, indent=1))
+    path.write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "locust_requests_per_second": locust_rate,
+                "targets": [{"target": n, "met": ok, "measured": d} for n, ok, d in checks],
+            },
+            indent=1,
+        )
+    )
     console.print(f"wrote {path}")
     return 0
 

@@ -26,6 +26,9 @@ def servers(framing: str) -> list[ServerSpec]:
     return [
         ServerSpec("threaded", "threaded", framing, ("--model", "thread-per-connection")),
         ServerSpec("async", "async", framing, ("--loop", "uvloop")),
+        # The same question over HTTP, both on gunicorn: gthread vs an event-loop worker.
+        ServerSpec("threaded-http", "threaded-http", "http"),
+        ServerSpec("async-http", "async-http", "http"),
         # The article's baseline in its own protocol: with persistent
         # connections a serial server would serve its first client forever.
         ServerSpec("serial", "threaded", "oneshot", ("--model", "serial")),
@@ -33,15 +36,22 @@ def servers(framing: str) -> list[ServerSpec]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help=f"about 30 s: levels {', '.join(map(str, QUICK_LEVELS))}, short runs")
-    parser.add_argument("--levels", type=lambda s: tuple(int(x) for x in s.split(",")),
-                        help=f"comma-separated connection counts (default {DEFAULT_LEVELS})")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"about 30 s: levels {', '.join(map(str, QUICK_LEVELS))}, short runs",
+    )
+    parser.add_argument(
+        "--levels",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        help=f"comma-separated connection counts (default {DEFAULT_LEVELS})",
+    )
     parser.add_argument("--delay-ms", type=float, default=100.0, help="simulated IO (default 100)")
     parser.add_argument("--framing", choices=("lines", "oneshot"), default="lines")
-    parser.add_argument("--duration", type=float, help="measured seconds per level (default 4, quick 1.5)")
-    parser.add_argument("--warmup", type=float,
-                        help="seconds of load before measuring (default 1, quick 0.5)")
+    parser.add_argument("--duration", type=float, help="measured seconds per level (default 3, quick 1.5)")
+    parser.add_argument(
+        "--warmup", type=float, help="seconds of load before measuring (default 1, quick 0.5)"
+    )
     parser.add_argument("--out", type=Path, default=Path("reports"), help="where reports go")
 
 
@@ -68,20 +78,23 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
                 f"p50 {row['latency_ms']['p50']:,.0f} p99 {row['latency_ms']['p99']:,.0f} ms"
                 + (f"\n{errors:,} errors" if errors else "")
                 + f"\nCPU {row['server_cpu_percent']:.0f}% {row['server_rss_mb']:.0f} MiB "
-                  f"{row['server_threads']} thr")
+                f"{row['server_threads']} thr"
+            )
         table.add_row(*cells)
     return table
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import report
+
+    report.require_extra()
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from . import report
     from .sweep import measure
 
     levels = args.levels or (QUICK_LEVELS if args.quick else DEFAULT_LEVELS)
-    duration = args.duration or (1.5 if args.quick else 4.0)
+    duration = args.duration or (1.5 if args.quick else 3.0)
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     plan = []
@@ -100,9 +113,11 @@ def run(args: argparse.Namespace) -> int:
 
             def done(row: dict[str, Any]) -> None:
                 progress.advance(task)
-                progress.console.print(f"  {row['server']:>8} {row['connections']:>6,} conns "
-                                       f"{row['throughput']:>9,.0f} req/s "
-                                       f"p99 {row['latency_ms']['p99']:>8,.0f} ms")
+                progress.console.print(
+                    f"  {row['server']:>8} {row['connections']:>6,} conns "
+                    f"{row['throughput']:>9,.0f} req/s "
+                    f"p99 {row['latency_ms']['p99']:>8,.0f} ms"
+                )
 
             rows += measure(spec, spec_levels, args.delay_ms, duration, warmup, on_level=done)
 
@@ -110,8 +125,14 @@ def run(args: argparse.Namespace) -> int:
     verdicts = [report.verdict(name, series) for name, series in report.by_server(rows).items()]
     for line in verdicts:
         console.print("• " + line)
-    settings = {"started": started, "levels": list(levels), "delay_ms": args.delay_ms,
-                "framing": args.framing, "duration": duration, "warmup": warmup}
+    settings = {
+        "started": started,
+        "levels": list(levels),
+        "delay_ms": args.delay_ms,
+        "framing": args.framing,
+        "duration": duration,
+        "warmup": warmup,
+    }
     folder = args.out / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     index = report.write(folder, rows, settings, verdicts)
     console.print(f"report: {index.resolve()}")

@@ -39,9 +39,26 @@ class ServerSpec:
     def argv(self, port: int, delay_ms: float) -> list[str]:
         if self.kind == "bare":
             return [sys.executable, "-m", "echolab.bare_server", str(port), f"{delay_ms:g}"]
-        return [sys.executable, "-m", "echolab", "serve", self.kind, "--host", "127.0.0.1",
-                "--port", str(port), "--metrics-port", str(free_port()), "--framing", self.framing,
-                "--delay-ms", f"{delay_ms:g}", "--log-level", "warning", *self.options]
+        framing = () if self.framing == "http" else ("--framing", self.framing)
+        return [
+            sys.executable,
+            "-m",
+            "echolab",
+            "serve",
+            self.kind,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(free_port()),
+            *framing,
+            "--delay-ms",
+            f"{delay_ms:g}",
+            "--log-level",
+            "warning",
+            *self.options,
+        ]
 
 
 def free_port() -> int:
@@ -65,8 +82,7 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = RE
 def running(spec: ServerSpec, delay_ms: float) -> Iterator[tuple[int, psutil.Process]]:
     """Start the server, yield (port, process), stop it with SIGTERM."""
     port = free_port()
-    proc = subprocess.Popen(spec.argv(port, delay_ms), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(spec.argv(port, delay_ms), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(port, proc)
         yield port, psutil.Process(proc.pid)
@@ -89,8 +105,19 @@ class Usage:
     samples: list[tuple[float, float, int]] = field(default_factory=list)
 
 
+def tree(process: psutil.Process) -> list[psutil.Process]:
+    """The server and its children: gunicorn serves from worker processes."""
+    with contextlib.suppress(psutil.Error):
+        return [process, *process.children(recursive=True)]
+    return [process]
+
+
 class Sampler(threading.Thread):
-    """Samples a process's RSS and thread count; CPU comes from its cpu_times."""
+    """Samples a server's RSS and threads (summed over its processes) and its CPU time.
+
+    CPU time counts children that have exited too (``children_*``), so a
+    gunicorn worker restarted mid-run still counts.
+    """
 
     def __init__(self, process: psutil.Process, every: float = 0.25) -> None:
         super().__init__(daemon=True)
@@ -102,15 +129,21 @@ class Sampler(threading.Thread):
         self._t0 = time.monotonic()
 
     def _cpu(self) -> float:
-        times = self.process.cpu_times()
-        return float(times.user + times.system)
+        total = 0.0
+        for proc in tree(self.process):
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+        return total
 
     def run(self) -> None:
         while not self.stop.wait(self.every):
-            with contextlib.suppress(psutil.Error):
-                self.usage.samples.append((time.monotonic() - self._t0,
-                                           self.process.memory_info().rss / 2**20,
-                                           self.process.num_threads()))
+            rss, threads = 0.0, 0
+            for proc in tree(self.process):
+                with contextlib.suppress(psutil.Error):
+                    rss += proc.memory_info().rss / 2**20
+                    threads += proc.num_threads()
+            self.usage.samples.append((time.monotonic() - self._t0, rss, threads))
 
     def finish(self) -> Usage:
         self.stop.set()
@@ -125,23 +158,53 @@ class Sampler(threading.Thread):
         return usage
 
 
-def bench_once(port: int, framing: str, connections: int, duration: float, warmup: float,
-               delay_ms: float, extra: Sequence[str] = ()) -> dict[str, Any]:
+def bench_once(
+    port: int,
+    framing: str,
+    connections: int,
+    duration: float,
+    warmup: float,
+    delay_ms: float,
+    extra: Sequence[str] = (),
+) -> dict[str, Any]:
     """One ``echolab bench --json`` run against 127.0.0.1:port."""
-    argv = [sys.executable, "-m", "echolab", "bench", f"127.0.0.1:{port}", "--json",
-            "--framing", framing, "--connections", str(connections), "--duration", str(duration),
-            "--warmup", str(warmup), "--delay-hint-ms", f"{delay_ms:g}", *extra]
-    done = subprocess.run(argv, capture_output=True, text=True, env=os.environ.copy(),
-                          timeout=duration + warmup + 120)
+    argv = [
+        sys.executable,
+        "-m",
+        "echolab",
+        "bench",
+        f"127.0.0.1:{port}",
+        "--json",
+        "--framing",
+        framing,
+        "--connections",
+        str(connections),
+        "--duration",
+        str(duration),
+        "--warmup",
+        str(warmup),
+        "--delay-hint-ms",
+        f"{delay_ms:g}",
+        *extra,
+    ]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, env=os.environ.copy(), timeout=duration + warmup + 120
+    )
     if done.returncode != 0:
         raise RuntimeError(f"bench failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
 
-def measure(spec: ServerSpec, levels: Sequence[int], delay_ms: float, duration: float,
-            warmup: float, extra: Sequence[str] = (),
-            on_level: Any = None) -> list[dict[str, Any]]:
+def measure(
+    spec: ServerSpec,
+    levels: Sequence[int],
+    delay_ms: float,
+    duration: float,
+    warmup: float,
+    extra: Sequence[str] = (),
+    on_level: Any = None,
+) -> list[dict[str, Any]]:
     """Start ``spec`` once and run the client at each level; one row per level."""
     rows = []
     with running(spec, delay_ms) as (port, process):
@@ -152,9 +215,16 @@ def measure(spec: ServerSpec, levels: Sequence[int], delay_ms: float, duration: 
                 result = bench_once(port, spec.framing, connections, duration, warmup, delay_ms, extra)
             finally:
                 usage = sampler.finish()
-            rows.append({"server": spec.name, "delay_ms": delay_ms, **result,
-                         "server_cpu_percent": usage.cpu_percent, "server_rss_mb": usage.rss_mb,
-                         "server_threads": usage.threads})
+            rows.append(
+                {
+                    "server": spec.name,
+                    "delay_ms": delay_ms,
+                    **result,
+                    "server_cpu_percent": usage.cpu_percent,
+                    "server_rss_mb": usage.rss_mb,
+                    "server_threads": usage.threads,
+                }
+            )
             if on_level is not None:
                 on_level(rows[-1])
     return rows
