@@ -119,7 +119,12 @@ def run(args: argparse.Namespace) -> int:
                     f"p99 {row['latency_ms']['p99']:>8,.0f} ms"
                 )
 
-            rows += measure(spec, spec_levels, args.delay_ms, duration, warmup, on_level=done)
+            def failed(connections: int, exc: RuntimeError, name: str = spec.name) -> None:
+                progress.console.print(f"  {name:>8} {connections:>6,} conns [red]{exc}[/red]")
+
+            rows += measure(
+                spec, spec_levels, args.delay_ms, duration, warmup, on_level=done, on_error=failed
+            )
 
     console.print(summary_table(rows))
     verdicts = [report.verdict(name, series) for name, series in report.by_server(rows).items()]

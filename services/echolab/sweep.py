@@ -17,11 +17,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
+
+from .bench import CONNECT_PHASE_SECONDS
 
 READY_TIMEOUT = 15.0
 STOP_TIMEOUT = 15.0
@@ -32,13 +34,13 @@ class ServerSpec:
     """How to start one server: ``name`` is what tables and charts call it."""
 
     name: str
-    kind: str  # "threaded", "async" or "bare"
+    kind: str  # an `echolab serve` server, or "bare-uvloop" / "bare-threaded"
     framing: str = "lines"
     options: tuple[str, ...] = ()
 
     def argv(self, port: int, delay_ms: float) -> list[str]:
-        if self.kind == "bare":
-            return [sys.executable, "-m", "echolab.bare_server", str(port), f"{delay_ms:g}"]
+        if self.kind.startswith("bare-"):  # bare-uvloop, bare-threaded
+            return [sys.executable, "-m", "echolab.bare_server", self.kind[5:], str(port), f"{delay_ms:g}"]
         framing = () if self.framing == "http" else ("--framing", self.framing)
         return [
             sys.executable,
@@ -168,28 +170,16 @@ def bench_once(
     extra: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One ``echolab bench --json`` run against 127.0.0.1:port."""
-    argv = [
-        sys.executable,
-        "-m",
-        "echolab",
-        "bench",
-        f"127.0.0.1:{port}",
-        "--json",
-        "--framing",
-        framing,
-        "--connections",
-        str(connections),
-        "--duration",
-        str(duration),
-        "--warmup",
-        str(warmup),
-        "--delay-hint-ms",
-        f"{delay_ms:g}",
-        *extra,
-    ]
-    done = subprocess.run(
-        argv, capture_output=True, text=True, env=os.environ.copy(), timeout=duration + warmup + 120
+    options = (
+        f"--framing {framing} --connections {connections} --duration {duration} "
+        f"--warmup {warmup} --delay-hint-ms {delay_ms:g}"
     )
+    argv = [sys.executable, "-m", "echolab", "bench", f"127.0.0.1:{port}", "--json", *options.split(), *extra]
+    limit = duration + warmup + CONNECT_PHASE_SECONDS + 60
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, env=os.environ.copy(), timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"bench did not finish in {limit:g}s") from None
     if done.returncode != 0:
         raise RuntimeError(f"bench failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     result: dict[str, Any] = json.loads(done.stdout)
@@ -203,9 +193,15 @@ def measure(
     duration: float,
     warmup: float,
     extra: Sequence[str] = (),
-    on_level: Any = None,
+    on_level: Callable[[dict[str, Any]], None] | None = None,
+    on_error: Callable[[int, RuntimeError], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Start ``spec`` once and run the client at each level; one row per level."""
+    """Start ``spec`` once and run the client at each level; one row per level.
+
+    With ``on_error``, a level whose client fails is reported there and ends
+    this server's sweep (higher levels would only fail worse); the rows so
+    far are kept. Without, the error propagates.
+    """
     rows = []
     with running(spec, delay_ms) as (port, process):
         for connections in levels:
@@ -213,6 +209,11 @@ def measure(
             sampler.start()
             try:
                 result = bench_once(port, spec.framing, connections, duration, warmup, delay_ms, extra)
+            except RuntimeError as exc:
+                if on_error is None:
+                    raise
+                on_error(connections, exc)
+                break
             finally:
                 usage = sampler.finish()
             rows.append(
