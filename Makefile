@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 
-.PHONY: install test lint bench demo serve-threaded serve-async clean
+.PHONY: install test prometheus-tools lint bench demo serve-threaded serve-async clean
 
 install: $(VENV)/.installed
 
@@ -14,8 +14,21 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,loadtest,report]'
 	touch $@
 
-test: install
+test: install prometheus-tools
 	$(BIN)/pytest
+
+# The monitoring tests run a real Prometheus and promtool. As root on Debian or
+# Ubuntu this installs the distribution's package; elsewhere it says what to do.
+prometheus-tools:
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Prometheus and promtool (Debian package prometheus)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	  else \
+	    echo "make test needs prometheus and promtool on PATH: sudo apt-get install prometheus" \
+	      "(Debian/Ubuntu) or brew install prometheus (macOS)" >&2; exit 1; \
+	  fi; \
+	fi
 
 lint: install
 	$(BIN)/ruff check services tests loadtest
@@ -37,7 +50,7 @@ serve-threaded: install
 serve-async: install
 	$(BIN)/echolab serve async --host $(HOST) --metrics-port 8001 --port 9091
 
-# --- Locust, natively: both servers (lines framing) + Locust; servers stop with Locust ---
+# --- Locust, natively: the four servers (TCP ones with lines framing) + Locust; servers stop with Locust ---
 LOCUSTFILES    := loadtest/locustfile.py,loadtest/step_ramp.py,loadtest/spike.py
 LOADTEST_USERS ?= 200
 LOADTEST_TIME  ?= 60s
@@ -46,7 +59,7 @@ STEP_SECONDS   ?= 5
 
 .PHONY: locust loadtest
 
-# Web UI on http://127.0.0.1:8089: pick the users (one server or both) and a shape.
+# Web UI on http://127.0.0.1:8089: pick the users (any of the four servers) and a shape.
 locust: install
 	$(BIN)/python loadtest/run_local.py -f $(LOCUSTFILES) --class-picker
 
@@ -81,7 +94,7 @@ urls: .env
 	@for s in "grafana 3000 Grafana" "locust-master 8089 Locust" "prometheus 9090 Prometheus"; do \
 	  set -- $$s; a=$$($(COMPOSE) port $$1 $$2 2>/dev/null) && [ -n "$$a" ] && echo "$$3: http://$$a/"; \
 	done; \
-	for s in "threaded 9090" "async 9090"; do \
+	for s in "threaded 9090" "async 9090" "threaded-http 9090" "async-http 9090"; do \
 	  set -- $$s; a=$$($(COMPOSE) port $$1 $$2 2>/dev/null) && [ -n "$$a" ] && echo "echo server $$1: $$a"; \
 	done; true
 
