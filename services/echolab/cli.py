@@ -23,20 +23,7 @@ SERVE_COMMON = (
     "log_level",
 )
 # The HTTP servers: no framing (HTTP frames), no model or loop (fixed by the gunicorn worker class).
-SERVE_HTTP = (
-    "host",
-    "port",
-    "metrics_port",
-    "metrics",
-    "delay_ms",
-    "max_message_bytes",
-    "idle_timeout",
-    "max_connections",
-    "backlog",
-    "drain_timeout",
-    "log_level",
-    "workers",
-)
+SERVE_HTTP = (*(name for name in SERVE_COMMON if name != "framing"), "workers")
 BENCH = (
     "framing",
     "connections",
