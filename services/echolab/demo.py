@@ -56,31 +56,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def summary_table(rows: list[dict[str, Any]]) -> Table:
+    """Side by side: at each concurrency level, one line per server; red where it broke."""
     from rich.table import Table
 
     from . import report
 
     table = Table(title="threads vs asyncio (closed loop; bound = connections / delay)")
-    for column in ("connections", *dict.fromkeys(r["server"] for r in rows)):
-        table.add_column(column, justify="right")
-    grouped = report.by_server(rows)
-    for level in sorted({r["connections"] for r in rows}):
-        cells = [f"{level:,}"]
-        for series in grouped.values():
-            row = next((r for r in series if r["connections"] == level), None)
-            if row is None:
-                cells.append("")
-                continue
+    for column in (
+        "conns",
+        "server",
+        "req/s",
+        "of bound",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "CPU",
+        "RSS MiB",
+        "threads",
+    ):
+        table.add_column(column, justify="left" if column == "server" else "right")
+    levels = sorted({r["connections"] for r in rows})
+    for level in levels:
+        at_level = [r for r in rows if r["connections"] == level]
+        for index, row in enumerate(at_level):
             errors = sum(row["errors"].values())
-            style = "" if report.holds(row) else "[red]"
-            cells.append(
-                f"{style}{row['throughput']:,.0f}/s {row['bound_fraction'] or 0:.0%}\n"
-                f"p50 {row['latency_ms']['p50']:,.0f} p99 {row['latency_ms']['p99']:,.0f} ms"
-                + (f"\n{errors:,} errors" if errors else "")
-                + f"\nCPU {row['server_cpu_percent']:.0f}% {row['server_rss_mb']:.0f} MiB "
-                f"{row['server_threads']} thr"
+            fraction = row["bound_fraction"]
+            table.add_row(
+                f"{level:,}" if index == 0 else "",
+                row["server"],
+                f"{row['throughput']:,.0f}",
+                f"{fraction:.0%}" if fraction is not None else "-",
+                f"{row['latency_ms']['p50']:,.0f}",
+                f"{row['latency_ms']['p99']:,.0f}",
+                f"{errors:,}" if errors else "",
+                f"{row['server_cpu_percent']:.0f}%",
+                f"{row['server_rss_mb']:.0f}",
+                str(row["server_threads"]),
+                style=None if report.holds(row) else "red",
+                end_section=index == len(at_level) - 1,
             )
-        table.add_row(*cells)
     return table
 
 

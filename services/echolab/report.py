@@ -270,7 +270,8 @@ tr.broken td {{ background: #fff1f0; }}
 .verdict li {{ margin: 0.3rem 0; }} svg {{ max-width: 100%; height: auto; }}
 </style></head><body>
 <h1>Threads or asyncio: where does each one break?</h1>
-<p class="meta">{stamp} &middot; {framing} framing, {delay:g} ms simulated IO, closed loop,
+<p class="meta">{stamp} &middot; TCP servers in {framing} framing (the serial baseline in oneshot,
+the HTTP pair over HTTP/1.1 keep-alive), {delay:g} ms simulated IO, closed loop,
 {duration:g} s per level &middot; rows in red hold less than 90% of the Little's-law bound
 or fail over 1% of requests</p>
 <h2>Verdict</h2><ul class="verdict">{verdicts}</ul>
