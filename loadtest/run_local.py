@@ -1,12 +1,14 @@
-"""Run both echo servers natively, then Locust against them; stop the servers when Locust exits.
+"""Run the four echo servers natively, then Locust against them; stop the servers when Locust exits.
 
     python loadtest/run_local.py [locust arguments...]      (what `make locust` and `make loadtest` run)
 
 The threaded server (thread-per-connection) listens on 127.0.0.1:9090 with
 /metrics on 8000, the async one (uvloop) on 127.0.0.1:9091 with /metrics on
-8001, both with ``--framing lines``; the servers' other settings come from
-their ECHO_* environment variables (e.g. ECHO_DELAY_MS=10). The arguments are
-Locust's, passed through; the servers' addresses are the locustfile's defaults.
+8001, both with ``--framing lines``; threaded-http on 9092 (/metrics 8002)
+and async-http on 9093 (/metrics 8003). The servers' other settings come
+from their ECHO_* environment variables (e.g. ECHO_DELAY_MS=10). The
+arguments are Locust's, passed through; the servers' addresses are the
+locustfile's defaults.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import sys
 import time
 
 HOST = "127.0.0.1"
+# name: (echo port, metrics port, options)
 SERVERS = {
-    "threaded": (9090, 8000, ["--model", "thread-per-connection"]),
-    "async": (9091, 8001, ["--loop", "uvloop"]),
+    "threaded": (9090, 8000, ["--framing", "lines", "--model", "thread-per-connection"]),
+    "async": (9091, 8001, ["--framing", "lines", "--loop", "uvloop"]),
+    "threaded-http": (9092, 8002, []),
+    "async-http": (9093, 8003, []),
 }
 
 
@@ -46,9 +51,10 @@ def start_servers() -> list[subprocess.Popen[bytes]]:
     servers = []
     for name, (port, metrics, extra) in SERVERS.items():
         command = [sys.executable, "-m", "echolab", "serve", name, "--host", HOST, "--port", str(port),
-                   "--metrics-port", str(metrics), "--framing", "lines", *extra]  # fmt: skip
+                   "--metrics-port", str(metrics), *extra]  # fmt: skip
         # Own session: Ctrl-C reaches Locust, and the servers are stopped after it, in order.
         servers.append(subprocess.Popen(command, start_new_session=True))
+    # gunicorn's master binds its port before its workers run: connections wait in the backlog.
     deadline = time.monotonic() + 15
     for (name, (port, _, _)), server in zip(SERVERS.items(), servers, strict=True):
         while not listening(port):
@@ -74,7 +80,10 @@ def stop(servers: list[subprocess.Popen[bytes]]) -> None:
 def main(args: list[str]) -> int:
     servers = start_servers()
     try:
-        print(f"echo servers: threaded {HOST}:9090 (metrics :8000), async {HOST}:9091 (metrics :8001)")
+        listening_on = [
+            f"{name} {HOST}:{port} (metrics :{metrics})" for name, (port, metrics, _) in SERVERS.items()
+        ]
+        print("echo servers: " + ", ".join(listening_on))
         if "--headless" not in args:
             port = args[args.index("--web-port") + 1] if "--web-port" in args else "8089"
             print(f"Locust web UI: http://{HOST}:{port}  (Ctrl-C stops Locust and the servers)", flush=True)

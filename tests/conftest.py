@@ -18,6 +18,8 @@ traceback or died, and its last test if its exit goes wrong.
 from __future__ import annotations
 
 import contextlib
+import glob
+import http.client
 import os
 import re
 import signal
@@ -25,13 +27,16 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 HOST = "127.0.0.1"
@@ -39,6 +44,7 @@ HOST = "127.0.0.1"
 TIMEOUT = 10.0
 # Most tests run with a short simulated IO wait, to keep the suite fast.
 FAST_ARGS = ("--delay-ms", "20")
+HTTP_SERVERS = ("threaded-http", "async-http")
 
 
 @dataclass(frozen=True)
@@ -351,12 +357,77 @@ class ServerProcess:
         return [f"{self.name} server {p}:\n{self.log}" for p in problems]
 
 
+class Response:
+    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.status, self.body, self.headers = status, body, headers
+
+
+class HttpServer(ServerProcess):
+    """``echolab serve threaded-http|async-http``: ready once /healthz answers."""
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                if "Address already in use" in self.log or "Connection in use" in self.log:
+                    return False  # lost a free port to another process: start() tries new ones
+                pytest.fail(f"server exited with {self.proc.returncode} while starting:\n{self.log}")
+            try:
+                if self.request("GET", "/healthz", timeout=1.0).status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"/healthz not answering after {timeout}s:\n{self.log}")
+            time.sleep(0.05)
+        self.idle_metrics()
+        return True
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | Iterator[bytes] | None = None,
+        timeout: float = TIMEOUT,
+        on_sent: Callable[[], None] | None = None,
+    ) -> Response:
+        """One request on a new connection (so that requests spread over the workers)."""
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body)
+            if on_sent is not None:
+                on_sent()
+            response = conn.getresponse()
+            headers = {name.lower(): value for name, value in response.getheaders()}
+            return Response(response.status, response.read(), headers)
+        finally:
+            conn.close()
+
+    def echo(self, body: bytes) -> bytes:
+        response = self.request("POST", "/echo", body)
+        assert response.status == 200, (response.status, response.body)
+        return response.body
+
+    def worker_counts(self, sample: str) -> dict[int, float]:
+        """``sample`` (e.g. ``echo_requests_total``, all labels) as each live worker's own files hold it."""
+        counts = {}
+        for worker in psutil.Process(self.pid).children():
+            pattern = os.path.join(tempfile.gettempdir(), "echolab-*-metrics-*", f"counter_{worker.pid}.db")
+            files = glob.glob(pattern)
+            metrics = MultiProcessCollector.merge(files, accumulate=False)
+            counts[worker.pid] = sum(s.value for m in metrics for s in m.samples if s.name == sample)
+        return counts
+
+
 def _server_process(
     variant: Variant | str, args: tuple[str, ...], env: dict[str, str] | None, log_path: Path
 ) -> ServerProcess:
     if isinstance(variant, Variant):
         argv = [*variant.args(), *FAST_ARGS, *args]
         return ServerProcess(variant.id, variant.framing, argv, env or {}, log_path)
+    if variant in HTTP_SERVERS:
+        return HttpServer(variant, "http", [variant, *args], env or {}, log_path)
     return ServerProcess(variant, "unknown", [variant, *args], env or {}, log_path)
 
 
@@ -366,7 +437,8 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
     ``start_server(variant, *flags, env={...})`` runs the variant with a short
     delay and ``flags`` (later flags win); ``start_server("threaded", *flags)``
-    runs ``echolab serve threaded`` with only ``flags``.
+    runs ``echolab serve threaded`` with only ``flags``, and
+    ``start_server("threaded-http", *flags)`` an HTTP server (an HttpServer).
     """
     servers: list[ServerProcess] = []
 

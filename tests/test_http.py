@@ -8,24 +8,18 @@ exit code other than 0 after SIGTERM, fails the test that started it.
 
 from __future__ import annotations
 
-import glob
-import http.client
-import os
 import socket
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
 import pytest
-from conftest import HOST, TIMEOUT, Metrics, ServerProcess
-from prometheus_client.multiprocess import MultiProcessCollector
+from conftest import HOST, HTTP_SERVERS, TIMEOUT, HttpServer, Metrics
 
-SERVERS = ["threaded-http", "async-http"]
+SERVERS = list(HTTP_SERVERS)
 WORKERS = ("--workers", "2")
 FAST = ("--delay-ms", "20")
 # Long enough that a scrape sees every request of a batch in flight at once,
@@ -46,69 +40,6 @@ INVALID_UTF8 = [
     (b"\xff\xfe binary", b"\xff\xfe BINARY"),
     (b"cut \xc3", b"CUT \xc3"),
 ]
-
-
-class Response:
-    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        self.status, self.body, self.headers = status, body, headers
-
-
-class HttpServer(ServerProcess):
-    """``echolab serve threaded-http|async-http``: ready once /healthz answers."""
-
-    def wait_ready(self, timeout: float = 30.0) -> bool:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                if "Address already in use" in self.log or "Connection in use" in self.log:
-                    return False  # lost a free port to another process: start() tries new ones
-                pytest.fail(f"server exited with {self.proc.returncode} while starting:\n{self.log}")
-            try:
-                if self.request("GET", "/healthz", timeout=1.0).status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"/healthz not answering after {timeout}s:\n{self.log}")
-            time.sleep(0.05)
-        self.idle_metrics()
-        return True
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | Iterator[bytes] | None = None,
-        timeout: float = TIMEOUT,
-        on_sent: Callable[[], None] | None = None,
-    ) -> Response:
-        """One request on a new connection (so that requests spread over the workers)."""
-        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body)
-            if on_sent is not None:
-                on_sent()
-            response = conn.getresponse()
-            headers = {name.lower(): value for name, value in response.getheaders()}
-            return Response(response.status, response.read(), headers)
-        finally:
-            conn.close()
-
-    def echo(self, body: bytes) -> bytes:
-        response = self.request("POST", "/echo", body)
-        assert response.status == 200, (response.status, response.body)
-        return response.body
-
-    def worker_counts(self, sample: str) -> dict[int, float]:
-        """``sample`` (e.g. ``echo_requests_total``, all labels) as each live worker's own files hold it."""
-        counts = {}
-        for worker in psutil.Process(self.pid).children():
-            pattern = os.path.join(tempfile.gettempdir(), "echolab-*-metrics-*", f"counter_{worker.pid}.db")
-            files = glob.glob(pattern)
-            metrics = MultiProcessCollector.merge(files, accumulate=False)
-            counts[worker.pid] = sum(s.value for m in metrics for s in m.samples if s.name == sample)
-        return counts
 
 
 def _problems(server: HttpServer) -> None:

@@ -1,4 +1,4 @@
-"""The Locust users against real servers, and against servers that misbehave on purpose.
+"""The Locust users (TCP and HTTP) against real servers, and against servers that misbehave on purpose.
 
 Locust always runs in a subprocess: importing it here would monkey-patch the
 test process for gevent. Each run is bounded by ``-t`` and stopped with
@@ -9,6 +9,7 @@ fails the test if a Locust log shows a traceback (e.g. from our listeners).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -25,22 +26,41 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HOST, Metrics, ServerProcess, free_port
+from conftest import HOST, HTTP_SERVERS, Metrics, ServerProcess, free_port
 
 LOADTEST = Path(__file__).resolve().parents[1] / "loadtest"
 DEADLINE = 30.0  # seconds any wait may take before the test fails
 METRICS_LOG = re.compile(r"client metrics \((\w+)\) on http://[^:]+:(\d+)/metrics")
 TARGETS = ("threaded", "async")
+TCP_USERS = ("ThreadedEchoUser", "AsyncEchoUser")
+HTTP_USERS = ("ThreadedHttpUser", "AsyncHttpUser")
+# framing -> (the targets, their user classes, Locust's request type for them)
+PROTOCOLS = {
+    "lines": (TARGETS, TCP_USERS, "lines"),
+    "oneshot": (TARGETS, TCP_USERS, "oneshot"),
+    "http": (HTTP_SERVERS, HTTP_USERS, "POST"),
+}
 
 
 class LocustProcess:
     """``python -m locust ...``: its log, its /metrics, its final stats."""
 
-    def __init__(self, argv: list[str], workdir: Path, name: str) -> None:
+    def __init__(self, argv: list[str], workdir: Path, name: str, users: tuple[str, ...]) -> None:
         self.log_path = workdir / f"{name}.log"
         self.stats_prefix = workdir / name
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "ECHO_"))}
-        command = [sys.executable, "-m", "locust", *argv, "--metrics-host", HOST, "--metrics-port", "0"]
+        # The user classes last: Locust's positional arguments.
+        command = [
+            sys.executable,
+            "-m",
+            "locust",
+            *argv,
+            "--metrics-host",
+            HOST,
+            "--metrics-port",
+            "0",
+            *users,
+        ]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=log, env=env,
                                          start_new_session=True)  # fmt: skip
@@ -104,6 +124,25 @@ class LocustProcess:
         with open(f"{self.stats_prefix}.json") as stats:
             return {entry["name"]: entry for entry in json.load(stats)}
 
+    def reported(self) -> dict[str, int]:
+        """Requests per name in the stats a ``--csv`` run rewrites every second (on a master: what
+        its workers have reported so far); {} while there are none, or mid-rewrite."""
+        try:
+            with open(f"{self.stats_prefix}_stats.csv", newline="") as stats:
+                return {row["Name"]: int(row["Request Count"]) for row in csv.DictReader(stats)}
+        except (OSError, KeyError, ValueError, TypeError):
+            return {}
+
+    def wait_reported(self, names: tuple[str, ...], count: int) -> None:
+        """Poll the ``--csv`` stats until each of ``names`` has ``count`` requests."""
+        deadline = time.monotonic() + DEADLINE
+        while not all(self.reported().get(name, 0) >= count for name in names):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"stats never showed {count} requests for each of {names}: {self.reported()}\n{self.log}"
+                )
+            time.sleep(0.1)
+
     def error_report(self) -> list[str]:
         """The lines of the error report Locust prints when it exits (without ``--json-file``)."""
         report = self.log.partition("Error report")[2]
@@ -112,18 +151,23 @@ class LocustProcess:
 
 @pytest.fixture
 def locust(tmp_path: Path) -> Iterator[Callable[..., LocustProcess]]:
-    """``locust(*args, files=..., name=..., stats=...)`` starts Locust; all are gone after the test.
+    """``locust(*args, files=, name=, stats=, users=)`` starts Locust; all are gone after the test.
 
     ``stats``: write the final stats as JSON; without, Locust prints its error report instead.
+    ``users``: the user classes to run (the locustfile has four; by default the two TCP ones).
     """
     started: list[LocustProcess] = []
 
     def start(
-        *args: str, files: str = "locustfile.py", name: str = "locust", stats: bool = True
+        *args: str,
+        files: str = "locustfile.py",
+        name: str = "locust",
+        stats: bool = True,
+        users: tuple[str, ...] = TCP_USERS,
     ) -> LocustProcess:
         locustfiles = ",".join(str(LOADTEST / f) for f in files.split(","))
         argv = ["-f", locustfiles, *(["--json-file", str(tmp_path / name)] if stats else []), *args]
-        started.append(LocustProcess(argv, tmp_path, name))
+        started.append(LocustProcess(argv, tmp_path, name, users))
         return started[-1]
 
     yield start
@@ -138,16 +182,25 @@ def headless(users: int, *args: str) -> list[str]:
     return ["--headless", "-u", str(users), "-r", str(users), "-t", "120s", "--only-summary", *args]
 
 
-def targets(threaded: tuple[str, int], asynchronous: tuple[str, int]) -> list[str]:
-    return ["--threaded-host", threaded[0], "--threaded-port", str(threaded[1]),
-            "--async-host", asynchronous[0], "--async-port", str(asynchronous[1])]  # fmt: skip
+def targets(*addresses: tuple[str, int], names: tuple[str, ...] = TARGETS) -> list[str]:
+    """``--<target>-host`` and ``--<target>-port`` for each of ``names``, in order."""
+    return [arg for name, (host, port) in zip(names, addresses, strict=True)
+            for arg in (f"--{name}-host", host, f"--{name}-port", str(port))]  # fmt: skip
 
 
 def requests(metrics: Metrics, target: str) -> float:
     return metrics.value("echo_client_requests_total", target=target)
 
 
+def http_servers(start_server: Callable[..., ServerProcess], *args: str) -> list[ServerProcess]:
+    """Both HTTP servers, one gunicorn worker each (enough for a few users), 10 ms delay."""
+    return [start_server(name, "--workers", "1", "--delay-ms", "10", *args) for name in HTTP_SERVERS]
+
+
 def echo_servers(start_server: Callable[..., ServerProcess], framing: str) -> list[str]:
+    """The pair of servers that speaks ``framing`` (``http``: the HTTP pair); Locust's arguments for them."""
+    if framing == "http":
+        return targets(*(s.address for s in http_servers(start_server)), names=HTTP_SERVERS)
     servers = [start_server(t, "--framing", framing, "--delay-ms", "10") for t in TARGETS]
     return targets(*(s.address for s in servers))
 
@@ -155,16 +208,19 @@ def echo_servers(start_server: Callable[..., ServerProcess], framing: str) -> li
 # --- requests that succeed -----------------------------------------------------
 
 
-@pytest.mark.parametrize("framing", ["lines", "oneshot"])
+@pytest.mark.parametrize("framing", list(PROTOCOLS))
 def test_requests_succeed_against_both_servers(
     framing: str, start_server: Callable[..., ServerProcess], locust: Callable[..., LocustProcess]
 ) -> None:
-    run = locust(*headless(4, *echo_servers(start_server, framing), "--framing", framing))
+    """Both TCP users in either framing, or both HTTP users (FastHttpUser), against real servers."""
+    names, users, method = PROTOCOLS[framing]
+    framing_args = [] if framing == "http" else ["--framing", framing]
+    run = locust(*headless(4, *echo_servers(start_server, framing), *framing_args), users=users)
     metrics = run.wait_metrics(
-        lambda m: all(requests(m, t) >= 20 and m.value("echo_client_users", target=t) == 2 for t in TARGETS)
+        lambda m: all(requests(m, t) >= 20 and m.value("echo_client_users", target=t) == 2 for t in names)
     )
     assert run.stop() == 0, run.log
-    for target in TARGETS:
+    for target in names:
         assert metrics.value("echo_client_requests_total", target=target, framing=framing) == requests(
             metrics, target
         )
@@ -177,8 +233,8 @@ def test_requests_succeed_against_both_servers(
     assert metrics.labels("echo_client_info") == {"role": "local"}
     assert metrics.value("process_cpu_seconds_total") > 0
     stats = run.stats()
-    for target in TARGETS:
-        assert stats[target]["method"] == framing
+    for target in names:
+        assert stats[target]["method"] == method
         assert stats[target]["num_requests"] >= requests(metrics, target)
         assert stats[target]["num_failures"] == 0
 
@@ -203,11 +259,19 @@ def test_each_request_gets_the_whole_read_timeout(
 # --- requests that fail, by kind -----------------------------------------------
 
 
-class BadServer:
-    """A loopback server that reads a request, then replies wrongly, resets, or never answers."""
+# A well-formed HTTP response with the wrong body: a failure of the reply, not of HTTP.
+WRONG_HTTP_REPLY = b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\nNOT YOUR ECHO\n"
 
-    def __init__(self, behaviour: str) -> None:
+
+class BadServer:
+    """A loopback server that reads a request, then replies wrongly, resets, closes, or never answers.
+
+    ``http``: its wrong reply is an HTTP response (200, the wrong body).
+    """
+
+    def __init__(self, behaviour: str, http: bool = False) -> None:
         self.behaviour = behaviour
+        self.wrong_reply = WRONG_HTTP_REPLY if http else b"NOT YOUR ECHO\n"
         self.listener = socket.create_server((HOST, 0))
         self.listener.settimeout(0.1)
         self.address = self.listener.getsockname()[:2]
@@ -240,11 +304,13 @@ class BadServer:
                 if not data:
                     return
                 if self.behaviour == "wrong_reply":
-                    conn.sendall(b"NOT YOUR ECHO\n")
+                    conn.sendall(self.wrong_reply)
                 elif self.behaviour == "reset":
                     # SO_LINGER 0: close sends RST, the client's recv gets ECONNRESET.
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     return
+                elif self.behaviour == "closed":
+                    return  # a plain close: the client reads end of file where its reply should be
                 # "timeout": read on, answer never
 
     def close(self) -> None:
@@ -255,11 +321,11 @@ class BadServer:
 
 
 @pytest.fixture
-def bad_server() -> Iterator[Callable[[str], BadServer]]:
+def bad_server() -> Iterator[Callable[..., BadServer]]:
     servers: list[BadServer] = []
 
-    def start(behaviour: str) -> BadServer:
-        servers.append(BadServer(behaviour))
+    def start(behaviour: str, http: bool = False) -> BadServer:
+        servers.append(BadServer(behaviour, http))
         return servers[-1]
 
     yield start
@@ -276,21 +342,36 @@ def refused_address() -> tuple[str, int]:
 LOCUST_ERROR = {
     "wrong_reply": "WrongReply",
     "reset": "ConnectionResetError",
+    "closed": "ClosedEarly",
     "timeout": "ReadTimeout",
     "refused": "ConnectionRefusedError",
 }
+# The HTTP users' timeout is the socket's own (FastHttpUser's network_timeout); a connection
+# closed before the response is geventhttpclient's HTTPConnectionClosed (so is a reset there).
+HTTP_ERROR = {**LOCUST_ERROR, "timeout": "TimeoutError", "closed": "HTTPConnectionClosed"}
+FAILURES = [
+    ("lines", ("wrong_reply", "reset")),
+    ("lines", ("timeout", "refused")),
+    ("http", ("wrong_reply", "timeout")),
+    ("http", ("closed", "refused")),
+]
 
 
-@pytest.mark.parametrize("kinds", [("wrong_reply", "reset"), ("timeout", "refused")], ids="+".join)
+@pytest.mark.parametrize(("framing", "kinds"), FAILURES, ids=[f"{f}-{'+'.join(k)}" for f, k in FAILURES])
 def test_failures_become_locust_failures_of_their_kind(
+    framing: str,
     kinds: tuple[str, str],
-    bad_server: Callable[[str], BadServer],
+    bad_server: Callable[..., BadServer],
     locust: Callable[..., LocustProcess],
 ) -> None:
-    """The threaded user meets the first kind of failure, the async user the second."""
-    addresses = [refused_address() if k == "refused" else bad_server(k).address for k in kinds]
-    run = locust(*headless(2, *targets(*addresses), "--read-timeout", "0.3"), stats=False)
-    expected = dict(zip(TARGETS, kinds, strict=True))
+    """The threaded (or threaded-http) user meets the first kind of failure, the async one the second."""
+    names, users, method = PROTOCOLS[framing]
+    http = framing == "http"
+    addresses = [refused_address() if k == "refused" else bad_server(k, http).address for k in kinds]
+    run = locust(
+        *headless(2, *targets(*addresses, names=names), "--read-timeout", "0.3"), stats=False, users=users
+    )
+    expected = dict(zip(names, kinds, strict=True))
     metrics = run.wait_metrics(
         lambda m: all(
             m.value("echo_client_failures_total", target=t, kind=k) >= 3 for t, k in expected.items()
@@ -304,21 +385,47 @@ def test_failures_become_locust_failures_of_their_kind(
         assert metrics.value("echo_client_failures_total", target=target, kind=kind) == requests(
             metrics, target
         )
-        # ... and so is every Locust failure: "<count> lines <target>: <exception repr>".
-        errors = [line for line in report if f" lines {target}: " in line]
-        assert errors and all(f"{target}: {LOCUST_ERROR[kind]}(" in line for line in errors), report
+        # ... and so is every Locust failure: "<count> <method> <target>: <exception repr>".
+        errors = [line for line in report if f" {method} {target}: " in line]
+        error = (HTTP_ERROR if http else LOCUST_ERROR)[kind]
+        assert errors and all(f"{target}: {error}(" in line for line in errors), report
+
+
+def test_http_413_is_a_server_error(
+    start_server: Callable[..., ServerProcess], locust: Callable[..., LocustProcess]
+) -> None:
+    """A message over the servers' --max-message-bytes: answered 413, a failure of kind server_error."""
+    servers = http_servers(start_server, "--max-message-bytes", "16")
+    args = targets(*(s.address for s in servers), names=HTTP_SERVERS)
+    run = locust(*headless(2, *args, "--message-size", "32"), stats=False, users=HTTP_USERS)
+    metrics = run.wait_metrics(
+        lambda m: all(
+            m.value("echo_client_failures_total", target=t, kind="server_error") >= 3 for t in HTTP_SERVERS
+        )
+    )
+    run.stop()
+    report = run.error_report()
+    for target, server in zip(HTTP_SERVERS, servers, strict=True):
+        sent = requests(metrics, target)
+        assert metrics.value("echo_client_failures_total", target=target, kind="server_error") == sent
+        assert metrics.value("echo_client_failures_total", target=target) == sent
+        errors = [line for line in report if f" POST {target}: " in line]
+        assert errors and all(f"{target}: ServerError('HTTP 413')" in line for line in errors), report
+        # The server refused them as too large (and maybe more, whose 413 Locust stopped before reading).
+        assert server.scrape().value("echo_requests_total", outcome="too_large") >= sent
 
 
 # --- distributed -----------------------------------------------------------------
 
 
 def test_master_and_workers_each_serve_metrics(
-    start_server: Callable[..., ServerProcess], locust: Callable[..., LocustProcess]
+    start_server: Callable[..., ServerProcess], locust: Callable[..., LocustProcess], tmp_path: Path
 ) -> None:
     servers = echo_servers(start_server, "lines")
     port = str(free_port())
     master = locust(*headless(4, *servers, "--master", "--expect-workers", "2", "--master-bind-host", HOST,
-                              "--master-bind-port", port), name="master")  # fmt: skip
+                              "--master-bind-port", port, "--csv", str(tmp_path / "master")),
+                    name="master")  # fmt: skip
     workers = [
         locust("--worker", "--master-host", HOST, "--master-port", port, name=f"worker{i}") for i in range(2)
     ]
@@ -329,6 +436,9 @@ def test_master_and_workers_each_serve_metrics(
     metrics = master.wait_metrics(lambda m: all(m.value("echo_client_users", target=t) == 2 for t in TARGETS))
     assert metrics.labels("echo_client_info") == {"role": "master"}
     assert requests(metrics, "threaded") == requests(metrics, "async") == 0  # the master runs no users
+    # The workers' requests reach the master's stats in their reports, every 3 s; on quit Locust
+    # gives their final reports only 0.5 s. Stop once the regular reports are in.
+    master.wait_reported(TARGETS, 20)
     assert master.stop() == 0, master.log
     for worker in workers:
         assert worker.proc.wait(DEADLINE) == 0, worker.log

@@ -5,11 +5,12 @@
 * the dashboards are valid JSON, every panel and variable queries the
   provisioned data source, panel ids are unique, every panel has a unit and
   every query a legend;
-* docker-compose.yml keeps its promises (same limits for both servers,
+* docker-compose.yml keeps its promises (same limits for all four servers,
   healthchecks, ports on ${BIND_ADDRESS}), without needing Docker;
 * and every query of every dashboard panel returns data from a real
-  Prometheus that scrapes the two servers and a Locust run, all started here
-  as plain processes. A query that returns nothing is a broken panel.
+  Prometheus that scrapes the four servers (TCP and HTTP) and a Locust run
+  of all four user classes, all started here as plain processes, for every
+  server the panel applies to. A query that returns nothing is a broken panel.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 BIN = Path(sys.executable).parent
 
 HOST = "127.0.0.1"
-SERVERS = ("threaded", "async")
+TCP_SERVERS = ("threaded", "async")
+HTTP_SERVERS = ("threaded-http", "async-http")
+SERVERS = (*TCP_SERVERS, *HTTP_SERVERS)
 JOBS = {"echo-servers", "locust-master", "locust-workers", "prometheus"}
 # What the dashboards' Grafana variables become in the live test. 1 s scrapes,
 # so a 5 s window holds five samples.
@@ -205,10 +208,25 @@ def test_dashboard_is_consistent(path: Path) -> None:
 def test_compose_promises() -> None:
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
-    assert set(services) >= {"threaded", "async", "locust-master", "locust-worker", "prometheus", "grafana"}
-    threaded, asynchronous = services["threaded"], services["async"]
-    for key in ("deploy", "ulimits", "stop_grace_period", "build", "image"):
-        assert threaded[key] == asynchronous[key], f"servers differ in {key}: the comparison is unfair"
+    assert set(services) >= {*SERVERS, "locust-master", "locust-worker", "prometheus", "grafana"}
+    threaded = services["threaded"]
+    for server in SERVERS:
+        for key in ("deploy", "ulimits", "stop_grace_period", "build", "image"):
+            assert services[server][key] == threaded[key], (
+                f"{server} differs in {key}: the comparison is unfair"
+            )
+        assert (
+            services[server]["environment"]["ECHO_DRAIN_TIMEOUT"]
+            == threaded["environment"]["ECHO_DRAIN_TIMEOUT"]
+        )
+    for server in HTTP_SERVERS:
+        http = services[server]
+        assert http["command"] == ["serve", server], (
+            "exec form: gunicorn's master is the process that gets SIGTERM"
+        )
+        assert "/healthz" in " ".join(http["healthcheck"]["test"]), server
+        # The image runs as a non-root user; the metrics files go to a writable, in-memory /tmp.
+        assert any(mount.split(":")[0] == "/tmp" for mount in http["tmpfs"]), server
     limits = threaded["deploy"]["resources"]["limits"]
     assert limits == {"cpus": "${SERVER_CPUS:-1}", "memory": "${SERVER_MEMORY:-512m}"}
     nofile = threaded["ulimits"]["nofile"]
@@ -223,6 +241,14 @@ def test_compose_promises() -> None:
     for name in ("locust-master", "locust-worker", "grafana"):
         conditions = {dep["condition"] for dep in services[name]["depends_on"].values()}
         assert conditions == {"service_healthy"}, name
+    assert set(SERVERS) <= set(services["locust-master"]["depends_on"])
+    targets = json.loads(compose["configs"]["echo-server-targets"]["content"])
+    assert [t["labels"]["server"] for t in targets] == list(SERVERS)
+    assert all(t["targets"] == [f"{t['labels']['server']}:8000"] for t in targets), targets
+    locust_env = services["locust-worker"]["environment"]
+    for server in SERVERS:
+        prefix = "LOCUST_" + server.replace("-", "_").upper()
+        assert (locust_env[f"{prefix}_HOST"], locust_env[f"{prefix}_PORT"]) == (server, "9090"), server
     assert "GRAFANA_ADMIN_PASSWORD:?" in services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
     assert services["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
 
@@ -339,19 +365,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         ports = {s: free_port() for s in SERVERS}
         metrics = {s: free_port() for s in SERVERS}
+        # One gunicorn worker each is enough for a light load, and spares the CPU.
+        options = {server: ["--framing", "lines"] for server in TCP_SERVERS}
+        options |= {server: ["--workers", "1"] for server in HTTP_SERVERS}
         for server in SERVERS:
             process = stack.start(server, [
-                str(BIN / "echolab"), "serve", server, "--host", HOST, "--framing", "lines",
+                str(BIN / "echolab"), "serve", server, "--host", HOST, *options[server],
                 "--port", str(ports[server]), "--metrics-port", str(metrics[server]), "--delay-ms", "20",
             ])  # fmt: skip
             wait_http(f"http://{HOST}:{metrics[server]}/metrics", process)
+            if server in HTTP_SERVERS:  # gunicorn's master serves /metrics before its worker serves requests
+                wait_http(f"http://{HOST}:{ports[server]}/healthz", process)
         locust_metrics = free_port()
-        # A little think time keeps the load light; every panel still gets data.
+        targets = [arg for server in SERVERS for arg in (
+            f"--{server}-host", HOST, f"--{server}-port", str(ports[server]))]  # fmt: skip
+        # Every user class, two users each. A little think time keeps the load
+        # light; every panel still gets data.
         locust = stack.start("locust", [
             str(BIN / "locust"), "-f", str(LOCUSTFILE), "--headless", "--users", "8", "--spawn-rate", "8",
-            "--run-time", "5m", "--only-summary", "--loglevel", "WARNING",
-            "--threaded-host", HOST, "--threaded-port", str(ports["threaded"]),
-            "--async-host", HOST, "--async-port", str(ports["async"]),
+            "--run-time", "5m", "--only-summary", "--loglevel", "WARNING", *targets,
             "--metrics-host", HOST, "--metrics-port", str(locust_metrics), "--think-time", "0.01",
         ])  # fmt: skip
         wait_http(f"http://{HOST}:{locust_metrics}/metrics", locust)
@@ -373,6 +405,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.mark.parametrize("path", DASHBOARDS, ids=[p.name for p in DASHBOARDS])
 def test_every_panel_returns_data(stack: Stack, path: Path) -> None:
     assert stack.prometheus is not None
-    problems = wait_for_every_panel(stack.prometheus, load_dashboard(path), RATE_WINDOW, DATA_DEADLINE)
+    problems = wait_for_every_panel(
+        stack.prometheus, load_dashboard(path), RATE_WINDOW, DATA_DEADLINE, SERVERS
+    )
     if problems:
         pytest.fail(problems + "\n" + stack.logs())

@@ -1,9 +1,11 @@
-"""Locust support for the echo protocol: a TCP user, its arguments, client-side metrics.
+"""Locust support for the echo protocol: a TCP user, the arguments, client-side metrics.
 
 Like the modules in ``locust.contrib``, this holds what a locustfile needs to
-load our servers; ``loadtest/locustfile.py`` only names the users. The user
-speaks the protocol through :class:`echolab.client.EchoClient`, whose blocking
-sockets gevent (imported by Locust) makes cooperative.
+load our servers; ``loadtest/locustfile.py`` only names the users. The TCP
+user speaks the protocol through :class:`echolab.client.EchoClient`, whose
+blocking sockets gevent (imported by Locust) makes cooperative; the HTTP user
+(:mod:`echolab.loadgen_http`) is Locust's FastHttpUser. Both count into the
+same client-side metrics, under their ``target``.
 
 Importing this module imports Locust, which monkey-patches the process for
 gevent: never import it from the servers or the asyncio benchmark
@@ -45,7 +47,13 @@ from .metrics import DURATION_BUCKETS
 
 log = logging.getLogger("echolab.loadgen")
 
-TARGETS = ("threaded", "async")
+# Every target (a server's `server` label) and the framings its users speak.
+TARGETS: dict[str, tuple[str, ...]] = {
+    "threaded": config.FRAMINGS,
+    "async": config.FRAMINGS,
+    "threaded-http": ("http",),
+    "async-http": ("http",),
+}
 FAILURE_KINDS = ("wrong_reply", "server_error", "closed", "refused", "reset", "timeout", "other")
 DEFAULT_METRICS_PORT = 9646
 METRICS_PORT_TRIES = 32  # then an ephemeral port
@@ -77,10 +85,15 @@ def add_arguments(parser: Any) -> None:
     add("--threaded-port", config.BY_KEY["serve", "port"].default, "threaded server's echo port")
     add("--async-host", "127.0.0.1", "async server's address")
     add("--async-port", 9091, "async server's echo port")
+    add("--threaded-http-host", "127.0.0.1", "threaded-http server's address")
+    add("--threaded-http-port", 9092, "threaded-http server's HTTP port")
+    add("--async-http-host", "127.0.0.1", "async-http server's address")
+    add("--async-http-port", 9093, "async-http server's HTTP port")
     add(
         "--framing",
         "lines",
-        "lines: one persistent connection per user; oneshot: a connection per request",
+        "TCP users: lines, one persistent connection per user; oneshot, a connection per request "
+        "(HTTP users keep one connection alive)",
         choices=config.FRAMINGS,
     )
     add(
@@ -93,7 +106,8 @@ def add_arguments(parser: Any) -> None:
     add(
         "--read-timeout",
         config.BY_KEY["bench", "timeout"].default,
-        "seconds a request may take to be answered, connecting included",
+        "seconds a request may take to be answered (TCP users: connecting included; "
+        "HTTP users: each read, which for an echo is the wait for the reply)",
     )
     add("--metrics-host", "0.0.0.0", "address of this process's Prometheus /metrics", include_in_web_ui=False)
     add(
@@ -102,6 +116,12 @@ def add_arguments(parser: Any) -> None:
         "port of this process's Prometheus /metrics; if taken, the next free one (0: any free port)",
         include_in_web_ui=False,
     )
+
+
+def target_address(options: Any, target: str) -> tuple[str, int]:
+    """The host and port the arguments give for ``target`` (``--threaded-http-host`` ...)."""
+    prefix = target.replace("-", "_")
+    return getattr(options, f"{prefix}_host"), getattr(options, f"{prefix}_port")
 
 
 def make_message(size: int) -> bytes:
@@ -124,19 +144,27 @@ class Tally:
 
     __slots__ = ("buckets", "failures", "requests", "seconds")
 
-    def __init__(self) -> None:
-        self.requests = dict.fromkeys(config.FRAMINGS, 0)
+    def __init__(self, framings: tuple[str, ...]) -> None:
+        self.requests = dict.fromkeys(framings, 0)
         self.failures = dict.fromkeys(FAILURE_KINDS, 0)
         # buckets[i]: requests that took at most BOUNDS[i] (and more than the bound before); the last: +Inf
         self.buckets = [0] * (len(BOUNDS) + 1)
         self.seconds = 0.0
+
+    def add(self, framing: str, elapsed: float, failure: str | None) -> None:
+        """One request, done after ``elapsed`` seconds; ``failure`` is its kind, None if it succeeded."""
+        self.requests[framing] += 1
+        self.buckets[bisect_left(BOUNDS, elapsed)] += 1
+        self.seconds += elapsed
+        if failure is not None:
+            self.failures[failure] += 1
 
 
 class ClientCollector(Collector):
     """What one Locust process saw, per target; the names are a contract with the dashboards."""
 
     def __init__(self) -> None:
-        self.tallies = {t: Tally() for t in TARGETS}
+        self.tallies = {target: Tally(framings) for target, framings in TARGETS.items()}
         self.role = "local"
         self.users_by_target: Callable[[], Mapping[str, int]] = dict
 
@@ -287,8 +315,7 @@ class EchoUser(User):
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
-        host = getattr(options, f"{self.target}_host")
-        port = getattr(options, f"{self.target}_port")
+        host, port = target_address(options, self.target)
         framing = options.framing
         # No socket timeout for reads: gevent pays for one with a Timeout object per blocking read.
         # One timer per user, armed for each request, costs a fraction of that.
@@ -321,17 +348,13 @@ class EchoUser(User):
             finally:
                 deadline.stop()
         except Exception as exc:
-            elapsed = time.perf_counter() - started
-            self._tally.failures[failure_kind(exc)] += 1
-            self._record(elapsed, 0, exc)
+            self._record(time.perf_counter() - started, 0, exc)
             return
         self._record(time.perf_counter() - started, len(reply), None)
 
     def _record(self, elapsed: float, length: int, exc: Exception | None) -> None:
-        tally, framing = self._tally, self._framing
-        tally.requests[framing] += 1
-        tally.buckets[bisect_left(BOUNDS, elapsed)] += 1
-        tally.seconds += elapsed
+        framing = self._framing
+        self._tally.add(framing, elapsed, None if exc is None else failure_kind(exc))
         self._fire(
             request_type=framing,
             name=self.target,
