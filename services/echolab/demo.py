@@ -8,6 +8,7 @@ verdict per server, and writes reports/demo-<time>/index.html.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         if spec_levels:
             plan.append((spec, spec_levels))
 
-    console = Console()
+    # Wide enough for the table when the output goes to a file or a pipe.
+    console = Console(width=None if sys.stdout.isatty() else 120)
     rows: list[dict[str, Any]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
