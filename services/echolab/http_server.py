@@ -20,6 +20,8 @@ process tree's CPU, memory and threads) the master collects itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import math
 import os
 import shutil
@@ -168,6 +170,23 @@ def server_info(settings: argparse.Namespace) -> dict[str, str]:
     return {"loop": "uvloop", "http": "httptools", **common}
 
 
+class SettledFilesCollector(multiprocess.MultiProcessCollector):
+    """MultiProcessCollector that skips a worker's metrics file until it has content.
+
+    prometheus_client creates a worker's file, then sizes it: a scrape in
+    that instant read 0 bytes and failed with struct.error (HTTP 500, seen in
+    CI). Such a file holds no samples yet, so leaving it out loses nothing.
+    """
+
+    def collect(self) -> Any:
+        files = []
+        for path in glob.glob(os.path.join(self._path, "*.db")):
+            with contextlib.suppress(OSError):  # removed since the glob: a dead worker's gauges
+                if os.path.getsize(path) >= 8:
+                    files.append(path)
+        return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+
+
 class MultiprocessMetrics:
     """The gunicorn hooks that run prometheus_client's multiprocess mode."""
 
@@ -185,7 +204,7 @@ class MultiprocessMetrics:
         # the variable was set: pick again, so the workers' instruments write files.
         values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
         registry = CollectorRegistry(auto_describe=True)
-        multiprocess.MultiProcessCollector(registry, path=self.directory)  # type: ignore[no-untyped-call]
+        SettledFilesCollector(registry, path=self.directory)  # type: ignore[no-untyped-call]
         registry.register(ServerInfo(settings.server, server_info(settings)))
         registry.register(ProcessTree(settings.server))
         try:
