@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from conftest import HOST, HTTP_SERVERS, TIMEOUT, HttpServer, Metrics
@@ -71,21 +70,13 @@ def server(shared_http: HttpServer) -> Iterator[HttpServer]:
 
 
 @pytest.fixture
-def start_http(tmp_path: Path) -> Iterator[Callable[..., HttpServer]]:
-    """``start_http(name, *flags)``: a server of its own (two workers), checked and stopped at teardown."""
-    servers: list[HttpServer] = []
+def start_http(start_server: Callable[..., HttpServer]) -> Callable[..., HttpServer]:
+    """``start_http(name, *flags)``: ``start_server`` with two workers, so metrics must add up."""
 
     def start(name: str, *args: str) -> HttpServer:
-        server = HttpServer(
-            name, "http", [name, *WORKERS, *args], {}, tmp_path / f"{name}-{len(servers)}.log"
-        )
-        servers.append(server)
-        return server.start()
+        return start_server(name, *WORKERS, *args)
 
-    yield start
-    problems = [problem for server in servers for problem in server.stop()]
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
+    return start
 
 
 def settled(server: HttpServer, before: Metrics, ok: int) -> Metrics:
