@@ -2,9 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-HOST   ?= 127.0.0.1
 
-.PHONY: install test prometheus-tools lint bench demo serve-threaded serve-async clean
+.PHONY: install test prometheus-tools lint bench demo clean
 
 install: $(VENV)/.installed
 
@@ -31,9 +30,9 @@ prometheus-tools:
 	fi
 
 lint: install
-	$(BIN)/ruff check services tests loadtest
-	$(BIN)/ruff format --check services tests loadtest
-	$(BIN)/mypy services
+	$(BIN)/ruff check src tests loadtest
+	$(BIN)/ruff format --check src tests loadtest
+	$(BIN)/mypy src
 
 # The comparison, natively: a concurrency sweep of every server, a report in reports/.
 # DEMO_ARGS="--quick" for a ~30 s version; see `echolab demo --help`.
@@ -42,16 +41,16 @@ demo: install
 
 # Every server at the levels where they differ; prints a table, writes reports/bench-*.json.
 bench: install
-	$(BIN)/python -m echolab.benchmark $(BENCH_ARGS)
+	$(BIN)/echolab benchmark $(BENCH_ARGS)
 
-serve-threaded: install
-	$(BIN)/echolab serve threaded --host $(HOST)
+# One server in the foreground, on 127.0.0.1 at its own port (`echolab config` lists them):
+# make serve-threaded, serve-async, serve-threaded-http, serve-async-http.
+serve-%: install
+	$(BIN)/echolab serve $*
 
-serve-async: install
-	$(BIN)/echolab serve async --host $(HOST) --metrics-port 8001 --port 9091
-
-# --- Locust, natively: the four servers (TCP ones with lines framing) + Locust; servers stop with Locust ---
+# --- Locust, natively: every server + Locust; the servers stop with Locust ---
 LOCUSTFILES    := loadtest/locustfile.py,loadtest/step_ramp.py,loadtest/spike.py
+LOCUST_WEB_PORT ?= 8089
 LOADTEST_USERS ?= 200
 LOADTEST_TIME  ?= 60s
 STEP_USERS     ?= 20
@@ -59,14 +58,14 @@ STEP_SECONDS   ?= 5
 
 .PHONY: locust loadtest
 
-# Web UI on http://127.0.0.1:8089: pick the users (any of the four servers) and a shape.
+# Web UI on http://127.0.0.1:$(LOCUST_WEB_PORT): pick the users (any of the servers) and a shape.
 locust: install
-	$(BIN)/python loadtest/run_local.py -f $(LOCUSTFILES) --class-picker
+	$(BIN)/python -m echolab.lab.locust_local -f $(LOCUSTFILES) --class-picker --web-port $(LOCUST_WEB_PORT)
 
 # Headless step ramp (+STEP_USERS every STEP_SECONDS up to LOADTEST_USERS) for LOADTEST_TIME.
 loadtest: install
 	mkdir -p reports
-	$(BIN)/python loadtest/run_local.py -f loadtest/locustfile.py,loadtest/step_ramp.py --headless \
+	$(BIN)/python -m echolab.lab.locust_local -f loadtest/locustfile.py,loadtest/step_ramp.py --headless \
 	  -u $(LOADTEST_USERS) -t $(LOADTEST_TIME) --step-users $(STEP_USERS) --step-seconds $(STEP_SECONDS) \
 	  --html reports/locust.html --csv reports/locust --only-summary
 	@echo "Locust report: reports/locust.html (stats: reports/locust_stats.csv)"

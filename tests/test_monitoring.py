@@ -16,24 +16,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from dashboards import (
+from support.dashboards import (
     DASHBOARDS,
     Prometheus,
     all_panels,
@@ -41,6 +34,10 @@ from dashboards import (
     query_panels,
     wait_for_every_panel,
 )
+from support.servers import clean_environment
+
+from echolab import catalogue
+from echolab.launcher import LaunchError, Process, ServerProcess, answers, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "prometheus"
@@ -52,9 +49,8 @@ LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 BIN = Path(sys.executable).parent
 
 HOST = "127.0.0.1"
-TCP_SERVERS = ("threaded", "async")
-HTTP_SERVERS = ("threaded-http", "async-http")
-SERVERS = (*TCP_SERVERS, *HTTP_SERVERS)
+SERVERS = catalogue.NAMES
+HTTP_SERVERS = tuple(s.name for s in catalogue.SERVERS if s.transport == "http")
 JOBS = {"echo-servers", "locust-master", "locust-workers", "prometheus"}
 # What the dashboards' Grafana variables become in the live test. 1 s scrapes,
 # so a 5 s window holds five samples.
@@ -124,29 +120,29 @@ tests:
   # A master reports its workers' total: counting the workers too would double it.
   - interval: 5s
     input_series:
-      - series: 'echo_client_users{{job="locust-master", instance="m:9646", target="threaded"}}'
+      - series: 'echo_client_users{{job="locust-master", instance="m:9646", server="threaded"}}'
         values: '30x3'
       - series: 'echo_client_info{{job="locust-master", instance="m:9646", role="master"}}'
         values: '1x3'
-      - series: 'echo_client_users{{job="locust-workers", instance="w1:9646", target="threaded"}}'
+      - series: 'echo_client_users{{job="locust-workers", instance="w1:9646", server="threaded"}}'
         values: '20x3'
       - series: 'echo_client_info{{job="locust-workers", instance="w1:9646", role="worker"}}'
         values: '1x3'
-      - series: 'echo_client_users{{job="locust-workers", instance="w2:9646", target="threaded"}}'
+      - series: 'echo_client_users{{job="locust-workers", instance="w2:9646", server="threaded"}}'
         values: '10x3'
       - series: 'echo_client_info{{job="locust-workers", instance="w2:9646", role="worker"}}'
         values: '1x3'
-      - series: 'echo_client_users{{job="locust", instance="l:9646", target="async"}}'
+      - series: 'echo_client_users{{job="locust", instance="l:9646", server="async"}}'
         values: '7x3'
       - series: 'echo_client_info{{job="locust", instance="l:9646", role="local"}}'
         values: '1x3'
     promql_expr_test:
-      - expr: target:echo_client_users:sum
+      - expr: server:echo_client_users:sum
         eval_time: 10s
         exp_samples:
-          - labels: 'target:echo_client_users:sum{{target="threaded"}}'
+          - labels: 'server:echo_client_users:sum{{server="threaded"}}'
             value: 30
-          - labels: 'target:echo_client_users:sum{{target="async"}}'
+          - labels: 'server:echo_client_users:sum{{server="async"}}'
             value: 7
 """
 
@@ -256,31 +252,6 @@ def test_compose_promises() -> None:
 # --- every panel against a real Prometheus ---------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Process:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
 class Stack:
     """Servers, a Locust run and Prometheus as processes on loopback, stopped in reverse order."""
 
@@ -289,42 +260,35 @@ class Stack:
         self.processes: list[Process] = []
         self.prometheus: Prometheus | None = None
 
-    def start(self, name: str, command: list[str]) -> Process:
-        log = self.workdir / f"{name}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ECHO_", "LOCUST_"))}
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.workdir,
-                start_new_session=True,
-            )
-        process = Process(name, proc, log)
+    def start(self, process: Process) -> Process:
         self.processes.append(process)
+        try:
+            process.start()
+        except LaunchError as exc:
+            pytest.fail(str(exc), pytrace=False)
         return process
 
     def stop(self) -> None:
         for process in reversed(self.processes):
-            process.stop()
+            if process.running():
+                try:
+                    process.stop()
+                except LaunchError as exc:
+                    print(exc)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name} (exit {p.proc.poll()}):\n{p.text()}" for p in self.processes)
+        return "\n".join(f"--- {p.name}:\n{p.tail()}" for p in self.processes)
 
 
-def wait_http(url: str, process: Process, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.proc.poll() is not None:
-            pytest.fail(f"{process.name} exited with {process.proc.returncode}:\n{process.text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                pytest.fail(f"{url} not answering after {timeout}s:\n{process.text()}")
-            time.sleep(0.1)
+class HttpReady(Process):
+    """A process that is ready once ``url`` answers 200."""
+
+    def __init__(self, argv: list[str], *, name: str, url: str, workdir: Path) -> None:
+        super().__init__(argv, name=name, log=workdir / f"{name}.log", env=clean_environment(), cwd=workdir)
+        self.url = url
+
+    def is_ready(self) -> bool:
+        return answers(self.url)
 
 
 def local_config(metrics: dict[str, int], locust_metrics: int, prometheus_port: int) -> dict[str, Any]:
@@ -363,40 +327,32 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("monitoring")
     stack = Stack(workdir)
     try:
-        ports = {s: free_port() for s in SERVERS}
-        metrics = {s: free_port() for s in SERVERS}
-        # One gunicorn worker each is enough for a light load, and spares the CPU.
-        options = {server: ["--framing", "lines"] for server in TCP_SERVERS}
-        options |= {server: ["--workers", "1"] for server in HTTP_SERVERS}
-        for server in SERVERS:
-            process = stack.start(server, [
-                str(BIN / "echolab"), "serve", server, "--host", HOST, *options[server],
-                "--port", str(ports[server]), "--metrics-port", str(metrics[server]), "--delay-ms", "20",
-            ])  # fmt: skip
-            wait_http(f"http://{HOST}:{metrics[server]}/metrics", process)
-            if server in HTTP_SERVERS:  # gunicorn's master serves /metrics before its worker serves requests
-                wait_http(f"http://{HOST}:{ports[server]}/healthz", process)
+        servers = {}
+        for kind in catalogue.SERVERS:
+            # One gunicorn worker each is enough for a light load, and spares the CPU.
+            options = ["--delay-ms", "20", *(["--workers", "1"] if kind.transport == "http" else [])]
+            log = workdir / f"{kind.name}.log"
+            servers[kind.name] = stack.start(ServerProcess(kind, options, log=log, env=clean_environment()))
+        metrics = {name: server.metrics_port for name, server in servers.items()}
         locust_metrics = free_port()
-        targets = [arg for server in SERVERS for arg in (
-            f"--{server}-host", HOST, f"--{server}-port", str(ports[server]))]  # fmt: skip
+        targets = [arg for name, server in servers.items() for arg in (
+            f"--{name}-host", HOST, f"--{name}-port", str(server.port))]  # fmt: skip
         # Every user class, two users each. A little think time keeps the load
         # light; every panel still gets data.
-        locust = stack.start("locust", [
+        stack.start(HttpReady([
             str(BIN / "locust"), "-f", str(LOCUSTFILE), "--headless", "--users", "8", "--spawn-rate", "8",
             "--run-time", "5m", "--only-summary", "--loglevel", "WARNING", *targets,
             "--metrics-host", HOST, "--metrics-port", str(locust_metrics), "--think-time", "0.01",
-        ])  # fmt: skip
-        wait_http(f"http://{HOST}:{locust_metrics}/metrics", locust)
+        ], name="locust", url=f"http://{HOST}:{locust_metrics}/metrics", workdir=workdir))  # fmt: skip
         prometheus_port = free_port()
         config = local_config(metrics, locust_metrics, prometheus_port)
         (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-        prometheus = stack.start("prometheus", [
+        stack.prometheus = Prometheus(f"http://{HOST}:{prometheus_port}")
+        stack.start(HttpReady([
             "prometheus", f"--config.file={workdir / 'prometheus.yml'}",
             f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address={HOST}:{prometheus_port}",
             "--log.level=warn",
-        ])  # fmt: skip
-        stack.prometheus = Prometheus(f"http://{HOST}:{prometheus_port}")
-        wait_http(f"{stack.prometheus.url}/-/ready", prometheus)
+        ], name="prometheus", url=f"{stack.prometheus.url}/-/ready", workdir=workdir))  # fmt: skip
         yield stack
     finally:
         stack.stop()

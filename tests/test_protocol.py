@@ -5,6 +5,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from echolab.protocol import (
     ERROR_BUSY,
     ERROR_SHUTTING_DOWN,
@@ -16,8 +19,6 @@ from echolab.protocol import (
     make_framer,
     transform,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 # Bytes rich in newlines and in the bytes UTF-8 cares about.
 STREAM_BYTES = st.binary(max_size=300) | st.lists(

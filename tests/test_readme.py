@@ -5,21 +5,24 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from echolab import config, metrics
+import pytest
+
+from echolab import docs
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
 
-def test_configuration_table_is_generated_from_the_settings() -> None:
-    match = re.search(r"<!-- config-table:start -->\n(.*?)\n<!-- config-table:end -->", README, re.S)
-    assert match, "README lacks the config-table markers"
-    assert match.group(1) == config.markdown_table(), "run: echolab config --markdown"
-
-
-def test_every_server_metric_is_documented() -> None:
-    for name in metrics.DOCS:
-        suffix = "_info" if name == "echo_server" else ""
-        assert f"`{name}{suffix}" in README, f"{name} missing from the README's metrics table"
+@pytest.mark.parametrize(
+    ("marker", "table", "command"),
+    [
+        ("config-table", docs.config_table, "echolab config --markdown"),
+        ("metrics-table", docs.metrics_table, "echolab config --metrics"),
+    ],
+)
+def test_generated_tables_match_the_code(marker: str, table, command: str) -> None:
+    match = re.search(rf"<!-- {marker}:start -->\n(.*?)\n<!-- {marker}:end -->", README, re.S)
+    assert match, f"README lacks the {marker} markers"
+    assert match.group(1) == table(), f"run: {command}"
 
 
 def test_the_two_commands_are_there() -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dashboards import DASHBOARDS, Prometheus, load_dashboard, wait_for_every_panel
+from support.dashboards import DASHBOARDS, Prometheus, load_dashboard, wait_for_every_panel
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "echolab-stacktest"
@@ -236,7 +236,7 @@ def test_load_reaches_every_server_and_is_scraped(stack: Compose) -> None:
         TIMINGS["load seen"] = time.monotonic() - started
 
         def users_counted_once() -> tuple[bool, Any]:
-            seen = by(query(stack, "target:echo_client_users:sum"), "target")
+            seen = by(query(stack, "server:echo_client_users:sum"), "server")
             return seen == dict.fromkeys(SERVERS, USERS / len(SERVERS)), seen
 
         # The master learns its workers' user counts from their reports.
@@ -253,7 +253,7 @@ def test_load_reaches_every_server_and_is_scraped(stack: Compose) -> None:
         time.sleep(max(0.0, SOAK - (time.monotonic() - started)))
         time.sleep(6)  # one more scrape of every worker
         totals = {s["name"]: (s["num_requests"], s["num_failures"]) for s in get_json(stats)["stats"]}
-        failures = query(stack, "sum by (target, kind) (echo_client_failures_total) > 0")
+        failures = query(stack, "sum by (server, kind) (echo_client_failures_total) > 0")
         assert not failures, (
             f"requests failed: {[(f['metric'], f['value'][1]) for f in failures]}; Locust's totals "
             f"(requests, failures): {totals}"

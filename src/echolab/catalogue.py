@@ -1,0 +1,113 @@
+"""The servers echolab runs, in one place.
+
+Every list of servers reads :data:`SERVERS`: the CLI's ``serve`` commands,
+the demo and the benchmark, the Locust users and their arguments, the
+native Locust runner, the report's and the dashboards' colours, the tests,
+and the files that cannot import Python (the compose file, the Makefile's
+``serve-*`` targets), which are generated from it or checked against it.
+Adding a server is one entry here and its module: a module with
+``run(server, settings) -> int`` that serves until SIGTERM.
+
+Colours: the threaded family is warm, the async family cool, the same in the
+demo report and in Grafana. Each server takes the next shade of its family,
+so a new server gets a colour of its own without one being chosen for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from . import settings
+
+Family = Literal["threaded", "async"]
+Transport = Literal["tcp", "http"]
+
+# Shades per family, in the order servers and lab variants take them.
+PALETTE: dict[Family, tuple[str, ...]] = {
+    "threaded": ("#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#f7b6d2"),
+    "async": ("#1f77b4", "#17becf", "#2ca02c", "#9467bd", "#7f7f7f", "#aec7e8"),
+}
+CONTAINER_PORT = 9090  # every server listens on this port inside its container
+CONTAINER_METRICS_PORT = 8000
+
+
+@dataclass(frozen=True)
+class Server:
+    """One server: what it is, how it is started, where it listens natively."""
+
+    name: str
+    family: Family
+    transport: Transport
+    module: str  # import path of the module whose run(server, settings) serves it
+    settings: type[settings.ServeSettings]
+    port: int  # natively (make serve-NAME, make locust); in a container: CONTAINER_PORT
+    metrics_port: int
+    summary: str
+
+    @property
+    def framing(self) -> str:
+        """What a client speaks to it by default: the line protocol, or HTTP."""
+        return "http" if self.transport == "http" else "lines"
+
+    @property
+    def color(self) -> str:
+        return PALETTE[self.family][[s.name for s in SERVERS if s.family == self.family].index(self.name)]
+
+    @property
+    def env_name(self) -> str:
+        """The server's name in environment variables: ``threaded-http`` -> ``THREADED_HTTP``."""
+        return self.name.replace("-", "_").upper()
+
+
+SERVERS: tuple[Server, ...] = (
+    Server(
+        "threaded",
+        "threaded",
+        "tcp",
+        "echolab.servers.threaded",
+        settings.ThreadedSettings,
+        9090,
+        8000,
+        "socketserver: a thread per connection, a bounded pool, or the article's serial server",
+    ),
+    Server(
+        "async",
+        "async",
+        "tcp",
+        "echolab.servers.async_protocol",
+        settings.AsyncSettings,
+        9091,
+        8001,
+        "one asyncio event loop (uvloop or asyncio) for every connection",
+    ),
+    Server(
+        "threaded-http",
+        "threaded",
+        "http",
+        "echolab.servers.gunicorn",
+        settings.ThreadedHttpSettings,
+        9092,
+        8002,
+        "HTTP: a WSGI app on gunicorn gthread workers (threads)",
+    ),
+    Server(
+        "async-http",
+        "async",
+        "http",
+        "echolab.servers.gunicorn",
+        settings.AsyncHttpSettings,
+        9093,
+        8003,
+        "HTTP: an ASGI app on gunicorn with uvicorn workers (uvloop)",
+    ),
+)
+BY_NAME = {server.name: server for server in SERVERS}
+NAMES = tuple(BY_NAME)
+
+
+def server(name: str) -> Server:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"no server {name!r}: choose from {', '.join(NAMES)}") from None

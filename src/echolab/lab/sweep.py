@@ -1,0 +1,162 @@
+"""Run servers natively and measure them at several concurrency levels.
+
+Shared by ``make bench`` and ``make demo``: each server runs as its own
+process on loopback (:mod:`echolab.launcher`), each measurement is one
+``echolab bench --json`` subprocess, and the server's CPU, RSS and threads
+are sampled with psutil while the client runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from ..load.bench import CONNECT_PHASE_SECONDS
+from .results import Row
+from .variants import Variant, running
+
+
+@dataclass
+class Usage:
+    """What the server process used while one measurement ran."""
+
+    cpu_percent: float = 0.0
+    rss_mb: float = 0.0
+    threads: int = 0
+    samples: list[tuple[float, float, int]] = field(default_factory=list)
+
+
+def tree(process: psutil.Process) -> list[psutil.Process]:
+    """The server and its children: gunicorn serves from worker processes."""
+    with contextlib.suppress(psutil.Error):
+        return [process, *process.children(recursive=True)]
+    return [process]
+
+
+class Sampler(threading.Thread):
+    """Samples a server's RSS and threads (summed over its processes) and its CPU time.
+
+    CPU time counts children that have exited too (``children_*``), so a
+    gunicorn worker restarted mid-run still counts.
+    """
+
+    def __init__(self, process: psutil.Process, every: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.process = process
+        self.every = every
+        self.stop = threading.Event()
+        self.usage = Usage()
+        self._cpu0 = self._cpu()
+        self._t0 = time.monotonic()
+
+    def _cpu(self) -> float:
+        total = 0.0
+        for proc in tree(self.process):
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+        return total
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            rss, threads = 0.0, 0
+            for proc in tree(self.process):
+                with contextlib.suppress(psutil.Error):
+                    rss += proc.memory_info().rss / 2**20
+                    threads += proc.num_threads()
+            self.usage.samples.append((time.monotonic() - self._t0, rss, threads))
+
+    def finish(self) -> Usage:
+        self.stop.set()
+        self.join()
+        elapsed = time.monotonic() - self._t0
+        usage = self.usage
+        with contextlib.suppress(psutil.Error):
+            usage.cpu_percent = round(100 * (self._cpu() - self._cpu0) / elapsed, 1)
+        if usage.samples:
+            usage.rss_mb = round(max(s[1] for s in usage.samples), 1)
+            usage.threads = max(s[2] for s in usage.samples)
+        return usage
+
+
+def bench_once(
+    port: int,
+    framing: str,
+    connections: int,
+    duration: float,
+    warmup: float,
+    delay_ms: float,
+    extra: Sequence[str] = (),
+) -> dict[str, Any]:
+    """One ``echolab bench --json`` run against 127.0.0.1:port."""
+    options = (
+        f"--framing {framing} --connections {connections} --duration {duration} "
+        f"--warmup {warmup} --delay-hint-ms {delay_ms:g}"
+    )
+    argv = [sys.executable, "-m", "echolab", "bench", f"127.0.0.1:{port}", "--json", *options.split(), *extra]
+    limit = duration + warmup + CONNECT_PHASE_SECONDS + 60
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, env=os.environ.copy(), timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"bench did not finish in {limit:g}s") from None
+    if done.returncode != 0:
+        raise RuntimeError(f"bench failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def measure(
+    variant: Variant,
+    levels: Sequence[int],
+    delay_ms: float,
+    duration: float,
+    warmup: float,
+    extra: Sequence[str] = (),
+    on_level: Callable[[Row], None] | None = None,
+    on_error: Callable[[int, RuntimeError], None] | None = None,
+) -> list[Row]:
+    """Start ``variant`` once and run the client at each level; one row per level.
+
+    With ``on_error``, a level whose client fails is reported there and ends
+    this server's sweep (higher levels would only fail worse); the rows so
+    far are kept. Without, the error propagates.
+    """
+    rows: list[Row] = []
+    with running(variant, delay_ms) as (port, process):
+        for connections in levels:
+            sampler = Sampler(psutil.Process(process.pid))
+            sampler.start()
+            try:
+                result = bench_once(port, variant.framing, connections, duration, warmup, delay_ms, extra)
+            except RuntimeError as exc:
+                if on_error is None:
+                    raise
+                on_error(connections, exc)
+                break
+            finally:
+                usage = sampler.finish()
+            rows.append(
+                Row.from_dict(
+                    {
+                        **result,
+                        "server": variant.name,
+                        "delay_ms": delay_ms,
+                        "server_cpu_percent": usage.cpu_percent,
+                        "server_rss_mb": usage.rss_mb,
+                        "server_threads": usage.threads,
+                    }
+                )
+            )
+            if on_level is not None:
+                on_level(rows[-1])
+    return rows

@@ -1,0 +1,73 @@
+"""The servers as the lab runs them: each a catalogue server with options, or a bare reference.
+
+A variant has a name (what tables and charts call it), a framing, and a
+colour: a catalogue server's own colour, or a further shade of its family's
+(threaded warm, async cool; see :mod:`echolab.catalogue`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..catalogue import PALETTE, SERVERS, Family, Server, server
+from ..launcher import Process, ServerProcess, free_port
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    family: Family
+    framing: str
+    color: str
+    server: Server | None = None  # None: a bare reference (echolab.servers.bare)
+    options: tuple[str, ...] = ()
+    reference: str = ""  # the bare reference's kind: uvloop | threaded
+
+    def process(self, delay_ms: float) -> Process:
+        """A process that serves this variant with ``delay_ms`` of simulated IO, not yet started."""
+        if self.server is None:
+            port = free_port()
+            argv = [sys.executable, "-m", "echolab.servers.bare", self.reference, str(port), f"{delay_ms:g}"]
+            return Process(argv, name=self.name, port=port)
+        framing = () if self.framing == "http" else ("--framing", self.framing)
+        options = (*framing, "--delay-ms", f"{delay_ms:g}", "--log-level", "warning", *self.options)
+        return ServerProcess(self.server, options)
+
+
+@contextlib.contextmanager
+def running(variant: Variant, delay_ms: float) -> Iterator[tuple[int, Process]]:
+    """Start the variant on a free loopback port, yield (port, process), stop it with SIGTERM."""
+    process = variant.process(delay_ms)
+    try:
+        process.start()
+        yield process.port, process
+    finally:
+        if process.running():
+            process.stop()
+
+
+def of(server_kind: Server) -> Variant:
+    """A catalogue server as it is, in its own colour."""
+    return Variant(server_kind.name, server_kind.family, server_kind.framing, server_kind.color, server_kind)
+
+
+SERVERS_AS_THEY_ARE = tuple(of(s) for s in SERVERS)
+# The article's baseline speaks its own protocol: with persistent
+# connections, a serial server would serve its first client forever.
+SERIAL = Variant(
+    "serial", "threaded", "oneshot", PALETTE["threaded"][2], server("threaded"), ("--model", "serial")
+)
+POOL = Variant(
+    "pool (64 threads)", "threaded", "lines", PALETTE["threaded"][3], server("threaded"),
+    ("--model", "pool", "--threads", "64"),
+)  # fmt: skip
+ASYNC_NO_METRICS = Variant(
+    "async (no metrics)", "async", "lines", PALETTE["async"][2], server("async"), ("--no-metrics",)
+)
+BARE_UVLOOP = Variant("bare uvloop", "async", "lines", PALETTE["async"][3], reference="uvloop")
+BARE_THREADED = Variant("bare threaded", "threaded", "lines", PALETTE["threaded"][4], reference="threaded")
+ALL = (*SERVERS_AS_THEY_ARE, SERIAL, POOL, ASYNC_NO_METRICS, BARE_UVLOOP, BARE_THREADED)
+COLORS = {v.name: v.color for v in ALL}

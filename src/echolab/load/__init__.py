@@ -1,0 +1,1 @@
+"""Load: the asyncio bench client, a blocking client, and the Locust users."""

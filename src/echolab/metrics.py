@@ -1,0 +1,429 @@
+"""Prometheus metrics: the catalogue of every metric echolab exports, and the TCP servers' collector.
+
+:data:`METRICS` names every metric once: type, help, labels, buckets, and
+which servers export it. The TCP servers' collector, the HTTP servers'
+multiprocess instruments, the Locust plugin, the README's metrics table and
+the dashboard tests all read it. Every metric carries ``server``, the
+catalogue's name of the server it is about, on the server's side and on the
+load generator's, so server and client series join without relabelling.
+
+The TCP servers count with plain attribute arithmetic, read by a custom
+collector when Prometheus scrapes (client_python's documented pattern for
+proxying other state). prometheus_client's own Counter and Histogram take a
+lock and walk the bucket list on every update: 5 µs a request for our set, a
+third of what the async server spends on a request at delay 0. Gauges that
+describe state (active connections, in-flight requests, threads) are
+computed at scrape time and cost nothing per request.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from prometheus_client import disable_created_metrics, start_http_server
+from prometheus_client.core import (
+    REGISTRY,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from .catalogue import SERVERS, Server
+from .runtime import RESOURCE_ERRNOS
+
+# Dense around the default 100 ms delay, where a healthy server answers, then
+# out to 10 s, where an overloaded one does; the low end is for delay 0.
+# fmt: off
+DURATION_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075,
+    0.1, 0.102, 0.105, 0.11, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
+    0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
+)
+# fmt: on
+LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+REFUSAL_REASONS = ("max_connections", "shutdown")
+CONNECTION_ERRORS = ("reset", "broken_pipe", "other")
+OUTCOMES = ("ok", "too_large", "aborted")
+FAILURE_KINDS = (
+    "wrong_reply",
+    "server_error",
+    "closed",
+    "refused",
+    "unreachable",
+    "reset",
+    "timeout",
+    "other",
+)
+
+
+def every_server(server: Server) -> bool:
+    return True
+
+
+def tcp_servers(server: Server) -> bool:
+    """The servers that own their connections (gunicorn owns the HTTP servers')."""
+    return server.transport == "tcp"
+
+
+def event_loop_servers(server: Server) -> bool:
+    return server.transport == "tcp" and server.family == "async"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric: ``name`` as prometheus_client takes it (counters without ``_total``)."""
+
+    name: str
+    kind: Literal["counter", "gauge", "histogram", "info"]
+    help: str
+    labels: tuple[str, ...] = ("server",)
+    buckets: tuple[float, ...] = ()
+    exported_by: Callable[[Server], bool] = every_server
+    side: Literal["server", "client"] = "server"
+
+    @property
+    def exposed(self) -> str:
+        """The name as it appears on /metrics and in PromQL."""
+        return self.name + {"counter": "_total", "info": "_info"}.get(self.kind, "")
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return tuple(s.name for s in SERVERS if self.exported_by(s))
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("echo_server", "info", "Server implementation and settings"),
+    MetricSpec(
+        "echo_requests",
+        "counter",
+        "Requests by outcome: ok (answered), too_large (over the size limit, answered with an error), "
+        "aborted (client gone before the reply)",
+        ("server", "outcome"),
+    ),
+    MetricSpec(
+        "echo_request_duration_seconds",
+        "histogram",
+        "From a request's last byte read to its reply written",
+        buckets=DURATION_BUCKETS,
+    ),
+    MetricSpec("echo_requests_in_flight", "gauge", "Requests read but not yet answered"),
+    MetricSpec("echo_received_bytes", "counter", "Request bytes received"),
+    MetricSpec("echo_sent_bytes", "counter", "Reply bytes sent"),
+    MetricSpec(
+        "echo_non_utf8_requests", "counter", "Requests that were not valid UTF-8 (upper-cased as bytes)"
+    ),
+    MetricSpec("echo_threads", "gauge", "Threads alive in the server's processes"),
+    MetricSpec("echo_connections_active", "gauge", "Open client connections", exported_by=tcp_servers),
+    MetricSpec("echo_connections_opened", "counter", "Connections accepted", exported_by=tcp_servers),
+    MetricSpec(
+        "echo_connections_refused",
+        "counter",
+        "Connections turned away with an error line: max_connections, shutdown",
+        ("server", "reason"),
+        exported_by=tcp_servers,
+    ),
+    MetricSpec(
+        "echo_connections_timed_out",
+        "counter",
+        "Connections closed for idling past the idle timeout",
+        exported_by=tcp_servers,
+    ),
+    MetricSpec(
+        "echo_connection_errors",
+        "counter",
+        "Connections lost to an error: reset, broken_pipe, other",
+        ("server", "kind"),
+        exported_by=tcp_servers,
+    ),
+    MetricSpec(
+        "echo_accept_errors",
+        "counter",
+        "Failed accept() calls, e.g. out of file descriptors",
+        ("server", "errno"),
+        exported_by=tcp_servers,
+    ),
+    MetricSpec(
+        "echo_event_loop_lag_seconds",
+        "histogram",
+        "How late the event loop ran a timer probe, every 0.25 s",
+        buckets=LAG_BUCKETS,
+        exported_by=event_loop_servers,
+    ),
+    # --- the load generators' side (every Locust process) ----------------------------
+    MetricSpec(
+        "echo_client_requests",
+        "counter",
+        "Requests completed, whether they succeeded or failed",
+        ("server", "framing"),
+        side="client",
+    ),
+    MetricSpec(
+        "echo_client_failures",
+        "counter",
+        "Failed requests by kind: " + ", ".join(FAILURE_KINDS),
+        ("server", "kind"),
+        side="client",
+    ),
+    MetricSpec(
+        "echo_client_request_duration_seconds",
+        "histogram",
+        "Request time as the client saw it, connecting included for oneshot",
+        buckets=DURATION_BUCKETS,
+        side="client",
+    ),
+    MetricSpec(
+        "echo_client_users",
+        "gauge",
+        "Users of this server running: in this process, or on a master the total its workers report",
+        side="client",
+    ),
+    MetricSpec(
+        "echo_client_think_time_seconds",
+        "gauge",
+        "Seconds each user waits between requests (--think-time)",
+        side="client",
+    ),
+    MetricSpec("echo_client", "info", "Locust process role: local, master or worker", (), side="client"),
+)
+BY_NAME = {spec.name: spec for spec in METRICS}
+
+
+def spec(name: str) -> MetricSpec:
+    return BY_NAME[name]
+
+
+class Buckets:
+    """A histogram's state: per-bucket counts (the last is +Inf) and the sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float, times: int = 1) -> None:
+        # bisect_left: a value equal to a bound belongs to that bound's
+        # bucket, as Prometheus's "le" (less than or equal) says.
+        self.counts[bisect_left(self.bounds, value)] += times
+        self.sum += value * times
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), list(self.counts), strict=True):
+            total += count
+            out.append((bound, total))
+        return out
+
+
+def counter(name: str, labels: Mapping[str, int] | int, server: str) -> CounterMetricFamily:
+    """A counter family of ``server``: one value, or one per value of its second label."""
+    metric = spec(name)
+    family = CounterMetricFamily(name, metric.help, labels=metric.labels)
+    if isinstance(labels, int):
+        family.add_metric([server], labels)
+    else:
+        for key, value in labels.items():
+            family.add_metric([server, key], value)
+    return family
+
+
+def gauge(name: str, value: float, server: str) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, spec(name).help, labels=["server"])
+    family.add_metric([server], value)
+    return family
+
+
+def histogram(name: str, buckets: Buckets, server: str) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, spec(name).help, labels=["server"])
+    family.add_metric([server], buckets.cumulative(), buckets.sum)
+    return family
+
+
+class ServerMetrics(Collector):
+    """What one TCP server counts; exported under its ``server`` label."""
+
+    def __init__(self, server: Server, info: Mapping[str, str]) -> None:
+        self.server = server
+        self.info = dict(info)
+        self.ok = self.too_large = self.aborted = 0
+        self.duration = Buckets(DURATION_BUCKETS)
+        self.non_utf8_requests = 0
+        self.received_bytes = self.sent_bytes = 0
+        self.opened = self.timed_out = 0
+        self.refused = dict.fromkeys(REFUSAL_REASONS, 0)
+        self.errors = dict.fromkeys(CONNECTION_ERRORS, 0)
+        # Every errno the servers count exists from the start, at 0: a series that appears only
+        # with the first error cannot be rated or alerted on before it.
+        self.accept_errors = {errno.errorcode[number]: 0 for number in sorted(RESOURCE_ERRNOS)}
+        self.lag = Buckets(LAG_BUCKETS)
+        self._active: Callable[[], int] = lambda: 0
+        self._in_flight: Callable[[], int] = lambda: 0
+
+    # --- updates (the hot ones first) --------------------------------------
+
+    def answered(self, count: int, duration: float, received: int, sent: int) -> None:
+        self.ok += count
+        self.duration.observe(duration, count)
+        self.received_bytes += received
+        self.sent_bytes += sent
+
+    def not_answered(self, outcome: str, count: int = 1) -> None:
+        if outcome == "too_large":
+            self.too_large += count
+        else:
+            self.aborted += count
+
+    def non_utf8(self, count: int = 1) -> None:
+        self.non_utf8_requests += count
+
+    def connection_opened(self) -> None:
+        self.opened += 1
+
+    def connection_refused(self, reason: str) -> None:
+        self.refused[reason] += 1
+
+    def connection_timed_out(self) -> None:
+        self.timed_out += 1
+
+    def connection_error(self, kind: str) -> None:
+        self.errors[kind] += 1
+
+    def accept_error(self, errno_name: str) -> None:
+        self.accept_errors[errno_name] = self.accept_errors.get(errno_name, 0) + 1
+
+    def loop_lag(self, seconds: float) -> None:
+        self.lag.observe(seconds)
+
+    def track(self, active: Callable[[], int], in_flight: Callable[[], int]) -> None:
+        self._active, self._in_flight = active, in_flight
+
+    # --- export ------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        name = self.server.name
+        info = InfoMetricFamily("echo_server", spec("echo_server").help, labels=["server"])
+        info.add_metric([name], self.info)
+        yield info
+        yield counter(
+            "echo_requests", {"ok": self.ok, "too_large": self.too_large, "aborted": self.aborted}, name
+        )
+        yield histogram("echo_request_duration_seconds", self.duration, name)
+        yield counter("echo_non_utf8_requests", self.non_utf8_requests, name)
+        yield counter("echo_received_bytes", self.received_bytes, name)
+        yield counter("echo_sent_bytes", self.sent_bytes, name)
+        yield counter("echo_connections_opened", self.opened, name)
+        yield counter("echo_connections_refused", self.refused, name)
+        yield counter("echo_connections_timed_out", self.timed_out, name)
+        yield counter("echo_connection_errors", self.errors, name)
+        yield counter("echo_accept_errors", dict(self.accept_errors), name)
+        yield gauge("echo_connections_active", self._active(), name)
+        yield gauge("echo_requests_in_flight", self._in_flight(), name)
+        yield gauge("echo_threads", threading.active_count(), name)
+        if event_loop_servers(self.server):
+            yield histogram("echo_event_loop_lag_seconds", self.lag, name)
+
+
+class ThreadSafeMetrics(ServerMetrics):
+    """For the threaded server: every update holds one lock (``+=`` is not atomic across threads)."""
+
+    def __init__(self, server: Server, info: Mapping[str, str]) -> None:
+        super().__init__(server, info)
+        self.lock = threading.Lock()
+
+    def answered(self, count: int, duration: float, received: int, sent: int) -> None:
+        with self.lock:
+            super().answered(count, duration, received, sent)
+
+    def not_answered(self, outcome: str, count: int = 1) -> None:
+        with self.lock:
+            super().not_answered(outcome, count)
+
+    def non_utf8(self, count: int = 1) -> None:
+        with self.lock:
+            super().non_utf8(count)
+
+    def connection_opened(self) -> None:
+        with self.lock:
+            super().connection_opened()
+
+    def connection_refused(self, reason: str) -> None:
+        with self.lock:
+            super().connection_refused(reason)
+
+    def connection_timed_out(self) -> None:
+        with self.lock:
+            super().connection_timed_out()
+
+    def connection_error(self, kind: str) -> None:
+        with self.lock:
+            super().connection_error(kind)
+
+    def accept_error(self, errno_name: str) -> None:
+        with self.lock:
+            super().accept_error(errno_name)
+
+    def loop_lag(self, seconds: float) -> None:
+        with self.lock:
+            super().loop_lag(seconds)
+
+
+class NoMetrics(ServerMetrics):
+    """Same interface, no instrumentation: the baseline for measuring its cost."""
+
+    def answered(self, count: int, duration: float, received: int, sent: int) -> None:
+        pass
+
+    def not_answered(self, outcome: str, count: int = 1) -> None:
+        pass
+
+    def non_utf8(self, count: int = 1) -> None:
+        pass
+
+    def connection_opened(self) -> None:
+        pass
+
+    def connection_refused(self, reason: str) -> None:
+        pass
+
+    def connection_timed_out(self) -> None:
+        pass
+
+    def connection_error(self, kind: str) -> None:
+        pass
+
+    def accept_error(self, errno_name: str) -> None:
+        pass
+
+    def loop_lag(self, seconds: float) -> None:
+        pass
+
+
+def start(
+    server: Server,
+    info: Mapping[str, str],
+    enabled: bool,
+    host: str,
+    port: int,
+    thread_safe: bool = False,
+    registry: CollectorRegistry = REGISTRY,
+) -> tuple[ServerMetrics, int]:
+    """Create the server's metrics and serve /metrics; return them and the port (0 asks for any free one)."""
+    if not enabled:
+        return NoMetrics(server, {}), 0
+    # The *_created series double what Prometheus stores and no panel uses them.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    metrics = (ThreadSafeMetrics if thread_safe else ServerMetrics)(server, info)
+    registry.register(metrics)
+    http_server, _ = start_http_server(port, addr=host, registry=registry)
+    return metrics, int(http_server.server_port)

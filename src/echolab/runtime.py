@@ -1,0 +1,60 @@
+"""Process plumbing every server shares: logging, fd limits, accept errors."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import resource
+import sys
+import time
+
+log = logging.getLogger("echolab")
+
+# accept() failures that mean "out of a resource", not "this client is bad":
+# retrying at once would only spin, so the servers back off and log.
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def setup_logging(level: str, server: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=level.upper(),
+        format=f"%(asctime)s %(levelname)s {server} %(message)s",
+    )
+
+
+def raise_fd_limit() -> int:
+    """Lift the soft RLIMIT_NOFILE to the hard one: 10k clients need 10k fds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            log.warning("could not raise RLIMIT_NOFILE above %d", soft)
+    return soft
+
+
+class AcceptErrorLog:
+    """Logs resource exhaustion on accept once per episode, not once per retry."""
+
+    def __init__(self, *, retry: str, every: float = 10.0) -> None:
+        self._every = every
+        self._retry = retry  # what happens to new connections meanwhile: servers differ
+        self._last = -every
+        self._suppressed = 0
+
+    def failed(self, exc: OSError) -> None:
+        now = time.monotonic()
+        if now - self._last >= self._every:
+            extra = f" ({self._suppressed} more since last report)" if self._suppressed else ""
+            log.error(
+                "accept failed: %s; existing connections keep being served, %s%s",
+                exc.strerror or exc,
+                self._retry,
+                extra,
+            )
+            self._last, self._suppressed = now, 0
+        else:
+            self._suppressed += 1

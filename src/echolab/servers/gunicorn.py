@@ -1,0 +1,284 @@
+"""The HTTP echo servers: the apps of ``http_apps`` under gunicorn, configured from our settings.
+
+* ``threaded-http``: the WSGI app on gunicorn's ``gthread`` workers:
+  ``--workers`` processes with ``--http-threads`` threads each, one request
+  per thread at a time, the delay a ``time.sleep`` in that thread.
+* ``async-http``: the ASGI app on uvicorn-worker's ``UvicornWorker`` (uvloop,
+  httptools): ``--workers`` processes, each one event loop, the delay an
+  ``await asyncio.sleep``. uvicorn's own ``uvicorn.workers`` module is
+  deprecated since uvicorn 0.30 in favour of this package, which is where
+  the worker is maintained and tested against gunicorn.
+
+Metrics use prometheus_client's multiprocess mode: the workers write to
+files in PROMETHEUS_MULTIPROC_DIR, a directory made fresh for each server
+start; the gunicorn master serves /metrics on the metrics port and sums the
+files at scrape time, so one scrape covers every worker, as it does for the
+one-process TCP servers. What the files cannot carry (the info metric, the
+process tree's CPU, memory and threads) the master collects itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import math
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+import psutil
+from gunicorn.app.base import BaseApplication
+from prometheus_client import CollectorRegistry, multiprocess, start_http_server, values
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+from uvicorn_worker import UvicornWorker
+
+from ..catalogue import Server
+from ..metrics import gauge, spec
+from ..runtime import log
+from ..settings import HttpSettings, ThreadedHttpSettings
+from .http_apps import EchoCore, Instruments, make_asgi_app, make_wsgi_app
+
+HEARTBEAT_TIMEOUT = 30  # gunicorn's `timeout`: a worker silent this long is killed and replaced
+# gunicorn's defaults, stated: the HTTP counterpart of the TCP servers' size limit on a request.
+LIMIT_REQUEST_LINE = 4094
+LIMIT_REQUEST_FIELDS = 100
+LIMIT_REQUEST_FIELD_SIZE = 8190
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class EchoUvicornWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn_worker is untyped
+    """UvicornWorker pinned to uvloop and httptools, with our limits.
+
+    uvicorn-worker passes gunicorn's keepalive, backlog and timeout on to
+    uvicorn, but not worker_connections nor graceful_timeout: they go to
+    uvicorn's ``limit_concurrency`` (over it: 503) and
+    ``timeout_graceful_shutdown`` here.
+    """
+
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "uvloop", "http": "httptools"}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config.limit_concurrency = self.cfg.worker_connections
+        self.config.timeout_graceful_shutdown = self.cfg.graceful_timeout
+
+
+def gunicorn_options(server: Server, settings: HttpSettings) -> dict[str, Any]:
+    """Our settings as gunicorn's (docs/server-behavior.md, "HTTP servers", explains each).
+
+    The worker class follows the server's family: threads (gthread) or an event loop (uvicorn).
+    """
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    threaded = server.family == "threaded"
+    options: dict[str, Any] = {
+        "bind": [f"{host}:{settings.port}"],
+        "workers": settings.workers,
+        "worker_class": "gthread" if threaded else f"{__name__}.EchoUvicornWorker",
+        # max_connections is for the whole server, as for the TCP servers; each worker takes its share.
+        "worker_connections": max(1, math.ceil(settings.max_connections / settings.workers)),
+        "backlog": settings.backlog,
+        # gunicorn takes whole seconds; round up so no wait is shorter than asked.
+        "keepalive": math.ceil(settings.idle_timeout),
+        "graceful_timeout": math.ceil(settings.drain_timeout),
+        "timeout": HEARTBEAT_TIMEOUT,
+        "limit_request_line": LIMIT_REQUEST_LINE,
+        "limit_request_fields": LIMIT_REQUEST_FIELDS,
+        "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
+        "loglevel": settings.log_level,
+        "errorlog": "-",
+        # A line per request only at debug, as for the TCP servers.
+        "accesslog": "-" if settings.log_level == "debug" else None,
+        "proc_name": f"echolab-{server.name}",
+        # gunicorn 25+ opens a control socket under $XDG_RUNTIME_DIR or ~/.gunicorn: not wanted here.
+        "control_socket_disable": True,
+    }
+    if isinstance(settings, ThreadedHttpSettings):
+        options["threads"] = settings.http_threads
+    if os.path.isdir("/dev/shm"):
+        # The heartbeat file is touched every second per worker: keep it off a
+        # container's overlay disk (gunicorn's own advice for Docker).
+        options["worker_tmp_dir"] = "/dev/shm"
+    return options
+
+
+class ServerInfo(Collector):
+    """``echo_server_info``, from the master: Info metrics have no multiprocess mode."""
+
+    def __init__(self, server: str, info: dict[str, str]) -> None:
+        self.server, self.info = server, info
+
+    def collect(self) -> Iterator[Metric]:
+        family = InfoMetricFamily("echo_server", spec("echo_server").help, labels=["server"])
+        family.add_metric([self.server], self.info)
+        yield family
+
+
+class ProcessTree(Collector):
+    """CPU, memory, descriptors and threads of the master and its workers together.
+
+    In multiprocess mode prometheus_client's process collector would describe
+    the master only, which does no request work; the server is the process
+    tree. CPU includes workers that have exited (the master's reaped-children
+    times), so the counter never goes back. RSS is summed: pages shared since
+    the fork count once per process, an upper bound.
+    """
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self.master = psutil.Process()
+
+    def collect(self) -> Iterator[Metric]:
+        master_cpu = self.master.cpu_times()
+        cpu = master_cpu.user + master_cpu.system + master_cpu.children_user + master_cpu.children_system
+        rss = fds = threads = 0
+        for process in [self.master, *self.master.children()]:
+            try:
+                with process.oneshot():
+                    if process is not self.master:
+                        times = process.cpu_times()
+                        cpu += times.user + times.system
+                    rss += process.memory_info().rss
+                    fds += process.num_fds()
+                    threads += process.num_threads()
+            except psutil.NoSuchProcess:  # a worker that exited since children() listed it
+                continue
+        yield CounterMetricFamily(
+            "process_cpu_seconds",
+            "User and system CPU time of the server's processes (gunicorn master and workers), in seconds",
+            value=cpu,
+        )
+        yield GaugeMetricFamily(
+            "process_resident_memory_bytes", "Resident memory of the server's processes, summed", value=rss
+        )
+        yield GaugeMetricFamily(
+            "process_open_fds", "Open file descriptors of the server's processes, summed", value=fds
+        )
+        yield GaugeMetricFamily(
+            "process_start_time_seconds",
+            "Start time of the gunicorn master since the epoch, in seconds",
+            value=self.master.create_time(),
+        )
+        yield gauge("echo_threads", threads, self.server)
+
+
+def server_info(settings: HttpSettings) -> dict[str, str]:
+    common = {"workers": str(settings.workers), "delay_ms": f"{settings.delay_ms:g}"}
+    if isinstance(settings, ThreadedHttpSettings):
+        return {"model": "gthread", "threads": str(settings.http_threads), **common}
+    return {"loop": "uvloop", "http": "httptools", **common}
+
+
+class SettledFilesCollector(multiprocess.MultiProcessCollector):
+    """MultiProcessCollector that skips a worker's metrics file until it has content.
+
+    prometheus_client creates a worker's file, then sizes it: a scrape in
+    that instant read 0 bytes and failed with struct.error (HTTP 500, seen in
+    CI). Such a file holds no samples yet, so leaving it out loses nothing.
+    """
+
+    def collect(self) -> Any:
+        files = []
+        for path in glob.glob(os.path.join(self._path, "*.db")):
+            with contextlib.suppress(OSError):  # removed since the glob: a dead worker's gauges
+                if os.path.getsize(path) >= 8:
+                    files.append(path)
+        return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+
+
+class MultiprocessMetrics:
+    """The gunicorn hooks that run prometheus_client's multiprocess mode."""
+
+    def __init__(self, server: Server, settings: HttpSettings) -> None:
+        self.server = server
+        self.settings = settings
+        self.directory = ""
+
+    def when_ready(self, arbiter: Any) -> None:
+        """In the master: after the echo port is bound (a port in use leaves nothing), before the fork."""
+        settings, name = self.settings, self.server.name
+        # Fresh for every start: files left by an earlier run would be summed in.
+        self.directory = tempfile.mkdtemp(prefix=f"echolab-{name}-metrics-")
+        os.environ[MULTIPROC_ENV] = self.directory  # inherited by the workers at fork
+        # prometheus_client picks its value class when first imported, before
+        # the variable was set: pick again, so the workers' instruments write files.
+        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+        registry = CollectorRegistry(auto_describe=True)
+        SettledFilesCollector(registry, path=self.directory)  # type: ignore[no-untyped-call]
+        registry.register(ServerInfo(name, server_info(settings)))
+        registry.register(ProcessTree(name))
+        try:
+            http_server, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+        except OSError:  # the port is taken: gunicorn exits without calling on_exit
+            self.on_exit(arbiter)
+            raise
+        log.info("metrics on %s:%d", settings.host, http_server.server_port)
+
+    def child_exit(self, arbiter: Any, worker: Any) -> None:
+        # Drops the dead worker's livesum gauge files (in flight); its counters stay summed in.
+        multiprocess.mark_process_dead(worker.pid, self.directory)  # type: ignore[no-untyped-call]
+
+    def on_exit(self, arbiter: Any) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class EchoApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is untyped
+    def __init__(self, server: Server, settings: HttpSettings) -> None:
+        self.server = server
+        self.settings = settings
+        self.hooks = MultiprocessMetrics(server, settings) if settings.metrics else None
+        super().__init__(prog=f"echolab serve {server.name}")
+
+    def load_config(self) -> None:
+        options = gunicorn_options(self.server, self.settings)
+        if self.hooks is not None:
+            hooks: dict[str, Callable[..., None]] = {
+                "when_ready": self.hooks.when_ready,
+                "child_exit": self.hooks.child_exit,
+                "on_exit": self.hooks.on_exit,
+            }
+            options.update(hooks)
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        """Runs in each worker, after the fork: its instruments write that worker's files."""
+        settings, server = self.settings, self.server
+        core = EchoCore(
+            Instruments(server.name, settings.metrics), settings.delay_ms, settings.max_message_bytes
+        )
+        return make_wsgi_app(core) if server.family == "threaded" else make_asgi_app(core)
+
+
+def check_free(host: str, port: int) -> None:
+    """Raise OSError (EADDRINUSE) if ``host:port`` cannot be bound.
+
+    gunicorn retries a taken port five times, a second apart, then exits 1
+    with its own log lines; asking first gives the one-line error the TCP
+    servers give, at once. (Port 0 is always free.)
+    """
+    if port:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+
+
+def run(server: Server, settings: HttpSettings) -> int:
+    check_free(settings.host, settings.port)
+    if settings.metrics:
+        check_free(settings.host, settings.metrics_port)
+    log.info(
+        "starting gunicorn: %s on %s:%d, %d worker(s)%s, delay=%gms metrics=%s",
+        server.name,
+        settings.host,
+        settings.port,
+        settings.workers,
+        f" x {settings.http_threads} threads" if isinstance(settings, ThreadedHttpSettings) else "",
+        settings.delay_ms,
+        settings.metrics_port if settings.metrics else "off",
+    )
+    EchoApplication(server, settings).run()  # the arbiter exits the process itself (0 after a graceful stop)
+    return 0

@@ -1,0 +1,282 @@
+"""The HTTP echo: one request-handling core, wrapped as a WSGI app and as an ASGI app.
+
+``POST /echo`` answers 200 with the body transformed by ``protocol.transform``
+after the simulated IO delay; ``GET /healthz`` answers ``ok``; other paths get
+404, other methods 405. A body over the size limit gets 413 and the
+protocol's own error line, without being read: the declared Content-Length
+is checked first, and a chunked body is read only up to one byte past the
+limit.
+
+The apps run in gunicorn's worker processes, so their instruments are
+prometheus_client metrics in multiprocess mode (see ``http_server``): every
+worker writes its own files, the master sums them when Prometheus scrapes.
+Names, help texts, labels and buckets come from ``echolab.metrics``, the same
+as the TCP servers'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+from wsgiref.types import StartResponse, WSGIEnvironment
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from ..metrics import spec
+from ..protocol import ERROR_TOO_LARGE, transform
+
+ECHO_PATH = "/echo"
+HEALTH_PATH = "/healthz"
+ROUTES = {ECHO_PATH: "POST", HEALTH_PATH: "GET"}  # path -> the one method it takes
+# The echo reply is the request's bytes, upper-cased: UTF-8 only if the request was.
+ECHO_TYPE = "application/octet-stream"
+TEXT_TYPE = "text/plain; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = TEXT_TYPE
+    allow: str = ""  # the Allow header of a 405
+
+    def headers(self) -> list[tuple[str, str]]:
+        headers = [("Content-Type", self.content_type), ("Content-Length", str(len(self.body)))]
+        if self.allow:
+            headers.append(("Allow", self.allow))
+        return headers
+
+
+HEALTHY = Reply(200, b"ok\n")
+NOT_FOUND = Reply(404, b"not found\n")
+TOO_LARGE = Reply(413, ERROR_TOO_LARGE)
+REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large"}
+
+
+def route(method: str, path: str) -> Reply | None:
+    """The fixed reply for anything but a well-formed echo request; None for an echo request."""
+    allowed = ROUTES.get(path)
+    if allowed is None:
+        return NOT_FOUND
+    if method != allowed:
+        return Reply(405, b"method not allowed\n", allow=allowed)
+    return HEALTHY if path == HEALTH_PATH else None
+
+
+class _Null:
+    """An instrument that records nothing (``--no-metrics``)."""
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
+
+
+class Instruments:
+    """One worker's metrics, label children bound once: ``.labels()`` per request would cost a µs.
+
+    Created in the worker process, after PROMETHEUS_MULTIPROC_DIR is set, and
+    registered nowhere: the master's MultiProcessCollector reads the files.
+    """
+
+    def __init__(self, server: str, enabled: bool = True) -> None:
+        if not enabled:
+            null: Any = _Null()
+            self.ok = self.too_large = self.aborted = self.duration = self.in_flight = null
+            self.received = self.sent = self.non_utf8 = null
+            return
+        requests = spec("echo_requests")
+        outcomes = Counter(requests.name, requests.help, requests.labels, registry=None)
+        self.ok = outcomes.labels(server, "ok")
+        self.too_large = outcomes.labels(server, "too_large")
+        self.aborted = outcomes.labels(server, "aborted")
+        duration = spec("echo_request_duration_seconds")
+        self.duration = Histogram(
+            duration.name, duration.help, duration.labels, buckets=duration.buckets, registry=None
+        ).labels(server)
+        # livesum: the sum over the workers alive now; a dead worker's files are
+        # dropped by child_exit -> mark_process_dead.
+        in_flight = spec("echo_requests_in_flight")
+        self.in_flight = Gauge(
+            in_flight.name, in_flight.help, in_flight.labels, multiprocess_mode="livesum", registry=None
+        ).labels(server)
+
+        def counter(name: str) -> Any:
+            return Counter(name, spec(name).help, ["server"], registry=None).labels(server)
+
+        self.received = counter("echo_received_bytes")
+        self.sent = counter("echo_sent_bytes")
+        self.non_utf8 = counter("echo_non_utf8_requests")
+
+
+class EchoCore:
+    """What both apps do with a request, minus how they read it, wait and write."""
+
+    def __init__(self, instruments: Instruments, delay_ms: float, max_message_bytes: int) -> None:
+        self.instruments = instruments
+        self.delay = delay_ms / 1000.0
+        self.max_bytes = max_message_bytes
+
+    def too_large(self) -> Reply:
+        self.instruments.too_large.inc()
+        return TOO_LARGE
+
+    def declared_too_large(self, content_length: str | bytes | None) -> bool:
+        """Whether the Content-Length alone rules the body out (a bad one is left to the body read)."""
+        try:
+            return content_length is not None and int(content_length) > self.max_bytes
+        except ValueError:
+            return False
+
+    def started(self) -> float:
+        self.instruments.in_flight.inc()
+        return time.perf_counter()
+
+    def reply(self, body: bytes) -> Reply:
+        payload, valid = transform(body)
+        if not valid:
+            self.instruments.non_utf8.inc()
+        return Reply(200, payload, ECHO_TYPE)
+
+    def finished(self, started: float, received: int, sent: int, written: bool) -> None:
+        """Count a request once its reply is written, or could not be (client gone, worker stopped)."""
+        instruments = self.instruments
+        instruments.in_flight.dec()
+        if written:
+            instruments.ok.inc()
+            instruments.duration.observe(time.perf_counter() - started)
+            instruments.received.inc(received)
+            instruments.sent.inc(sent)
+        else:
+            instruments.aborted.inc()
+
+
+# --- WSGI (gunicorn gthread: one worker thread per request) -------------------
+
+
+class _CountedBody:
+    """A WSGI body that counts its request after gunicorn has written it.
+
+    gunicorn asks for the next item only after ``write`` of this one returned,
+    and calls ``close`` in every case, also when the write raised (client gone).
+    """
+
+    def __init__(self, core: EchoCore, started: float, received: int, reply: Reply) -> None:
+        self._core, self._started, self._received, self._reply = core, started, received, reply
+        self._written = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._reply.body
+        self._written = True
+
+    def close(self) -> None:
+        self._core.finished(self._started, self._received, len(self._reply.body), self._written)
+
+
+def make_wsgi_app(core: EchoCore) -> Callable[[WSGIEnvironment, StartResponse], Any]:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+        reply = route(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""))
+        if reply is None:
+            if core.declared_too_large(environ.get("CONTENT_LENGTH") or None):
+                reply = core.too_large()
+            else:
+                # Chunked bodies have no length: read one byte past the limit at most.
+                body: bytes = environ["wsgi.input"].read(core.max_bytes + 1)
+                if len(body) > core.max_bytes:
+                    reply = core.too_large()
+                else:
+                    started = core.started()
+                    try:
+                        if core.delay:
+                            time.sleep(core.delay)
+                        reply = core.reply(body)
+                    except BaseException:  # gunicorn's timeout abort is a SystemExit
+                        core.finished(started, len(body), 0, written=False)
+                        raise
+                    start_response(f"200 {REASONS[200]}", reply.headers())
+                    return _CountedBody(core, started, len(body), reply)
+        start_response(f"{reply.status} {REASONS[reply.status]}", reply.headers())
+        return [reply.body]
+
+    return app
+
+
+# --- ASGI (uvicorn on uvloop: one task per request) ---------------------------
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+async def _send(send: Send, reply: Reply, close: bool = False) -> None:
+    headers = [(name.lower().encode(), value.encode()) for name, value in reply.headers()]
+    if close:
+        # The body is left unread: uvicorn would otherwise read and discard all of it.
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
+def _disconnected(receive: Receive) -> bool:
+    """Whether the client has gone: uvicorn drops the writes to it silently.
+
+    uvicorn's ``receive`` is a bound method of its request cycle, which keeps a
+    ``disconnected`` flag; reading it costs nothing, where watching for
+    ``http.disconnect`` would take a task per request.
+    """
+    return bool(getattr(getattr(receive, "__self__", None), "disconnected", False))
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def make_asgi_app(core: EchoCore) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return await _lifespan(receive, send)
+        if scope["type"] != "http":
+            return None
+        reply = route(scope["method"], scope["path"])
+        if reply is not None:
+            return await _send(send, reply)
+        length = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+        if core.declared_too_large(length):
+            return await _send(send, core.too_large(), close=True)
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None  # gone before its request was complete: not a request
+            body += message.get("body", b"")
+            if len(body) > core.max_bytes:
+                return await _send(send, core.too_large(), close=True)
+            more = message.get("more_body", False)
+        started = core.started()
+        sent, written = 0, False
+        try:  # cancelled when the graceful timeout runs out: counted as aborted
+            if core.delay:
+                await asyncio.sleep(core.delay)
+            reply = core.reply(bytes(body))
+            await _send(send, reply)
+            sent, written = len(reply.body), not _disconnected(receive)
+        finally:
+            core.finished(started, len(body), sent, written)
+        return None
+
+    return app

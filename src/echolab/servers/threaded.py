@@ -1,0 +1,354 @@
+"""The threaded echo server, on ``socketserver``, in three models.
+
+* ``serial``: one connection at a time, the article's server (its baseline).
+* ``thread-per-connection``: ``ThreadingMixIn``, a thread per connection.
+* ``pool``: ``--threads`` workers; the acceptor takes a connection only when
+  a worker is free, so the rest wait in the kernel's accept queue.
+
+Each connection's thread blocks in ``recv``, then in ``time.sleep`` (the
+simulated IO), then in ``sendall``: exactly the code a threaded service has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import signal
+import socket
+import socketserver
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .. import metrics as metrics_module
+from ..catalogue import Server
+from ..metrics import ServerMetrics
+from ..protocol import ERROR_BUSY, ERROR_SHUTTING_DOWN, ERROR_TOO_LARGE, MessageTooLarge, make_framer
+from ..runtime import RESOURCE_ERRNOS, AcceptErrorLog, log
+from ..settings import ThreadedSettings
+
+RECV_SIZE = 65536
+LINGER_SECONDS = 1.0
+ACCEPT_BACKOFF = 0.1  # seconds between accept() retries while out of descriptors: trio's choice
+
+
+class Connection:
+    """What the server knows of one client, for metrics, idle timeouts and shutdown."""
+
+    __slots__ = ("last_active", "pending", "sock", "timed_out")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.pending = 0
+        self.last_active = time.monotonic()
+        self.timed_out = False
+
+
+class EchoHandler(socketserver.BaseRequestHandler):
+    server: EchoServer
+
+    def handle(self) -> None:
+        self.server.serve_connection(self.request)
+
+
+class EchoServer(socketserver.TCPServer):
+    allow_reuse_address = True
+
+    def __init__(self, settings: ThreadedSettings, metrics: ServerMetrics) -> None:
+        self.request_queue_size = settings.backlog
+        self.settings = settings
+        self.metrics = metrics
+        self.delay = settings.delay_ms / 1000.0
+        self.stopping = False
+        self._connections: dict[socket.socket, Connection] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._accept_errors = AcceptErrorLog(retry=f"retrying every {ACCEPT_BACKOFF:g}s")
+        # Before the bind: a failed bind calls server_close(), which sets it.
+        self._closed = threading.Event()
+        super().__init__((settings.host, settings.port), EchoHandler)
+        threading.Thread(target=self._sweep_idle, name="idle-sweeper", daemon=True).start()
+        metrics.track(
+            active=lambda: len(self._connections),
+            in_flight=lambda: sum(c.pending for c in list(self._connections.values())),
+        )
+
+    # --- accepting ---------------------------------------------------------
+
+    def get_request(self) -> tuple[Any, Any]:
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in RESOURCE_ERRNOS:
+                # Without a pause, serve_forever's select() reports the
+                # listener readable again at once: a silent busy loop.
+                self.metrics.accept_error(errno.errorcode[exc.errno])
+                self._accept_errors.failed(exc)
+                with self._changed:
+                    self._changed.wait(ACCEPT_BACKOFF)
+            raise
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        sock: socket.socket = request
+        with self._lock:
+            reason = (
+                "shutdown"
+                if self.stopping
+                else "max_connections"
+                if len(self._connections) >= self.settings.max_connections
+                else None
+            )
+            if reason is None:
+                self._connections[sock] = Connection(sock)
+                self.metrics.connection_opened()
+                return True
+        self.metrics.connection_refused(reason)
+        error = ERROR_SHUTTING_DOWN if reason == "shutdown" else ERROR_BUSY
+        send_error(sock, error, linger=False)
+        return False
+
+    def close_request(self, request: Any) -> None:
+        super().close_request(request)
+        with self._changed:
+            if self._connections.pop(request, None) is not None:
+                self._changed.notify_all()
+
+    # --- serving -----------------------------------------------------------
+
+    def serve_connection(self, sock: socket.socket) -> None:
+        conn = self._connections[sock]
+        settings, metrics, delay = self.settings, self.metrics, self.delay
+        framer = make_framer(settings.framing, settings.max_message_bytes)
+        recv_size = settings.max_message_bytes + 1 if framer.closes_after_reply else RECV_SIZE
+        # Blocking, without a socket timeout: with one, CPython polls before
+        # every recv and send, doubling the system calls and GIL hand-offs of
+        # each request. The idle sweeper enforces the idle timeout instead.
+        try:
+            while True:
+                data = sock.recv(recv_size)
+                conn.last_active = time.monotonic()
+                if not data:
+                    if conn.timed_out:
+                        metrics.connection_timed_out()
+                    return
+                try:
+                    messages, too_large = framer.feed(data), False
+                except MessageTooLarge as exc:
+                    messages, too_large = exc.complete, True
+                if messages:
+                    conn.pending = len(messages)
+                    started = time.perf_counter()
+                    if delay:
+                        time.sleep(delay)
+                    payload, received, non_utf8 = framer.respond(messages)
+                    try:
+                        sock.sendall(payload)
+                    except OSError:
+                        metrics.not_answered("aborted", len(messages))
+                        raise
+                    finally:
+                        conn.pending = 0
+                        conn.last_active = time.monotonic()
+                    metrics.answered(len(messages), time.perf_counter() - started, received, len(payload))
+                    if non_utf8:
+                        metrics.non_utf8(non_utf8)
+                    log.debug("answered %d request(s)", len(messages))
+                if too_large:
+                    metrics.not_answered("too_large")
+                    send_error(sock, ERROR_TOO_LARGE, linger=True)
+                    return
+                if framer.closes_after_reply or self.stopping:
+                    return
+        except OSError as exc:
+            if conn.timed_out:  # the sweeper cut it, e.g. mid-write to a client not reading
+                metrics.connection_timed_out()
+            elif isinstance(exc, ConnectionResetError):
+                metrics.connection_error("reset")
+            elif isinstance(exc, BrokenPipeError):
+                metrics.connection_error("broken_pipe")
+            else:
+                metrics.connection_error("other")
+                log.debug("connection error: %s", exc)
+
+    def _sweep_idle(self) -> None:
+        """Close connections quiet for longer than the idle timeout, once per tick for all.
+
+        Quiet means: nothing read and no reply pending (a client that sends
+        nothing, or half a line), or a reply stuck for the whole timeout past
+        its delay (a client that does not read). Shutting the socket down
+        wakes its thread, which counts the timeout and ends.
+        """
+        timeout = self.settings.idle_timeout
+        while not self._closed.wait(min(1.0, timeout / 4)):
+            now = time.monotonic()
+            with self._lock:
+                connections = list(self._connections.values())
+            for conn in connections:
+                quiet = now - conn.last_active
+                if quiet > timeout + (self.delay if conn.pending else 0.0):
+                    conn.timed_out = True
+                    with contextlib.suppress(OSError):
+                        conn.sock.shutdown(socket.SHUT_RDWR)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._closed.set()
+
+    # --- shutting down -----------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        """Refuse new connections; wake idle ones so their threads can end."""
+        with self._lock:
+            self.stopping = True
+            idle = [c.sock for c in self._connections.values() if c.pending == 0]
+        for sock in idle:
+            # Makes a blocked recv() return b"" after any request already
+            # buffered, which is still answered; a busy connection sees
+            # `stopping` after its reply.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)
+
+    def drain(self, timeout: float) -> int:
+        """Wait for connections to finish; return how many did not in time."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._connections, timeout)
+            return len(self._connections)
+
+    def cut(self) -> None:
+        """End the connections still open after the drain timeout.
+
+        A thread cannot be cancelled, but a thread blocked in recv() or
+        sendall() (a client not reading its replies) returns once its socket
+        is shut down, so none holds up the exit past its current delay: the
+        pool's workers are joined at exit, and the serial model's only thread
+        must return before serve_forever() can stop.
+        """
+        with self._lock:
+            socks = list(self._connections)
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class ThreadPerConnectionServer(socketserver.ThreadingMixIn, EchoServer):
+    # Don't keep a list of threads to join; drain() waits for the connections
+    # themselves, bounded by the drain timeout. Set here, not on EchoServer:
+    # ThreadingMixIn comes first in the MRO, so its own defaults (False,
+    # True) shadowed EchoServer's, and server_close() joined every
+    # connection's thread, however long past the drain timeout.
+    daemon_threads = True
+    block_on_close = False
+
+
+class PoolServer(EchoServer):
+    """A bounded pool: accept only when a worker is free."""
+
+    def __init__(self, settings: ThreadedSettings, metrics: ServerMetrics) -> None:
+        self._free = threading.BoundedSemaphore(settings.threads)
+        self._workers = ThreadPoolExecutor(settings.threads, thread_name_prefix="echo-worker")
+        super().__init__(settings, metrics)
+
+    def get_request(self) -> tuple[Any, Any]:
+        self._free.acquire()
+        try:
+            return super().get_request()
+        except BaseException:
+            self._free.release()
+            raise
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._workers.submit(self._work, request, client_address)
+
+    def _work(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def close_request(self, request: Any) -> None:
+        super().close_request(request)
+        self._free.release()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._workers.shutdown(wait=False)
+
+
+def send_error(sock: socket.socket, error: bytes, linger: bool) -> None:
+    """Send an error line and end the connection without a reset.
+
+    Closing a socket with unread input makes the kernel send RST, which can
+    destroy the error line before the client reads it; so stop writing, and
+    discard what the client still sends (for a bounded time) before closing.
+    """
+    try:
+        sock.settimeout(LINGER_SECONDS)
+        sock.sendall(error)
+        sock.shutdown(socket.SHUT_WR)
+        if linger:
+            deadline = time.monotonic() + LINGER_SECONDS
+            while time.monotonic() < deadline and sock.recv(RECV_SIZE):
+                pass
+        else:
+            while sock.recv(RECV_SIZE, socket.MSG_DONTWAIT):
+                pass
+    except OSError:
+        pass
+
+
+MODELS = {
+    "serial": EchoServer,
+    "thread-per-connection": ThreadPerConnectionServer,
+    "pool": PoolServer,
+}
+
+
+def run(server_kind: Server, settings: ThreadedSettings) -> int:
+    info = {
+        "model": settings.model,
+        "framing": settings.framing,
+        "delay_ms": f"{settings.delay_ms:g}",
+        "threads": str(settings.threads),
+    }
+    metrics, metrics_port = metrics_module.start(
+        server_kind, info, settings.metrics, settings.host, settings.metrics_port, thread_safe=True
+    )
+    server = MODELS[settings.model](settings, metrics)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    acceptor = threading.Thread(target=server.serve_forever, name="acceptor", daemon=True)
+    acceptor.start()
+    log.info(
+        "listening on %s:%d model=%s framing=%s delay=%gms metrics=%s",
+        settings.host,
+        server.server_address[1],
+        settings.model,
+        settings.framing,
+        settings.delay_ms,
+        metrics_port or "off",
+    )
+    stop.wait()
+    started = time.monotonic()
+    # Refuse first, then say so: a client that sees the log line is refused.
+    server.begin_shutdown()
+    log.info("shutting down: no new connections, draining for up to %gs", settings.drain_timeout)
+    if settings.model != "serial":
+        server.shutdown()  # the listener closes first: the kernel refuses newcomers
+        server.server_close()
+    # Not so for serial: its one connection runs inside serve_forever(), and
+    # stopping that would wait for the connection, whatever the drain timeout.
+    # Its listener closes after the drain (newcomers meanwhile get an error
+    # line, or a reset from the backlog); both calls are idempotent.
+    left = server.drain(max(0.0, settings.drain_timeout - (time.monotonic() - started)))
+    if left:
+        log.warning("drain timeout: closing %d connection(s) still open", left)
+        server.cut()
+    server.shutdown()
+    server.server_close()
+    logging.shutdown()
+    return 0

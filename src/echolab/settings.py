@@ -1,0 +1,401 @@
+"""Every setting in one place: a typed, frozen dataclass per command, one field per setting.
+
+A field's default, help text, unit, choices and range check are declared
+once, with :func:`setting`; from that one declaration come its environment
+variable (the class's prefix plus the name in capitals), its flag
+(``--delay-ms``), the parsing and range check of both, and its row in the
+README's configuration table (``echolab config --markdown``).
+
+Precedence, as in uvicorn and Locust: built-in default < environment < flag.
+A bad value, from either, is a one-line error and exit status 2.
+
+Which server reads which setting is the fields of its settings class, which
+the server catalogue names: nothing here lists servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+FRAMINGS = ("lines", "oneshot")
+THREADED_MODELS = ("thread-per-connection", "pool", "serial")
+LOOPS = ("uvloop", "asyncio")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+Check = Callable[[Any], str | None]  # the problem with a value, or None
+
+
+class SettingError(Exception):
+    """A setting's value is wrong; the message is the one line the user sees."""
+
+
+def at_least(low: float) -> Check:
+    return lambda value: None if value >= low else f"must be at least {low:g}"
+
+
+def above(low: float) -> Check:
+    return lambda value: None if value > low else f"must be more than {low:g}"
+
+
+def port_number(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "not a port: 1-65535, or 0 for any free port"
+
+
+def positive_list(values: tuple[int, ...]) -> str | None:
+    return None if values and all(v > 0 for v in values) else "needs one or more whole numbers above 0"
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def parse_ints(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    return tuple(part for part in text.replace(" ", "").split(",") if part)
+
+
+PARSERS: dict[Any, Callable[[str], Any]] = {
+    int: int,
+    float: float,
+    str: str,
+    bool: parse_bool,
+    Path: Path,
+    tuple[int, ...]: parse_ints,
+    tuple[str, ...]: parse_names,
+}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a setting says beyond its name, type and default."""
+
+    help: str
+    unit: str = ""
+    choices: tuple[str, ...] = ()
+    check: Check | None = None
+    per_server: bool = False  # the default is each server's own, from the catalogue
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    unit: str = "",
+    choices: tuple[str, ...] = (),
+    check: Check | None = None,
+    per_server: bool = False,
+) -> Any:
+    """A dataclass field that is a setting."""
+    return field(default=default, metadata={"spec": Spec(help, unit, choices, check, per_server)})
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting of one settings class: everything needed to parse, check and document it."""
+
+    name: str
+    type: Any
+    default: Any
+    spec: Spec
+    prefix: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return self.prefix + self.name.upper()
+
+    def parse(self, raw: str) -> Any:
+        """Text to a checked value; SettingError says what is wrong."""
+        inner = self.type
+        if isinstance(inner, types.UnionType):  # `float | None`: parse the float
+            inner = next(arg for arg in typing.get_args(inner) if arg is not type(None))
+        try:
+            value = PARSERS[inner](raw)
+        except ValueError:
+            kind = {int: "a whole number", float: "a number", bool: "on or off"}.get(inner, "valid")
+            raise SettingError(f"{raw!r} is not {kind}") from None
+        self.check(value)
+        return value
+
+    def check(self, value: Any) -> None:
+        if value is None:
+            return
+        if self.spec.choices and value not in self.spec.choices:
+            raise SettingError(f"{value!r}: choose from {', '.join(self.spec.choices)}")
+        problem = self.spec.check(value) if self.spec.check else None
+        if problem:
+            raise SettingError(f"{value!r}: {problem}")
+
+    @property
+    def metavar(self) -> str:
+        if self.spec.choices:
+            return "{" + ",".join(self.spec.choices) + "}"
+        by_unit = {"ms": "MS", "s": "SECONDS", "bytes": "BYTES"}
+        by_type = {int: "N", float: "N", tuple[int, ...]: "N,N,...", tuple[str, ...]: "NAME,..."}
+        return by_unit.get(self.spec.unit) or by_type.get(self.type, "TEXT")
+
+    def describe_default(self, value: Any) -> str:
+        if value is None or value == ():
+            return "none"
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, tuple):
+            return ",".join(map(str, value))
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        return f"{text} {self.spec.unit}" if self.spec.unit else text
+
+
+def options(cls: type[Settings]) -> Iterator[Option]:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if "spec" in f.metadata:
+            yield Option(f.name, hints[f.name], f.default, f.metadata["spec"], cls.PREFIX)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Base of the settings classes: the prefix of their environment variables."""
+
+    PREFIX: ClassVar[str]
+
+
+S = TypeVar("S", bound=Settings)
+
+
+class EnvValue(str):
+    """A flag's default taken from the environment, still text: parsed only if the flag is not given.
+
+    argparse converts a string default with the flag's ``type`` when the flag
+    is absent, so a bad value in a variable that the command line overrides,
+    or that another command reads, is never an error; the type of this class
+    tells the converter to name the variable in the error.
+    """
+
+    env: str
+
+    def __new__(cls, raw: str, env: str) -> EnvValue:
+        value = super().__new__(cls, raw)
+        value.env = env
+        return value
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type[Settings],
+    environ: Mapping[str, str] = os.environ,
+    defaults: Mapping[str, Any] | None = None,
+) -> None:
+    """A flag per setting of ``cls``; default: the environment's value, ``defaults``' or the field's."""
+    for option in options(cls):
+        default = (defaults or {}).get(option.name, option.default)
+        shown = option.describe_default(default)
+        raw = environ.get(option.env)
+        if raw:
+            default, shown = EnvValue(raw, option.env), raw
+        text = f"{option.spec.help} [env {option.env}; default {shown}]"
+        if option.type is bool:
+            action = argparse.BooleanOptionalAction
+            parser.add_argument(option.flag, dest=option.name, default=default, action=action, help=text)
+        else:
+            parser.add_argument(
+                option.flag, dest=option.name, default=default, type=_argparse_type(option), help=text,
+                metavar=option.metavar,
+            )  # fmt: skip
+
+
+def _argparse_type(option: Option) -> Callable[[str], Any]:
+    def convert(raw: str) -> Any:
+        try:
+            return option.parse(raw)
+        except SettingError as exc:
+            if isinstance(raw, EnvValue):
+                # argparse would blame the flag: name the variable, as a SettingError.
+                raise SettingError(f"{raw.env}: {exc}") from None
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def from_namespace(cls: type[S], namespace: argparse.Namespace) -> S:
+    """The parsed flags as settings; SettingError for an environment value argparse left as text."""
+    values = {}
+    for option in options(cls):
+        value = getattr(namespace, option.name)
+        if isinstance(value, EnvValue):
+            try:
+                value = option.parse(value)
+            except SettingError as exc:
+                raise SettingError(f"{option.env}: {exc}") from None
+        values[option.name] = value
+    return cls(**values)
+
+
+def from_environment(cls: type[S], environ: Mapping[str, str] = os.environ, **overrides: Any) -> S:
+    """Settings as the environment gives them, then ``overrides``; checked like flags are."""
+    values: dict[str, Any] = {}
+    for option in options(cls):
+        raw = environ.get(option.env)
+        if option.name in overrides:
+            values[option.name] = overrides[option.name]
+            option.check(values[option.name])
+        elif raw:
+            try:
+                values[option.name] = option.parse(raw)
+            except SettingError as exc:
+                raise SettingError(f"{option.env}: {exc}") from None
+    return cls(**values)
+
+
+# --- the servers ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServeSettings(Settings):
+    """What every server reads."""
+
+    PREFIX: ClassVar[str] = "ECHO_"
+
+    host: str = setting(
+        "127.0.0.1", "address the echo and metrics ports bind to (0.0.0.0: every interface, as in containers)"
+    )
+    port: int = setting(0, "echo port", check=port_number, per_server=True)
+    metrics_port: int = setting(0, "Prometheus /metrics port", check=port_number, per_server=True)
+    metrics: bool = setting(True, "instrument the server (off: no metrics at all, to measure what they cost)")
+    delay_ms: float = setting(100.0, "simulated IO wait before each reply", unit="ms", check=at_least(0))
+    max_message_bytes: int = setting(
+        65536, "longest request; longer gets an error line and a close", unit="bytes", check=at_least(1)
+    )
+    idle_timeout: float = setting(
+        30.0, "close a connection that sends nothing (or half a line) for this long", unit="s", check=above(0)
+    )
+    max_connections: int = setting(
+        20000, "connections beyond this get an error line and a close", check=at_least(1)
+    )
+    backlog: int = setting(
+        4096, "listen backlog (the kernel caps it at net.core.somaxconn)", check=at_least(1)
+    )
+    drain_timeout: float = setting(
+        5.0, "on SIGTERM/SIGINT, how long in-flight requests may take to finish", unit="s", check=at_least(0)
+    )
+    log_level: str = setting("info", "log level; per-request lines only at debug", choices=LOG_LEVELS)
+
+
+@dataclass(frozen=True)
+class TcpSettings(ServeSettings):
+    """The servers of the line protocol."""
+
+    framing: str = setting(
+        "lines",
+        "lines: persistent, one request per \\n-terminated line; "
+        "oneshot: the article's protocol, the first read is the message, reply then close",
+        choices=FRAMINGS,
+    )
+
+
+@dataclass(frozen=True)
+class ThreadedSettings(TcpSettings):
+    model: str = setting("thread-per-connection", "concurrency model", choices=THREADED_MODELS)
+    threads: int = setting(64, "worker threads of the pool model", check=at_least(1))
+
+
+@dataclass(frozen=True)
+class AsyncSettings(TcpSettings):
+    loop: str = setting("uvloop", "event loop", choices=LOOPS)
+
+
+@dataclass(frozen=True)
+class HttpSettings(ServeSettings):
+    """The servers on gunicorn."""
+
+    workers: int = setting(2, "gunicorn worker processes", check=at_least(1))
+
+
+@dataclass(frozen=True)
+class ThreadedHttpSettings(HttpSettings):
+    http_threads: int = setting(
+        64, "threads per gthread worker process, each serving one request at a time", check=at_least(1)
+    )
+
+
+@dataclass(frozen=True)
+class AsyncHttpSettings(HttpSettings):
+    pass
+
+
+# --- the load client and the lab -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchSettings(Settings):
+    """``echolab bench``."""
+
+    PREFIX: ClassVar[str] = "ECHO_BENCH_"
+
+    framing: str = setting(
+        "lines",
+        "protocol to speak: the TCP servers' --framing, or http (keep-alive POST /echo: the HTTP servers)",
+        choices=(*FRAMINGS, "http"),
+    )
+    connections: int = setting(100, "concurrent connections", check=at_least(1))
+    duration: float = setting(10.0, "measured time, after connecting and warm-up", unit="s", check=above(0))
+    requests: int = setting(
+        0, "stop after this many requests instead (0: run for --duration)", check=at_least(0)
+    )
+    warmup: float = setting(1.0, "load before measuring starts", unit="s", check=at_least(0))
+    rate: float = setting(
+        0.0, "open loop: requests/s at a constant arrival rate (0: closed loop)", check=at_least(0)
+    )
+    message_size: int = setting(32, "request size, newline excluded", unit="bytes", check=at_least(1))
+    delay_hint_ms: float = setting(
+        100.0, "the server's delay, for the Little's-law bound", unit="ms", check=at_least(0)
+    )
+    timeout: float = setting(10.0, "per-request timeout", unit="s", check=above(0))
+
+
+@dataclass(frozen=True)
+class DemoSettings(Settings):
+    """``echolab demo`` (``make demo``)."""
+
+    PREFIX: ClassVar[str] = "ECHO_DEMO_"
+
+    quick: bool = setting(False, "a short run: fewer levels, shorter runs")
+    levels: tuple[int, ...] = setting(
+        (1, 10, 100, 500, 1000, 2000, 5000), "concurrent connections to measure at", check=positive_list
+    )
+    delay_ms: float = setting(100.0, "the servers' simulated IO", unit="ms", check=at_least(0))
+    framing: str = setting("lines", "the TCP servers' framing", choices=FRAMINGS)
+    duration: float = setting(3.0, "measured time per level", unit="s", check=above(0))
+    warmup: float = setting(1.0, "load before measuring, per level", unit="s", check=at_least(0))
+    servers: tuple[str, ...] = setting((), "run only these (comma-separated names; none: all)")
+    out: Path = setting(Path("reports"), "folder for the reports")
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings(Settings):
+    """``echolab benchmark`` (``make bench``)."""
+
+    PREFIX: ClassVar[str] = "ECHO_BENCHMARK_"
+
+    duration: float = setting(5.0, "measured time per level", unit="s", check=above(0))
+    warmup: float = setting(1.0, "load before measuring, per level", unit="s", check=at_least(0))
+    only: str = setting("", "run only the servers whose name contains this")
+    out: Path = setting(Path("reports"), "folder for the JSON")

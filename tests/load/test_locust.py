@@ -1,0 +1,405 @@
+"""The Locust users (TCP and HTTP) against real servers, and against servers that misbehave on purpose.
+
+Locust always runs in a subprocess: importing it here would monkey-patch the
+test process for gevent. Each run is bounded by ``-t`` and stopped with
+SIGTERM as soon as what a test waits for shows in its /metrics (Locust then
+writes its final stats and exits); a shape run ends with its ``-t``; a fixture kills whatever is left, and
+fails the test if a Locust log shows a traceback (e.g. from our listeners).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from support.locust import DEADLINE, LocustProcess
+from support.scrape import Metrics
+from support.servers import HOST, HTTP_SERVERS, TestServer
+
+from echolab.launcher import free_port
+
+LOADTEST = Path(__file__).resolve().parents[2] / "loadtest"
+TARGETS = ("threaded", "async")
+TCP_USERS = ("ThreadedUser", "AsyncUser")
+HTTP_USERS = ("ThreadedHttpUser", "AsyncHttpUser")
+# framing -> (the targets, their user classes, Locust's request type for them)
+PROTOCOLS = {
+    "lines": (TARGETS, TCP_USERS, "lines"),
+    "oneshot": (TARGETS, TCP_USERS, "oneshot"),
+    "http": (HTTP_SERVERS, HTTP_USERS, "POST"),
+}
+
+
+@pytest.fixture
+def locust(tmp_path: Path) -> Iterator[Callable[..., LocustProcess]]:
+    """``locust(*args, files=, name=, stats=, users=)`` starts Locust; all are gone after the test.
+
+    ``stats``: write the final stats as JSON; without, Locust prints its error report instead.
+    ``users``: the user classes to run (the locustfile has four; by default the two TCP ones).
+    """
+    started: list[LocustProcess] = []
+
+    def start(
+        *args: str,
+        files: str = "locustfile.py",
+        name: str = "locust",
+        stats: bool = True,
+        users: tuple[str, ...] = TCP_USERS,
+    ) -> LocustProcess:
+        locustfiles = ",".join(str(LOADTEST / f) for f in files.split(","))
+        argv = ["-f", locustfiles, *(["--json-file", str(tmp_path / name)] if stats else []), *args]
+        started.append(LocustProcess(argv, tmp_path, name, users))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.kill()
+    broken = [process.log for process in started if "Traceback" in process.log]
+    if broken:
+        pytest.fail("traceback in a Locust log:\n" + "\n".join(broken), pytrace=False)
+
+
+def headless(users: int, *args: str) -> list[str]:
+    return ["--headless", "-u", str(users), "-r", str(users), "-t", "120s", "--only-summary", *args]
+
+
+def targets(*addresses: tuple[str, int], names: tuple[str, ...] = TARGETS) -> list[str]:
+    """``--<target>-host`` and ``--<target>-port`` for each of ``names``, in order."""
+    return [arg for name, (host, port) in zip(names, addresses, strict=True)
+            for arg in (f"--{name}-host", host, f"--{name}-port", str(port))]  # fmt: skip
+
+
+def requests(metrics: Metrics, target: str) -> float:
+    return metrics.value("echo_client_requests_total", server=target)
+
+
+def http_servers(start_server: Callable[..., TestServer], *args: str) -> list[TestServer]:
+    """Both HTTP servers, one gunicorn worker each (enough for a few users), 10 ms delay."""
+    return [start_server(name, "--workers", "1", "--delay-ms", "10", *args) for name in HTTP_SERVERS]
+
+
+def echo_servers(start_server: Callable[..., TestServer], framing: str) -> list[str]:
+    """The pair of servers that speaks ``framing`` (``http``: the HTTP pair); Locust's arguments for them."""
+    if framing == "http":
+        return targets(*(s.address for s in http_servers(start_server)), names=HTTP_SERVERS)
+    servers = [start_server(t, "--framing", framing, "--delay-ms", "10") for t in TARGETS]
+    return targets(*(s.address for s in servers))
+
+
+# --- requests that succeed -----------------------------------------------------
+
+
+@pytest.mark.parametrize("framing", list(PROTOCOLS))
+def test_requests_succeed_against_both_servers(
+    framing: str, start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
+) -> None:
+    """Both TCP users in either framing, or both HTTP users (FastHttpUser), against real servers."""
+    names, users, method = PROTOCOLS[framing]
+    framing_args = [] if framing == "http" else ["--framing", framing]
+    run = locust(*headless(4, *echo_servers(start_server, framing), *framing_args), users=users)
+    metrics = run.wait_metrics(
+        lambda m: all(requests(m, t) >= 20 and m.value("echo_client_users", server=t) == 2 for t in names)
+    )
+    assert run.stop() == 0, run.log
+    for target in names:
+        assert metrics.value("echo_client_requests_total", server=target, framing=framing) == requests(
+            metrics, target
+        )
+        assert metrics.value("echo_client_failures_total", server=target) == 0
+        assert metrics.value("echo_client_request_duration_seconds_count", server=target) == requests(
+            metrics, target
+        )
+        # The server delays each reply by 10 ms, so no request can be in the lowest buckets.
+        assert metrics.value("echo_client_request_duration_seconds_bucket", server=target, le="0.005") == 0
+    assert metrics.labels("echo_client_info") == {"role": "local"}
+    assert metrics.value("process_cpu_seconds_total") > 0
+    stats = run.stats()
+    for target in names:
+        assert stats[target]["method"] == method
+        assert stats[target]["num_requests"] >= requests(metrics, target)
+        assert stats[target]["num_failures"] == 0
+
+
+def test_each_request_gets_the_whole_read_timeout(
+    start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
+) -> None:
+    """Many quick requests add up to far more than one read timeout: none may time out.
+
+    (A libev timer restarted after stop() keeps only the time remaining: a
+    user that reused one that way failed every request after the first
+    --read-timeout seconds of load.)
+    """
+    run = locust(*headless(4, *echo_servers(start_server, "lines"), "--read-timeout", "0.3"))
+    # 2 users per target, 10 ms per request: 200 requests hold a timer armed for ~1 s each.
+    metrics = run.wait_metrics(lambda m: all(requests(m, t) >= 200 for t in TARGETS))
+    assert run.stop() == 0, run.log
+    for target in TARGETS:
+        assert metrics.value("echo_client_failures_total", server=target) == 0
+
+
+# --- requests that fail, by kind -----------------------------------------------
+
+
+# A well-formed HTTP response with the wrong body: a failure of the reply, not of HTTP.
+WRONG_HTTP_REPLY = b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\nNOT YOUR ECHO\n"
+
+
+class BadServer:
+    """A loopback server that reads a request, then replies wrongly, resets, closes, or never answers.
+
+    ``http``: its wrong reply is an HTTP response (200, the wrong body).
+    """
+
+    def __init__(self, behaviour: str, http: bool = False) -> None:
+        self.behaviour = behaviour
+        self.wrong_reply = WRONG_HTTP_REPLY if http else b"NOT YOUR ECHO\n"
+        self.listener = socket.create_server((HOST, 0))
+        self.listener.settimeout(0.1)
+        self.address = self.listener.getsockname()[:2]
+        self.stopping = threading.Event()
+        self.connections: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.connections.append(conn)
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(0.1)
+        with conn:
+            while not self.stopping.is_set():
+                try:
+                    data = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                if self.behaviour == "wrong_reply":
+                    conn.sendall(self.wrong_reply)
+                elif self.behaviour == "reset":
+                    # SO_LINGER 0: close sends RST, the client's recv gets ECONNRESET.
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
+                elif self.behaviour == "closed":
+                    return  # a plain close: the client reads end of file where its reply should be
+                # "timeout": read on, answer never
+
+    def close(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(5)
+        self.listener.close()
+
+
+@pytest.fixture
+def bad_server() -> Iterator[Callable[..., BadServer]]:
+    servers: list[BadServer] = []
+
+    def start(behaviour: str, http: bool = False) -> BadServer:
+        servers.append(BadServer(behaviour, http))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def refused_address() -> tuple[str, int]:
+    """A port nothing listens on (free a moment ago; nothing here binds it)."""
+    return HOST, free_port()
+
+
+# What Locust's failure table shows for each kind: the exception's repr.
+LOCUST_ERROR = {
+    "wrong_reply": "WrongReply",
+    "reset": "ConnectionResetError",
+    "closed": "ClosedEarly",
+    "timeout": "ReadTimeout",
+    "refused": "ConnectionRefusedError",
+}
+# The HTTP users' timeout is the socket's own (FastHttpUser's network_timeout); a connection
+# closed before the response is geventhttpclient's HTTPConnectionClosed (so is a reset there).
+HTTP_ERROR = {**LOCUST_ERROR, "timeout": "TimeoutError", "closed": "HTTPConnectionClosed"}
+FAILURES = [
+    ("lines", ("wrong_reply", "reset")),
+    ("lines", ("timeout", "refused")),
+    ("http", ("wrong_reply", "timeout")),
+    ("http", ("closed", "refused")),
+]
+
+
+@pytest.mark.parametrize(("framing", "kinds"), FAILURES, ids=[f"{f}-{'+'.join(k)}" for f, k in FAILURES])
+def test_failures_become_locust_failures_of_their_kind(
+    framing: str,
+    kinds: tuple[str, str],
+    bad_server: Callable[..., BadServer],
+    locust: Callable[..., LocustProcess],
+) -> None:
+    """The threaded (or threaded-http) user meets the first kind of failure, the async one the second."""
+    names, users, method = PROTOCOLS[framing]
+    http = framing == "http"
+    addresses = [refused_address() if k == "refused" else bad_server(k, http).address for k in kinds]
+    run = locust(
+        *headless(2, *targets(*addresses, names=names), "--read-timeout", "0.3"), stats=False, users=users
+    )
+    expected = dict(zip(names, kinds, strict=True))
+    metrics = run.wait_metrics(
+        lambda m: all(
+            m.value("echo_client_failures_total", server=t, kind=k) >= 3 for t, k in expected.items()
+        )
+    )
+    run.stop()
+    report = run.error_report()
+    for target, kind in expected.items():
+        # Every request failed, and each failure is of the kind this server causes ...
+        assert metrics.value("echo_client_failures_total", server=target) == requests(metrics, target)
+        assert metrics.value("echo_client_failures_total", server=target, kind=kind) == requests(
+            metrics, target
+        )
+        # ... and so is every Locust failure: "<count> <method> <target>: <exception repr>".
+        errors = [line for line in report if f" {method} {target}: " in line]
+        error = (HTTP_ERROR if http else LOCUST_ERROR)[kind]
+        assert errors and all(f"{target}: {error}(" in line for line in errors), report
+
+
+def test_http_413_is_a_server_error(
+    start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
+) -> None:
+    """A message over the servers' --max-message-bytes: answered 413, a failure of kind server_error."""
+    servers = http_servers(start_server, "--max-message-bytes", "16")
+    args = targets(*(s.address for s in servers), names=HTTP_SERVERS)
+    run = locust(*headless(2, *args, "--message-size", "32"), stats=False, users=HTTP_USERS)
+    metrics = run.wait_metrics(
+        lambda m: all(
+            m.value("echo_client_failures_total", server=t, kind="server_error") >= 3 for t in HTTP_SERVERS
+        )
+    )
+    run.stop()
+    report = run.error_report()
+    for target, server in zip(HTTP_SERVERS, servers, strict=True):
+        sent = requests(metrics, target)
+        assert metrics.value("echo_client_failures_total", server=target, kind="server_error") == sent
+        assert metrics.value("echo_client_failures_total", server=target) == sent
+        errors = [line for line in report if f" POST {target}: " in line]
+        assert errors and all(f"{target}: ServerError('HTTP 413')" in line for line in errors), report
+        # The server refused them as too large (and maybe more, whose 413 Locust stopped before reading).
+        assert server.scrape().value("echo_requests_total", outcome="too_large") >= sent
+
+
+# --- distributed -----------------------------------------------------------------
+
+
+def test_master_and_workers_each_serve_metrics(
+    start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess], tmp_path: Path
+) -> None:
+    servers = echo_servers(start_server, "lines")
+    port = str(free_port())
+    master = locust(*headless(4, *servers, "--master", "--expect-workers", "2", "--master-bind-host", HOST,
+                              "--master-bind-port", port, "--csv", str(tmp_path / "master")),
+                    name="master")  # fmt: skip
+    workers = [
+        locust("--worker", "--master-host", HOST, "--master-port", port, name=f"worker{i}") for i in range(2)
+    ]
+    # Each worker runs the users of one class here (4 users, 2 classes, 2 workers).
+    for worker in workers:
+        worker.wait_metrics(lambda m: sum(requests(m, t) for t in TARGETS) >= 20)
+        assert worker.scrape().labels("echo_client_info") == {"role": "worker"}
+    metrics = master.wait_metrics(lambda m: all(m.value("echo_client_users", server=t) == 2 for t in TARGETS))
+    assert metrics.labels("echo_client_info") == {"role": "master"}
+    assert requests(metrics, "threaded") == requests(metrics, "async") == 0  # the master runs no users
+    # The workers' requests reach the master's stats in their reports, every 3 s; on quit Locust
+    # gives their final reports only 0.5 s. Stop once the regular reports are in.
+    master.wait_reported(TARGETS, 20)
+    assert master.stop() == 0, master.log
+    for worker in workers:
+        assert worker.proc.wait(DEADLINE) == 0, worker.log
+    stats = master.stats()
+    assert all(stats[t]["num_requests"] >= 20 and stats[t]["num_failures"] == 0 for t in TARGETS), stats
+
+
+# --- load shapes -----------------------------------------------------------------
+
+
+SHAPE_LOG = re.compile(r"Shape test updating to (\d+) users")
+SPAWNED_LOG = re.compile(r"All users spawned: .* \((\d+) total users\)")
+
+
+def shape_run(run: LocustProcess) -> tuple[list[int], list[int]]:
+    """Let a shape run to its end (``-t``); return the user counts it asked for, then those it got.
+
+    Both come from Locust's log, in order: the shape's decisions, and the
+    totals running after each change.
+    """
+    assert run.wait() == 0, run.log
+    log = run.log
+    assert "Shape test completed" in log, log
+    return [int(n) for n in SHAPE_LOG.findall(log)], [int(n) for n in SPAWNED_LOG.findall(log)]
+
+
+def test_step_ramp_adds_a_step_at_a_time_up_to_the_ceiling(
+    start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
+) -> None:
+    args = ["--headless", "-u", "6", "-t", "5s", "--step-users", "2", "--step-seconds", "1", "--only-summary"]
+    run = locust(*args, *echo_servers(start_server, "lines"), files="locustfile.py,step_ramp.py")
+    asked, running = shape_run(run)
+    assert asked == [2, 4, 6], asked
+    assert running == [2, 4, 6], running
+    assert all(run.stats()[t]["num_failures"] == 0 for t in TARGETS)
+
+
+def test_spike_goes_up_and_back_to_the_baseline(
+    start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
+) -> None:
+    args = [
+        "--headless",
+        "-u",
+        "2",
+        "-t",
+        "4s",
+        "--spike-users",
+        "4",
+        "--spike-at",
+        "1",
+        "--spike-seconds",
+        "1",
+    ]
+    run = locust(*args, *echo_servers(start_server, "lines"), files="locustfile.py,spike.py")
+    asked, running = shape_run(run)
+    assert asked == [2, 6, 2], asked
+    assert running == [2, 6, 2], running
+    assert all(run.stats()[t]["num_failures"] == 0 for t in TARGETS)
+
+
+# --- the capacity measurement ------------------------------------------------------
+
+
+def test_measure_capacity_runs_locust_without_importing_it(
+    start_server: Callable[..., TestServer],
+) -> None:
+    server = start_server("async", "--framing", "lines", "--delay-ms", "0")
+    code = (
+        "import sys; from echolab.load.capacity import measure_capacity\n"
+        f"rate = measure_capacity({HOST!r}, {server.port}, seconds=2, users=4)\n"
+        "assert 'locust' not in sys.modules and 'gevent' not in sys.modules, 'imported Locust'\n"
+        "print(rate)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) > 0

@@ -1,0 +1,1 @@
+"""Test helpers as modules, laid out by what they talk to; the fixtures that use them are in conftest.py."""

@@ -1,0 +1,42 @@
+"""The metrics catalogue and the TCP servers' collector, without a server."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from support.scrape import Metrics
+
+from echolab.catalogue import server
+from echolab.metrics import METRICS, NoMetrics, ServerMetrics, ThreadSafeMetrics
+
+UPDATES = [
+    name
+    for name, method in inspect.getmembers(ServerMetrics, inspect.isfunction)
+    if not name.startswith("_") and name not in ("collect", "track", "describe")
+]
+
+
+@pytest.mark.parametrize("cls", [ThreadSafeMetrics, NoMetrics])
+def test_every_update_is_overridden(cls: type[ServerMetrics]) -> None:
+    """A new update method left out of the lock wrappers would silently race (or count when it must not)."""
+    missing = [name for name in UPDATES if name not in cls.__dict__]
+    assert not missing, f"{cls.__name__} does not override {missing}"
+
+
+@pytest.mark.parametrize("name", ["threaded", "async"])
+def test_the_collector_exports_what_the_catalogue_says(name: str) -> None:
+    kind = server(name)
+    metrics = ServerMetrics(kind, {"framing": "lines"})
+    metrics.answered(3, 0.1, 12, 12)
+    registry = CollectorRegistry()
+    registry.register(metrics)
+    scraped = Metrics.parse(generate_latest(registry).decode())
+    exported = {n for n, _ in scraped}
+    for metric in METRICS:
+        if metric.side != "server":
+            continue
+        expected = metric.exposed + ("_count" if metric.kind == "histogram" else "")
+        assert (expected in exported) == metric.exported_by(kind), (metric.name, kind.name)
+    assert scraped.value("echo_requests_total", server=name, outcome="ok") == 3

@@ -1,0 +1,106 @@
+"""Settings, seen from outside: default < environment < flag (echo_server_info shows them), and bad values.
+
+A bad value, from a flag or from the environment, is one line on stderr and
+exit status 2, before anything starts; so is a port in use.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from support.servers import run_command
+
+from echolab import catalogue, settings
+
+
+def test_environment_is_used_when_there_is_no_flag(start_server):
+    env = {"ECHO_DELAY_MS": "37", "ECHO_FRAMING": "oneshot", "ECHO_MODEL": "pool", "ECHO_THREADS": "7"}
+    server = start_server("threaded", "--framing", "oneshot", env=env)
+    info = server.scrape().labels("echo_server_info")
+    assert info == {
+        "server": "threaded",
+        "model": "pool",
+        "framing": "oneshot",
+        "delay_ms": "37",
+        "threads": "7",
+    }
+
+
+def test_flag_wins_over_environment(start_server):
+    env = {"ECHO_DELAY_MS": "37", "ECHO_FRAMING": "oneshot", "ECHO_LOOP": "asyncio"}
+    server = start_server("async", "--delay-ms", "20", "--framing", "lines", "--loop", "uvloop", env=env)
+    info = server.scrape().labels("echo_server_info")
+    assert info == {"server": "async", "loop": "uvloop", "framing": "lines", "delay_ms": "20"}
+    # The framing is not just a label: the server speaks lines.
+    with server.connect() as conn:
+        conn.send(b"one\ntwo\n")
+        assert [conn.line(), conn.line()] == [b"ONE\n", b"TWO\n"]
+
+
+def test_defaults_without_environment_or_flag(start_server):
+    server = start_server("threaded", env={"ECHO_DELAY_MS": ""})  # empty counts as unset
+    info = server.scrape().labels("echo_server_info")
+    assert info == {
+        "server": "threaded",
+        "model": "thread-per-connection",
+        "framing": "lines",
+        "delay_ms": "100",
+        "threads": "64",
+    }
+
+
+BAD_FLAGS = [
+    (("--delay-ms", "-5"), "--delay-ms"),
+    (("--idle-timeout", "-1"), "--idle-timeout"),
+    (("--idle-timeout", "0"), "--idle-timeout"),
+    (("--port", "99999"), "--port"),
+    (("--max-connections", "0"), "--max-connections"),
+    (("--max-message-bytes", "soon"), "--max-message-bytes"),
+    (("--log-level", "loud"), "--log-level"),
+]
+
+
+@pytest.mark.parametrize("name", catalogue.NAMES)
+@pytest.mark.parametrize(("flags", "named"), BAD_FLAGS, ids=["=".join(f) for f, _ in BAD_FLAGS])
+def test_a_bad_flag_is_one_line_and_exit_2(name: str, flags: tuple[str, ...], named: str) -> None:
+    done = run_command("serve", name, *flags, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert named in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("variable", ["ECHO_DELAY_MS=soon", "ECHO_PORT=99999", "ECHO_METRICS=maybe"])
+def test_a_bad_environment_value_names_the_variable(variable: str) -> None:
+    name, value = variable.split("=")
+    done = run_command("serve", "async", env={name: value}, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and name in done.stderr, done.stderr
+
+
+def test_a_bad_variable_of_another_command_is_no_error() -> None:
+    done = run_command("config", env={"ECHO_DELAY_MS": "soon"}, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("name", catalogue.NAMES)
+def test_a_port_in_use_is_one_line_and_exit_2(name: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_command("serve", name, "--port", str(port), "--metrics-port", "0", timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "in use" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_every_setting_has_a_flag_an_env_var_and_a_checked_default() -> None:
+    classes = {s.settings for s in catalogue.SERVERS} | {
+        settings.BenchSettings,
+        settings.DemoSettings,
+        settings.BenchmarkSettings,
+    }
+    for cls in classes:
+        for option in settings.options(cls):
+            assert option.env.startswith(cls.PREFIX) and option.flag.startswith("--")
+            option.check(option.default)  # a default that fails its own check would be a trap
