@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test prometheus-tools lint bench demo clean
+.PHONY: install test prometheus-tools lint bench demo dashboards clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,11 @@ lint: install
 	$(BIN)/ruff check src tests loadtest
 	$(BIN)/ruff format --check src tests loadtest
 	$(BIN)/mypy src
+
+# The Grafana dashboards, built with Grafana's Foundation SDK from src/echolab/dashboards/
+# into grafana/dashboards/*.json (committed: provisioning needs no build step).
+dashboards: install
+	$(BIN)/python -m echolab.dashboards.build grafana/dashboards
 
 # The comparison, natively: a concurrency sweep of every server, a report in reports/.
 # DEMO_ARGS="--quick" for a ~30 s version; see `echolab demo --help`.

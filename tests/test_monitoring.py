@@ -175,12 +175,10 @@ def test_dashboard_is_consistent(path: Path) -> None:
     ids = [p["id"] for p in all_panels(dashboard)]
     assert len(ids) == len(set(ids)), f"duplicate panel ids: {sorted(i for i in ids if ids.count(i) > 1)}"
     problems = []
-    for panel in all_panels(dashboard):
+    for panel in query_panels(dashboard):
         name = f"panel {panel['id']} {panel.get('title')!r}"
         if panel.get("datasource", {}).get("uid") != uid:
             problems.append(f"{name}: datasource {panel.get('datasource')}")
-    for panel in query_panels(dashboard):
-        name = f"panel {panel['id']} {panel.get('title')!r}"
         if not panel.get("fieldConfig", {}).get("defaults", {}).get("unit"):
             problems.append(f"{name}: no unit")
         if not panel.get("targets"):
