@@ -58,6 +58,8 @@ def metrics_table() -> str:
             by = "every server"
         else:
             by = ", ".join(metric.servers)
+        if metric.only_when:
+            by += ", " + metric.only_when
         labels = ", ".join(f"`{label}`" for label in metric.labels)
         rows.append(f"| `{metric.exposed}` | {metric.kind} | {labels} | {by} | {_cell(metric.help)} |")
     return "\n".join(rows)

@@ -297,6 +297,11 @@ class ServeSettings(Settings):
         5.0, "on SIGTERM/SIGINT, how long in-flight requests may take to finish", unit="s", check=at_least(0)
     )
     log_level: str = setting("info", "log level; per-request lines only at debug", choices=LOG_LEVELS)
+    cgroup_root: Path = setting(
+        Path("/sys/fs/cgroup"),
+        "where the cgroup filesystem is mounted; if the cgroup there (in a container: its own) has a CPU "
+        "limit, its throttling is exported as echo_cgroup_*",
+    )
 
 
 @dataclass(frozen=True)
