@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support.cgroup import write_cgroup
 from support.dashboards import (
     DASHBOARDS,
     Prometheus,
@@ -147,9 +148,38 @@ tests:
 """
 
 
-def test_users_rule_counts_each_user_once(tmp_path: Path) -> None:
+CPU_RULE_TEST = """
+rule_files: [{rules}]
+evaluation_interval: 15s
+tests:
+  # 0.125 CPU seconds and 1024 requests every 15 s (of every outcome): 2^-13 s,
+  # 122 us, a request (powers of two: exact in floating point). The threaded
+  # server answers nothing: no value rather than infinity.
+  - interval: 15s
+    input_series:
+      - series: 'process_cpu_seconds_total{{job="echo-servers", instance="a", server="async"}}'
+        values: '0+0.125x8'
+      - series: 'echo_requests_total{{job="echo-servers", instance="a", server="async", outcome="ok"}}'
+        values: '0+768x8'
+      - series: 'echo_requests_total{{job="echo-servers", instance="a", server="async", outcome="aborted"}}'
+        values: '0+256x8'
+      - series: 'process_cpu_seconds_total{{job="echo-servers", instance="t", server="threaded"}}'
+        values: '0+0.01x8'
+      - series: 'echo_requests_total{{job="echo-servers", instance="t", server="threaded", outcome="ok"}}'
+        values: '0x8'
+    promql_expr_test:
+      - expr: server:echo_cpu_seconds_per_request:rate1m
+        eval_time: 2m
+        exp_samples:
+          - labels: 'server:echo_cpu_seconds_per_request:rate1m{{server="async"}}'
+            value: 1.220703125e-4
+"""
+
+
+@pytest.mark.parametrize("test", [USERS_RULE_TEST, CPU_RULE_TEST], ids=["users", "cpu-per-request"])
+def test_recording_rules(tmp_path: Path, test: str) -> None:
     test_file = tmp_path / "rules_test.yml"
-    test_file.write_text(USERS_RULE_TEST.format(rules=json.dumps(str(RULES))))
+    test_file.write_text(test.format(rules=json.dumps(str(RULES))))
     run_promtool("test", "rules", str(test_file))
 
 
@@ -326,9 +356,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(workdir)
     try:
         servers = {}
+        # No machine here is a container with a CPU limit: the servers read a cgroup's files from here.
+        cgroup = ["--cgroup-root", str(write_cgroup(workdir / "cgroup", periods=500, throttled=3))]
         for kind in catalogue.SERVERS:
             # One gunicorn worker each is enough for a light load, and spares the CPU.
-            options = ["--delay-ms", "20", *(["--workers", "1"] if kind.transport == "http" else [])]
+            options = ["--delay-ms", "20", *cgroup, *(["--workers", "1"] if kind.transport == "http" else [])]
             log = workdir / f"{kind.name}.log"
             servers[kind.name] = stack.start(ServerProcess(kind, options, log=log, env=clean_environment()))
         metrics = {name: server.metrics_port for name, server in servers.items()}

@@ -173,7 +173,7 @@ def heatmap_panel(title: str, description: str, query: Query, *, repeat: str = "
     )
     panel = panel.unit("reqps")
     if repeat:
-        panel = panel.repeat(repeat).repeat_direction("h")
+        panel = panel.repeat(repeat).repeat_direction("h").max_per_row(len(SERVERS))
     return panel
 
 

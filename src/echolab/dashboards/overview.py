@@ -5,13 +5,16 @@ from __future__ import annotations
 from grafana_foundation_sdk.models import dashboard as dm
 
 from ..catalogue import SERVERS
+from ..metrics import CGROUP_CONDITION
 from .grafana import (
     SERVER,
     WINDOW,
     Query,
     Row,
+    bucket,
     dashboard,
     exporters,
+    heatmap_panel,
     interval_variable,
     label_variable,
     metric,
@@ -26,6 +29,7 @@ from .grafana import (
 UID = "echolab-overview"
 USERS = "server:echo_client_users:sum"  # prometheus/rules.yml
 THINK = "server:echo_client_think_time_seconds:max"
+CPU_PER_REQUEST = "server:echo_cpu_seconds_per_request:rate1m"
 SERVER_JOB = 'job="echo-servers"'
 LOCUST_JOBS = 'job=~"locust-.*"'
 
@@ -131,7 +135,16 @@ def latency() -> Row:
         f"({client}). Quantiles from histogram buckets.",
         quantiles,
     )
-    return Row("Latency", [lines])
+    distribution = heatmap_panel(
+        "Latency distribution: $server",
+        "Requests per second in each of the server's duration buckets. A server that keeps up is one "
+        "band at its delay; a second band above it is requests that waited (for a thread, for the "
+        "loop, for the CPU): bimodal latency, which the quantile lines average away.",
+        Query(f"sum by (le) (rate({bucket(server)}{{{SERVER}}}[{WINDOW}]))", "{{le}}"),
+        repeat="server",
+    )
+    # The heatmap repeats per server on a line of its own, below the quantiles of every server.
+    return Row("Latency", [lines, distribution], widths=[24, 24])
 
 
 def concurrency() -> Row:
@@ -244,9 +257,10 @@ def threads_and_loop() -> Row:
     )
 
 
-def cpu_and_memory() -> Row:
+def cpu() -> Row:
+    throttled = metric("echo_cgroup_cpu_throttled_seconds")
     return Row(
-        "CPU and memory",
+        "CPU",
         [
             timeseries_panel(
                 "CPU (100% = one core)",
@@ -257,11 +271,59 @@ def cpu_and_memory() -> Row:
                 process_metric("process_cpu_seconds_total", "{{server}} (limit {{cpus}} CPU)", rate=True),
             ),
             timeseries_panel(
+                "Server CPU per request",
+                "µs",
+                "CPU time each server spends per request it reads (all its processes; a 1-minute window: "
+                f"the {CPU_PER_REQUEST} recording rule). What the concurrency model costs: thread "
+                "switches and the GIL for threads, callbacks and timers for an event loop. It rising "
+                "with load means each request costs more as the server gets busier.",
+                [Query(f"{CPU_PER_REQUEST}{{{SERVER}}} * 1e6", "{{server}}")],
+            ),
+            timeseries_panel(
+                "CPU throttled by the container limit",
+                "percentunit",
+                "Seconds per second the server's cgroup was held back for having used its CPU quota "
+                f"({throttled}, from cpu.stat; only {CGROUP_CONDITION}). Above zero, the limit, not "
+                "the server, set the pace: compare servers only where none is throttled, or all are.",
+                [Query(f"sum by (server) (rate({throttled}{{{SERVER}}}[{WINDOW}]))", "{{server}} throttled")],
+            ),
+        ],
+    )
+
+
+def memory_and_runtime() -> Row:
+    return Row(
+        "Memory, garbage collector, workers",
+        [
+            timeseries_panel(
                 "Memory (resident)",
                 "bytes",
                 "Resident set size of each server (against its limit; the HTTP servers: summed over "
                 "their processes, shared pages counted once per process) and of each Locust process.",
                 process_metric("process_resident_memory_bytes", "{{server}} (limit {{memory}})"),
+            ),
+            timeseries_panel(
+                "Python garbage collections",
+                "cps",
+                "Collections per second of each generation (prometheus_client's python_gc_*; the HTTP "
+                "servers: their gunicorn workers, summed). A generation-2 collection (dashed) walks "
+                "every object while the server waits: all its threads, or its whole event loop.",
+                [
+                    Query(
+                        f"sum by (server, generation) (rate(python_gc_collections_total{{{SERVER_JOB}, "
+                        f"{SERVER}}}[{WINDOW}]))",
+                        "{{server}} gen {{generation}}",
+                    )
+                ],
+                dashed=".* gen 2$",
+            ),
+            timeseries_panel(
+                "gunicorn workers alive",
+                "short",
+                f"Worker processes under the gunicorn master of {exporters('echo_http_workers')}. A dip "
+                "is a worker that died (crashed, or killed for missing its heartbeat) and was replaced; "
+                "how many it keeps is echo_server_info's workers, in the table at the top.",
+                [Query(f"{metric('echo_http_workers')}{{{SERVER}}}", "{{server}} workers")],
             ),
         ],
     )
@@ -306,10 +368,11 @@ def build() -> dm.Dashboard:
             header(),
             throughput(),
             latency(),
+            cpu(),
+            memory_and_runtime(),
             concurrency(),
             errors(),
             threads_and_loop(),
-            cpu_and_memory(),
             traffic(),
         ],
         variables=[
