@@ -63,6 +63,7 @@ FAILURE_KINDS = (
     "unreachable",
     "reset",
     "timeout",
+    "not_sent",
     "other",
 )
 
@@ -227,6 +228,20 @@ METRICS: tuple[MetricSpec, ...] = (
         side="client",
     ),
     MetricSpec("echo_client", "info", "Locust process role: local, master or worker", (), side="client"),
+    MetricSpec(
+        "echo_client_running",
+        "gauge",
+        "1 while this process runs a load test (spawning or running users), else 0",
+        (),
+        side="client",
+    ),
+    MetricSpec(
+        "echo_client_offered_rate",
+        "gauge",
+        "Requests/s this process's users of the server are to send in an open loop (--target-rps; 0: "
+        "closed loop); on a master, its workers' total",
+        side="client",
+    ),
 )
 BY_NAME = {spec.name: spec for spec in METRICS}
 
