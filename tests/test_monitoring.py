@@ -135,6 +135,12 @@ tests:
         values: '1x3'
       - series: 'echo_client_users{{job="locust", instance="l:9646", server="async"}}'
         values: '7x3'
+      - series: 'echo_client_offered_rate{{job="locust-master", instance="m:9646", server="threaded"}}'
+        values: '300x3'
+      - series: 'echo_client_offered_rate{{job="locust-workers", instance="w1:9646", server="threaded"}}'
+        values: '200x3'
+      - series: 'echo_client_offered_rate{{job="locust-workers", instance="w2:9646", server="threaded"}}'
+        values: '100x3'
       - series: 'echo_client_info{{job="locust", instance="l:9646", role="local"}}'
         values: '1x3'
     promql_expr_test:
@@ -145,6 +151,11 @@ tests:
             value: 30
           - labels: 'server:echo_client_users:sum{{server="async"}}'
             value: 7
+      - expr: server:echo_client_offered_rate:sum
+        eval_time: 10s
+        exp_samples:
+          - labels: 'server:echo_client_offered_rate:sum{{server="threaded"}}'
+            value: 300
 """
 
 
@@ -367,12 +378,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         locust_metrics = free_port()
         targets = [arg for name, server in servers.items() for arg in (
             f"--{name}-host", HOST, f"--{name}-port", str(server.port))]  # fmt: skip
-        # Every user class, two users each. A little think time keeps the load
-        # light; every panel still gets data.
+        # Every user class, two users each, in an open loop (the offered-rate
+        # panel has data only then): 10 requests/s per user keeps the load light.
         stack.start(HttpReady([
             str(BIN / "locust"), "-f", str(LOCUSTFILE), "--headless", "--users", "8", "--spawn-rate", "8",
             "--run-time", "5m", "--only-summary", "--loglevel", "WARNING", *targets,
-            "--metrics-host", HOST, "--metrics-port", str(locust_metrics), "--think-time", "0.01",
+            "--metrics-host", HOST, "--metrics-port", str(locust_metrics), "--target-rps", "80",
         ], name="locust", url=f"http://{HOST}:{locust_metrics}/metrics", workdir=workdir))  # fmt: skip
         prometheus_port = free_port()
         config = local_config(metrics, locust_metrics, prometheus_port)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from grafana_foundation_sdk.models import dashboard as dm
 
-from . import overview
+from . import locust, overview
 from .grafana import to_json
 
 DASHBOARDS: dict[str, Callable[[], dm.Dashboard]] = {
     f"{overview.UID}.json": overview.build,
+    f"{locust.UID}.json": locust.build,
 }
 DEFAULT_DIR = Path("grafana/dashboards")
 

@@ -38,6 +38,8 @@ WINDOW = "$interval"  # the rate window variable
 # Grafana's default height is 9 grid units of 30 px; 8 leaves room for a legend table of four servers.
 HEIGHT = 8
 LEGEND_CALCS = ["mean", "max", "lastNotNull"]
+# The Locust processes whose counts are the run's: a master (its workers' total) or a single local one.
+NOT_WORKERS = f'{spec("echo_client").exposed}{{role!="worker"}}'
 HEATMAP_SCHEME = "Viridis"  # neither family's colours: every server's heatmap is drawn alike
 
 Panel = timeseries.Panel | heatmap.Panel | table.Panel | text.Panel
@@ -111,8 +113,13 @@ def timeseries_panel(
     *,
     dashed: str = "",
     soft_max: float | None = None,
+    limit: float | None = None,
 ) -> timeseries.Panel:
-    """Lines over time, each server in its catalogue colour; ``dashed``: a regex of series drawn dashed."""
+    """Lines over time, each server in its catalogue colour.
+
+    ``dashed``: a regex of the series drawn dashed; ``soft_max``: the least the
+    y axis shows; ``limit``: a value drawn as a dashed red line (a saturation).
+    """
     panel = (
         timeseries.Panel()
         .title(title)
@@ -135,6 +142,11 @@ def timeseries_panel(
     )
     if soft_max is not None:
         panel = panel.axis_soft_max(soft_max)
+    if limit is not None:
+        steps = [dm.Threshold(value=None, color="transparent"), dm.Threshold(value=limit, color="red")]
+        panel = panel.thresholds(db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps(steps))
+        dashed_line = cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.DASHED)
+        panel = panel.thresholds_style(dashed_line)
     for ref_id, query in zip(ref_ids(), queries, strict=False):
         panel = panel.with_target(_target(query, ref_id, pm.PromQueryFormat.TIME_SERIES))
     for server in SERVERS:
@@ -257,6 +269,12 @@ def interval_variable() -> db.IntervalVariable:
         .step_count(60)
         .current(dm.VariableOption(selected=True, text="auto", value="$__auto_interval_interval"))
     )
+
+
+def load_test_runs() -> db.AnnotationQuery:
+    """When a Locust run started and stopped: a region on every panel while a master or local process runs."""
+    running = f"{metric('echo_client_running')} * on (job, instance) group_left {NOT_WORKERS}"
+    return annotation("Load test runs", Query(f"max({running}) > 0", "Locust run"), "#8e44ad")
 
 
 def annotation(name: str, query: Query, colour: str) -> db.AnnotationQuery:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from grafana_foundation_sdk.models import dashboard as dm
 
 from ..catalogue import SERVERS
-from ..metrics import CGROUP_CONDITION
+from ..metrics import CGROUP_CONDITION, FAILURE_KINDS
 from .grafana import (
     SERVER,
     WINDOW,
@@ -17,6 +17,7 @@ from .grafana import (
     heatmap_panel,
     interval_variable,
     label_variable,
+    load_test_runs,
     metric,
     quantile,
     server_rate,
@@ -29,6 +30,7 @@ from .grafana import (
 UID = "echolab-overview"
 USERS = "server:echo_client_users:sum"  # prometheus/rules.yml
 THINK = "server:echo_client_think_time_seconds:max"
+OFFERED = "server:echo_client_offered_rate:sum"
 CPU_PER_REQUEST = "server:echo_cpu_seconds_per_request:rate1m"
 SERVER_JOB = 'job="echo-servers"'
 LOCUST_JOBS = 'job=~"locust-.*"'
@@ -118,7 +120,21 @@ def throughput() -> Row:
         ],
         dashed=".*bound.*",
     )
-    return Row("Throughput", [requests, littles_law])
+    offered = timeseries_panel(
+        "Open loop: offered vs achieved",
+        "reqps",
+        "In an open-loop run (Locust --target-rps) the load generators offer a fixed rate whatever the "
+        "servers do (dashed); achieved is what each server answered. Below the offer, the server fell "
+        "behind: its latency shows the queue, and arrivals a user could not send (--max-inflight "
+        "unanswered) are not_sent failures. Empty in a closed loop, where Little's law is the bound.",
+        [
+            Query(f"{OFFERED}{{{SERVER}}} > 0", "{{server}} offered"),
+            Query(answered, "{{server}} achieved"),
+            Query(server_rate("echo_client_failures", ', kind="not_sent"'), "{{server}} not sent"),
+        ],
+        dashed=".*offered$",
+    )
+    return Row("Throughput", [requests, littles_law, offered])
 
 
 def latency() -> Row:
@@ -210,8 +226,7 @@ def errors() -> Row:
     client_failures = timeseries_panel(
         "Client failures by kind",
         "reqps",
-        "Failed requests as Locust saw them: wrong_reply, server_error, closed, refused, reset, "
-        "timeout, other.",
+        f"Failed requests as Locust saw them: {', '.join(FAILURE_KINDS)}.",
         [
             Query(
                 server_rate("echo_client_failures", by="server, kind")
@@ -380,4 +395,5 @@ def build() -> dm.Dashboard:
             interval_variable(),
             label_variable("delay_ms", "server delay (ms)", f"{info}{{{SERVER}}}"),
         ],
+        annotations=[load_test_runs()],
     )
