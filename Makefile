@@ -81,7 +81,7 @@ COMPOSE  ?= docker compose
 SERVICES ?=
 WORKERS  ?= 4
 
-.PHONY: up urls down logs ps scale test-stack
+.PHONY: up urls down logs ps scale report test-stack
 
 # Compose refuses to start without GRAFANA_ADMIN_PASSWORD: the first stack
 # command writes .env from .env.example, with a random password.
@@ -113,6 +113,14 @@ ps: .env
 
 scale: .env
 	$(COMPOSE) up --detach --wait --no-recreate --scale locust-worker=$(WORKERS) locust-worker
+
+# Every dashboard panel drawn from the stack's Prometheus over the last REPORT_SINCE,
+# into reports/stack-<time>.html (no Grafana needed): attach it to a PR or a ticket.
+REPORT_SINCE ?= 15m
+report: install .env
+	@address=$$($(COMPOSE) port prometheus 9090 2>/dev/null) && [ -n "$$address" ] || \
+	  { echo "make report: the stack's Prometheus is not running (make up)" >&2; exit 1; }; \
+	$(BIN)/echolab report --prometheus "http://$$address" --since $(REPORT_SINCE)
 
 # Builds and runs the stack (less Grafana) under its own project name and
 # free ports, loads it, checks Prometheus sees it all, always tears it down.

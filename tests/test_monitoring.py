@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from support.dashboards import (
 from support.servers import clean_environment
 
 from echolab import catalogue
+from echolab.lab.stack_report import write_report
 from echolab.launcher import LaunchError, Process, ServerProcess, answers, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -296,6 +298,7 @@ class Stack:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
+        self.started = time.time()
         self.processes: list[Process] = []
         self.prometheus: Prometheus | None = None
 
@@ -407,3 +410,29 @@ def test_every_panel_returns_data(stack: Stack, path: Path) -> None:
     )
     if problems:
         pytest.fail(problems + "\n" + stack.logs())
+
+
+def test_run_report_draws_every_panel(stack: Stack, tmp_path: Path) -> None:
+    """``echolab report`` over the run: every panel of every dashboard drew data, the runs are shaded."""
+    assert stack.prometheus is not None
+    deadline = time.monotonic() + DATA_DEADLINE
+    while True:  # until the run has lasted long enough for every panel's rate window
+        out = tmp_path / "report.html"
+        report = write_report(stack.prometheus.url, stack.started, time.time(), out, DASHBOARDS[0].parent)
+        if not report.empty or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert report.empty == [], report.empty
+    drawn = {(p.dashboard, p.title) for p in report.panels}
+    for path in DASHBOARDS:
+        dashboard = load_dashboard(path)
+        for panel in all_panels(dashboard):
+            if panel["type"] == "row":
+                continue
+            copies = SERVERS if panel.get("repeat") == "server" else ("",)
+            titles = {panel["title"].replace("$server", server or "All") for server in copies}
+            assert titles <= {t for d, t in drawn if d == dashboard["title"]}, panel["title"]
+    page = report.path.read_text()
+    assert page.count("<svg") == sum(p.kind in ("timeseries", "heatmap") for p in report.panels)
+    assert '<table class="data">' in page and "How to read this dashboard" in page
+    print(f"run report: {report.path}")
