@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test prometheus-tools lint bench demo clean
+.PHONY: install test prometheus-tools lint bench demo dashboards clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,11 @@ lint: install
 	$(BIN)/ruff check src tests loadtest
 	$(BIN)/ruff format --check src tests loadtest
 	$(BIN)/mypy src
+
+# The Grafana dashboards, built with Grafana's Foundation SDK from src/echolab/dashboards/
+# into grafana/dashboards/*.json (committed: provisioning needs no build step).
+dashboards: install
+	$(BIN)/python -m echolab.dashboards.build grafana/dashboards
 
 # The comparison, natively: a concurrency sweep of every server, a report in reports/.
 # DEMO_ARGS="--quick" for a ~30 s version; see `echolab demo --help`.
@@ -76,7 +81,7 @@ COMPOSE  ?= docker compose
 SERVICES ?=
 WORKERS  ?= 4
 
-.PHONY: up urls down logs ps scale test-stack
+.PHONY: up urls down logs ps scale report test-stack
 
 # Compose refuses to start without GRAFANA_ADMIN_PASSWORD: the first stack
 # command writes .env from .env.example, with a random password.
@@ -108,6 +113,14 @@ ps: .env
 
 scale: .env
 	$(COMPOSE) up --detach --wait --no-recreate --scale locust-worker=$(WORKERS) locust-worker
+
+# Every dashboard panel drawn from the stack's Prometheus over the last REPORT_SINCE,
+# into reports/stack-<time>.html (no Grafana needed): attach it to a PR or a ticket.
+REPORT_SINCE ?= 15m
+report: install .env
+	@address=$$($(COMPOSE) port prometheus 9090 2>/dev/null) && [ -n "$$address" ] || \
+	  { echo "make report: the stack's Prometheus is not running (make up)" >&2; exit 1; }; \
+	$(BIN)/echolab report --prometheus "http://$$address" --since $(REPORT_SINCE)
 
 # Builds and runs the stack (less Grafana) under its own project name and
 # free ports, loads it, checks Prometheus sees it all, always tears it down.

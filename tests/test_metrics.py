@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from support.cgroup import write_cgroup
 from support.scrape import Metrics
 
 from echolab.catalogue import server
-from echolab.metrics import METRICS, NoMetrics, ServerMetrics, ThreadSafeMetrics
+from echolab.metrics import METRICS, NoMetrics, ServerMetrics, ThreadSafeMetrics, watch_cgroup
 
 UPDATES = [
     name
@@ -26,12 +28,14 @@ def test_every_update_is_overridden(cls: type[ServerMetrics]) -> None:
 
 
 @pytest.mark.parametrize("name", ["threaded", "async"])
-def test_the_collector_exports_what_the_catalogue_says(name: str) -> None:
+def test_the_collector_exports_what_the_catalogue_says(name: str, tmp_path: Path) -> None:
+    """Under a CPU limit, so that the cgroup's metrics are there too."""
     kind = server(name)
     metrics = ServerMetrics(kind, {"framing": "lines"})
     metrics.answered(3, 0.1, 12, 12)
     registry = CollectorRegistry()
     registry.register(metrics)
+    assert watch_cgroup(kind, write_cgroup(tmp_path), registry)
     scraped = Metrics.parse(generate_latest(registry).decode())
     exported = {n for n, _ in scraped}
     for metric in METRICS:

@@ -20,12 +20,14 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from support.cgroup import write_cgroup
 from support.dashboards import (
     DASHBOARDS,
     Prometheus,
@@ -37,6 +39,7 @@ from support.dashboards import (
 from support.servers import clean_environment
 
 from echolab import catalogue
+from echolab.lab.stack_report import write_report
 from echolab.launcher import LaunchError, Process, ServerProcess, answers, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,6 +137,12 @@ tests:
         values: '1x3'
       - series: 'echo_client_users{{job="locust", instance="l:9646", server="async"}}'
         values: '7x3'
+      - series: 'echo_client_offered_rate{{job="locust-master", instance="m:9646", server="threaded"}}'
+        values: '300x3'
+      - series: 'echo_client_offered_rate{{job="locust-workers", instance="w1:9646", server="threaded"}}'
+        values: '200x3'
+      - series: 'echo_client_offered_rate{{job="locust-workers", instance="w2:9646", server="threaded"}}'
+        values: '100x3'
       - series: 'echo_client_info{{job="locust", instance="l:9646", role="local"}}'
         values: '1x3'
     promql_expr_test:
@@ -144,12 +153,46 @@ tests:
             value: 30
           - labels: 'server:echo_client_users:sum{{server="async"}}'
             value: 7
+      - expr: server:echo_client_offered_rate:sum
+        eval_time: 10s
+        exp_samples:
+          - labels: 'server:echo_client_offered_rate:sum{{server="threaded"}}'
+            value: 300
 """
 
 
-def test_users_rule_counts_each_user_once(tmp_path: Path) -> None:
+CPU_RULE_TEST = """
+rule_files: [{rules}]
+evaluation_interval: 15s
+tests:
+  # 0.125 CPU seconds and 1024 requests every 15 s (of every outcome): 2^-13 s,
+  # 122 us, a request (powers of two: exact in floating point). The threaded
+  # server answers nothing: no value rather than infinity.
+  - interval: 15s
+    input_series:
+      - series: 'process_cpu_seconds_total{{job="echo-servers", instance="a", server="async"}}'
+        values: '0+0.125x8'
+      - series: 'echo_requests_total{{job="echo-servers", instance="a", server="async", outcome="ok"}}'
+        values: '0+768x8'
+      - series: 'echo_requests_total{{job="echo-servers", instance="a", server="async", outcome="aborted"}}'
+        values: '0+256x8'
+      - series: 'process_cpu_seconds_total{{job="echo-servers", instance="t", server="threaded"}}'
+        values: '0+0.01x8'
+      - series: 'echo_requests_total{{job="echo-servers", instance="t", server="threaded", outcome="ok"}}'
+        values: '0x8'
+    promql_expr_test:
+      - expr: server:echo_cpu_seconds_per_request:rate1m
+        eval_time: 2m
+        exp_samples:
+          - labels: 'server:echo_cpu_seconds_per_request:rate1m{{server="async"}}'
+            value: 1.220703125e-4
+"""
+
+
+@pytest.mark.parametrize("test", [USERS_RULE_TEST, CPU_RULE_TEST], ids=["users", "cpu-per-request"])
+def test_recording_rules(tmp_path: Path, test: str) -> None:
     test_file = tmp_path / "rules_test.yml"
-    test_file.write_text(USERS_RULE_TEST.format(rules=json.dumps(str(RULES))))
+    test_file.write_text(test.format(rules=json.dumps(str(RULES))))
     run_promtool("test", "rules", str(test_file))
 
 
@@ -175,12 +218,10 @@ def test_dashboard_is_consistent(path: Path) -> None:
     ids = [p["id"] for p in all_panels(dashboard)]
     assert len(ids) == len(set(ids)), f"duplicate panel ids: {sorted(i for i in ids if ids.count(i) > 1)}"
     problems = []
-    for panel in all_panels(dashboard):
+    for panel in query_panels(dashboard):
         name = f"panel {panel['id']} {panel.get('title')!r}"
         if panel.get("datasource", {}).get("uid") != uid:
             problems.append(f"{name}: datasource {panel.get('datasource')}")
-    for panel in query_panels(dashboard):
-        name = f"panel {panel['id']} {panel.get('title')!r}"
         if not panel.get("fieldConfig", {}).get("defaults", {}).get("unit"):
             problems.append(f"{name}: no unit")
         if not panel.get("targets"):
@@ -257,6 +298,7 @@ class Stack:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
+        self.started = time.time()
         self.processes: list[Process] = []
         self.prometheus: Prometheus | None = None
 
@@ -328,21 +370,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(workdir)
     try:
         servers = {}
+        # No machine here is a container with a CPU limit: the servers read a cgroup's files from here.
+        cgroup = ["--cgroup-root", str(write_cgroup(workdir / "cgroup", periods=500, throttled=3))]
         for kind in catalogue.SERVERS:
             # One gunicorn worker each is enough for a light load, and spares the CPU.
-            options = ["--delay-ms", "20", *(["--workers", "1"] if kind.transport == "http" else [])]
+            options = ["--delay-ms", "20", *cgroup, *(["--workers", "1"] if kind.transport == "http" else [])]
             log = workdir / f"{kind.name}.log"
             servers[kind.name] = stack.start(ServerProcess(kind, options, log=log, env=clean_environment()))
         metrics = {name: server.metrics_port for name, server in servers.items()}
         locust_metrics = free_port()
         targets = [arg for name, server in servers.items() for arg in (
             f"--{name}-host", HOST, f"--{name}-port", str(server.port))]  # fmt: skip
-        # Every user class, two users each. A little think time keeps the load
-        # light; every panel still gets data.
+        # Every user class, two users each, in an open loop (the offered-rate
+        # panel has data only then): 10 requests/s per user keeps the load light.
         stack.start(HttpReady([
             str(BIN / "locust"), "-f", str(LOCUSTFILE), "--headless", "--users", "8", "--spawn-rate", "8",
             "--run-time", "5m", "--only-summary", "--loglevel", "WARNING", *targets,
-            "--metrics-host", HOST, "--metrics-port", str(locust_metrics), "--think-time", "0.01",
+            "--metrics-host", HOST, "--metrics-port", str(locust_metrics), "--target-rps", "80",
         ], name="locust", url=f"http://{HOST}:{locust_metrics}/metrics", workdir=workdir))  # fmt: skip
         prometheus_port = free_port()
         config = local_config(metrics, locust_metrics, prometheus_port)
@@ -366,3 +410,29 @@ def test_every_panel_returns_data(stack: Stack, path: Path) -> None:
     )
     if problems:
         pytest.fail(problems + "\n" + stack.logs())
+
+
+def test_run_report_draws_every_panel(stack: Stack, tmp_path: Path) -> None:
+    """``echolab report`` over the run: every panel of every dashboard drew data, the runs are shaded."""
+    assert stack.prometheus is not None
+    deadline = time.monotonic() + DATA_DEADLINE
+    while True:  # until the run has lasted long enough for every panel's rate window
+        out = tmp_path / "report.html"
+        report = write_report(stack.prometheus.url, stack.started, time.time(), out, DASHBOARDS[0].parent)
+        if not report.empty or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert report.empty == [], report.empty
+    drawn = {(p.dashboard, p.title) for p in report.panels}
+    for path in DASHBOARDS:
+        dashboard = load_dashboard(path)
+        for panel in all_panels(dashboard):
+            if panel["type"] == "row":
+                continue
+            copies = SERVERS if panel.get("repeat") == "server" else ("",)
+            titles = {panel["title"].replace("$server", server or "All") for server in copies}
+            assert titles <= {t for d, t in drawn if d == dashboard["title"]}, panel["title"]
+    page = report.path.read_text()
+    assert page.count("<svg") == sum(p.kind in ("timeseries", "heatmap") for p in report.panels)
+    assert '<table class="data">' in page and "How to read this dashboard" in page
+    print(f"run report: {report.path}")

@@ -1,4 +1,4 @@
-"""The ``echolab`` command: serve, bench, demo, benchmark, config."""
+"""The ``echolab`` command: serve, bench, demo, benchmark, report, config."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ examples:
   echolab serve async                      the async server on 127.0.0.1:9091
   echolab bench 127.0.0.1:9091 --connections 1000
   echolab demo --quick                     every server, a sweep, an HTML report
+  echolab report --since 15m               the stack's dashboards drawn from Prometheus
   echolab config                           every setting, its env var and default
 """
 
@@ -30,6 +31,8 @@ EXAMPLES = {
     "demo": "echolab demo --quick\necholab demo --servers threaded,async --levels 100,1000,5000",
     "benchmark": "echolab benchmark --only async --duration 3",
     "config": "echolab config --markdown > table.md",
+    "report": "echolab report --since 15m                    the stack's Prometheus (make up)\n"
+    "echolab report --prometheus http://127.0.0.1:9090 --since 2h",
 }
 
 
@@ -86,6 +89,14 @@ def build_parser() -> Parser:
     )  # fmt: skip
     settings.add_arguments(benchmark, settings.BenchmarkSettings)
 
+    report = commands.add_parser(
+        "report", help="draw every dashboard panel from Prometheus into one HTML file",
+        epilog=examples("report"),
+        description="Run every panel query of the Grafana dashboards over a window against Prometheus and "
+        "draw each panel (title, unit, legend, colours) into reports/stack-<time>.html: no Grafana needed.",
+    )  # fmt: skip
+    settings.add_arguments(report, settings.ReportSettings)
+
     config = commands.add_parser(
         "config", help="print every setting: flag, env var, default", epilog=examples("config"),
         description="Print the table of every setting (the README's is generated from it).",
@@ -135,6 +146,10 @@ def run(args: argparse.Namespace) -> int:
 
         raise_fd_limit()
         return benchmark.run(settings.from_namespace(settings.BenchmarkSettings, args))
+    if args.command == "report":
+        from .lab import stack_report
+
+        return stack_report.main(settings.from_namespace(settings.ReportSettings, args))
     from . import docs
 
     print(docs.metrics_table() if args.metrics else docs.config_table())

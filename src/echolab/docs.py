@@ -8,12 +8,21 @@ from __future__ import annotations
 
 from .catalogue import SERVERS
 from .metrics import METRICS
-from .settings import BenchmarkSettings, BenchSettings, DemoSettings, Option, Settings, options
+from .settings import (
+    BenchmarkSettings,
+    BenchSettings,
+    DemoSettings,
+    Option,
+    ReportSettings,
+    Settings,
+    options,
+)
 
 LAB_COMMANDS: tuple[tuple[str, type[Settings]], ...] = (
     ("bench", BenchSettings),
     ("demo", DemoSettings),
     ("benchmark", BenchmarkSettings),
+    ("report", ReportSettings),
 )
 
 
@@ -58,6 +67,8 @@ def metrics_table() -> str:
             by = "every server"
         else:
             by = ", ".join(metric.servers)
+        if metric.only_when:
+            by += ", " + metric.only_when
         labels = ", ".join(f"`{label}`" for label in metric.labels)
         rows.append(f"| `{metric.exposed}` | {metric.kind} | {labels} | {by} | {_cell(metric.help)} |")
     return "\n".join(rows)

@@ -23,6 +23,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from prometheus_client import disable_created_metrics, start_http_server
@@ -36,6 +37,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from . import cgroup
 from .catalogue import SERVERS, Server
 from .runtime import RESOURCE_ERRNOS
 
@@ -61,6 +63,7 @@ FAILURE_KINDS = (
     "unreachable",
     "reset",
     "timeout",
+    "not_sent",
     "other",
 )
 
@@ -78,6 +81,10 @@ def event_loop_servers(server: Server) -> bool:
     return server.transport == "tcp" and server.family == "async"
 
 
+def gunicorn_servers(server: Server) -> bool:
+    return server.transport == "http"
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     """One metric: ``name`` as prometheus_client takes it (counters without ``_total``)."""
@@ -89,6 +96,7 @@ class MetricSpec:
     buckets: tuple[float, ...] = ()
     exported_by: Callable[[Server], bool] = every_server
     side: Literal["server", "client"] = "server"
+    only_when: str = ""  # a condition without which the metric is absent
 
     @property
     def exposed(self) -> str:
@@ -99,6 +107,8 @@ class MetricSpec:
     def servers(self) -> tuple[str, ...]:
         return tuple(s.name for s in SERVERS if self.exported_by(s))
 
+
+CGROUP_CONDITION = "under a CPU limit (a container with cpus)"
 
 METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("echo_server", "info", "Server implementation and settings"),
@@ -158,6 +168,31 @@ METRICS: tuple[MetricSpec, ...] = (
         buckets=LAG_BUCKETS,
         exported_by=event_loop_servers,
     ),
+    MetricSpec(
+        "echo_http_workers",
+        "gauge",
+        "gunicorn worker processes alive (echo_server_info's workers: how many it keeps)",
+        exported_by=gunicorn_servers,
+    ),
+    # cgroup.py: the server's own cgroup, read at scrape time.
+    MetricSpec(
+        "echo_cgroup_cpu_periods",
+        "counter",
+        "CPU limit enforcement periods of the server's cgroup (cpu.stat nr_periods)",
+        only_when=CGROUP_CONDITION,
+    ),
+    MetricSpec(
+        "echo_cgroup_cpu_throttled_periods",
+        "counter",
+        "Periods in which the cgroup used up its CPU quota and was throttled (cpu.stat nr_throttled)",
+        only_when=CGROUP_CONDITION,
+    ),
+    MetricSpec(
+        "echo_cgroup_cpu_throttled_seconds",
+        "counter",
+        "Time the cgroup's threads were held back by its CPU limit (cpu.stat throttled_usec)",
+        only_when=CGROUP_CONDITION,
+    ),
     # --- the load generators' side (every Locust process) ----------------------------
     MetricSpec(
         "echo_client_requests",
@@ -193,6 +228,20 @@ METRICS: tuple[MetricSpec, ...] = (
         side="client",
     ),
     MetricSpec("echo_client", "info", "Locust process role: local, master or worker", (), side="client"),
+    MetricSpec(
+        "echo_client_running",
+        "gauge",
+        "1 while this process runs a load test (spawning or running users), else 0",
+        (),
+        side="client",
+    ),
+    MetricSpec(
+        "echo_client_offered_rate",
+        "gauge",
+        "Requests/s this process's users of the server are to send in an open loop (--target-rps; 0: "
+        "closed loop); on a master, its workers' total",
+        side="client",
+    ),
 )
 BY_NAME = {spec.name: spec for spec in METRICS}
 
@@ -226,11 +275,11 @@ class Buckets:
         return out
 
 
-def counter(name: str, labels: Mapping[str, int] | int, server: str) -> CounterMetricFamily:
+def counter(name: str, labels: Mapping[str, int] | float, server: str) -> CounterMetricFamily:
     """A counter family of ``server``: one value, or one per value of its second label."""
     metric = spec(name)
     family = CounterMetricFamily(name, metric.help, labels=metric.labels)
-    if isinstance(labels, int):
+    if isinstance(labels, int | float):
         family.add_metric([server], labels)
     else:
         for key, value in labels.items():
@@ -409,6 +458,30 @@ class NoMetrics(ServerMetrics):
         pass
 
 
+class CgroupMetrics(Collector):
+    """The CPU throttling of the server's cgroup (:mod:`echolab.cgroup`), read when Prometheus scrapes."""
+
+    def __init__(self, server: Server, stat: cgroup.CpuStat) -> None:
+        self.server, self.stat = server, stat
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.stat.read()
+        if now is None:  # the file went away: no numbers rather than wrong ones
+            return
+        name = self.server.name
+        yield counter("echo_cgroup_cpu_periods", now.periods, name)
+        yield counter("echo_cgroup_cpu_throttled_periods", now.throttled_periods, name)
+        yield counter("echo_cgroup_cpu_throttled_seconds", now.throttled_seconds, name)
+
+
+def watch_cgroup(server: Server, root: Path, registry: CollectorRegistry) -> bool:
+    """Export the throttling of the cgroup mounted at ``root`` if it has a CPU limit; say whether."""
+    stat = cgroup.cpu_stat(root)
+    if stat is not None:
+        registry.register(CgroupMetrics(server, stat))
+    return stat is not None
+
+
 def start(
     server: Server,
     info: Mapping[str, str],
@@ -417,6 +490,7 @@ def start(
     port: int,
     thread_safe: bool = False,
     registry: CollectorRegistry = REGISTRY,
+    cgroup_root: Path = cgroup.ROOT,
 ) -> tuple[ServerMetrics, int]:
     """Create the server's metrics and serve /metrics; return them and the port (0 asks for any free one)."""
     if not enabled:
@@ -425,5 +499,6 @@ def start(
     disable_created_metrics()  # type: ignore[no-untyped-call]
     metrics = (ThreadSafeMetrics if thread_safe else ServerMetrics)(server, info)
     registry.register(metrics)
+    watch_cgroup(server, cgroup_root, registry)
     http_server, _ = start_http_server(port, addr=host, registry=registry)
     return metrics, int(http_server.server_port)

@@ -53,6 +53,24 @@ def positive_list(values: tuple[int, ...]) -> str | None:
     return None if values and all(v > 0 for v in values) else "needs one or more whole numbers above 0"
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(text: str) -> float:
+    """Prometheus's duration syntax, one unit: ``90s``, ``15m``, ``2h``, ``1d``."""
+    number, unit = text[:-1], text[-1:]
+    if unit not in DURATION_UNITS or not number.replace(".", "", 1).isdigit():
+        raise ValueError(f"not a duration: {text!r}")
+    return float(number) * DURATION_UNITS[unit]
+
+
+def prometheus_duration(value: str) -> str | None:
+    try:
+        return None if duration_seconds(value) > 0 else "must be longer than 0"
+    except ValueError:
+        return "not a duration: a number and s, m, h or d (15m)"
+
+
 def parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -297,6 +315,11 @@ class ServeSettings(Settings):
         5.0, "on SIGTERM/SIGINT, how long in-flight requests may take to finish", unit="s", check=at_least(0)
     )
     log_level: str = setting("info", "log level; per-request lines only at debug", choices=LOG_LEVELS)
+    cgroup_root: Path = setting(
+        Path("/sys/fs/cgroup"),
+        "where the cgroup filesystem is mounted; if the cgroup there (in a container: its own) has a CPU "
+        "limit, its throttling is exported as echo_cgroup_*",
+    )
 
 
 @dataclass(frozen=True)
@@ -387,6 +410,20 @@ class DemoSettings(Settings):
     warmup: float = setting(1.0, "load before measuring, per level", unit="s", check=at_least(0))
     servers: tuple[str, ...] = setting((), "run only these (comma-separated names; none: all)")
     out: Path = setting(Path("reports"), "folder for the reports")
+
+
+@dataclass(frozen=True)
+class ReportSettings(Settings):
+    """``echolab report`` (``make report``)."""
+
+    PREFIX: ClassVar[str] = "ECHO_REPORT_"
+
+    prometheus: str = setting(
+        "http://127.0.0.1:9099", "the Prometheus to ask (the stack's, on its host port by default)"
+    )
+    since: str = setting("15m", "the window: this long until now (90s, 15m, 2h)", check=prometheus_duration)
+    dashboards: Path = setting(Path("grafana/dashboards"), "the dashboards whose panels to draw")
+    out: Path = setting(Path("reports"), "folder for the report")
 
 
 @dataclass(frozen=True)

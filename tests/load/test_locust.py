@@ -403,3 +403,90 @@ def test_measure_capacity_runs_locust_without_importing_it(
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert float(done.stdout) > 0
+
+
+# --- open loop (--target-rps) ----------------------------------------------------
+# Nothing here measures a rate against the clock: an open loop shows as overlap (more
+# requests in flight at the server than there are users, which no closed loop can do),
+# a refused arrival as a count, the offered rate as the gauge the run exports.
+
+OPEN_USERS = {"lines": ("AsyncUser",), "http": ("AsyncHttpUser",)}
+OPEN_NAMES = {"lines": "async", "http": HTTP_SERVERS[1]}
+SLOW = ("--delay-ms", "300")  # a reply takes 300 ms: two closed-loop users keep at most 2 in flight
+
+
+def slow_server(start_server: Callable[..., TestServer], framing: str) -> tuple[TestServer, list[str]]:
+    name = OPEN_NAMES[framing]
+    server = start_server(name, *SLOW, *(["--workers", "1"] if framing == "http" else []))
+    return server, targets(server.address, names=(name,))
+
+
+@pytest.mark.parametrize("framing", list(OPEN_USERS))
+def test_an_open_loop_keeps_more_in_flight_than_it_has_users(
+    framing: str, start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
+) -> None:
+    server, address = slow_server(start_server, framing)
+    name = OPEN_NAMES[framing]
+    run = locust(*headless(2, *address, "--target-rps", "40"), users=OPEN_USERS[framing])
+    # 40/s for 300 ms each: about 12 at once. Two users waiting for their replies would hold 2.
+    server.wait_metrics(lambda m: m.value("echo_requests_in_flight") >= 6, timeout=DEADLINE)
+    metrics = run.wait_metrics(lambda m: m.value("echo_client_requests_total", server=name) >= 20)
+    assert metrics.value("echo_client_offered_rate", server=name) == 40  # 2 users, 20/s each
+    assert metrics.value("echo_client_running") == 1
+    assert metrics.value("echo_client_failures_total", server=name) == 0
+    # A request is timed from when it was due: none can beat the server's delay.
+    assert metrics.value("echo_client_request_duration_seconds_bucket", server=name, le="0.25") == 0
+    assert run.stop() == 0, run.log
+
+
+@pytest.mark.parametrize("framing", list(OPEN_USERS))
+def test_an_arrival_over_the_inflight_limit_is_not_sent(
+    framing: str, start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
+) -> None:
+    server, address = slow_server(start_server, framing)
+    name = OPEN_NAMES[framing]
+    limited = headless(1, *address, "--target-rps", "50", "--max-inflight", "3")
+    run = locust(*limited, users=OPEN_USERS[framing], stats=False)
+    metrics = run.wait_metrics(
+        lambda m: m.value("echo_client_failures_total", server=name, kind="not_sent") >= 5
+    )
+    assert server.scrape().value("echo_requests_in_flight") <= 3
+    # Not sent: counted as a request of the run, never as a latency.
+    assert metrics.value("echo_client_request_duration_seconds_count", server=name) < metrics.value(
+        "echo_client_requests_total", server=name
+    )
+    assert run.stop() == 1, run.log  # Locust's exit status when requests failed
+    assert any("--max-inflight" in line and "not sent" in line for line in run.error_report()), run.log
+
+
+def test_a_closed_loop_offers_nothing_and_keeps_one_request_per_user(
+    start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
+) -> None:
+    server, address = slow_server(start_server, "lines")
+    run = locust(*headless(2, *address), users=OPEN_USERS["lines"])
+    metrics = run.wait_metrics(lambda m: m.value("echo_client_requests_total", server="async") >= 10)
+    assert metrics.value("echo_client_offered_rate", server="async") == 0
+    assert server.scrape().value("echo_requests_in_flight") <= 2
+    assert run.stop() == 0, run.log
+
+
+def test_workers_get_their_share_from_the_master(
+    start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
+) -> None:
+    """The master divides --target-rps by the users it starts; each worker learns its users' rate."""
+    server, address = slow_server(start_server, "lines")
+    port = str(free_port())
+    master = locust(*headless(2, *address, "--target-rps", "40", "--master", "--expect-workers", "2",
+                              "--master-bind-host", HOST, "--master-bind-port", port),
+                    name="master", users=OPEN_USERS["lines"])  # fmt: skip
+    join = ("--worker", "--master-host", HOST, "--master-port", port)
+    workers = [locust(*join, name=f"worker{i}", users=OPEN_USERS["lines"]) for i in range(2)]
+    server.wait_metrics(lambda m: m.value("echo_requests_in_flight") >= 6, timeout=DEADLINE)
+    for worker in workers:  # one user each, at half the target
+        metrics = worker.wait_metrics(lambda m: m.value("echo_client_users", server="async") == 1)
+        assert metrics.value("echo_client_offered_rate", server="async") == 20
+    totals = master.wait_metrics(lambda m: m.value("echo_client_users", server="async") == 2)
+    assert totals.value("echo_client_offered_rate", server="async") == 40
+    assert master.stop() == 0, master.log
+    for worker in workers:
+        assert worker.proc.wait(DEADLINE) == 0, worker.log

@@ -1,125 +1,51 @@
-"""The Grafana dashboards as a test sees them: panels, queries, variables, and "does it show data".
+"""The Grafana dashboards as a test sees them: "does every panel show data".
 
 Shared by test_monitoring.py (a Prometheus over local processes) and
 stack/check_stack.py (the Prometheus of the docker compose stack): a panel
 whose query returns nothing is a broken panel, whichever Prometheus it asks.
 So is one that shows some servers but not another that exports what it
 reads: the panels cover every server through the ``server`` variable.
+Reading the JSON and resolving its variables is the package's
+(:mod:`echolab.dashboards.panels`), as the run report does it.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from echolab.catalogue import SERVERS
+from echolab.dashboards.panels import (
+    NoData,
+    all_panels,
+    queries,
+    query_panels,
+    resolve_variables,
+    substitute,
+)
+from echolab.dashboards.panels import load as load_dashboard
+from echolab.dashboards.prometheus import Prometheus
 from echolab.metrics import METRICS
+
+__all__ = [
+    "DASHBOARDS",
+    "Prometheus",
+    "all_panels",
+    "load_dashboard",
+    "panels_without_data",
+    "query_panels",
+    "wait_for_every_panel",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
-LABEL_VALUES = re.compile(r"label_values\((?:(.*),\s*)?(\w+)\)")
 # What not every server exports (the metrics catalogue says who does): a query
 # that reads any of it shows only the servers that export it.
 PARTIAL = re.compile(
     r"\b(" + "|".join(m.name for m in METRICS if m.side == "server" and len(m.servers) < len(SERVERS)) + r")"
 )
-
-
-class Prometheus:
-    """The two HTTP API calls Grafana makes for these dashboards."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def _get(self, path: str, params: dict[str, str]) -> Any:
-        with urllib.request.urlopen(f"{self.url}{path}?{urllib.parse.urlencode(params)}", timeout=10) as r:
-            body = json.load(r)
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._get("/api/v1/query", {"query": expr})["result"]
-        return result
-
-    def label_values(self, label: str, selector: str | None) -> list[str]:
-        values: list[str] = self._get(
-            f"/api/v1/label/{label}/values", {"match[]": selector} if selector else {}
-        )
-        return values
-
-
-def load_dashboard(path: Path) -> dict[str, Any]:
-    dashboard = json.loads(path.read_text())
-    assert isinstance(dashboard, dict)
-    return dashboard
-
-
-def all_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every panel, those inside collapsed rows included."""
-    for panel in dashboard.get("panels", []):
-        yield panel
-        yield from panel.get("panels", [])
-
-
-def query_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    return (p for p in all_panels(dashboard) if p.get("type") not in ("row", "text"))
-
-
-def queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
-    """(which panel and query, PromQL with Grafana variables) for every query of every panel."""
-    return [
-        (f"panel {panel['id']} {panel.get('title')!r} {target['refId']}", target["expr"])
-        for panel in query_panels(dashboard)
-        for target in panel.get("targets", [])
-    ]
-
-
-class NoData(Exception):
-    pass
-
-
-def substitute(expr: str, values: dict[str, str]) -> str:
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2)
-        if name not in values:
-            raise AssertionError(f"unknown variable ${name} in {expr}")
-        return values[name]
-
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
-
-
-def resolve_variables(prometheus: Prometheus, dashboard: dict[str, Any], window: str) -> dict[str, str]:
-    """What Grafana would substitute for each variable; query variables are asked of Prometheus.
-
-    ``window`` stands for every rate window ($interval, $__rate_interval):
-    a few scrape intervals.
-    """
-    values = {"__rate_interval": window, "__interval": window, "__range": "1m"}
-    for variable in dashboard.get("templating", {}).get("list", []):
-        name, kind = variable["name"], variable["type"]
-        if kind == "query":
-            query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
-            match = LABEL_VALUES.fullmatch(query.strip())
-            assert match, f"variable {name}: only label_values(...) is supported here: {query}"
-            selector = substitute(match.group(1), values) if match.group(1) else None
-            found = prometheus.label_values(match.group(2), selector)
-            if not found:
-                raise NoData(f"variable {name}: {query} found nothing")
-            # "All" of a multi-value variable: Grafana's regex of every value.
-            values[name] = "|".join(found) if variable.get("includeAll") else found[0]
-        elif kind == "interval":
-            values[name] = window
-        elif kind in ("textbox", "constant", "custom"):
-            values[name] = str(variable["query"]).split(",")[0].strip()
-        else:
-            raise AssertionError(f"variable {name}: type {kind} not handled by this test")
-    return values
 
 
 def has_data(result: list[dict[str, Any]]) -> bool:

@@ -16,6 +16,7 @@ Importing this module imports Locust (see :mod:`echolab.load.locust_plugin`).
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar
 
 from geventhttpclient.response import HTTPConnectionClosed
@@ -26,6 +27,7 @@ from locust.env import Environment
 from ..protocol import HTTP_PATH, expected_reply
 from .client import ServerError, WrongReply, failure_kind
 from .locust_plugin import client_metrics, make_message, server_address
+from .open_loop import Arrivals, rate_per_user
 
 FRAMING = "http"
 
@@ -73,23 +75,43 @@ class HttpEchoUser(FastHttpUser):
         self.host = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         self.connection_timeout = options.connect_timeout
         self.network_timeout = options.read_timeout
+        if rate_per_user(options):  # open loop: a connection per request in flight, from the session's pool
+            self.concurrency = options.max_inflight
         super().__init__(environment)
         self.think_time: float = options.think_time
         self.message = make_message(options.message_size)
         self.expected = expected_reply(self.message, FRAMING)
         self._tally = client_metrics().tallies[self.server]
+        self.arrivals = Arrivals.of(self, self.post, "POST", FRAMING)
 
     def wait_time(self) -> float:
-        return self.think_time
+        return self.think_time if self.arrivals is None else self.arrivals.wait()
+
+    def on_start(self) -> None:
+        if self.arrivals is not None:
+            self.arrivals.start()
+
+    def on_stop(self) -> None:
+        if self.arrivals is not None:
+            self.arrivals.stop()
 
     @task
     def echo(self) -> None:
+        if self.arrivals is None:
+            self.post()
+        else:
+            self.arrivals.arrive()
+
+    def post(self, scheduled: float | None = None) -> None:
+        """One request; timed from ``scheduled`` (open loop: when it was due) if given."""
         # Bytes go out as they are; Locust's annotation of `data` lists only str and dict.
         data: Any = self.message
         with self.client.post(HTTP_PATH, data=data, name=self.server, catch_response=True) as response:
             failure = self.check(response)
             if failure is not None:
                 response.failure(failure)  # Locust's request event fires as the block ends
+            if scheduled is not None:
+                response.request_meta["response_time"] = (time.perf_counter() - scheduled) * 1000.0
             elapsed = response.request_meta["response_time"] / 1000.0
             self._tally.add(FRAMING, elapsed, None if failure is None else http_failure_kind(failure))
 

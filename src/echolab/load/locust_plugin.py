@@ -257,8 +257,11 @@ def on_init(environment: Environment, **_: Any) -> None:
 
 def setup(hooks: Any = events) -> None:
     """Wire the arguments and the metrics into Locust's events (call once, from the locustfile)."""
+    from . import open_loop
+
     hooks.init_command_line_parser.add_listener(add_arguments)
     hooks.init.add_listener(on_init)
+    open_loop.setup(hooks)
 
 
 def user_class_name(server: Server) -> str:

@@ -7,6 +7,7 @@ Importing this module imports Locust (see :mod:`echolab.load.locust_plugin`).
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import ClassVar
 
 import gevent
@@ -15,6 +16,7 @@ from locust.env import Environment
 
 from .client import EchoClient, failure_kind
 from .locust_plugin import client_metrics, make_message, server_address
+from .open_loop import Arrivals
 
 
 class ReadTimeout(TimeoutError):
@@ -30,7 +32,9 @@ class EchoUser(User):
     ``lines`` keeps one connection per user; after any error EchoClient drops
     it and the next request reconnects. ``oneshot`` connects per request.
     Every request fires Locust's request event (type = the framing, name = the
-    server) and updates the client-side metrics.
+    server) and updates the client-side metrics. In an open loop
+    (``--target-rps``, :mod:`echolab.load.open_loop`) each request in flight
+    has a connection of its own, kept for the next one as in ``lines``.
     """
 
     abstract = True
@@ -40,9 +44,11 @@ class EchoUser(User):
         super().__init__(environment)
         self.client: EchoClient | None = None
         self.think_time = 0.0
+        self.arrivals: Arrivals | None = None
+        self._idle: list[EchoClient] = []  # open loop: connections between requests
 
     def wait_time(self) -> float:
-        return self.think_time
+        return self.think_time if self.arrivals is None else self.arrivals.wait()
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
@@ -50,7 +56,8 @@ class EchoUser(User):
         framing = options.framing
         # No socket timeout for reads: gevent pays for one with a Timeout object per blocking read.
         # One timer per user, armed for each request, costs a fraction of that.
-        self.client = EchoClient(host, port, framing, options.connect_timeout, timeout=None)
+        self._new_client = partial(EchoClient, host, port, framing, options.connect_timeout, timeout=None)
+        self.client = self._new_client()
         # A repeating timer, (re)armed with again(): libev's stop() keeps only
         # the time *remaining*, so a plain timer restarted after stop() fires
         # earlier each request, and a fired one fires at once on its next start.
@@ -61,14 +68,25 @@ class EchoUser(User):
         self._tally = client_metrics().tallies[self.server]
         self._fire = self.environment.events.request.fire
         self._framing = framing
+        self._read_timeout = options.read_timeout
+        self.arrivals = Arrivals.of(self, self._send_scheduled, framing, framing)
+        if self.arrivals is not None:
+            self.arrivals.start()
 
     def on_stop(self) -> None:
+        if self.arrivals is not None:
+            self.arrivals.stop()
+        for client in self._idle:
+            client.close()
         if self.client is not None:
             self.client.close()
             self._deadline.close()
 
     @task
     def echo(self) -> None:
+        if self.arrivals is not None:
+            self.arrivals.arrive()
+            return
         client, deadline = self.client, self._deadline
         assert client is not None
         started = time.perf_counter()
@@ -82,6 +100,19 @@ class EchoUser(User):
             self._record(time.perf_counter() - started, 0, exc)
             return
         self._record(time.perf_counter() - started, len(reply), None)
+
+    def _send_scheduled(self, scheduled: float) -> None:
+        """One open-loop request, in its own greenlet, timed from when it was due."""
+        client = self._idle.pop() if self._idle else self._new_client()
+        try:
+            with gevent.Timeout(self._read_timeout, ReadTimeout()):
+                reply = client.request(self.message)
+        except Exception as exc:
+            self._record(time.perf_counter() - scheduled, 0, exc)
+        else:
+            self._record(time.perf_counter() - scheduled, len(reply), None)
+        finally:
+            self._idle.append(client)
 
     def _record(self, elapsed: float, length: int, exc: Exception | None) -> None:
         framing = self._framing

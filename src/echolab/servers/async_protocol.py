@@ -356,7 +356,7 @@ async def serve(settings: AsyncSettings, metrics: ServerMetrics, metrics_port: i
 def run(server: Server, settings: AsyncSettings) -> int:
     info = {"loop": settings.loop, "framing": settings.framing, "delay_ms": f"{settings.delay_ms:g}"}
     metrics, metrics_port = metrics_module.start(
-        server, info, settings.metrics, settings.host, settings.metrics_port
+        server, info, settings.metrics, settings.host, settings.metrics_port, cgroup_root=settings.cgroup_root
     )
     if settings.loop == "uvloop":
         import uvloop

@@ -20,24 +20,27 @@ process tree's CPU, memory and threads) the master collects itself.
 from __future__ import annotations
 
 import contextlib
+import gc
 import glob
 import math
 import os
 import shutil
 import socket
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import psutil
 from gunicorn.app.base import BaseApplication
-from prometheus_client import CollectorRegistry, multiprocess, start_http_server, values
+from prometheus_client import CollectorRegistry, Counter, multiprocess, start_http_server, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 from uvicorn_worker import UvicornWorker
 
 from ..catalogue import Server
-from ..metrics import gauge, spec
+from ..metrics import gauge, spec, watch_cgroup
 from ..runtime import log
 from ..settings import HttpSettings, ThreadedHttpSettings
 from .http_apps import EchoCore, Instruments, make_asgi_app, make_wsgi_app
@@ -48,6 +51,7 @@ LIMIT_REQUEST_LINE = 4094
 LIMIT_REQUEST_FIELDS = 100
 LIMIT_REQUEST_FIELD_SIZE = 8190
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+GC_INTERVAL = 1.0  # seconds between copies of a worker's GC counts into its metrics files
 
 
 class EchoUvicornWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn_worker is untyped
@@ -135,7 +139,8 @@ class ProcessTree(Collector):
         master_cpu = self.master.cpu_times()
         cpu = master_cpu.user + master_cpu.system + master_cpu.children_user + master_cpu.children_system
         rss = fds = threads = 0
-        for process in [self.master, *self.master.children()]:
+        workers = self.master.children()
+        for process in [self.master, *workers]:
             try:
                 with process.oneshot():
                     if process is not self.master:
@@ -163,6 +168,7 @@ class ProcessTree(Collector):
             value=self.master.create_time(),
         )
         yield gauge("echo_threads", threads, self.server)
+        yield gauge("echo_http_workers", len(workers), self.server)
 
 
 def server_info(settings: HttpSettings) -> dict[str, str]:
@@ -189,6 +195,41 @@ class SettledFilesCollector(multiprocess.MultiProcessCollector):
         return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
 
 
+def export_garbage_collections(interval: float = GC_INTERVAL) -> None:
+    """This worker's ``python_gc_*``, copied every ``interval`` into the files the master sums.
+
+    The master's registry cannot see its workers' collectors, and it is the
+    workers' GC that serves requests. A thread copies ``gc.get_stats()`` (what
+    prometheus_client's own GC collector reads) into multiprocess counters of
+    the same names, help and labels, counting from the worker's start. Not a
+    ``gc.callbacks`` hook: a collection can start while the thread it
+    interrupts holds prometheus_client's multiprocess lock, and a counter
+    update from the hook would then wait on that lock forever.
+    """
+    help_texts = {
+        "collections": ("python_gc_collections", "Number of times this generation was collected"),
+        "collected": ("python_gc_objects_collected", "Objects collected during gc"),
+        "uncollectable": ("python_gc_objects_uncollectable", "Uncollectable objects found during GC"),
+    }
+    # Not registered: in multiprocess mode the values go to files whatever the registry.
+    counters = {
+        key: Counter(name, text, ["generation"], registry=None) for key, (name, text) in help_texts.items()
+    }
+    seen = gc.get_stats()  # a fork copies the master's totals: count from here
+    labelled = [{key: c.labels(str(g)) for key, c in counters.items()} for g in range(len(seen))]
+
+    def copy() -> None:
+        while True:
+            now = gc.get_stats()
+            for before, after, generation in zip(seen, now, labelled, strict=True):
+                for key, counter in generation.items():
+                    counter.inc(after[key] - before[key])
+            seen[:] = now
+            time.sleep(interval)
+
+    threading.Thread(target=copy, name="gc-metrics", daemon=True).start()
+
+
 class MultiprocessMetrics:
     """The gunicorn hooks that run prometheus_client's multiprocess mode."""
 
@@ -210,6 +251,7 @@ class MultiprocessMetrics:
         SettledFilesCollector(registry, path=self.directory)  # type: ignore[no-untyped-call]
         registry.register(ServerInfo(name, server_info(settings)))
         registry.register(ProcessTree(name))
+        watch_cgroup(self.server, settings.cgroup_root, registry)
         try:
             http_server, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
         except OSError:  # the port is taken: gunicorn exits without calling on_exit
@@ -247,6 +289,8 @@ class EchoApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is unt
     def load(self) -> Any:
         """Runs in each worker, after the fork: its instruments write that worker's files."""
         settings, server = self.settings, self.server
+        if settings.metrics:
+            export_garbage_collections()
         core = EchoCore(
             Instruments(server.name, settings.metrics), settings.delay_ms, settings.max_message_bytes
         )

@@ -315,7 +315,13 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
         "threads": str(settings.threads),
     }
     metrics, metrics_port = metrics_module.start(
-        server_kind, info, settings.metrics, settings.host, settings.metrics_port, thread_safe=True
+        server_kind,
+        info,
+        settings.metrics,
+        settings.host,
+        settings.metrics_port,
+        thread_safe=True,
+        cgroup_root=settings.cgroup_root,
     )
     server = MODELS[settings.model](settings, metrics)
     stop = threading.Event()
