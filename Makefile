@@ -10,7 +10,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,loadtest,report]'
+	$(BIN)/pip install --quiet -e '.[dev,loadtest,report,deploy]'
 	touch $@
 
 test: install prometheus-tools
@@ -72,20 +72,35 @@ loadtest: install
 
 # --- the containerized stack: docker-compose.yml ---------------------------------
 COMPOSE  ?= docker compose
-# Services for up/logs; empty means all. E.g. SERVICES="threaded async prometheus".
+# Services for up/logs; empty means all (Grafana only while COMPOSE_PROFILES in
+# .env names it). E.g. SERVICES="threaded async prometheus".
 SERVICES ?=
 WORKERS  ?= 4
 
-.PHONY: up urls down logs ps scale test-stack
+.PHONY: generate up check-env urls down logs ps scale test-stack
 
-# Compose refuses to start without GRAFANA_ADMIN_PASSWORD: the first stack
-# command writes .env from .env.example, with a random password.
+# docker-compose.yml, its overlay and .env.example are rendered from the code
+# (src/echolab/deploy/); a test fails until they are regenerated.
+generate: install
+	$(BIN)/python -m echolab.deploy
+
+# The first stack command writes .env from .env.example, readable by its owner
+# only, with a random Grafana password in place of the example's.
 .env:
-	@sed "s/^GRAFANA_ADMIN_PASSWORD=.*/GRAFANA_ADMIN_PASSWORD=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(18))')/" \
+	@umask 077 && sed "s/^GRAFANA_ADMIN_PASSWORD=.*/GRAFANA_ADMIN_PASSWORD=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(18))')/" \
 	  .env.example > $@
-	@echo "wrote .env from .env.example (random Grafana admin password): edit it for limits and ports"
+	@echo "wrote .env from .env.example (mode 0600, random Grafana admin password): edit it for limits and ports"
 
-up: .env
+# Refuses an empty password or the example's, which anyone can read in the repository.
+check-env: .env
+	@example=$$(sed -n 's/^GRAFANA_ADMIN_PASSWORD=//p' .env.example); \
+	password=$$(sed -n 's/^GRAFANA_ADMIN_PASSWORD=//p' .env | tail -1); \
+	if [ -z "$$password" ] || [ "$$password" = "$$example" ]; then \
+	  echo "make up: GRAFANA_ADMIN_PASSWORD in .env is empty or the example's; set your own" \
+	    "(or delete .env and make up writes one with a random password)" >&2; exit 1; \
+	fi
+
+up: check-env
 	$(COMPOSE) up --detach --build --wait $(SERVICES)
 	@$(MAKE) --no-print-directory urls
 
@@ -93,8 +108,9 @@ urls: .env
 	@for s in "grafana 3000 Grafana" "locust-master 8089 Locust" "prometheus 9090 Prometheus"; do \
 	  set -- $$s; a=$$($(COMPOSE) port $$1 $$2 2>/dev/null) && [ -n "$$a" ] && echo "$$3: http://$$a/"; \
 	done; \
-	for s in "threaded 9090" "async 9090" "threaded-http 9090" "async-http 9090"; do \
-	  set -- $$s; a=$$($(COMPOSE) port $$1 $$2 2>/dev/null) && [ -n "$$a" ] && echo "echo server $$1: $$a"; \
+	a=$$($(COMPOSE) port locust-master 5557 2>/dev/null) && [ -n "$$a" ] && echo "Locust master, for remote workers: $$a"; \
+	for s in $$($(COMPOSE) config --services 2>/dev/null); do \
+	  a=$$($(COMPOSE) port $$s 9090 2>/dev/null) && [ -n "$$a" ] && [ "$$s" != prometheus ] && echo "echo server $$s: $$a"; \
 	done; true
 
 down: .env
