@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test prometheus-tools lint bench demo clean
+.PHONY: install test prometheus-tools lint bench soak demo clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,11 @@ demo: install
 # Every server at the levels where they differ; prints a table, writes reports/bench-*.json.
 bench: install
 	$(BIN)/echolab benchmark $(BENCH_ARGS)
+
+# Every server under a steady load for 10 minutes: RSS, fds and threads at start
+# and end; growth beyond noise exits 1. SOAK_ARGS="--duration 60" for a short one.
+soak: install
+	$(BIN)/echolab soak $(SOAK_ARGS)
 
 # One server in the foreground, on 127.0.0.1 at its own port (`echolab config` lists them):
 # make serve-threaded, serve-async, serve-threaded-http, serve-async-http.

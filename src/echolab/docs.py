@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from .catalogue import SERVERS
 from .metrics import METRICS
-from .settings import BenchmarkSettings, BenchSettings, DemoSettings, Option, Settings, options
+from .settings import BenchmarkSettings, BenchSettings, DemoSettings, Option, Settings, SoakSettings, options
 
 LAB_COMMANDS: tuple[tuple[str, type[Settings]], ...] = (
     ("bench", BenchSettings),
     ("demo", DemoSettings),
     ("benchmark", BenchmarkSettings),
+    ("soak", SoakSettings),
 )
 
 
