@@ -131,10 +131,20 @@ scale: .env
 	$(COMPOSE) up --detach --wait --no-recreate --scale locust-worker=$(WORKERS) locust-worker
 
 # Builds and runs the stack (less Grafana) under its own project name and
-# free ports, loads it, checks Prometheus sees it all, always tears it down.
+# free ports, loads it, checks Prometheus sees it all, then faults under load
+# (servers killed, a worker lost, servers stopped); always tears it down.
 # Needs Docker: fails, never skips, without it.
 test-stack: install
-	$(BIN)/pytest tests/stack/check_stack.py --timeout=1800 -s
+	$(BIN)/pytest tests/stack/check_stack.py tests/stack/check_chaos.py --timeout=1800 -s
+
+# --- Kubernetes: deploy/kubernetes (rendered by `make generate`) -------------------
+OVERLAY ?= local
+
+.PHONY: k8s
+
+# Every object of an overlay (local, large) or of base, as `kubectl apply -k` would send it.
+k8s: install
+	@$(BIN)/python -m echolab.deploy.kustomize $(if $(filter base,$(OVERLAY)),deploy/kubernetes/base,deploy/kubernetes/overlays/$(OVERLAY))
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache .hypothesis
