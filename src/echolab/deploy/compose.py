@@ -16,14 +16,12 @@ one ("`file` is the sole supported option").
 
 from __future__ import annotations
 
-import re
 from typing import Any
-
-import yaml
 
 from .. import catalogue
 from ..catalogue import Server
 from . import stack
+from .yamltext import dump
 
 PUBLISH = "${BIND_ADDRESS:-127.0.0.1}"
 SERVER_CPUS = f"${{SERVER_CPUS:-{stack.SERVER_LIMITS.cpus:g}}}"
@@ -215,39 +213,6 @@ def document() -> dict[str, Any]:
         },
         "volumes": {"prometheus-data": None, "grafana-data": None},
     }
-
-
-def dump(data: dict[str, Any]) -> str:
-    text: str = yaml.dump(data, Dumper=Dumper, sort_keys=False, width=110)
-    return text
-
-
-WORD = re.compile(r"[\w./=-]+")
-
-
-class Dumper(yaml.SafeDumper):
-    """Block style, with short lists of words on one line and text with newlines as literal blocks."""
-
-    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
-        super().increase_indent(flow, False)  # list items indented under their key
-
-
-def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
-    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None)
-
-
-def _represent_list(dumper: yaml.SafeDumper, items: list[Any]) -> yaml.Node:
-    short = all(isinstance(i, str) and WORD.fullmatch(i) for i in items) and sum(map(len, items)) < 60
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=short)
-
-
-def _represent_none(dumper: yaml.SafeDumper, _: None) -> yaml.Node:
-    return dumper.represent_scalar("tag:yaml.org,2002:null", "")
-
-
-Dumper.add_representer(str, _represent_str)
-Dumper.add_representer(list, _represent_list)
-Dumper.add_representer(type(None), _represent_none)
 
 
 def comments() -> dict[str, str]:
