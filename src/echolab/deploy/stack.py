@@ -139,7 +139,13 @@ def locust_target_env() -> dict[str, str]:
     return env
 
 
-LOCUST_FIXED_ENV = {**locust_target_env(), "LOCUST_METRICS_PORT": str(LOCUST_METRICS_PORT)}
+LOCUST_FIXED_ENV = {
+    **locust_target_env(),
+    "LOCUST_METRICS_PORT": str(LOCUST_METRICS_PORT),
+    # Locust's 3 s lose a worker that a busy machine starves for a moment: every container
+    # here shares the same cores. A lost worker's users move a little later.
+    "LOCUST_WORKER_TIMEOUT": "6",
+}
 
 
 # --- monitoring -----------------------------------------------------------------

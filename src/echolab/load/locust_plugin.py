@@ -42,7 +42,7 @@ from prometheus_client.registry import Collector
 from ..catalogue import BY_NAME, SERVERS, Server
 from ..metrics import DURATION_BUCKETS, FAILURE_KINDS, spec
 from ..settings import FRAMINGS, BenchSettings
-from . import locust_thresholds, locust_web
+from . import locust_cluster, locust_thresholds, locust_web
 
 log = logging.getLogger("echolab.locust")
 
@@ -280,6 +280,7 @@ def setup(hooks: Any = events) -> None:
     hooks.init_command_line_parser.add_listener(add_arguments)
     hooks.init.add_listener(on_init)
     locust_thresholds.setup(hooks)
+    locust_cluster.setup(hooks)
 
 
 def user_class_name(server: Server) -> str:
