@@ -28,7 +28,7 @@ def services() -> dict[str, Any]:
 
 @pytest.mark.parametrize("path", list(generated.FILES))
 def test_generated_file_is_a_fresh_render(path: str) -> None:
-    assert (ROOT / path).read_text() == generated.FILES[path](), "run: make generate"
+    assert (ROOT / path).read_text() == generated.FILES[path](ROOT), "run: make generate"
 
 
 def test_a_service_per_server_of_the_catalogue(services: dict[str, Any]) -> None:

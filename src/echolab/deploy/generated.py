@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from . import compose, envfile
+from . import compose, envfile, kubernetes
 
-FILES: dict[str, Callable[[], str]] = {
-    "docker-compose.yml": compose.compose_file,
-    "docker-compose.remote-workers.yml": compose.remote_workers_file,
-    ".env.example": envfile.render,
+# Each renders from the code and, for the files that list or transform others, the repository at ``root``.
+FILES: dict[str, Callable[[Path], str]] = {
+    "docker-compose.yml": lambda _: compose.compose_file(),
+    "docker-compose.remote-workers.yml": lambda _: compose.remote_workers_file(),
+    ".env.example": lambda _: envfile.render(),
+    **kubernetes.FILES,
 }
 
 
@@ -23,7 +25,7 @@ def write(root: Path) -> list[str]:
     changed = []
     for path, render in FILES.items():
         target = root / path
-        text = render()
+        text = render(root)
         if not target.exists() or target.read_text() != text:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
