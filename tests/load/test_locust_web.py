@@ -115,3 +115,16 @@ def test_user_classes_show_their_target_and_keep_it(web_ui: WebUi) -> None:
         {"user_class_name": "ThreadedUser", "host": f"tcp://{HOST}:{web_ui.server.port}", "weight": 2}
     )
     assert web_ui.post("/user", body=shown.encode()) == {}, "the UI's class editor sends the host it shows"
+
+
+def test_the_targets_tab_shows_each_server_s_users_and_requests(web_ui: WebUi) -> None:
+    assert web_ui.swarm()["success"] is True
+
+    def row() -> dict[str, Any]:
+        extended = web_ui.get("/stats/requests").get("extended_stats", [])
+        rows = next((e["data"] for e in extended if e["key"] == "targets"), [])
+        return next((r for r in rows if r["server"] == "threaded"), {})
+
+    web_ui.wait(lambda: row().get("users") == 2 and row().get("requests", 0) > 0, "the threaded server's row")
+    assert row()["target"] == f"tcp://{HOST}:{web_ui.server.port}" and row()["failures"] == 0
+    web_ui.post("/stop", {})

@@ -263,7 +263,7 @@ def show_targets(environment: Environment) -> None:
 def on_init(environment: Environment, **_: Any) -> None:
     """Start this process's /metrics, show the targets, guard the web UI (every process fires ``init``)."""
     show_targets(environment)
-    locust_web.install(environment)
+    locust_web.install(environment, user_counter(environment))
     options = environment.parsed_options
     metrics = client_metrics()
     metrics.track(role(environment.runner), user_counter(environment), options.think_time if options else 0.0)

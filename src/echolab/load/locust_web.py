@@ -23,13 +23,18 @@ the UI:
   (``success: false`` and a message, which the UI shows), naming the fields;
 * ``POST /user`` may change a class's weight, fixed count and tasks only.
 
+It also adds a "Targets" tab: per server, where its users send, how many
+there are, and what came back.
+
 Importing this module imports Locust (see :mod:`echolab.load.locust_plugin`).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Response, jsonify, request
@@ -131,11 +136,67 @@ class Guard:
         return jsonify({"success": False, "message": message, "host": self.environment.host})
 
 
-def install(environment: Environment) -> None:
-    """Guard ``POST /swarm`` and ``POST /user`` of this process's web UI (none: nothing to guard)."""
+TARGETS_TABLE = [
+    {"key": "server", "title": "Server"},
+    {"key": "target", "title": "Target"},
+    {"key": "users", "title": "Users"},
+    {"key": "requests", "title": "Requests"},
+    {"key": "failures", "title": "Failures"},
+    {"key": "rps", "title": "Current RPS"},
+]
+
+
+def targets(environment: Environment, users: Callable[[], Mapping[str, int]]) -> list[dict[str, Any]]:
+    """A row per user class that loads a server: where it sends, how many users, what came back."""
+    picker: dict[str, Any] = environment.available_user_classes or {}
+    rows = []
+    running = users()
+    for cls in [*picker.values()] or environment.user_classes:
+        server = getattr(cls, "server", None)
+        if server is None:
+            continue
+        entries = [e for (name, _), e in environment.stats.entries.items() if name == server]
+        rows.append({
+            "server": server,
+            "target": cls.host,
+            "users": running.get(server, 0),
+            "requests": sum(e.num_requests for e in entries),
+            "failures": sum(e.num_failures for e in entries),
+            "rps": round(sum(e.current_rps for e in entries), 1),
+        })  # fmt: skip
+    return rows
+
+
+def show_targets_tab(environment: Environment, users: Callable[[], Mapping[str, int]]) -> None:
+    """A "Targets" tab in the web UI: the targets table, refreshed with the stats while a test runs.
+
+    The UI renders a tab declared in its template arguments as a table whose
+    rows it reads from ``extended_stats`` in ``GET /stats/requests``.
+    """
+    web_ui = environment.web_ui
+    assert web_ui is not None and web_ui.app is not None
+    web_ui.template_args.update(
+        extended_tabs=[{"title": "Targets", "key": "targets"}],
+        extended_tables=[{"key": "targets", "structure": TARGETS_TABLE}],
+    )
+
+    def add_rows(response: Response) -> Response:
+        if request.path.endswith("/stats/requests") and response.is_json:
+            data = response.get_json()
+            data["extended_stats"] = [{"key": "targets", "data": targets(environment, users)}]
+            response.set_data(json.dumps(data))
+        return response
+
+    web_ui.app.after_request(add_rows)
+
+
+def install(environment: Environment, users: Callable[[], Mapping[str, int]]) -> None:
+    """Guard ``POST /swarm`` and ``POST /user`` of this process's web UI (none: nothing to guard),
+    and show the targets, ``users`` counting the users per server."""
     web_ui = environment.web_ui
     if web_ui is None or web_ui.app is None or environment.parsed_options is None:
         return
+    show_targets_tab(environment, users)
     guard = Guard(environment)
 
     def check() -> Response | None:
