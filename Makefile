@@ -60,6 +60,8 @@ LOADTEST_USERS ?= 200
 LOADTEST_TIME  ?= 60s
 STEP_USERS     ?= 20
 STEP_SECONDS   ?= 5
+# The run's exit status: 3 when more than this share of requests failed (see the README).
+LOADTEST_MAX_FAIL_RATIO ?= 0.01
 
 .PHONY: locust loadtest
 
@@ -67,12 +69,13 @@ STEP_SECONDS   ?= 5
 locust: install
 	$(BIN)/python -m echolab.lab.locust_local -f $(LOCUSTFILES) --class-picker --web-port $(LOCUST_WEB_PORT)
 
-# Headless step ramp (+STEP_USERS every STEP_SECONDS up to LOADTEST_USERS) for LOADTEST_TIME.
+# Headless step ramp (+STEP_USERS every STEP_SECONDS up to LOADTEST_USERS) for LOADTEST_TIME;
+# it ends by itself, exiting 0 or with the thresholds' verdict.
 loadtest: install
 	mkdir -p reports
 	$(BIN)/python -m echolab.lab.locust_local -f loadtest/locustfile.py,loadtest/step_ramp.py --headless \
 	  -u $(LOADTEST_USERS) -t $(LOADTEST_TIME) --step-users $(STEP_USERS) --step-seconds $(STEP_SECONDS) \
-	  --html reports/locust.html --csv reports/locust --only-summary
+	  --max-fail-ratio $(LOADTEST_MAX_FAIL_RATIO) --html reports/locust.html --csv reports/locust --only-summary
 	@echo "Locust report: reports/locust.html (stats: reports/locust_stats.csv)"
 
 # --- the containerized stack: docker-compose.yml ---------------------------------
@@ -111,11 +114,13 @@ up: check-env
 
 urls: .env
 	@for s in "grafana 3000 Grafana" "locust-master 8089 Locust" "prometheus 9090 Prometheus"; do \
-	  set -- $$s; a=$$($(COMPOSE) port $$1 $$2 2>/dev/null) && [ -n "$$a" ] && echo "$$3: http://$$a/"; \
+	  set -- $$s; a=$$($(COMPOSE) port $$1 $$2 2>/dev/null) && [ "$${a##*:}" -gt 0 ] 2>/dev/null && echo "$$3: http://$$a/"; \
 	done; \
-	a=$$($(COMPOSE) port locust-master 5557 2>/dev/null) && [ -n "$$a" ] && echo "Locust master, for remote workers: $$a"; \
+	a=$$($(COMPOSE) port locust-master 5557 2>/dev/null) && [ "$${a##*:}" -gt 0 ] 2>/dev/null \
+	  && echo "Locust master, for remote workers: $$a"; \
 	for s in $$($(COMPOSE) config --services 2>/dev/null); do \
-	  a=$$($(COMPOSE) port $$s 9090 2>/dev/null) && [ -n "$$a" ] && [ "$$s" != prometheus ] && echo "echo server $$s: $$a"; \
+	  a=$$($(COMPOSE) port $$s 9090 2>/dev/null) && [ "$${a##*:}" -gt 0 ] 2>/dev/null && [ "$$s" != prometheus ] \
+	    && echo "echo server $$s: $$a"; \
 	done; true
 
 down: .env
