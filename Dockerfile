@@ -5,7 +5,8 @@
 #
 # The builder makes one virtualenv per image; the final stages are the slim
 # base plus that venv, so no pip cache, build tools or sources reach an image
-# that runs.
+# that runs. A venv's scripts name its path in their #! line: each is copied
+# to the path it was built at.
 FROM python:3.11-slim AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
@@ -26,10 +27,10 @@ RUN for venv in /opt/server /opt/locust; do \
 
 FROM python:3.11-slim AS server
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin echolab
-COPY --from=builder /opt/server /opt/venv
+COPY --from=builder /opt/server /opt/server
 # Inside its container every server listens on 9090 (echo) and 8000 (/metrics), on
 # every interface of the container; which host ports publish them is compose's choice.
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+ENV PATH=/opt/server/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     ECHO_HOST=0.0.0.0 ECHO_PORT=9090 ECHO_METRICS_PORT=8000
 USER echolab
 EXPOSE 9090 8000
@@ -40,9 +41,9 @@ CMD ["serve", "threaded"]
 
 FROM python:3.11-slim AS locust
 RUN useradd --system --uid 10001 --user-group --create-home --shell /usr/sbin/nologin locust
-COPY --from=builder /opt/locust /opt/venv
+COPY --from=builder /opt/locust /opt/locust
 COPY loadtest/ /app/
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+ENV PATH=/opt/locust/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     LOCUST_LOCUSTFILE=/app/locustfile.py LOCUST_METRICS_PORT=9646
 USER locust
 WORKDIR /home/locust

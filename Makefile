@@ -3,14 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test prometheus-tools lint bench demo dashboards clean
+.PHONY: install test prometheus-tools lint bench soak demo dashboards clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,loadtest,report]'
+	$(BIN)/pip install --quiet -e '.[dev,loadtest,report,deploy]'
 	touch $@
 
 test: install prometheus-tools
@@ -48,6 +48,11 @@ demo: install
 bench: install
 	$(BIN)/echolab benchmark $(BENCH_ARGS)
 
+# Every server under a steady load for 10 minutes: RSS, fds and threads at start
+# and end; growth beyond noise exits 1. SOAK_ARGS="--duration 60" for a short one.
+soak: install
+	$(BIN)/echolab soak $(SOAK_ARGS)
+
 # One server in the foreground, on 127.0.0.1 at its own port (`echolab config` lists them):
 # make serve-threaded, serve-async, serve-threaded-http, serve-async-http.
 serve-%: install
@@ -60,6 +65,8 @@ LOADTEST_USERS ?= 200
 LOADTEST_TIME  ?= 60s
 STEP_USERS     ?= 20
 STEP_SECONDS   ?= 5
+# The run's exit status: 3 when more than this share of requests failed (see the README).
+LOADTEST_MAX_FAIL_RATIO ?= 0.01
 
 .PHONY: locust loadtest
 
@@ -67,39 +74,58 @@ STEP_SECONDS   ?= 5
 locust: install
 	$(BIN)/python -m echolab.lab.locust_local -f $(LOCUSTFILES) --class-picker --web-port $(LOCUST_WEB_PORT)
 
-# Headless step ramp (+STEP_USERS every STEP_SECONDS up to LOADTEST_USERS) for LOADTEST_TIME.
+# Headless step ramp (+STEP_USERS every STEP_SECONDS up to LOADTEST_USERS) for LOADTEST_TIME;
+# it ends by itself, exiting 0 or with the thresholds' verdict.
 loadtest: install
 	mkdir -p reports
 	$(BIN)/python -m echolab.lab.locust_local -f loadtest/locustfile.py,loadtest/step_ramp.py --headless \
 	  -u $(LOADTEST_USERS) -t $(LOADTEST_TIME) --step-users $(STEP_USERS) --step-seconds $(STEP_SECONDS) \
-	  --html reports/locust.html --csv reports/locust --only-summary
+	  --max-fail-ratio $(LOADTEST_MAX_FAIL_RATIO) --html reports/locust.html --csv reports/locust --only-summary
 	@echo "Locust report: reports/locust.html (stats: reports/locust_stats.csv)"
 
 # --- the containerized stack: docker-compose.yml ---------------------------------
 COMPOSE  ?= docker compose
-# Services for up/logs; empty means all. E.g. SERVICES="threaded async prometheus".
+# Services for up/logs; empty means all (Grafana only while COMPOSE_PROFILES in
+# .env names it). E.g. SERVICES="threaded async prometheus".
 SERVICES ?=
 WORKERS  ?= 4
 
-.PHONY: up urls down logs ps scale report test-stack
+.PHONY: generate up check-env urls down logs ps scale report test-stack
 
-# Compose refuses to start without GRAFANA_ADMIN_PASSWORD: the first stack
-# command writes .env from .env.example, with a random password.
+# docker-compose.yml, its overlay and .env.example are rendered from the code
+# (src/echolab/deploy/); a test fails until they are regenerated.
+generate: install
+	$(BIN)/python -m echolab.deploy
+
+# The first stack command writes .env from .env.example, readable by its owner
+# only, with a random Grafana password in place of the example's.
 .env:
-	@sed "s/^GRAFANA_ADMIN_PASSWORD=.*/GRAFANA_ADMIN_PASSWORD=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(18))')/" \
+	@umask 077 && sed "s/^GRAFANA_ADMIN_PASSWORD=.*/GRAFANA_ADMIN_PASSWORD=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(18))')/" \
 	  .env.example > $@
-	@echo "wrote .env from .env.example (random Grafana admin password): edit it for limits and ports"
+	@echo "wrote .env from .env.example (mode 0600, random Grafana admin password): edit it for limits and ports"
 
-up: .env
+# Refuses an empty password or the example's, which anyone can read in the repository.
+check-env: .env
+	@example=$$(sed -n 's/^GRAFANA_ADMIN_PASSWORD=//p' .env.example); \
+	password=$$(sed -n 's/^GRAFANA_ADMIN_PASSWORD=//p' .env | tail -1); \
+	if [ -z "$$password" ] || [ "$$password" = "$$example" ]; then \
+	  echo "make up: GRAFANA_ADMIN_PASSWORD in .env is empty or the example's; set your own" \
+	    "(or delete .env and make up writes one with a random password)" >&2; exit 1; \
+	fi
+
+up: check-env
 	$(COMPOSE) up --detach --build --wait $(SERVICES)
 	@$(MAKE) --no-print-directory urls
 
 urls: .env
 	@for s in "grafana 3000 Grafana" "locust-master 8089 Locust" "prometheus 9090 Prometheus"; do \
-	  set -- $$s; a=$$($(COMPOSE) port $$1 $$2 2>/dev/null) && [ -n "$$a" ] && echo "$$3: http://$$a/"; \
+	  set -- $$s; a=$$($(COMPOSE) port $$1 $$2 2>/dev/null) && [ "$${a##*:}" -gt 0 ] 2>/dev/null && echo "$$3: http://$$a/"; \
 	done; \
-	for s in "threaded 9090" "async 9090" "threaded-http 9090" "async-http 9090"; do \
-	  set -- $$s; a=$$($(COMPOSE) port $$1 $$2 2>/dev/null) && [ -n "$$a" ] && echo "echo server $$1: $$a"; \
+	a=$$($(COMPOSE) port locust-master 5557 2>/dev/null) && [ "$${a##*:}" -gt 0 ] 2>/dev/null \
+	  && echo "Locust master, for remote workers: $$a"; \
+	for s in $$($(COMPOSE) config --services 2>/dev/null); do \
+	  a=$$($(COMPOSE) port $$s 9090 2>/dev/null) && [ "$${a##*:}" -gt 0 ] 2>/dev/null && [ "$$s" != prometheus ] \
+	    && echo "echo server $$s: $$a"; \
 	done; true
 
 down: .env
@@ -123,10 +149,20 @@ report: install .env
 	$(BIN)/echolab report --prometheus "http://$$address" --since $(REPORT_SINCE)
 
 # Builds and runs the stack (less Grafana) under its own project name and
-# free ports, loads it, checks Prometheus sees it all, always tears it down.
+# free ports, loads it, checks Prometheus sees it all, then faults under load
+# (servers killed, a worker lost, servers stopped); always tears it down.
 # Needs Docker: fails, never skips, without it.
 test-stack: install
-	$(BIN)/pytest tests/stack/check_stack.py --timeout=1800 -s
+	$(BIN)/pytest tests/stack/check_stack.py tests/stack/check_chaos.py --timeout=1800 -s
+
+# --- Kubernetes: deploy/kubernetes (rendered by `make generate`) -------------------
+OVERLAY ?= local
+
+.PHONY: k8s
+
+# Every object of an overlay (local, large) or of base, as `kubectl apply -k` would send it.
+k8s: install
+	@$(BIN)/python -m echolab.deploy.kustomize $(if $(filter base,$(OVERLAY)),deploy/kubernetes/base,deploy/kubernetes/overlays/$(OVERLAY))
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache .hypothesis

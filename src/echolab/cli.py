@@ -30,6 +30,7 @@ EXAMPLES = {
     "echolab bench 127.0.0.1:9093 --framing http --rate 2000 --json",
     "demo": "echolab demo --quick\necholab demo --servers threaded,async --levels 100,1000,5000",
     "benchmark": "echolab benchmark --only async --duration 3",
+    "soak": "echolab soak --duration 60 --interval 10",
     "config": "echolab config --markdown > table.md",
     "report": "echolab report --since 15m                    the stack's Prometheus (make up)\n"
     "echolab report --prometheus http://127.0.0.1:9090 --since 2h",
@@ -97,6 +98,13 @@ def build_parser() -> Parser:
     )  # fmt: skip
     settings.add_arguments(report, settings.ReportSettings)
 
+    soak = commands.add_parser(
+        "soak", help="every server under a steady load for minutes: does memory, fds or threads grow?",
+        epilog=examples("soak"), description="Load every server at a fixed rate; sample what each holds; "
+        "report growth beyond noise (exit 1). Writes reports/soak-<time>.json.",
+    )  # fmt: skip
+    settings.add_arguments(soak, settings.SoakSettings)
+
     config = commands.add_parser(
         "config", help="print every setting: flag, env var, default", epilog=examples("config"),
         description="Print the table of every setting (the README's is generated from it).",
@@ -150,6 +158,11 @@ def run(args: argparse.Namespace) -> int:
         from .lab import stack_report
 
         return stack_report.main(settings.from_namespace(settings.ReportSettings, args))
+    if args.command == "soak":
+        from .lab import soak
+
+        raise_fd_limit()
+        return soak.run(settings.from_namespace(settings.SoakSettings, args))
     from . import docs
 
     print(docs.metrics_table() if args.metrics else docs.config_table())

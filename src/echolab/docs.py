@@ -15,6 +15,7 @@ from .settings import (
     Option,
     ReportSettings,
     Settings,
+    SoakSettings,
     options,
 )
 
@@ -23,6 +24,7 @@ LAB_COMMANDS: tuple[tuple[str, type[Settings]], ...] = (
     ("demo", DemoSettings),
     ("benchmark", BenchmarkSettings),
     ("report", ReportSettings),
+    ("soak", SoakSettings),
 )
 
 

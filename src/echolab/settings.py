@@ -436,3 +436,18 @@ class BenchmarkSettings(Settings):
     warmup: float = setting(1.0, "load before measuring, per level", unit="s", check=at_least(0))
     only: str = setting("", "run only the servers whose name contains this")
     out: Path = setting(Path("reports"), "folder for the JSON")
+
+
+@dataclass(frozen=True)
+class SoakSettings(Settings):
+    """``echolab soak`` (``make soak``)."""
+
+    PREFIX: ClassVar[str] = "ECHO_SOAK_"
+
+    duration: float = setting(600.0, "time under load after the warm-up", unit="s", check=above(0))
+    warmup: float = setting(30.0, "load before the first sample", unit="s", check=at_least(0))
+    interval: float = setting(60.0, "time between samples", unit="s", check=above(0))
+    rate: float = setting(200.0, "requests/s to each server, at a constant arrival rate", check=above(0))
+    connections: int = setting(50, "connections of each server's client", check=at_least(1))
+    delay_ms: float = setting(100.0, "the servers' simulated IO", unit="ms", check=at_least(0))
+    out: Path = setting(Path("reports"), "folder for the JSON")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
@@ -9,6 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from echolab.launcher import free_port
 from echolab.load.client import ClosedEarly, EchoClient, WrongReply, failure_kind
 
 Script = list[list[bytes]]
@@ -63,3 +65,24 @@ def test_a_wrong_reply_drops_the_connection_and_the_next_request_reconnects(
             client.request(b"abc")
         assert failure_kind(wrong.value) == "wrong_reply"
         assert client._sock is None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.EHOSTUNREACH, "No route to host"),
+        OSError(errno.ENETUNREACH, "Network is unreachable"),
+        socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+    ],
+    ids=["no-route", "no-network", "no-name"],
+)
+def test_a_server_out_of_reach_is_unreachable(error: OSError) -> None:
+    assert failure_kind(error) == "unreachable"
+
+
+def test_a_client_resolves_again_after_a_failed_connect() -> None:
+    """A server restarted at another address (a container's) is found again by name."""
+    client = EchoClient("localhost", free_port(), connect_timeout=1)  # nothing listens there
+    with pytest.raises(OSError):
+        client.request(b"x")
+    assert client._addresses is None

@@ -19,15 +19,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.locust import DEADLINE, LocustProcess
+from support.locust import DEADLINE, TCP_USERS, LocustProcess
 from support.scrape import Metrics
 from support.servers import HOST, HTTP_SERVERS, TestServer
 
 from echolab.launcher import free_port
 
-LOADTEST = Path(__file__).resolve().parents[2] / "loadtest"
 TARGETS = ("threaded", "async")
-TCP_USERS = ("ThreadedUser", "AsyncUser")
 HTTP_USERS = ("ThreadedHttpUser", "AsyncHttpUser")
 # framing -> (the targets, their user classes, Locust's request type for them)
 PROTOCOLS = {
@@ -35,35 +33,6 @@ PROTOCOLS = {
     "oneshot": (TARGETS, TCP_USERS, "oneshot"),
     "http": (HTTP_SERVERS, HTTP_USERS, "POST"),
 }
-
-
-@pytest.fixture
-def locust(tmp_path: Path) -> Iterator[Callable[..., LocustProcess]]:
-    """``locust(*args, files=, name=, stats=, users=)`` starts Locust; all are gone after the test.
-
-    ``stats``: write the final stats as JSON; without, Locust prints its error report instead.
-    ``users``: the user classes to run (the locustfile has four; by default the two TCP ones).
-    """
-    started: list[LocustProcess] = []
-
-    def start(
-        *args: str,
-        files: str = "locustfile.py",
-        name: str = "locust",
-        stats: bool = True,
-        users: tuple[str, ...] = TCP_USERS,
-    ) -> LocustProcess:
-        locustfiles = ",".join(str(LOADTEST / f) for f in files.split(","))
-        argv = ["-f", locustfiles, *(["--json-file", str(tmp_path / name)] if stats else []), *args]
-        started.append(LocustProcess(argv, tmp_path, name, users))
-        return started[-1]
-
-    yield start
-    for process in started:
-        process.kill()
-    broken = [process.log for process in started if "Traceback" in process.log]
-    if broken:
-        pytest.fail("traceback in a Locust log:\n" + "\n".join(broken), pytrace=False)
 
 
 def headless(users: int, *args: str) -> list[str]:
@@ -226,6 +195,10 @@ def refused_address() -> tuple[str, int]:
     return HOST, free_port()
 
 
+# A name that resolves nowhere (RFC 2606 reserves .invalid): as unreachable as a host with no route.
+UNREACHABLE_ADDRESS = ("no-such-host.invalid", 9)
+
+
 # What Locust's failure table shows for each kind: the exception's repr.
 LOCUST_ERROR = {
     "wrong_reply": "WrongReply",
@@ -233,6 +206,7 @@ LOCUST_ERROR = {
     "closed": "ClosedEarly",
     "timeout": "ReadTimeout",
     "refused": "ConnectionRefusedError",
+    "unreachable": "gaierror",
 }
 # The HTTP users' timeout is the socket's own (FastHttpUser's network_timeout); a connection
 # closed before the response is geventhttpclient's HTTPConnectionClosed (so is a reset there).
@@ -240,8 +214,10 @@ HTTP_ERROR = {**LOCUST_ERROR, "timeout": "TimeoutError", "closed": "HTTPConnecti
 FAILURES = [
     ("lines", ("wrong_reply", "reset")),
     ("lines", ("timeout", "refused")),
+    ("lines", ("closed", "unreachable")),
     ("http", ("wrong_reply", "timeout")),
     ("http", ("closed", "refused")),
+    ("http", ("unreachable", "wrong_reply")),
 ]
 
 
@@ -255,7 +231,8 @@ def test_failures_become_locust_failures_of_their_kind(
     """The threaded (or threaded-http) user meets the first kind of failure, the async one the second."""
     names, users, method = PROTOCOLS[framing]
     http = framing == "http"
-    addresses = [refused_address() if k == "refused" else bad_server(k, http).address for k in kinds]
+    special = {"refused": refused_address, "unreachable": lambda: UNREACHABLE_ADDRESS}
+    addresses = [special[k]() if k in special else bad_server(k, http).address for k in kinds]
     run = locust(
         *headless(2, *targets(*addresses, names=names), "--read-timeout", "0.3"), stats=False, users=users
     )
@@ -490,3 +467,37 @@ def test_workers_get_their_share_from_the_master(
     assert master.stop() == 0, master.log
     for worker in workers:
         assert worker.proc.wait(DEADLINE) == 0, worker.log
+
+
+# --- thresholds: the exit status of a run that ends by itself ------------------------
+
+THRESHOLD_RUNS = [
+    # (how the async server answers: "ok", or "timeout" for never), thresholds, exit status
+    ("ok", ("--max-fail-ratio", "0"), 0),
+    # A few requests time out (one per 0.2 s), many succeed (one per 10 ms): Locust alone exits 1.
+    ("timeout", ("--max-fail-ratio", "0.5"), 0),
+    ("timeout", ("--max-fail-ratio", "0.01"), 3),
+    ("ok", ("--max-p95-ms", "1"), 4),  # every reply takes the servers' 10 ms
+]
+
+
+@pytest.mark.parametrize(("answers", "thresholds", "status"), THRESHOLD_RUNS)
+def test_a_timed_run_exits_with_the_thresholds_verdict(
+    answers: str,
+    thresholds: tuple[str, ...],
+    status: int,
+    start_server: Callable[..., TestServer],
+    bad_server: Callable[..., BadServer],
+    locust: Callable[..., LocustProcess],
+) -> None:
+    threaded = start_server("threaded", "--delay-ms", "10")
+    other = start_server("async", "--delay-ms", "10") if answers == "ok" else bad_server(answers)
+    args = [*targets(threaded.address, other.address), "--read-timeout", "0.2", *thresholds]
+    run = locust("--headless", "-u", "2", "-r", "2", "-t", "3s", *args, stats=False)
+    assert run.wait() == status, run.log
+    assert f"exit {status}" in run.log, run.log
+
+
+def test_a_run_that_sent_nothing_fails_its_thresholds(locust: Callable[..., LocustProcess]) -> None:
+    run = locust("--headless", "-u", "0", "-t", "2s", "--max-fail-ratio", "0.5", stats=False)
+    assert run.wait() == 5, run.log

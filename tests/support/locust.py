@@ -23,6 +23,8 @@ from .scrape import Metrics
 from .servers import HOST, clean_environment
 
 DEADLINE = 30.0  # seconds any wait may take before the test fails
+LOADTEST = Path(__file__).resolve().parents[2] / "loadtest"
+TCP_USERS = ("ThreadedUser", "AsyncUser")
 METRICS_LOG = re.compile(r"client metrics \((\w+)\) on http://[^:]+:(\d+)/metrics")
 
 

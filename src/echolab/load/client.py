@@ -15,7 +15,8 @@ from typing import Any
 from ..protocol import NEWLINE, expected_reply, is_error, request_bytes
 
 RECV_SIZE = 65536
-# No route to the server: a host or network that is down, or a name that resolves nowhere.
+# No route to the server: a host or network that is down (or, as socket.gaierror, a name
+# that resolves nowhere).
 UNREACHABLE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN})
 
 
@@ -47,7 +48,7 @@ def failure_kind(exc: BaseException) -> str:
         return exc.kind
     if isinstance(exc, ConnectionRefusedError):
         return "refused"
-    if isinstance(exc, OSError) and exc.errno in UNREACHABLE:
+    if isinstance(exc, socket.gaierror) or (isinstance(exc, OSError) and exc.errno in UNREACHABLE):
         return "unreachable"
     if isinstance(exc, ConnectionResetError | BrokenPipeError):
         return "reset"
@@ -123,10 +124,12 @@ class EchoClient:
         return self._read_line(sock)
 
     def _connect(self) -> socket.socket:
-        """``socket.create_connection``, but resolving the address once per client.
+        """``socket.create_connection``, but resolving the address once per client until a connect fails.
 
         Under gevent every getaddrinfo is a trip through a thread pool, about
-        0.1 ms: more than a whole ``oneshot`` request on loopback.
+        0.1 ms: more than a whole ``oneshot`` request on loopback. A server
+        that comes back elsewhere (a container restarted with a new address)
+        is found again: a failed connect resolves anew next time.
         """
         if self._addresses is None:
             self._addresses = socket.getaddrinfo(*self.address, type=socket.SOCK_STREAM)
@@ -144,6 +147,7 @@ class EchoClient:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return sock
         assert error is not None  # getaddrinfo returns at least one address or raises
+        self._addresses = None
         raise error
 
     def _read_line(self, sock: socket.socket) -> bytes:

@@ -24,9 +24,10 @@ from locust import task
 from locust.contrib.fasthttp import FastHttpUser, ResponseContextManager
 from locust.env import Environment
 
+from ..catalogue import BY_NAME
 from ..protocol import HTTP_PATH, expected_reply
 from .client import ServerError, WrongReply, failure_kind
-from .locust_plugin import client_metrics, make_message, server_address
+from .locust_plugin import client_metrics, make_message, target_url
 from .open_loop import Arrivals, rate_per_user
 
 FRAMING = "http"
@@ -59,9 +60,9 @@ class HttpEchoUser(FastHttpUser):
     """A user of one HTTP echo server (``server``): a ``POST /echo`` per task, paced by ``--think-time``.
 
     The server's address comes from ``--<server>-host``/``--<server>-port``
-    (Locust's ``--host`` and the web UI's host field are not used, as for
-    the TCP users); ``--connect-timeout`` and ``--read-timeout`` become
-    FastHttpUser's ``connection_timeout`` and ``network_timeout``.
+    (Locust's ``--host`` is not used, as for the TCP users);
+    ``--connect-timeout`` and ``--read-timeout`` become FastHttpUser's
+    ``connection_timeout`` and ``network_timeout``.
     """
 
     abstract = True
@@ -70,9 +71,9 @@ class HttpEchoUser(FastHttpUser):
     def __init__(self, environment: Environment) -> None:
         options = environment.parsed_options
         assert options is not None, "the HTTP users take their settings from Locust's arguments"
-        host, port = server_address(options, self.server)
-        # FastHttpUser builds its session from these in its __init__, so they are set first.
-        self.host = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        # FastHttpUser builds its session from these in its __init__, so they are set first. The
+        # class's host says the same, but Locust overwrites it with a --host given for every class.
+        self.host = target_url(options, BY_NAME[self.server])
         self.connection_timeout = options.connect_timeout
         self.network_timeout = options.read_timeout
         if rate_per_user(options):  # open loop: a connection per request in flight, from the session's pool

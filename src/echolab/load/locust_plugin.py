@@ -39,9 +39,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ..catalogue import SERVERS, Server
+from ..catalogue import BY_NAME, SERVERS, Server
 from ..metrics import DURATION_BUCKETS, FAILURE_KINDS, spec
 from ..settings import FRAMINGS, BenchSettings
+from . import locust_cluster, locust_thresholds, locust_web
 
 log = logging.getLogger("echolab.locust")
 
@@ -76,9 +77,10 @@ def add_arguments(parser: Any) -> None:
             **kwargs,
         )
 
+    # The targets are not web UI fields: whoever starts Locust fixes them (see locust_web).
     for server in SERVERS:
-        add(f"--{server.name}-host", "127.0.0.1", f"{server.name} server's address")
-        add(f"--{server.name}-port", server.port, f"{server.name} server's port")
+        add(f"--{server.name}-host", "127.0.0.1", f"{server.name} server's address", include_in_web_ui=False)
+        add(f"--{server.name}-port", server.port, f"{server.name} server's port", include_in_web_ui=False)
     add(
         "--framing",
         "lines",
@@ -108,6 +110,13 @@ def server_address(options: Any, server: str) -> tuple[str, int]:
     """The host and port the arguments give for ``server`` (``--threaded-http-host`` ...)."""
     prefix = server.replace("-", "_")
     return getattr(options, f"{prefix}_host"), getattr(options, f"{prefix}_port")
+
+
+def target_url(options: Any, server: Server) -> str:
+    """Where ``server``'s users send their requests, as a URL: ``tcp://async:9090``, ``http://...``."""
+    host, port = server_address(options, server.name)
+    scheme = "http" if server.transport == "http" else "tcp"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def make_message(size: int) -> bytes:
@@ -242,8 +251,19 @@ def serve_metrics(port: int, host: str = "0.0.0.0", tries: int = METRICS_PORT_TR
     raise AssertionError("unreachable: port 0 either binds or raises")
 
 
+def show_targets(environment: Environment) -> None:
+    """Each user class's ``host``: its server's address, for the web UI and the HTML report to show."""
+    classes: Mapping[str, Any] = environment.available_user_classes or environment.user_classes_by_name
+    for cls in classes.values():
+        server = getattr(cls, "server", None)
+        if server is not None and environment.parsed_options is not None:
+            cls.host = target_url(environment.parsed_options, BY_NAME[server])
+
+
 def on_init(environment: Environment, **_: Any) -> None:
-    """Start this process's /metrics (a listener of ``events.init``, which every process fires)."""
+    """Start this process's /metrics, show the targets, guard the web UI (every process fires ``init``)."""
+    show_targets(environment)
+    locust_web.install(environment, user_counter(environment))
     options = environment.parsed_options
     metrics = client_metrics()
     metrics.track(role(environment.runner), user_counter(environment), options.think_time if options else 0.0)
@@ -262,6 +282,8 @@ def setup(hooks: Any = events) -> None:
     hooks.init_command_line_parser.add_listener(add_arguments)
     hooks.init.add_listener(on_init)
     open_loop.setup(hooks)
+    locust_thresholds.setup(hooks)
+    locust_cluster.setup(hooks)
 
 
 def user_class_name(server: Server) -> str:

@@ -149,7 +149,8 @@ class ProcessTree(Collector):
                     rss += process.memory_info().rss
                     fds += process.num_fds()
                     threads += process.num_threads()
-            except psutil.NoSuchProcess:  # a worker that exited since children() listed it
+            except (psutil.NoSuchProcess, psutil.AccessDenied):  # exited since listed; or, without
+                # capabilities (the stack drops them all), exiting with its /proc entries root-owned
                 continue
         yield CounterMetricFamily(
             "process_cpu_seconds",

@@ -1,0 +1,175 @@
+"""The containerized stack, described once: docker-compose.yml and the Kubernetes manifests render it.
+
+Nothing here is specific to compose or to Kubernetes. It says which
+containers there are, from which image, with which command, ports,
+environment, health endpoint, limits and writable paths; the renderers
+(:mod:`.compose`, :mod:`.kubernetes`) only say it in their own format. So
+the two cannot disagree on images, ports, environment or limits, and a
+server added to the catalogue appears in both without an edit here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .. import catalogue, settings
+from ..catalogue import Server
+
+NAME = "echolab"
+
+# Inside its container every server listens on the same two ports.
+ECHO_PORT = catalogue.CONTAINER_PORT
+METRICS_PORT = catalogue.CONTAINER_METRICS_PORT
+LOCUST_WEB_PORT = 8089
+LOCUST_MASTER_PORT = 5557
+LOCUST_METRICS_PORT = 9646
+PROMETHEUS_PORT = 9090
+GRAFANA_PORT = 3000
+UID = 10001  # the non-root user of both images (see the Dockerfile)
+
+PROMETHEUS_IMAGE = "prom/prometheus:v2.53.3"
+GRAFANA_IMAGE = "grafana/grafana:12.3.1"
+
+# The stack fixes the drain timeout, so that the time the orchestrator waits
+# between SIGTERM and SIGKILL can be set above it: a drain is never cut short.
+DRAIN_TIMEOUT = settings.ServeSettings.drain_timeout
+STOP_GRACE_SECONDS = int(DRAIN_TIMEOUT) + 10
+
+
+@dataclass(frozen=True)
+class Image:
+    """One of the images the Dockerfile builds: its target, and the name it is pushed under."""
+
+    target: str
+
+    @property
+    def name(self) -> str:
+        return f"{NAME}-{self.target}"
+
+
+SERVER_IMAGE = Image("server")
+LOCUST_IMAGE = Image("locust")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What every server gets, the same for all or the comparison means nothing."""
+
+    cpus: float
+    memory_mib: int
+    # Tasks (threads and processes) per container: a fork bomb's ceiling. The
+    # threaded server runs a thread per connection, so its default sits above
+    # the default connection limit.
+    pids: int
+
+
+SERVER_LIMITS = Limits(cpus=1.0, memory_mib=512, pids=settings.ServeSettings.max_connections + 1024)
+# 10,000 connections need 10,000 descriptors (servers and Locust lift their
+# soft limit to the hard one). Docker cannot give a container more than its
+# daemon's own hard limit.
+NOFILE = 20000
+# Locust is gevent (a handful of threads), Prometheus and Grafana are Go.
+LOCUST_PIDS = 512
+MONITORING_PIDS = 512
+
+# Settings the stack decides for every server, not the user: where it
+# listens inside the container, and the drain timeout (see above). The
+# image sets ECHO_HOST=0.0.0.0.
+FIXED_SERVER_ENV = {
+    "ECHO_PORT": str(ECHO_PORT),
+    "ECHO_METRICS_PORT": str(METRICS_PORT),
+    "ECHO_DRAIN_TIMEOUT": f"{DRAIN_TIMEOUT:g}",
+}
+
+
+def tunable_settings(server: Server) -> Iterator[settings.Option]:
+    """The settings of ``server`` a user may set for the stack: all it reads but what the stack fixes."""
+    for option in settings.options(server.settings):
+        if option.env not in FIXED_SERVER_ENV and option.name != "host":
+            yield option
+
+
+def health(server: Server) -> tuple[int, str]:
+    """The port and path that answer 200 once ``server`` serves.
+
+    An HTTP server's /healthz answers once a gunicorn worker serves requests
+    (the master's /metrics comes first); a TCP server's /metrics once it
+    listens.
+    """
+    return (ECHO_PORT, "/healthz") if server.transport == "http" else (METRICS_PORT, "/metrics")
+
+
+def writable_paths(server: Server) -> tuple[str, ...]:
+    """In-memory directories a server needs on a read-only root filesystem.
+
+    The gunicorn master makes its prometheus_client multiprocess directory
+    under $TMPDIR (/tmp) at each start, and each worker writes a file there.
+    The workers' heartbeat files go to /dev/shm, which the runtime provides.
+    """
+    return ("/tmp",) if server.transport == "http" else ()
+
+
+# --- Locust ---------------------------------------------------------------------
+
+LOCUSTFILES = "/app/locustfile.py,/app/step_ramp.py,/app/spike.py"  # loadtest/ is /app in the image
+MASTER_SERVICE = "locust-master"
+WORKER_SERVICE = "locust-worker"
+# --class-picker: the web UI offers the user classes (any of the servers) and
+# a load shape. --enable-rebalancing: a worker lost or added mid-run gets its
+# users redistributed at once (without it, a lost worker's users are gone
+# until the master purges it, a minute later).
+MASTER_ARGS = ("--master", "--class-picker", "--enable-rebalancing")
+WORKER_ARGS = ("--worker", "--master-host", MASTER_SERVICE)
+# Load parameters with the stack's defaults; the web UI may change each per run.
+LOCUST_TUNABLE_ENV = {
+    "LOCUST_THINK_TIME": "0",
+    "LOCUST_MESSAGE_SIZE": str(settings.BenchSettings.message_size),
+    "LOCUST_STEP_USERS": "10",
+    "LOCUST_STEP_SECONDS": "10",
+}
+
+
+def locust_target_env() -> dict[str, str]:
+    """Where each server is, fixed by the stack: its service name and container port."""
+    env = {}
+    for server in catalogue.SERVERS:
+        env[f"LOCUST_{server.env_name}_HOST"] = server.name
+        env[f"LOCUST_{server.env_name}_PORT"] = str(ECHO_PORT)
+    return env
+
+
+LOCUST_FIXED_ENV = {
+    **locust_target_env(),
+    "LOCUST_METRICS_PORT": str(LOCUST_METRICS_PORT),
+    # Locust's 3 s lose a worker that a busy machine starves for a moment: every container
+    # here shares the same cores. A lost worker's users move a little later.
+    "LOCUST_WORKER_TIMEOUT": "6",
+}
+
+
+# --- monitoring -----------------------------------------------------------------
+
+GRAFANA_DASHBOARDS = "/etc/grafana/dashboards"
+GRAFANA_PASSWORD_FILE = "/run/secrets/grafana-admin-password"
+GRAFANA_ENV = {
+    "GF_SECURITY_ADMIN_USER": "admin",
+    "GF_SECURITY_ADMIN_PASSWORD__FILE": GRAFANA_PASSWORD_FILE,
+    "GF_USERS_ALLOW_SIGN_UP": "false",
+    # Anyone who reaches the port may look, not edit.
+    "GF_AUTH_ANONYMOUS_ENABLED": "true",
+    "GF_AUTH_ANONYMOUS_ORG_ROLE": "Viewer",
+    "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH": f"{GRAFANA_DASHBOARDS}/echolab-overview.json",
+    "GF_ANALYTICS_REPORTING_ENABLED": "false",
+    "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
+    "GF_NEWS_NEWS_FEED_ENABLED": "false",
+}
+
+
+def probe_command(port: int, path: str) -> list[str]:
+    """An HTTP check for images without curl or wget: Python fetches the URL (fails on anything but 2xx)."""
+    return [
+        "python",
+        "-c",
+        f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}{path}', timeout=3)",
+    ]

@@ -1,0 +1,140 @@
+"""docker-compose.yml and .env.example: rendered from the code, and keeping the stack's promises.
+
+Read without Docker; `make test-stack` runs the file for real.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from echolab import catalogue, settings
+from echolab.deploy import compose, generated, stack
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVERS = catalogue.NAMES
+SECURITY = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"]}
+VARIABLE = re.compile(r"\$\{(\w+)")
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("path", list(generated.FILES))
+def test_generated_file_is_a_fresh_render(path: str) -> None:
+    assert (ROOT / path).read_text() == generated.FILES[path](ROOT), "run: make generate"
+
+
+def test_a_service_per_server_of_the_catalogue(services: dict[str, Any]) -> None:
+    assert list(services)[: len(SERVERS)] == list(SERVERS)
+    for name in SERVERS:
+        assert services[name]["command"] == ["serve", name], "exec form: the server gets SIGTERM itself"
+
+
+def test_every_server_runs_under_the_same_limits(services: dict[str, Any]) -> None:
+    threaded = services["threaded"]
+    for name in SERVERS:
+        for key in ("deploy", "memswap_limit", "ulimits", "stop_grace_period", "build", "image", "user"):
+            assert services[name][key] == threaded[key], f"{name} differs in {key}: the comparison is unfair"
+    limits = threaded["deploy"]["resources"]["limits"]
+    assert limits == {
+        "cpus": "${SERVER_CPUS:-1}",
+        "memory": "${SERVER_MEMORY:-512m}",
+        "pids": "${SERVER_PIDS:-21024}",
+    }
+    assert threaded["memswap_limit"] == limits["memory"], "no swap beyond the memory limit"
+    nofile = threaded["ulimits"]["nofile"]
+    assert nofile["soft"] == nofile["hard"] == "${NOFILE_LIMIT:-20000}", "10,000 connections need fds"
+    drain = float(threaded["environment"]["ECHO_DRAIN_TIMEOUT"])
+    assert float(threaded["stop_grace_period"].rstrip("s")) > drain, "SIGKILL would cut the drain short"
+
+
+def test_every_server_setting_passes_through_from_the_env_file(services: dict[str, Any]) -> None:
+    for server in catalogue.SERVERS:
+        environment = services[server.name]["environment"]
+        readable = {option.env for option in settings.options(server.settings)}
+        assert set(environment) == readable - {"ECHO_HOST"}, f"{server.name}: the image sets ECHO_HOST"
+        for option in stack.tunable_settings(server):
+            # Unset or empty in .env: the server's own default, from settings.py only.
+            assert environment[option.env] == f"${{{option.env}:-}}"
+
+
+def test_services_are_hardened(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        assert {key: service.get(key) for key in SECURITY} == SECURITY, name
+        assert service.get("pids_limit") or service["deploy"]["resources"]["limits"]["pids"], name
+        assert service.get("restart") == "unless-stopped", name
+        assert service.get("healthcheck", {}).get("test"), f"{name}: no healthcheck"
+    # Ours run as the images' non-root user on a read-only root; Prometheus and Grafana
+    # take files compose copies in, which it cannot do into a read-only container.
+    for name in [*SERVERS, stack.MASTER_SERVICE, stack.WORKER_SERVICE]:
+        assert services[name]["read_only"] is True, name
+        assert services[name]["user"] == str(stack.UID), name
+        assert services[name]["image"].startswith("${COMPOSE_PROJECT_NAME}-"), "a tag per compose project"
+    for server in catalogue.SERVERS:
+        mounts = [mount.split(":")[0] for mount in services[server.name].get("tmpfs", [])]
+        assert mounts == list(stack.writable_paths(server)), server.name
+    assert any(m.startswith("/tmp:") for m in services["threaded-http"]["tmpfs"]), "gunicorn's metrics files"
+
+
+def test_ports_listen_on_bind_address_and_5557_only_in_the_overlay(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port.startswith("${BIND_ADDRESS:-127.0.0.1}:"), f"{name} publishes {port} on every address"
+            assert not port.endswith(":5557"), "only remote workers need the master's port"
+    overlay = yaml.safe_load((ROOT / "docker-compose.remote-workers.yml").read_text())
+    assert overlay["services"]["locust-master"]["ports"] == [
+        "${BIND_ADDRESS:-127.0.0.1}:${HOST_PORT_LOCUST_MASTER:-5557}:5557"
+    ]
+
+
+def test_dependents_wait_for_health(services: dict[str, Any]) -> None:
+    for name in ("locust-master", "locust-worker", "grafana"):
+        conditions = {dep["condition"] for dep in services[name]["depends_on"].values()}
+        assert conditions == {"service_healthy"}, name
+    assert set(SERVERS) <= set(services["locust-master"]["depends_on"])
+
+
+def test_locust_aims_at_the_stack_and_rebalances(services: dict[str, Any]) -> None:
+    assert "--enable-rebalancing" in services["locust-master"]["command"]
+    for role in ("locust-master", "locust-worker"):
+        environment = services[role]["environment"]
+        for server in catalogue.SERVERS:
+            prefix = f"LOCUST_{server.env_name}"
+            assert (environment[f"{prefix}_HOST"], environment[f"{prefix}_PORT"]) == (server.name, "9090")
+
+
+def test_grafana_is_optional_and_its_password_a_secret(services: dict[str, Any]) -> None:
+    grafana = services["grafana"]
+    assert grafana["profiles"] == ["grafana"]
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana["environment"], "docker inspect would show it"
+    path = grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"]
+    assert [f"/run/secrets/{s['target']}" for s in grafana["secrets"]] == [path]
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    document = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert document["secrets"] == {"grafana-admin-password": {"environment": "GRAFANA_ADMIN_PASSWORD"}}
+
+
+def test_server_targets_carry_the_limits() -> None:
+    document = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    targets = yaml.safe_load(document["configs"]["echo-server-targets"]["content"])
+    assert [t["labels"]["server"] for t in targets] == list(SERVERS)
+    for target in targets:
+        assert target["targets"] == [f"{target['labels']['server']}:8000"]
+        labels = target["labels"]
+        assert (labels["cpus"], labels["memory"]) == (compose.SERVER_CPUS, compose.SERVER_MEMORY)
+
+
+def test_env_example_names_every_variable_the_compose_files_read() -> None:
+    example = (ROOT / ".env.example").read_text()
+    defined = set(re.findall(r"^#?(\w+)=", example, re.M))
+    used = set()
+    for path in ("docker-compose.yml", "docker-compose.remote-workers.yml"):
+        used |= set(VARIABLE.findall((ROOT / path).read_text()))
+    assert used - defined == {"COMPOSE_PROJECT_NAME"}, "compose sets that one itself"

@@ -1,0 +1,162 @@
+"""The docker compose stack as `make test-stack` drives it: its own project, free ports, Prometheus, Locust.
+
+The stack runs as its own compose project on free host ports, so a stack
+started with `make up` on the same machine is left alone; with
+.env.example's settings, not a developer's .env: the documented defaults are
+what is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from echolab import catalogue
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = "echolab-stacktest"
+SERVERS = catalogue.NAMES
+# Everything but Grafana, whose image is not needed to test the data path.
+SERVICES = [*SERVERS, "locust-master", "locust-worker", "prometheus"]
+DEADLINE = 120.0  # seconds for the scrapes to show what we expect
+WORKERS = 2
+USERS = 20  # 5 per server: Locust splits them between the four user classes
+# The README's walkthrough: a step ramp, started the way the web UI starts one (POST /swarm).
+STEP = {"shape_class": "StepRamp", "step_users": USERS // 2, "step_seconds": 2}
+
+TIMINGS: dict[str, float] = {}  # printed when the stack goes down
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Compose:
+    """``docker compose`` for the test's project, on free host ports."""
+
+    def __init__(self) -> None:
+        names = ["GRAFANA", "LOCUST_UI", "LOCUST_MASTER", "PROMETHEUS"]
+        self.ports = {name: free_port() for name in [*names, *(s.env_name for s in catalogue.SERVERS)]}
+        self.env = {
+            **os.environ,
+            "COMPOSE_PROJECT_NAME": PROJECT,
+            "COMPOSE_PROFILES": "",  # no Grafana
+            "COMPOSE_FILE": "docker-compose.yml",  # no override a developer may have
+            # Grafana is not started, but compose reads the whole file.
+            "GRAFANA_ADMIN_PASSWORD": "unused-by-the-stack-test",
+            "BIND_ADDRESS": "127.0.0.1",
+            **{f"HOST_PORT_{name}": str(port) for name, port in self.ports.items()},
+        }
+
+    def run(self, *args: str, timeout: float = 600, check: bool = True) -> str:
+        command = ["docker", "compose", "--env-file", str(ROOT / ".env.example"), *args]
+        result = subprocess.run(
+            command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and result.returncode != 0:
+            pytest.fail(
+                f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
+        return result.stdout
+
+    def timed(self, name: str, *args: str, timeout: float = 600) -> str:
+        started = time.monotonic()
+        output = self.run(*args, timeout=timeout)
+        TIMINGS[name] = time.monotonic() - started
+        return output
+
+    def ids(self, service: str) -> list[str]:
+        return self.run("ps", "--all", "--quiet", service).split()
+
+    def container(self, service: str) -> dict[str, Any]:
+        ids = self.ids(service)
+        assert len(ids) == 1, f"{service}: {ids}"
+        return inspect(ids[0])
+
+    def url(self, name: str, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}{path}"
+
+    def locust(self, path: str, form: dict[str, Any] | None = None) -> Any:
+        return get_json(self.url("LOCUST_UI", path), form)
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        url = self.url("PROMETHEUS", "/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+        body = get_json(url)
+        assert body["status"] == "success", body
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+
+@dataclass(frozen=True)
+class Load:
+    """The stack with USERS users running on WORKERS workers since ``started`` (time.monotonic())."""
+
+    stack: Compose
+    started: float
+
+
+def users_per_server(stack: Compose) -> tuple[bool, Any]:
+    """Each server has its share of the users, counted once (the master's count, not its workers' too)."""
+    seen = by(stack.query("server:echo_client_users:sum"), "server")
+    return seen == dict.fromkeys(SERVERS, USERS / len(SERVERS)), seen
+
+
+def inspect(container: str) -> dict[str, Any]:
+    done = subprocess.run(["docker", "inspect", container], capture_output=True, text=True, check=True)
+    inspected: list[dict[str, Any]] = json.loads(done.stdout)
+    return inspected[0]
+
+
+def require_docker() -> None:
+    """Fail loudly: `make test-stack` without Docker is a broken setup, not a reason to skip."""
+    if shutil.which("docker") is None:
+        pytest.fail("test-stack needs Docker: `docker` is not on PATH", pytrace=False)
+    info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    if info.returncode != 0:
+        pytest.fail(f"test-stack needs a running Docker engine:\n{info.stderr}", pytrace=False)
+    version = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=60)
+    if version.returncode != 0:
+        pytest.fail(
+            f"test-stack needs Docker Compose v2 (`docker compose`):\n{version.stderr}", pytrace=False
+        )
+
+
+def get_json(url: str, data: dict[str, Any] | None = None) -> Any:
+    body = urllib.parse.urlencode(data).encode() if data is not None else None
+    with urllib.request.urlopen(url, data=body, timeout=10) as response:
+        return json.load(response)
+
+
+def by(result: list[dict[str, Any]], label: str) -> dict[str, float]:
+    return {series["metric"].get(label, ""): float(series["value"][1]) for series in result}
+
+
+def by_labels(result: list[dict[str, Any]], *labels: str) -> dict[tuple[str, ...], float]:
+    return {tuple(s["metric"].get(label, "") for label in labels): float(s["value"][1]) for s in result}
+
+
+def wait_for(what: str, check: Callable[[], tuple[bool, Any]], deadline: float = DEADLINE) -> Any:
+    """Poll ``check()`` (returning ``(ok, what it saw)``) until ok, and return what it saw; fail with
+    what it saw last."""
+    end = time.monotonic() + deadline
+    while True:
+        ok, seen = check()
+        if ok:
+            return seen
+        if time.monotonic() > end:
+            pytest.fail(f"{what}: not after {deadline:.0f}s; last saw {seen!r}")
+        time.sleep(1)
