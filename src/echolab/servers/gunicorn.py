@@ -149,8 +149,9 @@ class ProcessTree(Collector):
                     rss += process.memory_info().rss
                     fds += process.num_fds()
                     threads += process.num_threads()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):  # exited since listed; or, without
-                # capabilities (the stack drops them all), exiting with its /proc entries root-owned
+            # Exited since children() listed it; or exiting, its /proc entries root-owned to a
+            # master without capabilities (the stack drops them all).
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         yield CounterMetricFamily(
             "process_cpu_seconds",
