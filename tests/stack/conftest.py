@@ -11,7 +11,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support.stack import SERVICES, STEP, TIMINGS, USERS, WORKERS, Compose, Load, require_docker, wait_for
+from support.stack import (
+    OPEN_LOOP,
+    SERVICES,
+    STEP,
+    TIMINGS,
+    USERS,
+    WORKERS,
+    Compose,
+    Load,
+    require_docker,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +58,7 @@ def load(stack: Compose) -> Iterator[Load]:
         return count == WORKERS, count
 
     wait_for(f"{WORKERS} workers connected to the master", workers_connected, 60)
-    answer = stack.locust("/swarm", {"user_count": USERS, "spawn_rate": USERS, **STEP})
+    answer = stack.locust("/swarm", {"user_count": USERS, "spawn_rate": USERS, **STEP, **OPEN_LOOP})
     assert answer["success"], answer
 
     def running() -> tuple[bool, Any]:
