@@ -26,8 +26,11 @@ EXAMPLES = {
     "serve": "echolab serve threaded --model pool --threads 32\n"
     "ECHO_DELAY_MS=20 echolab serve async --loop asyncio",
     "bench": "echolab bench 127.0.0.1:9091 --connections 1000 --duration 5\n"
-    "echolab bench 127.0.0.1:9093 --framing http --rate 2000 --json",
-    "demo": "echolab demo --quick\necholab demo --servers threaded,async --levels 100,1000,5000",
+    "echolab bench 127.0.0.1:9091 --rate 5000 --connections 1000    open loop: 5,000 req/s offered\n"
+    "echolab bench 127.0.0.1:9093 --framing http --json",
+    "demo": "echolab demo --quick\n"
+    "echolab demo --scenario io --servers threaded,async --levels 100,1000,5000\n"
+    "echolab demo --no-open-loop --other-levels 10,100",
     "benchmark": "echolab benchmark --only async --duration 3",
     "config": "echolab config --markdown > table.md",
 }
@@ -74,9 +77,11 @@ def build_parser() -> Parser:
     settings.add_arguments(bench, settings.BenchSettings)
 
     demo = commands.add_parser(
-        "demo", help="sweep every server through rising concurrency, write a report", epilog=examples("demo"),
-        description="Start every server natively, load each at rising concurrency, print verdicts, "
-        "write reports/demo-<time>/index.html.",
+        "demo", help="sweep every server through rising concurrency, write a report",
+        epilog=scenario_list() + "\n\n" + examples("demo"),
+        description="Start every server natively, load each at rising concurrency under each workload "
+        "(scenario), and in an open loop at rising offered rates; print verdicts, write "
+        "reports/demo-<time>/index.html. Ctrl-C stops it and keeps what was measured.",
     )  # fmt: skip
     settings.add_arguments(demo, settings.DemoSettings)
 
@@ -93,6 +98,13 @@ def build_parser() -> Parser:
     config.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
     config.add_argument("--metrics", action="store_true", help="the metrics table instead")
     return parser
+
+
+def scenario_list() -> str:
+    from .lab.scenarios import SCENARIOS
+
+    rows = "\n".join(f"  {s.name:<10} {s.summary}" for s in SCENARIOS.values())
+    return f"scenarios (--scenario):\n{rows}"
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -159,8 +159,9 @@ class Option:
         if isinstance(value, bool):
             return "on" if value else "off"
         if isinstance(value, tuple):
-            return ",".join(map(str, value))
-        text = f"{value:g}" if isinstance(value, float) else str(value)
+            text = ",".join(map(str, value))
+        else:
+            text = f"{value:g}" if isinstance(value, float) else str(value)
         return f"{text} {self.spec.unit}" if self.spec.unit else text
 
 
@@ -362,8 +363,9 @@ class BenchSettings(Settings):
     )
     warmup: float = setting(1.0, "load before measuring starts", unit="s", check=at_least(0))
     rate: float = setting(
-        0.0, "open loop: requests/s at a constant arrival rate (0: closed loop)", check=at_least(0)
-    )
+        0.0, "open loop: requests/s at a constant arrival rate (0: closed loop)", unit="req/s",
+        check=at_least(0),
+    )  # fmt: skip
     message_size: int = setting(32, "request size, newline excluded", unit="bytes", check=at_least(1))
     delay_hint_ms: float = setting(
         100.0, "the server's delay, for the Little's-law bound", unit="ms", check=at_least(0)
@@ -377,14 +379,25 @@ class DemoSettings(Settings):
 
     PREFIX: ClassVar[str] = "ECHO_DEMO_"
 
-    quick: bool = setting(False, "a short run: fewer levels, shorter runs")
-    levels: tuple[int, ...] = setting(
-        (1, 10, 100, 500, 1000, 2000, 5000), "concurrent connections to measure at", check=positive_list
+    quick: bool = setting(False, "a short run: the same sections, shorter runs, fewer levels")
+    scenario: tuple[str, ...] = setting(
+        (), "workloads to run (comma-separated; none: every one, io first); see echolab demo --help"
     )
-    delay_ms: float = setting(100.0, "the servers' simulated IO", unit="ms", check=at_least(0))
+    levels: tuple[int, ...] = setting(
+        (1, 10, 100, 500, 1000, 2000, 5000), "concurrent connections for the first scenario",
+        check=positive_list,
+    )  # fmt: skip
+    other_levels: tuple[int, ...] = setting(
+        (1, 10, 100, 1000), "concurrent connections for the other scenarios", check=positive_list
+    )
+    open_loop: bool = setting(True, "also sweep the first scenario in an open loop, at --rates")
+    rates: tuple[int, ...] = setting(
+        (2000, 5000, 10000, 15000, 20000, 30000), "offered requests/s of the open-loop sweep",
+        unit="req/s", check=positive_list,
+    )  # fmt: skip
     framing: str = setting("lines", "the TCP servers' framing", choices=FRAMINGS)
-    duration: float = setting(3.0, "measured time per level", unit="s", check=above(0))
-    warmup: float = setting(1.0, "load before measuring, per level", unit="s", check=at_least(0))
+    duration: float = setting(2.0, "measured time per level", unit="s", check=above(0))
+    warmup: float = setting(0.5, "load before measuring, per level", unit="s", check=at_least(0))
     servers: tuple[str, ...] = setting((), "run only these (comma-separated names; none: all)")
     out: Path = setting(Path("reports"), "folder for the reports")
 
@@ -399,3 +412,4 @@ class BenchmarkSettings(Settings):
     warmup: float = setting(1.0, "load before measuring, per level", unit="s", check=at_least(0))
     only: str = setting("", "run only the servers whose name contains this")
     out: Path = setting(Path("reports"), "folder for the JSON")
+
