@@ -1,4 +1,4 @@
-"""The ``echolab`` command: serve, bench, demo, benchmark, config."""
+"""The ``echolab`` command: serve, bench, demo, compare, benchmark, config."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ examples:
   echolab serve async                      the async server on 127.0.0.1:9091
   echolab bench 127.0.0.1:9091 --connections 1000
   echolab demo --quick                     every server, a sweep, an HTML report
+  echolab compare reports/demo-A reports/demo-B   two runs in one report
   echolab config                           every setting, its env var and default
 """
 
@@ -31,6 +32,8 @@ EXAMPLES = {
     "demo": "echolab demo --quick\n"
     "echolab demo --scenario io --servers threaded,async --levels 100,1000,5000\n"
     "echolab demo --no-open-loop --other-levels 10,100",
+    "compare": "echolab compare reports/demo-20260101-120000 reports/demo-20260102-120000\n"
+    "echolab compare before.json after.json    two `echolab bench --json` results",
     "benchmark": "echolab benchmark --only async --duration 3",
     "config": "echolab config --markdown > table.md",
 }
@@ -84,6 +87,16 @@ def build_parser() -> Parser:
         "reports/demo-<time>/index.html. Ctrl-C stops it and keeps what was measured.",
     )  # fmt: skip
     settings.add_arguments(demo, settings.DemoSettings)
+
+    compare = commands.add_parser(
+        "compare", help="two runs side by side: a terminal table with ratios, an HTML report",
+        epilog=examples("compare"),
+        description="Overlay two runs (each a reports/demo-* folder, its results.json, a benchmark JSON or "
+        "an `echolab bench --json` result) in one HTML report; print B/A ratios.",
+    )  # fmt: skip
+    compare.add_argument("run_a", metavar="RUN_A", help="the first run (A)")
+    compare.add_argument("run_b", metavar="RUN_B", help="the second run (B), compared with A")
+    settings.add_arguments(compare, settings.CompareSettings)
 
     benchmark = commands.add_parser(
         "benchmark", help="the full benchmark (make bench): every server, references, paired rounds",
@@ -142,6 +155,10 @@ def run(args: argparse.Namespace) -> int:
 
         raise_fd_limit()
         return demo.run(settings.from_namespace(settings.DemoSettings, args))
+    if args.command == "compare":
+        from .lab import compare
+
+        return compare.run(args.run_a, args.run_b, settings.from_namespace(settings.CompareSettings, args))
     if args.command == "benchmark":
         from .lab import benchmark
 

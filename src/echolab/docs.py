@@ -8,11 +8,20 @@ from __future__ import annotations
 
 from .catalogue import SERVERS
 from .metrics import METRICS
-from .settings import BenchmarkSettings, BenchSettings, DemoSettings, Option, Settings, options
+from .settings import (
+    BenchmarkSettings,
+    BenchSettings,
+    CompareSettings,
+    DemoSettings,
+    Option,
+    Settings,
+    options,
+)
 
 LAB_COMMANDS: tuple[tuple[str, type[Settings]], ...] = (
     ("bench", BenchSettings),
     ("demo", DemoSettings),
+    ("compare", CompareSettings),
     ("benchmark", BenchmarkSettings),
 )
 

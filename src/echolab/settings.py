@@ -413,3 +413,11 @@ class BenchmarkSettings(Settings):
     only: str = setting("", "run only the servers whose name contains this")
     out: Path = setting(Path("reports"), "folder for the JSON")
 
+
+@dataclass(frozen=True)
+class CompareSettings(Settings):
+    """``echolab compare``."""
+
+    PREFIX: ClassVar[str] = "ECHO_COMPARE_"
+
+    out: Path = setting(Path("reports"), "folder for the comparison's report")
