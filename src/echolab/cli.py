@@ -50,6 +50,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def prose(text: str) -> str:
+    """A paragraph wrapped for a terminal (the help keeps line breaks as written, for the examples)."""
+    return textwrap.fill(text, 79)
+
+
 def examples(command: str) -> str:
     return "examples:\n" + textwrap.indent(EXAMPLES[command], "  ")
 
@@ -73,7 +78,13 @@ def build_parser() -> Parser:
 
     bench = commands.add_parser(
         "bench", help="load an echo server and report what the client saw", epilog=examples("bench"),
-        description="An asyncio load client: closed loop by default, open loop with --rate.",
+        description=prose(
+            "An asyncio load client with at most one request outstanding per connection: closed loop "
+            "by default (each connection sends when its reply arrives), open loop with --rate (requests "
+            "due at a constant rate, latency from the intended send time, as wrk2)."
+        )
+        + "\n\nexit status: 0 measured; 1 nothing connected, or nothing succeeded (why: one line\n"
+        "on stderr); 2 a bad argument; 130/143 interrupted (what was measured so far, marked partial).",
     )  # fmt: skip
     bench.add_argument("target", metavar="HOST:PORT", help="the server, e.g. 127.0.0.1:9091")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -82,17 +93,23 @@ def build_parser() -> Parser:
     demo = commands.add_parser(
         "demo", help="sweep every server through rising concurrency, write a report",
         epilog=scenario_list() + "\n\n" + examples("demo"),
-        description="Start every server natively, load each at rising concurrency under each workload "
-        "(scenario), and in an open loop at rising offered rates; print verdicts, write "
-        "reports/demo-<time>/index.html. Ctrl-C stops it and keeps what was measured.",
+        description=prose(
+            "Start every server natively, load each at rising concurrency under each workload (scenario), "
+            "and in an open loop at rising offered rates; print verdicts, write "
+            "reports/demo-<time>/index.html. Ctrl-C or SIGTERM stops the servers, writes the report of "
+            "what was measured, marked partial, and exits 130 or 143."
+        ),
     )  # fmt: skip
     settings.add_arguments(demo, settings.DemoSettings)
 
     compare = commands.add_parser(
         "compare", help="two runs side by side: a terminal table with ratios, an HTML report",
         epilog=examples("compare"),
-        description="Overlay two runs (each a reports/demo-* folder, its results.json, a benchmark JSON or "
-        "an `echolab bench --json` result) in one HTML report; print B/A ratios.",
+        description=prose(
+            "Overlay two runs (each a reports/demo-* folder, its results.json, a benchmark JSON or an "
+            "`echolab bench --json` result) in one HTML report, reports/compare-<time>/index.html, and "
+            "print the B/A ratios of throughput and p99 of every measurement both made."
+        ),
     )  # fmt: skip
     compare.add_argument("run_a", metavar="RUN_A", help="the first run (A)")
     compare.add_argument("run_b", metavar="RUN_B", help="the second run (B), compared with A")

@@ -150,7 +150,7 @@ class Option:
         if self.spec.choices:
             return "{" + ",".join(self.spec.choices) + "}"
         by_unit = {"ms": "MS", "s": "SECONDS", "bytes": "BYTES"}
-        by_type = {int: "N", float: "N", tuple[int, ...]: "N,N,...", tuple[str, ...]: "NAME,..."}
+        by_type = {int: "N", float: "N", tuple[int, ...]: "N,N,...", tuple[str, ...]: "NAME,...", Path: "DIR"}
         return by_unit.get(self.spec.unit) or by_type.get(self.type, "TEXT")
 
     def describe_default(self, value: Any) -> str:
@@ -381,23 +381,32 @@ class DemoSettings(Settings):
 
     quick: bool = setting(False, "a short run: the same sections, shorter runs, fewer levels")
     scenario: tuple[str, ...] = setting(
-        (), "workloads to run (comma-separated; none: every one, io first); see echolab demo --help"
+        (), "workloads to run (comma-separated; none: every one, io first), listed by echolab demo --help"
     )
     levels: tuple[int, ...] = setting(
         (1, 10, 100, 500, 1000, 2000, 5000), "concurrent connections for the first scenario",
         check=positive_list,
     )  # fmt: skip
     other_levels: tuple[int, ...] = setting(
-        (1, 10, 100, 1000), "concurrent connections for the other scenarios", check=positive_list
+        (1, 100, 1000), "concurrent connections for the other scenarios", check=positive_list
     )
-    open_loop: bool = setting(True, "also sweep the first scenario in an open loop, at --rates")
+    open_loop: bool = setting(
+        True, "also sweep the first scenario in an open loop at --rates (the line-protocol servers)"
+    )
     rates: tuple[int, ...] = setting(
-        (2000, 5000, 10000, 15000, 20000, 30000), "offered requests/s of the open-loop sweep",
+        (2000, 5000, 7500, 10000, 20000, 30000), "offered requests/s of the open-loop sweep",
         unit="req/s", check=positive_list,
     )  # fmt: skip
     framing: str = setting("lines", "the TCP servers' framing", choices=FRAMINGS)
-    duration: float = setting(2.0, "measured time per level", unit="s", check=above(0))
+    duration: float = setting(2.0, "measured time per level of the first scenario", unit="s", check=above(0))
+    other_duration: float = setting(
+        1.0, "measured time per level of the other scenarios", unit="s", check=above(0)
+    )
     warmup: float = setting(0.5, "load before measuring, per level", unit="s", check=at_least(0))
+    stop_below: float = setting(
+        0.5, "skip a server's higher levels once it gives less than this share of the bound (0: never)",
+        check=at_least(0),
+    )  # fmt: skip
     servers: tuple[str, ...] = setting((), "run only these (comma-separated names; none: all)")
     out: Path = setting(Path("reports"), "folder for the reports")
 

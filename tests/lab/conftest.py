@@ -17,10 +17,11 @@ SLOWER = Scenario("slower", "30 ms of awaited IO per request", ("--delay-ms", "3
 SMALL = DemoSettings(
     scenario=("fast", "slower"),
     servers=("threaded", "async", "serial"),
-    levels=(1, 4),
+    levels=(1, 4, 8),
     other_levels=(4,),
     rates=(100,),
     duration=0.4,
+    other_duration=0.4,
     warmup=0.1,
 )
 

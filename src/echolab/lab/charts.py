@@ -80,11 +80,11 @@ def _thousands(value: float, _: object) -> str:
     return f"{value:,.0f}" if value >= 1 else f"{value:g}"
 
 
-def _log(axis: Any) -> None:
-    """A log axis labelled 1, 2, 5, 10, 20, 50...: plain numbers, no 10^x, no crowded minor labels."""
+def _log(axis: Any, subs: tuple[float, ...] = (1.0, 2.0, 5.0)) -> None:
+    """A log axis labelled 1, 2, 5, 10, 20, 50... (``subs`` of each decade): plain numbers, no 10^x."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
     axis.set_major_formatter(FuncFormatter(_thousands))
     axis.set_minor_formatter(NullFormatter())
 
@@ -99,7 +99,7 @@ def _level_axis(ax: Any, mode: str) -> None:
     else:
         ax.set_xscale("log")
         ax.set_xlabel("concurrent connections (log scale)")
-        _log(ax.xaxis)
+        _log(ax.xaxis, (1.0,))  # decades: the panels are narrow
     ax.grid(True, which="both", alpha=0.3)
 
 
@@ -196,7 +196,14 @@ def distribution_chart(series: list[Series], mode: str) -> str:
         rows, columns, figsize=(12, 2.8 * rows + 0.4), layout="constrained", sharex=True, sharey=True,
         squeeze=False,
     )  # fmt: skip
-    unit = "req/s offered" if mode == "open" else "connections"
+
+    def title(level: float) -> str:
+        return (
+            f"{level:,.0f} req/s offered"
+            if mode == "open"
+            else f"{level:,.0f} connection" + "s" * (level != 1)
+        )
+
     for ax, level in zip(axes.flat, levels, strict=False):
         for s in series:
             row = next((r for r in s.rows if r.level == level), None)
@@ -214,8 +221,8 @@ def distribution_chart(series: list[Series], mode: str) -> str:
                 [edges[0] / BUCKET_RATIO, *edges], cumulative, where="post", **(s.style() | {"marker": None})
             )
         ax.set_xscale("log")
-        _log(ax.xaxis)
-        ax.set_title(f"{level:,.0f} {unit}", fontsize="medium")
+        _log(ax.xaxis, (1.0, 3.0))
+        ax.set_title(title(level), fontsize="medium")
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.set_ylim(0, 1.02)
         ax.grid(True, which="both", alpha=0.3)

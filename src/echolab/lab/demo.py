@@ -48,6 +48,7 @@ class Step:
     section: Section
     variant: Variant
     levels: tuple[int, ...]
+    duration: float
 
 
 class DemoError(Exception):
@@ -86,6 +87,7 @@ def quick(settings: DemoSettings) -> DemoSettings:
         "levels": QUICK_LEVELS,
         "rates": QUICK_RATES,
         "duration": QUICK_DURATION,
+        "other_duration": QUICK_DURATION,
         "warmup": QUICK_WARMUP,
     }
     return dataclasses.replace(
@@ -100,18 +102,19 @@ def plan(settings: DemoSettings) -> list[Step]:
     for index, scenario in enumerate(scenarios(settings)):
         first = index == 0
         closed = Section(scenario.name, scenario.summary, "closed", scenario.delay_hint_ms, scenario.options)
+        duration = settings.duration if first else settings.other_duration
         for variant in servers:
             levels = settings.levels if first else settings.other_levels
             if variant is SERIAL:  # the article's baseline belongs to the article's workload
                 levels = tuple(n for n in levels if n <= SERIAL_MAX_LEVEL) if first else ()
             if levels:
-                steps.append(Step(closed, with_options(variant, scenario), levels))
+                steps.append(Step(closed, with_options(variant, scenario), levels, duration))
         if first and settings.open_loop:
             opened = dataclasses.replace(closed, mode="open")
             steps += [
-                Step(opened, with_options(v, scenario), settings.rates)
+                Step(opened, with_options(v, scenario), settings.rates, duration)
                 for v in servers
-                if v.framing != "oneshot"
+                if v.framing == "lines"  # the line protocol's servers: HTTP's knee shows in the closed loop
             ]
     return steps
 
@@ -142,15 +145,16 @@ def run(settings: DemoSettings) -> int:
         "settings": {k: str(v) if k == "out" else v for k, v in dataclasses.asdict(settings).items()},
         "machine": machine.facts(),
         "partial": None,
+        "skipped": [],
     }
     rows: list[Row] = []
-    planned = sum(len(step.levels) for step in steps)
     began = time.monotonic()
     try:
         with interruptible():
-            sweep(steps, settings, rows, console)
+            sweep(steps, settings, rows, record["skipped"], console)
     except Interrupted as exc:
         console.print(f"[yellow]{exc}: servers stopped; writing the report of what was measured[/yellow]")
+        planned = sum(len(step.levels) for step in steps) - sum(len(s["levels"]) for s in record["skipped"])
         record["partial"] = {"signal": exc.name, "levels_done": len(rows), "levels_planned": planned}
         code = exc.exit_code
     else:
@@ -163,8 +167,14 @@ def run(settings: DemoSettings) -> int:
     return code
 
 
-def sweep(steps: Sequence[Step], settings: DemoSettings, rows: list[Row], console: Any) -> None:
-    """Run every step, appending each level's row to ``rows`` as it is measured."""
+def sweep(
+    steps: Sequence[Step],
+    settings: DemoSettings,
+    rows: list[Row],
+    skipped: list[dict[str, Any]],
+    console: Any,
+) -> None:
+    """Run every step, appending each level's row to ``rows`` as it is measured, and what it skipped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -189,17 +199,37 @@ def sweep(steps: Sequence[Step], settings: DemoSettings, rows: list[Row], consol
             def failed(level: int, exc: RuntimeError, name: str = step.variant.name) -> None:
                 progress.console.print(f"  {name:>13} {level:>10,} [red]{exc}[/red]")
 
-            measure(
+            measured = measure(
                 step.variant,
                 step.levels,
                 step.section.delay_ms,
-                settings.duration,
+                step.duration,
                 settings.warmup,
                 on_level=done,
                 on_error=failed,
                 open_loop=step.section.mode == "open",
                 scenario=step.section.scenario,
+                stop_below=settings.stop_below,
             )
+            note = skipped_levels(step, measured, settings.stop_below)
+            if note:
+                skipped.append(note)
+                progress.advance(task, len(note["levels"]))
+                progress.console.print(f"  {step.variant.name:>13} {note['why']}: higher levels skipped")
+
+
+def skipped_levels(step: Step, measured: list[Row], stop_below: float) -> dict[str, Any] | None:
+    """What a step did not measure, and why: the server fell under ``stop_below``, or the client failed."""
+    rest = step.levels[len(measured) :]
+    if not rest:
+        return None
+    low = bool(measured) and (measured[-1].bound_fraction or 0.0) < stop_below
+    why = (
+        f"under {stop_below:.0%} of the bound at {report.level_text(measured[-1])}"
+        if low
+        else "the client failed"
+    )
+    return {"section": step.section.key, "server": step.variant.name, "why": why, "levels": list(rest)}
 
 
 def summarise(console: Any, steps: Sequence[Step], rows: list[Row]) -> None:

@@ -159,7 +159,7 @@ def html_table(rows: list[Row]) -> str:
     return f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def section_html(section: Section, rows: list[Row]) -> str:
+def section_html(section: Section, rows: list[Row], skipped: Sequence[dict[str, Any]] = ()) -> str:
     ordered = sorted(rows, key=lambda r: (r.level, r.server))
     grouped = by_server(rows)
     verdicts = "".join(f"<li>{html.escape(verdict(name, s))}</li>" for name, s in grouped.items())
@@ -168,6 +168,12 @@ def section_html(section: Section, rows: list[Row]) -> str:
         for title, svg in charts.section_charts(charts.series_of(grouped), section.mode, section.delay_ms)
     )
     problems = sorted({f"{r.server} at {level_text(r)}: {r.problem}" for r in rows if r.problem})
+    unit = "req/s offered" if section.mode == "open" else "connections"
+    problems += [
+        f"{s['server']}: {s['why']}; not measured: {', '.join(f'{n:,}' for n in s['levels'])} {unit}"
+        for s in skipped
+        if s["section"] == section.key
+    ]
     notes = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
     flags = " ".join(section.options)
     return f"""
@@ -177,7 +183,7 @@ def section_html(section: Section, rows: list[Row]) -> str:
 {section.delay_ms:g} ms</p>
 <p class="finding">{html.escape(finding(section, rows))}</p>
 <ul class="verdict">{verdicts}</ul>
-{f'<p>The client reported:</p><ul class="notes">{notes}</ul>' if notes else ""}
+{f'<p>Notes:</p><ul class="notes">{notes}</ul>' if notes else ""}
 {figures}
 <h3>Measurements</h3>{html_table(ordered)}
 </section>"""
@@ -229,6 +235,12 @@ def page(
     )
 
 
+def stop_text(stop_below: float) -> str:
+    if not stop_below:
+        return ""
+    return f"A server's sweep stops at the first level where it gives under {stop_below:.0%} of the bound."
+
+
 def partial_banner(partial: dict[str, Any] | None) -> str:
     if not partial:
         return ""
@@ -267,13 +279,14 @@ the HTTP pair over HTTP/1.1 keep-alive), {settings["duration"]:g} s per level af
 {settings["warmup"]:g} s of warm-up, every server natively on loopback, one at a time, the load client on
 the same machine. A server <em>holds</em> a level when it gives at least {HOLD_FRACTION:.0%} of the bound
 (closed loop: connections / time per request, Little's law; open loop: the offered rate) with under 1% errors,
-and in the open loop a p99 within {HOLD_P99_FACTOR:g} times the time per request; rows in red do not.</p>"""
+and in the open loop a p99 within {HOLD_P99_FACTOR:g} times the time per request; rows in red do not.
+{stop_text(settings.get("stop_below", 0))}</p>"""
     tail = (
         f'<h2 id="history">Earlier runs</h2>{history_html(earlier, folder)}'
         '<p class="meta">Raw data: <a href="results.json">results.json</a>, '
         '<a href="results.csv">results.csv</a>.</p>'
     )
-    body = [section_html(s, s.rows(rows)) for s in present]
+    body = [section_html(s, s.rows(rows), record.get("skipped", ())) for s in present]
     contents = [(s.key, s.title) for s in present] + [("history", "earlier runs")]
     index = folder / "index.html"
     index.write_text(page(f"echolab demo {record['started']}", head, body, contents, tail))

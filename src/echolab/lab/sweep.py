@@ -143,6 +143,7 @@ def measure(
     *,
     open_loop: bool = False,
     scenario: str = "",
+    stop_below: float = 0.0,
 ) -> list[Row]:
     """Start ``variant`` once and run the client at each level; one row per level.
 
@@ -152,7 +153,8 @@ def measure(
 
     With ``on_error``, a level whose client fails is reported there and ends
     this server's sweep (higher levels would only fail worse); the rows so
-    far are kept. Without, the error propagates.
+    far are kept. Without, the error propagates. A level where the server
+    gives less than ``stop_below`` of the bound ends its sweep too.
     """
     rows: list[Row] = []
     with running(variant, delay_ms) as (port, process):
@@ -185,4 +187,6 @@ def measure(
             )
             if on_level is not None:
                 on_level(rows[-1])
+            if (rows[-1].bound_fraction or 0.0) < stop_below:
+                break
     return rows
