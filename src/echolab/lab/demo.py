@@ -25,7 +25,7 @@ from typing import Any
 from .. import machine
 from ..settings import DemoSettings
 from . import history, report
-from .interrupt import Interrupted, interruptible
+from .interrupt import Interrupted, held, interruptible
 from .report import Section
 from .results import Row, by_server, rich_table
 from .scenarios import SCENARIOS, Scenario
@@ -160,11 +160,12 @@ def run(settings: DemoSettings) -> int:
     else:
         code = 0
     record["seconds"] = round(time.monotonic() - began, 1)
-    summarise(console, steps, rows)
-    earlier = history.earlier(settings.out)
-    index = report.write(history.new_folder(settings.out, "demo"), rows, record, sections(steps), earlier)
-    console.print(f"report: {index.resolve()}" + (" (partial)" if code else ""))
-    return code
+    with held() as arrived:
+        summarise(console, steps, rows)
+        earlier = history.earlier(settings.out)
+        index = report.write(history.new_folder(settings.out, "demo"), rows, record, sections(steps), earlier)
+        console.print(f"report: {index.resolve()}" + (" (partial)" if code else ""))
+    return code or (128 + arrived[0] if arrived else 0)
 
 
 def sweep(

@@ -5,7 +5,9 @@ the main thread, wherever it is: the ``with`` blocks that started servers
 and clients stop them as the exception unwinds (``subprocess.run`` kills its
 client), and the caller writes what it measured so far, marked partial.
 Once one signal has arrived, further ones are ignored, so that an impatient
-second Ctrl-C cannot cut the cleanup short and orphan a server.
+second Ctrl-C cannot cut the cleanup short and orphan a server. While the
+report is written, :func:`held` keeps both signals waiting: a report is
+never left half-written.
 """
 
 from __future__ import annotations
@@ -46,3 +48,17 @@ def interruptible() -> Iterator[None]:
     finally:
         for each, handler in previous.items():
             signal.signal(each, handler)
+
+
+@contextlib.contextmanager
+def held() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM wait until the block is done; the list then holds the ones that arrived."""
+    arrived: list[int] = []
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield arrived
+    finally:
+        for signum in sorted(signal.sigpending() & set(SIGNALS)):
+            signal.sigwait({signum})  # taken off the pending set, not delivered
+            arrived.append(signum)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
