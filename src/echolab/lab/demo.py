@@ -37,7 +37,7 @@ from .variants import SERIAL, SERVERS_AS_THEY_ARE, Variant
 QUICK_LEVELS = (1, 10, 100, 1000, 2000, 5000)
 QUICK_RATES = (2000, 5000, 10000, 20000)
 QUICK_DURATION = 1.0
-QUICK_WARMUP = 0.3
+QUICK_WARMUP = 0.5
 SERIAL_MAX_LEVEL = 10  # one client at a time: past this it only shows queueing
 
 

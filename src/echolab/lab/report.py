@@ -84,23 +84,19 @@ def level_text(row: Row) -> str:
 
 
 def verdict(server: str, series: list[Row]) -> str:
-    """One sentence: where the server holds and where it breaks."""
-    held = [r for r in series if r.holds]
-    broken = [r for r in series if not r.holds]
+    """One sentence: up to where the server holds, and what happens at the first level it does not."""
+    first = next((r for r in series if not r.holds), None)
     top = series[-1]
     of = "of the offered rate" if top.mode == "open" else "of the bound"
-    if not broken:
+    if first is None:
         return (
             f"{server}: holds at every level, up to {level_text(top)} "
             f"({top.bound_fraction or 0:.0%} {of}, p99 {top.latency('p99') or 0:,.0f} ms)."
         )
-    first = broken[0]
-    where = f"holds up to {level_text(held[-1])}" if held else f"never holds {HOLD_FRACTION:.0%} {of}"
-    trouble = f", {first.error_count:,} errors" if first.error_count else ""
-    return (
-        f"{server}: {where}; at {level_text(first)} it gives {first.bound_fraction or 0:.0%} {of} "
-        f"({first.throughput:,.0f} req/s), p99 {first.latency('p99') or 0:,.0f} ms{trouble}."
-    )
+    before = series[: series.index(first)]
+    where = f"holds up to {level_text(before[-1])}" if before else f"does not hold {HOLD_FRACTION:.0%} {of}"
+    p99 = "" if "p99" in (first.trouble or "") else f", p99 {first.latency('p99') or 0:,.0f} ms"
+    return f"{server}: {where}; at {level_text(first)} {first.trouble}{p99}."
 
 
 def finding(section: Section, rows: list[Row]) -> str:
@@ -114,14 +110,14 @@ def finding(section: Section, rows: list[Row]) -> str:
     parts = []
     peaks = {}
     for family, (name, series) in best.items():
-        held = [r for r in series if r.holds]
+        first = next((i for i, r in enumerate(series) if not r.holds), len(series))
         peaks[family] = max(series, key=lambda r: r.throughput)
-        if not held:
-            reach = "never holds"
-        elif len(held) == len(series):
-            reach = f"holds at every level (up to {level_text(held[-1])})"
+        if first == 0:
+            reach = "never holds the bound"
+        elif first == len(series):
+            reach = f"holds at every level (up to {level_text(series[-1])})"
         else:
-            reach = f"holds up to {level_text(held[-1])}"
+            reach = f"holds up to {level_text(series[first - 1])}"
         parts.append(
             f"the best {family} server, {name}, {reach} and peaks at {peaks[family].throughput:,.0f} req/s"
         )
@@ -278,8 +274,9 @@ def write(
 the HTTP pair over HTTP/1.1 keep-alive), {settings["duration"]:g} s per level after
 {settings["warmup"]:g} s of warm-up, every server natively on loopback, one at a time, the load client on
 the same machine. A server <em>holds</em> a level when it gives at least {HOLD_FRACTION:.0%} of the bound
-(closed loop: connections / time per request, Little's law; open loop: the offered rate) with under 1% errors,
-and in the open loop a p99 within {HOLD_P99_FACTOR:g} times the time per request; rows in red do not.
+(closed loop: connections / time per request, Little's law; open loop: the offered rate), give or take
+one reply per connection counted in the window, with under 1% errors, and in the open loop a p99 within
+{HOLD_P99_FACTOR:g} times the time per request; rows in red do not.
 {stop_text(settings.get("stop_below", 0))}</p>"""
     tail = (
         f'<h2 id="history">Earlier runs</h2>{history_html(earlier, folder)}'

@@ -8,6 +8,7 @@ with :meth:`Row.from_dict`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,16 +61,41 @@ class Row:
         return sum(self.errors.values())
 
     @property
-    def holds(self) -> bool:
+    def slack(self) -> float:
+        """How far under the bound a closed loop that keeps up may measure, counting whole requests.
+
+        In a window of T seconds a connection completes T/D requests, give
+        or take one; over N connections with independent phases, give or
+        take about the square root of N. At 1 connection, 1 s and 100 ms
+        that is a tenth of the bound: counting 9 replies instead of 10 is
+        not a server that fails to keep up.
+        """
+        if self.mode == "open" or self.delay_ms <= 0 or self.seconds <= 0:
+            return 0.0
+        return self.delay_ms / 1000 / (self.seconds * math.sqrt(max(self.connections, 1)))
+
+    @property
+    def trouble(self) -> str | None:
+        """Why the server does not hold this level (None: it holds), in words."""
         fraction = self.bound_fraction or 0.0
-        if fraction < HOLD_FRACTION or self.error_count > HOLD_ERROR_RATE * max(self.requests, 1):
-            return False
+        of = "of the offered rate" if self.mode == "open" else "of the bound"
+        if fraction + self.slack < HOLD_FRACTION:
+            return f"it gives {fraction:.0%} {of} ({self.throughput:,.0f} req/s)"
+        if self.error_count > HOLD_ERROR_RATE * max(self.requests, 1):
+            return f"{self.error_count:,} requests fail ({fraction:.0%} {of})"
         p99 = self.latency("p99")
-        return (
-            self.mode != "open"
-            or self.delay_ms <= 0
-            or (p99 is not None and p99 <= HOLD_P99_FACTOR * self.delay_ms)
-        )
+        if (
+            self.mode == "open"
+            and self.delay_ms > 0
+            and (p99 is None or p99 > HOLD_P99_FACTOR * self.delay_ms)
+        ):
+            over = f"over {HOLD_P99_FACTOR:g} times the work"
+            return f"its p99 reaches {p99 or 0:,.0f} ms, {over} ({fraction:.0%} {of})"
+        return None
+
+    @property
+    def holds(self) -> bool:
+        return self.trouble is None
 
     def latency(self, key: str) -> float | None:
         return self.latency_ms.get(key)
