@@ -74,6 +74,7 @@ def test_closed_loop_counts_every_reply(kind: str, framing: str) -> None:
     edges = [edge for edge, _ in result["histogram_ms"]]
     assert edges == sorted(edges)
     assert sum(count for _, count in result["histogram_ms"]) == result["requests"]
+    assert result["client_cpu_percent"] > 0
     assert result["machine"]["cores"] == os.cpu_count()
     assert result["machine"]["python"] == ".".join(map(str, sys.version_info[:3]))
 

@@ -94,11 +94,12 @@ def _log(axis: Any, subs: tuple[float, ...] = (1.0, 2.0, 5.0)) -> None:
 
 
 def _level_axis(ax: Any, mode: str) -> None:
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     if mode == "open":
         ax.set_xlabel("offered load, requests/s")
         ax.set_xlim(left=0)
+        ax.xaxis.set_major_locator(MaxNLocator(4))  # the panels are narrow
         ax.xaxis.set_major_formatter(FuncFormatter(_thousands))
     else:
         ax.set_xscale("log")

@@ -41,6 +41,7 @@ CSV_FIELDS = (
     "server_cpu_percent",
     "server_rss_mb",
     "server_threads",
+    "client_cpu_percent",
     "problem",
 )
 

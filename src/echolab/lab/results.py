@@ -37,6 +37,7 @@ class Row:
     server_cpu_percent: float = 0.0
     server_rss_mb: float = 0.0
     server_threads: int = 0
+    client_cpu_percent: float = 0.0
     scenario: str = ""  # the demo's workload (lab/scenarios.py); "" in the benchmark
     mode: str = "closed"  # closed | open
     rate: float = 0.0  # open loop: offered requests/s
@@ -134,6 +135,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("server CPU", lambda r: f"{r.server_cpu_percent:.0f}%"),
     Column("RSS MiB", lambda r: f"{r.server_rss_mb:.0f}"),
     Column("threads", lambda r: str(r.server_threads)),
+    Column("client CPU", lambda r: f"{r.client_cpu_percent:.0f}%", wide=True),
 )
 
 

@@ -36,7 +36,7 @@ import socket
 import sys
 from collections.abc import Coroutine
 from dataclasses import asdict
-from time import perf_counter
+from time import perf_counter, process_time
 from typing import Any
 
 import httptools
@@ -64,6 +64,7 @@ RECONNECT_DELAY = 0.05
 PACE_TICK = 0.001
 PROGRESS_AFTER = 3.0  # seconds: shorter runs need no progress line
 FD_SPARE = 32  # descriptors the client needs besides its connections
+CLIENT_BUSY_PERCENT = 90.0  # a client near one core measures itself as much as the server
 SAMPLE = b"the quick brown fox jumps over the lazy dog "
 
 
@@ -109,6 +110,7 @@ class Run:
         self.done: asyncio.Future[None] = loop.create_future()
         self.interrupted: asyncio.Future[int] = loop.create_future()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.cpu_percent = 0.0  # this process's CPU while measuring, % of one core
 
     def record(self, latency: float) -> None:
         if self.measuring:
@@ -496,12 +498,13 @@ async def bench(host: str, port: int, args: BenchSettings) -> BenchResult:
         if await run.wait(0 if args.requests else args.warmup):
             run.phase = "measuring"
             run.measuring = True
-            started = perf_counter()
+            started, cpu = perf_counter(), process_time()
             await run.wait(
                 None if args.requests else args.duration, until=run.done if args.requests else None
             )
             run.measuring = False
             elapsed = perf_counter() - started
+            run.cpu_percent = 100 * (process_time() - cpu) / elapsed if elapsed else 0.0
         gc.enable()
     else:
         connected, still_connecting = run.opened, 0
@@ -527,6 +530,11 @@ def summarise(run: Run, args: BenchSettings, connected: int, elapsed: float) -> 
     else:
         bound = args.connections / delay if delay > 0 else None
     notes = []
+    if run.cpu_percent >= CLIENT_BUSY_PERCENT:
+        notes.append(
+            f"this client used {run.cpu_percent:.0f}% of a core while measuring: the figures may show "
+            "its limit rather than the server's (lower the load, or give the client a core of its own)"
+        )
     if args.rate and delay > 0 and args.connections / delay < args.rate:
         notes.append(
             f"{args.connections:,} connections at {args.delay_hint_ms:g} ms a request carry at most "
@@ -551,6 +559,7 @@ def summarise(run: Run, args: BenchSettings, connected: int, elapsed: float) -> 
         bound=round(bound, 1) if bound else None,
         bound_fraction=round(throughput / bound, 4) if bound else None,
         unsent=len(run.backlog),
+        client_cpu_percent=round(run.cpu_percent, 1),
         notes=notes,
         partial=run.interrupted.done(),
         interrupted=signal.Signals(run.interrupted.result()).name if run.interrupted.done() else None,

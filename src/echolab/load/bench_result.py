@@ -40,6 +40,7 @@ class BenchResult:
     bound: float | None = None  # closed: connections / delay (Little's law); open: the offered rate
     bound_fraction: float | None = None
     unsent: int = 0  # open loop: requests due but still waiting for a free connection at the end
+    client_cpu_percent: float = 0.0  # this client's CPU while measuring, % of one core
     problem: str | None = None
     notes: list[str] = field(default_factory=list)
     partial: bool = False  # interrupted: the figures cover the time measured until then
