@@ -39,8 +39,10 @@ lint: install
 dashboards: install
 	$(BIN)/python -m echolab.dashboards.build grafana/dashboards
 
-# The comparison, natively: a concurrency sweep of every server, a report in reports/.
-# DEMO_ARGS="--quick" for a ~30 s version; see `echolab demo --help`.
+# The comparison, natively: every server under every scenario, a closed-loop
+# sweep of rising concurrency and an open-loop one of rising offered rates, a
+# report in reports/. DEMO_ARGS="--quick" for a shorter run, "--scenario io" for
+# one workload; see `echolab demo --help`. Ctrl-C keeps what was measured.
 demo: install
 	$(BIN)/echolab demo $(DEMO_ARGS)
 
@@ -59,6 +61,9 @@ serve-%: install
 	$(BIN)/echolab serve $*
 
 # --- Locust, natively: every server + Locust; the servers stop with Locust ---
+# Each server listens on its catalogue port (9090-9093, `echolab config`), or on
+# LOCUST_THREADED_PORT, LOCUST_ASYNC_PORT, ... when set, or on a free port when
+# its own is taken; the banner prints the addresses in use.
 LOCUSTFILES    := loadtest/locustfile.py,loadtest/step_ramp.py,loadtest/spike.py
 LOCUST_WEB_PORT ?= 8089
 LOADTEST_USERS ?= 200
@@ -74,14 +79,20 @@ LOADTEST_MAX_FAIL_RATIO ?= 0.01
 locust: install
 	$(BIN)/python -m echolab.lab.locust_local -f $(LOCUSTFILES) --class-picker --web-port $(LOCUST_WEB_PORT)
 
-# Headless step ramp (+STEP_USERS every STEP_SECONDS up to LOADTEST_USERS) for LOADTEST_TIME;
-# it ends by itself, exiting 0 or with the thresholds' verdict.
+# Headless step ramp (+STEP_USERS every STEP_SECONDS up to LOADTEST_USERS, shared
+# by the four servers' users) for LOADTEST_TIME. With the defaults every server
+# holds: 50 users each stay far below the threaded knee (1,000-2,000
+# connections), which one Locust process on the servers' own cores cannot reach.
+# It shows Locust's view of a healthy ramp; `make demo` shows the knees. It ends by itself,
+# exiting 0 or with the thresholds' verdict.
 loadtest: install
 	mkdir -p reports
 	$(BIN)/python -m echolab.lab.locust_local -f loadtest/locustfile.py,loadtest/step_ramp.py --headless \
 	  -u $(LOADTEST_USERS) -t $(LOADTEST_TIME) --step-users $(STEP_USERS) --step-seconds $(STEP_SECONDS) \
 	  --max-fail-ratio $(LOADTEST_MAX_FAIL_RATIO) --html reports/locust.html --csv reports/locust --only-summary
-	@echo "Locust report: reports/locust.html (stats: reports/locust_stats.csv)"
+	@echo "Locust report: $(CURDIR)/reports/locust.html (stats: reports/locust_stats.csv)"
+	@echo "$(LOADTEST_USERS) users shared by the four servers' user classes; the threaded server's knee is at" \
+	  "1,000-2,000 connections of its own (make demo)."
 
 # --- the containerized stack: docker-compose.yml ---------------------------------
 COMPOSE  ?= docker compose

@@ -1,4 +1,4 @@
-"""The ``echolab`` command: serve, bench, demo, benchmark, report, config."""
+"""The ``echolab`` command: serve, bench, demo, compare, benchmark, report, soak, config."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ examples:
   echolab bench 127.0.0.1:9091 --connections 1000
   echolab demo --quick                     every server, a sweep, an HTML report
   echolab report --since 15m               the stack's dashboards drawn from Prometheus
+  echolab compare reports/demo-A reports/demo-B   two runs in one report
   echolab config                           every setting, its env var and default
 """
 
@@ -27,8 +28,13 @@ EXAMPLES = {
     "serve": "echolab serve threaded --model pool --threads 32\n"
     "ECHO_DELAY_MS=20 echolab serve async --loop asyncio",
     "bench": "echolab bench 127.0.0.1:9091 --connections 1000 --duration 5\n"
-    "echolab bench 127.0.0.1:9093 --framing http --rate 2000 --json",
-    "demo": "echolab demo --quick\necholab demo --servers threaded,async --levels 100,1000,5000",
+    "echolab bench 127.0.0.1:9091 --rate 5000 --connections 1000    open loop: 5,000 req/s offered\n"
+    "echolab bench 127.0.0.1:9093 --framing http --json",
+    "demo": "echolab demo --quick\n"
+    "echolab demo --scenario io --servers threaded,async --levels 100,1000,5000\n"
+    "echolab demo --no-open-loop --other-levels 10,100",
+    "compare": "echolab compare reports/demo-20260101-120000 reports/demo-20260102-120000\n"
+    "echolab compare before.json after.json    two `echolab bench --json` results",
     "benchmark": "echolab benchmark --only async --duration 3",
     "soak": "echolab soak --duration 60 --interval 10",
     "config": "echolab config --markdown > table.md",
@@ -46,6 +52,11 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def prose(text: str) -> str:
+    """A paragraph wrapped for a terminal (the help keeps line breaks as written, for the examples)."""
+    return textwrap.fill(text, 79)
 
 
 def examples(command: str) -> str:
@@ -71,18 +82,42 @@ def build_parser() -> Parser:
 
     bench = commands.add_parser(
         "bench", help="load an echo server and report what the client saw", epilog=examples("bench"),
-        description="An asyncio load client: closed loop by default, open loop with --rate.",
+        description=prose(
+            "An asyncio load client with at most one request outstanding per connection: closed loop "
+            "by default (each connection sends when its reply arrives), open loop with --rate (requests "
+            "due at a constant rate, latency from the intended send time, as wrk2)."
+        )
+        + "\n\nexit status: 0 measured; 1 nothing connected, or nothing succeeded (why: one line\n"
+        "on stderr); 2 a bad argument; 130/143 interrupted (what was measured so far, marked partial).",
     )  # fmt: skip
     bench.add_argument("target", metavar="HOST:PORT", help="the server, e.g. 127.0.0.1:9091")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     settings.add_arguments(bench, settings.BenchSettings)
 
     demo = commands.add_parser(
-        "demo", help="sweep every server through rising concurrency, write a report", epilog=examples("demo"),
-        description="Start every server natively, load each at rising concurrency, print verdicts, "
-        "write reports/demo-<time>/index.html.",
+        "demo", help="sweep every server through rising concurrency, write a report",
+        epilog=scenario_list() + "\n\n" + examples("demo"),
+        description=prose(
+            "Start every server natively, load each at rising concurrency under each workload (scenario), "
+            "and in an open loop at rising offered rates; print verdicts, write "
+            "reports/demo-<time>/index.html. Ctrl-C or SIGTERM stops the servers, writes the report of "
+            "what was measured, marked partial, and exits 130 or 143."
+        ),
     )  # fmt: skip
     settings.add_arguments(demo, settings.DemoSettings)
+
+    compare = commands.add_parser(
+        "compare", help="two runs side by side: a terminal table with ratios, an HTML report",
+        epilog=examples("compare"),
+        description=prose(
+            "Overlay two runs (each a reports/demo-* folder, its results.json, a benchmark JSON or an "
+            "`echolab bench --json` result) in one HTML report, reports/compare-<time>/index.html, and "
+            "print the B/A ratios of throughput and p99 of every measurement both made."
+        ),
+    )  # fmt: skip
+    compare.add_argument("run_a", metavar="RUN_A", help="the first run (A)")
+    compare.add_argument("run_b", metavar="RUN_B", help="the second run (B), compared with A")
+    settings.add_arguments(compare, settings.CompareSettings)
 
     benchmark = commands.add_parser(
         "benchmark", help="the full benchmark (make bench): every server, references, paired rounds",
@@ -112,6 +147,13 @@ def build_parser() -> Parser:
     config.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
     config.add_argument("--metrics", action="store_true", help="the metrics table instead")
     return parser
+
+
+def scenario_list() -> str:
+    from .lab.scenarios import SCENARIOS
+
+    rows = "\n".join(f"  {s.name:<10} {s.summary}" for s in SCENARIOS.values())
+    return f"scenarios (--scenario):\n{rows}"
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -149,6 +191,10 @@ def run(args: argparse.Namespace) -> int:
 
         raise_fd_limit()
         return demo.run(settings.from_namespace(settings.DemoSettings, args))
+    if args.command == "compare":
+        from .lab import compare
+
+        return compare.run(args.run_a, args.run_b, settings.from_namespace(settings.CompareSettings, args))
     if args.command == "benchmark":
         from .lab import benchmark
 

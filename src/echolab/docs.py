@@ -11,6 +11,7 @@ from .metrics import METRICS
 from .settings import (
     BenchmarkSettings,
     BenchSettings,
+    CompareSettings,
     DemoSettings,
     Option,
     ReportSettings,
@@ -22,6 +23,7 @@ from .settings import (
 LAB_COMMANDS: tuple[tuple[str, type[Settings]], ...] = (
     ("bench", BenchSettings),
     ("demo", DemoSettings),
+    ("compare", CompareSettings),
     ("benchmark", BenchmarkSettings),
     ("report", ReportSettings),
     ("soak", SoakSettings),

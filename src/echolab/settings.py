@@ -168,7 +168,7 @@ class Option:
         if self.spec.choices:
             return "{" + ",".join(self.spec.choices) + "}"
         by_unit = {"ms": "MS", "s": "SECONDS", "bytes": "BYTES"}
-        by_type = {int: "N", float: "N", tuple[int, ...]: "N,N,...", tuple[str, ...]: "NAME,..."}
+        by_type = {int: "N", float: "N", tuple[int, ...]: "N,N,...", tuple[str, ...]: "NAME,...", Path: "DIR"}
         return by_unit.get(self.spec.unit) or by_type.get(self.type, "TEXT")
 
     def describe_default(self, value: Any) -> str:
@@ -177,8 +177,9 @@ class Option:
         if isinstance(value, bool):
             return "on" if value else "off"
         if isinstance(value, tuple):
-            return ",".join(map(str, value))
-        text = f"{value:g}" if isinstance(value, float) else str(value)
+            text = ",".join(map(str, value))
+        else:
+            text = f"{value:g}" if isinstance(value, float) else str(value)
         return f"{text} {self.spec.unit}" if self.spec.unit else text
 
 
@@ -385,8 +386,9 @@ class BenchSettings(Settings):
     )
     warmup: float = setting(1.0, "load before measuring starts", unit="s", check=at_least(0))
     rate: float = setting(
-        0.0, "open loop: requests/s at a constant arrival rate (0: closed loop)", check=at_least(0)
-    )
+        0.0, "open loop: requests/s at a constant arrival rate (0: closed loop)", unit="req/s",
+        check=at_least(0),
+    )  # fmt: skip
     message_size: int = setting(32, "request size, newline excluded", unit="bytes", check=at_least(1))
     delay_hint_ms: float = setting(
         100.0, "the server's delay, for the Little's-law bound", unit="ms", check=at_least(0)
@@ -400,14 +402,34 @@ class DemoSettings(Settings):
 
     PREFIX: ClassVar[str] = "ECHO_DEMO_"
 
-    quick: bool = setting(False, "a short run: fewer levels, shorter runs")
-    levels: tuple[int, ...] = setting(
-        (1, 10, 100, 500, 1000, 2000, 5000), "concurrent connections to measure at", check=positive_list
+    quick: bool = setting(False, "a short run: the same sections, shorter runs, fewer levels")
+    scenario: tuple[str, ...] = setting(
+        (), "workloads to run (comma-separated; none: every one, io first), listed by echolab demo --help"
     )
-    delay_ms: float = setting(100.0, "the servers' simulated IO", unit="ms", check=at_least(0))
+    levels: tuple[int, ...] = setting(
+        (1, 10, 100, 500, 1000, 2000, 5000), "concurrent connections for the first scenario",
+        check=positive_list,
+    )  # fmt: skip
+    other_levels: tuple[int, ...] = setting(
+        (1, 100, 1000), "concurrent connections for the other scenarios", check=positive_list
+    )
+    open_loop: bool = setting(
+        True, "also sweep the first scenario in an open loop at --rates (the line-protocol servers)"
+    )
+    rates: tuple[int, ...] = setting(
+        (2000, 5000, 7500, 10000, 20000, 30000), "offered requests/s of the open-loop sweep",
+        unit="req/s", check=positive_list,
+    )  # fmt: skip
     framing: str = setting("lines", "the TCP servers' framing", choices=FRAMINGS)
-    duration: float = setting(3.0, "measured time per level", unit="s", check=above(0))
-    warmup: float = setting(1.0, "load before measuring, per level", unit="s", check=at_least(0))
+    duration: float = setting(2.0, "measured time per level of the first scenario", unit="s", check=above(0))
+    other_duration: float = setting(
+        1.0, "measured time per level of the other scenarios", unit="s", check=above(0)
+    )
+    warmup: float = setting(0.5, "load before measuring, per level", unit="s", check=at_least(0))
+    stop_below: float = setting(
+        0.5, "skip a server's higher levels once it gives less than this share of the bound (0: never)",
+        check=at_least(0),
+    )  # fmt: skip
     servers: tuple[str, ...] = setting((), "run only these (comma-separated names; none: all)")
     out: Path = setting(Path("reports"), "folder for the reports")
 
@@ -451,3 +473,12 @@ class SoakSettings(Settings):
     connections: int = setting(50, "connections of each server's client", check=at_least(1))
     delay_ms: float = setting(100.0, "the servers' simulated IO", unit="ms", check=at_least(0))
     out: Path = setting(Path("reports"), "folder for the JSON")
+
+
+@dataclass(frozen=True)
+class CompareSettings(Settings):
+    """``echolab compare``."""
+
+    PREFIX: ClassVar[str] = "ECHO_COMPARE_"
+
+    out: Path = setting(Path("reports"), "folder for the comparison's report")

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import statistics
 import sys
 import time
 from typing import Any
 
+from .. import machine
 from ..settings import BenchmarkSettings
+from .interrupt import Interrupted, interruptible
 from .report import require_extra
 from .results import Row, rich_table
 from .sweep import measure
@@ -124,12 +127,44 @@ def run(args: BenchmarkSettings) -> int:
 
     # Wide enough for the table when the output goes to a file or a pipe.
     console = Console(width=None if sys.stdout.isatty() else 150)
+    record: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine.facts()}
     rows: list[Row] = []
+    pairs: list[dict[str, Any]] = []
+    try:
+        with interruptible():
+            measure_all(args, console, rows, pairs, record)
+    except Interrupted as exc:
+        console.print(f"[yellow]{exc}: servers stopped; writing what was measured[/yellow]")
+        record["partial"] = {"signal": exc.name, "levels_done": len(rows)}
+    checks = targets(rows, pairs)
+    for name, ok, detail in checks:
+        console.print(f"{'PASS' if ok else 'MISS'}  {name}: {detail}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    record |= {
+        "rows": [dataclasses.asdict(r) for r in rows],
+        "pairs": pairs,
+        "targets": [{"target": n, "met": ok, "measured": d} for n, ok, d in checks],
+    }
+    path.write_text(json.dumps(record, indent=1, allow_nan=False))
+    console.print(f"wrote {path}" + (" (partial)" if record.get("partial") else ""))
+    return 128 + signal.Signals[record["partial"]["signal"]] if record.get("partial") else 0
+
+
+def measure_all(
+    args: BenchmarkSettings,
+    console: Any,
+    rows: list[Row],
+    pairs: list[dict[str, Any]],
+    record: dict[str, Any],
+) -> None:
+    """The sweeps, the paired rounds and Locust's capacity, into ``rows``, ``pairs`` and ``record``."""
     for _section, variant, levels, delay in plan():
         if args.only and args.only not in variant.name:
             continue
 
         def show(r: Row) -> None:
+            rows.append(r)
             console.print(
                 f"  {r.server:<20} delay {r.delay_ms:>3g} ms  {r.connections:>6} conns  "
                 f"{r.throughput:>9,.0f} req/s  p99 {r.latency('p99') or 0:>8.1f} ms"
@@ -138,12 +173,11 @@ def run(args: BenchmarkSettings) -> int:
         def failed(connections: int, exc: RuntimeError, name: str = variant.name) -> None:
             console.print(f"  {name:<20} {connections:>6} conns  [red]client failed: {exc}[/red]")
 
-        rows += measure(variant, levels, delay, args.duration, args.warmup, on_level=show, on_error=failed)
+        measure(variant, levels, delay, args.duration, args.warmup, on_level=show, on_error=failed)
 
     console.print(
         rich_table("echolab bench (closed loop; bound = connections / delay)", rows, delay_column=True)
     )
-    pairs = []
     for name, a, b, connections, delay, target in PAIRS:
         if args.only and args.only not in a.name:
             continue
@@ -157,21 +191,4 @@ def run(args: BenchmarkSettings) -> int:
     console.print(
         f"one Locust process (50 AsyncUser, lines, async server at delay 0): {locust_rate:,.0f} req/s"
     )
-    checks = targets(rows, pairs)
-    for name, ok, detail in checks:
-        console.print(f"{'PASS' if ok else 'MISS'}  {name}: {detail}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(
-        json.dumps(
-            {
-                "rows": [dataclasses.asdict(r) for r in rows],
-                "pairs": pairs,
-                "locust_requests_per_second": locust_rate,
-                "targets": [{"target": n, "met": ok, "measured": d} for n, ok, d in checks],
-            },
-            indent=1,
-        )
-    )
-    console.print(f"wrote {path}")
-    return 0
+    record["locust_requests_per_second"] = locust_rate

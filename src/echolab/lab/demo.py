@@ -1,8 +1,16 @@
 """``echolab demo`` (``make demo``): the comparison anyone can run with only Python.
 
-Starts each server natively on loopback, walks it through a concurrency
-sweep with the ``echolab bench`` engine, prints a side-by-side table and a
-verdict per server, and writes reports/demo-<time>/index.html.
+For each scenario of :data:`echolab.lab.scenarios.SCENARIOS` (the first at
+``--levels``, the others at ``--other-levels``) it starts every server
+natively on loopback with the scenario's flags, walks it through rising
+concurrency with the ``echolab bench`` client, and with ``--open-loop`` also
+sweeps the first scenario at constant offered rates. It prints a table, a
+verdict per server and a finding per section, and writes
+reports/demo-<time>/index.html. A scenario added to SCENARIOS is a section
+of the report with nothing else to change.
+
+Ctrl-C or SIGTERM stops the servers and the client, writes the report of
+what was measured so far, marked partial, and exits 130 or 143.
 """
 
 from __future__ import annotations
@@ -10,17 +18,41 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from .. import machine
 from ..settings import DemoSettings
-from . import report
+from . import history, report
+from .interrupt import Interrupted, held, interruptible
+from .report import Section
 from .results import Row, by_server, rich_table
+from .scenarios import SCENARIOS, Scenario
 from .sweep import measure
 from .variants import SERIAL, SERVERS_AS_THEY_ARE, Variant
 
-QUICK_LEVELS = (1, 10, 100, 1000)
-QUICK_DURATION = 1.5
+# --quick: the same sections and the levels where the servers differ (threads
+# break between 1,000 and 5,000 connections), each measured for less time.
+QUICK_LEVELS = (1, 10, 100, 1000, 2000, 5000)
+QUICK_RATES = (2000, 5000, 10000, 20000)
+QUICK_DURATION = 1.0
 QUICK_WARMUP = 0.5
 SERIAL_MAX_LEVEL = 10  # one client at a time: past this it only shows queueing
+
+
+@dataclass(frozen=True)
+class Step:
+    """One server's sweep in one section."""
+
+    section: Section
+    variant: Variant
+    levels: tuple[int, ...]
+    duration: float
+
+
+class DemoError(Exception):
+    """A setting the demo cannot run with: one line, exit status 2."""
 
 
 def variants(settings: DemoSettings) -> list[Variant]:
@@ -33,65 +65,183 @@ def variants(settings: DemoSettings) -> list[Variant]:
     if settings.servers:
         unknown = set(settings.servers) - {v.name for v in chosen}
         if unknown:
-            raise SystemExit(f"echolab demo: error: no server {', '.join(sorted(unknown))}")
+            names = ", ".join(v.name for v in chosen)
+            raise DemoError(f"no server {', '.join(sorted(unknown))}: choose from {names}")
         chosen = [v for v in chosen if v.name in settings.servers]
     return chosen
 
 
+def scenarios(settings: DemoSettings) -> list[Scenario]:
+    unknown = [name for name in settings.scenario if name not in SCENARIOS]
+    if unknown:
+        raise DemoError(f"no scenario {', '.join(unknown)}: choose from {', '.join(SCENARIOS)}")
+    return [SCENARIOS[name] for name in settings.scenario or SCENARIOS]
+
+
+def quick(settings: DemoSettings) -> DemoSettings:
+    """``--quick``: shorter runs and fewer levels, where no other value was asked for."""
+    if not settings.quick:
+        return settings
+    defaults = DemoSettings()
+    replaced: dict[str, Any] = {
+        "levels": QUICK_LEVELS,
+        "rates": QUICK_RATES,
+        "duration": QUICK_DURATION,
+        "other_duration": QUICK_DURATION,
+        "warmup": QUICK_WARMUP,
+    }
+    return dataclasses.replace(
+        settings, **{k: v for k, v in replaced.items() if getattr(settings, k) == getattr(defaults, k)}
+    )
+
+
+def plan(settings: DemoSettings) -> list[Step]:
+    """Every server's sweep, section by section, in the order they run."""
+    steps = []
+    servers = variants(settings)
+    for index, scenario in enumerate(scenarios(settings)):
+        first = index == 0
+        closed = Section(scenario.name, scenario.summary, "closed", scenario.delay_hint_ms, scenario.options)
+        duration = settings.duration if first else settings.other_duration
+        for variant in servers:
+            levels = settings.levels if first else settings.other_levels
+            if variant is SERIAL:  # the article's baseline belongs to the article's workload
+                levels = tuple(n for n in levels if n <= SERIAL_MAX_LEVEL) if first else ()
+            if levels:
+                steps.append(Step(closed, with_options(variant, scenario), levels, duration))
+        if first and settings.open_loop:
+            opened = dataclasses.replace(closed, mode="open")
+            steps += [
+                Step(opened, with_options(v, scenario), settings.rates, duration)
+                for v in servers
+                if v.framing == "lines"  # the line protocol's servers: HTTP's knee shows in the closed loop
+            ]
+    return steps
+
+
+def with_options(variant: Variant, scenario: Scenario) -> Variant:
+    """The variant running the scenario's workload (its flags after the variant's own: they win)."""
+    return dataclasses.replace(variant, options=(*variant.options, *scenario.options))
+
+
+def sections(steps: Sequence[Step]) -> list[Section]:
+    return list(dict.fromkeys(step.section for step in steps))
+
+
 def run(settings: DemoSettings) -> int:
     report.require_extra()
+    try:
+        settings = quick(settings)
+        steps = plan(settings)
+    except DemoError as exc:
+        print(f"echolab demo: error: {exc}", file=sys.stderr)
+        return 2
     from rich.console import Console
+
+    # Wide enough for the tables when the output goes to a file or a pipe.
+    console = Console(width=None if sys.stdout.isatty() else 130)
+    record: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "settings": {k: str(v) if k == "out" else v for k, v in dataclasses.asdict(settings).items()},
+        "machine": machine.facts(),
+        "partial": None,
+        "skipped": [],
+    }
+    rows: list[Row] = []
+    began = time.monotonic()
+    try:
+        with interruptible():
+            sweep(steps, settings, rows, record["skipped"], console)
+    except Interrupted as exc:
+        console.print(f"[yellow]{exc}: servers stopped; writing the report of what was measured[/yellow]")
+        planned = sum(len(step.levels) for step in steps) - sum(len(s["levels"]) for s in record["skipped"])
+        record["partial"] = {"signal": exc.name, "levels_done": len(rows), "levels_planned": planned}
+        code = exc.exit_code
+    else:
+        code = 0
+    record["seconds"] = round(time.monotonic() - began, 1)
+    with held() as arrived:
+        summarise(console, steps, rows)
+        earlier = history.earlier(settings.out)
+        index = report.write(history.new_folder(settings.out, "demo"), rows, record, sections(steps), earlier)
+        console.print(f"report: {index.resolve()}" + (" (partial)" if code else ""))
+    return code or (128 + arrived[0] if arrived else 0)
+
+
+def sweep(
+    steps: Sequence[Step],
+    settings: DemoSettings,
+    rows: list[Row],
+    skipped: list[dict[str, Any]],
+    console: Any,
+) -> None:
+    """Run every step, appending each level's row to ``rows`` as it is measured, and what it skipped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    defaults = DemoSettings()
-    quick = settings.quick
-    levels = QUICK_LEVELS if quick and settings.levels == defaults.levels else settings.levels
-    duration = QUICK_DURATION if quick and settings.duration == defaults.duration else settings.duration
-    warmup = QUICK_WARMUP if quick and settings.warmup == defaults.warmup else settings.warmup
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
-    plan = []
-    for variant in variants(settings):
-        variant_levels = [n for n in levels if variant is not SERIAL or n <= SERIAL_MAX_LEVEL]
-        if variant_levels:
-            plan.append((variant, variant_levels))
-
-    # Wide enough for the table when the output goes to a file or a pipe.
-    console = Console(width=None if sys.stdout.isatty() else 120)
-    rows: list[Row] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("sweep", total=sum(len(levels) for _, levels in plan))
-        for variant, variant_levels in plan:
-            progress.update(task, description=f"{variant.name:>13}")
+        task = progress.add_task("sweep", total=sum(len(step.levels) for step in steps))
+        current = None
+        for step in steps:
+            if step.section != current:
+                current = step.section
+                progress.console.print(f"[bold]{step.section.title}[/bold]: {step.section.summary}")
+            progress.update(task, description=f"{step.section.scenario:>8} {step.variant.name:>13}")
 
             def done(row: Row) -> None:
+                rows.append(row)
                 progress.advance(task)
                 progress.console.print(
-                    f"  {row.server:>13} {row.connections:>6,} conns {row.throughput:>9,.0f} req/s "
+                    f"  {row.server:>13} {report.level_text(row):>22} {row.throughput:>9,.0f} req/s "
                     f"p99 {row.latency('p99') or 0:>8,.0f} ms"
+                    + (f"  [yellow]{row.problem}[/yellow]" if row.problem else "")
                 )
 
-            def failed(connections: int, exc: RuntimeError, name: str = variant.name) -> None:
-                progress.console.print(f"  {name:>13} {connections:>6,} conns [red]{exc}[/red]")
+            def failed(level: int, exc: RuntimeError, name: str = step.variant.name) -> None:
+                progress.console.print(f"  {name:>13} {level:>10,} [red]{exc}[/red]")
 
-            rows += measure(
-                variant, variant_levels, settings.delay_ms, duration, warmup, on_level=done, on_error=failed
+            measured = measure(
+                step.variant,
+                step.levels,
+                step.section.delay_ms,
+                step.duration,
+                settings.warmup,
+                on_level=done,
+                on_error=failed,
+                open_loop=step.section.mode == "open",
+                scenario=step.section.scenario,
+                stop_below=settings.stop_below,
             )
+            note = skipped_levels(step, measured, settings.stop_below)
+            if note:
+                skipped.append(note)
+                progress.advance(task, len(note["levels"]))
+                progress.console.print(f"  {step.variant.name:>13} {note['why']}: higher levels skipped")
 
-    ordered = sorted(rows, key=lambda r: r.connections)
-    console.print(rich_table("threads vs asyncio (closed loop; bound = connections / delay)", ordered))
-    verdicts = [report.verdict(name, series) for name, series in by_server(rows).items()]
-    for line in verdicts:
-        console.print("• " + line)
-    record = {
-        "started": started,
-        "levels": list(levels),
-        "delay_ms": settings.delay_ms,
-        "framing": settings.framing,
-        "duration": duration,
-        "warmup": warmup,
-    }
-    folder = settings.out / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    index = report.write(folder, rows, record, verdicts)
-    console.print(f"report: {index.resolve()}")
-    return 0
+
+def skipped_levels(step: Step, measured: list[Row], stop_below: float) -> dict[str, Any] | None:
+    """What a step did not measure, and why: the server fell under ``stop_below``, or the client failed."""
+    rest = step.levels[len(measured) :]
+    if not rest:
+        return None
+    low = bool(measured) and (measured[-1].bound_fraction or 0.0) < stop_below
+    why = (
+        f"under {stop_below:.0%} of the bound at {report.level_text(measured[-1])}"
+        if low
+        else "the client failed"
+    )
+    return {"section": step.section.key, "server": step.variant.name, "why": why, "levels": list(rest)}
+
+
+def summarise(console: Any, steps: Sequence[Step], rows: list[Row]) -> None:
+    """A table, the verdicts and the finding of each section that has rows."""
+    for section in sections(steps):
+        section_rows = section.rows(rows)
+        if not section_rows:
+            continue
+        bound = "bound = offered rate" if section.mode == "open" else "bound = connections / time per request"
+        ordered = sorted(section_rows, key=lambda r: (r.level, r.server))
+        console.print(rich_table(f"{section.title}; {bound}", ordered))
+        for name, series in by_server(section_rows).items():
+            console.print("• " + report.verdict(name, series))
+        console.print(f"[bold]{report.finding(section, section_rows)}[/bold]\n")

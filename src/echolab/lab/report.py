@@ -1,4 +1,5 @@
-"""The demo's report: verdicts, a table, and charts in one self-contained HTML file."""
+"""The demo's report: a section per scenario (and the open loop), each with a finding, verdicts,
+charts and a table, in one self-contained HTML file beside its raw JSON and CSV."""
 
 from __future__ import annotations
 
@@ -8,20 +9,25 @@ import html
 import importlib.util
 import io
 import json
-import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .results import COLUMNS, HOLD_FRACTION, Row, by_server
-from .variants import COLORS
+from ..machine import summary
+from . import charts
+from .history import SavedRun
+from .results import HOLD_FRACTION, HOLD_P99_FACTOR, Row, by_server, columns
+from .variants import ALL
 
-# Distinct markers keep overlapping series (several servers on the bound) visible.
-MARKERS = ("o", "s", "D", "v", "^", "<", ">", "P", "X")
+FAMILIES = {v.name: v.family for v in ALL}
 CSV_FIELDS = (
+    "scenario",
+    "mode",
     "server",
     "framing",
     "connections",
+    "rate",
     "delay_ms",
     "throughput",
     "bound",
@@ -29,11 +35,14 @@ CSV_FIELDS = (
     "p50_ms",
     "p90_ms",
     "p99_ms",
+    "p99.9_ms",
     "max_ms",
     "errors",
     "server_cpu_percent",
     "server_rss_mb",
     "server_threads",
+    "client_cpu_percent",
+    "problem",
 )
 
 
@@ -44,147 +53,80 @@ def require_extra() -> None:
         raise SystemExit(f"missing {', '.join(missing)}: pip install 'echolab[report]' (make install does)")
 
 
+@dataclass(frozen=True)
+class Section:
+    """One sweep of the report: a scenario, in a closed or an open loop."""
+
+    scenario: str
+    summary: str
+    mode: str  # closed | open
+    delay_ms: float  # the bound's D
+    options: tuple[str, ...] = ()  # the servers' flags
+
+    @property
+    def key(self) -> str:
+        return f"{self.scenario}-{self.mode}"
+
+    @property
+    def title(self) -> str:
+        loop = "open loop, at a constant offered rate" if self.mode == "open" else "closed loop"
+        return f"{self.scenario} ({loop})"
+
+    def rows(self, rows: list[Row]) -> list[Row]:
+        return [r for r in rows if r.scenario == self.scenario and r.mode == self.mode]
+
+
+def plural(count: float, noun: str) -> str:
+    return f"{count:,.0f} {noun}" + ("" if count == 1 else "s")
+
+
+def level_text(row: Row) -> str:
+    return f"{row.rate:,.0f} req/s offered" if row.mode == "open" else plural(row.connections, "connection")
+
+
 def verdict(server: str, series: list[Row]) -> str:
-    """One sentence: where the server holds and where it breaks."""
-    held = [r for r in series if r.holds]
-    broken = [r for r in series if not r.holds]
+    """One sentence: up to where the server holds, and what happens at the first level it does not."""
+    first = next((r for r in series if not r.holds), None)
     top = series[-1]
-    if not broken:
+    of = "of the offered rate" if top.mode == "open" else "of the bound"
+    if first is None:
         return (
-            f"{server}: holds at every level, up to {top.connections:,} connections "
-            f"({top.bound_fraction or 0:.0%} of the bound, p99 {top.latency('p99') or 0:,.0f} ms)."
+            f"{server}: holds at every level, up to {level_text(top)} "
+            f"({top.bound_fraction or 0:.0%} {of}, p99 {top.latency('p99') or 0:,.0f} ms)."
         )
-    first = broken[0]
-    where = (
-        f"holds up to {plural(held[-1].connections, 'connection')}"
-        if held
-        else f"never reaches {HOLD_FRACTION:.0%} of the bound"
-    )
-    trouble = f", {first.error_count:,} errors" if first.error_count else ""
-    return (
-        f"{server}: {where}; at {first.connections:,} it gives "
-        f"{first.bound_fraction or 0:.0%} of the bound ({first.throughput:,.0f} req/s), "
-        f"p99 {first.latency('p99') or 0:,.0f} ms{trouble}."
-    )
+    before = series[: series.index(first)]
+    where = f"holds up to {level_text(before[-1])}" if before else f"does not hold {HOLD_FRACTION:.0%} {of}"
+    p99 = "" if "p99" in (first.trouble or "") else f", p99 {first.latency('p99') or 0:,.0f} ms"
+    return f"{server}: {where}; at {level_text(first)} {first.trouble}{p99}."
 
 
-def plural(count: int, noun: str) -> str:
-    return f"{count:,} {noun}" + ("" if count == 1 else "s")
-
-
-def _svg(fig: Any) -> str:
-    buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight")
-    fig.clf()
-    text = buffer.getvalue()
-    return text[text.index("<svg") :]
-
-
-def _style(ax: Any, ylabel: str, title: str, logy: bool = False) -> None:
-    from matplotlib.ticker import FuncFormatter
-
-    ax.set_xscale("log")
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel("concurrent connections (log scale)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    ax.legend(fontsize="small")
-
-
-def charts(rows: list[Row]) -> list[str]:
-    # Imported here: servers and the bench client share this package and
-    # should not pay for loading matplotlib.
-    import matplotlib
-
-    matplotlib.use("svg")  # no display on servers and CI
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
-    grouped = by_server(rows)
-    out = []
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    levels = sorted({r.connections for r in rows})
-    delay = max(r.delay_ms for r in rows)
-    markers = {server: MARKERS[i % len(MARKERS)] for i, server in enumerate(grouped)}
-    if delay > 0:
-        ax.plot(
-            levels,
-            [c / (delay / 1000) for c in levels],
-            "k--",
-            lw=1,
-            label=f"Little's-law bound (connections / {delay:g} ms)",
+def finding(section: Section, rows: list[Row]) -> str:
+    """The section in one plain sentence, from its figures: the best of each family, side by side."""
+    best: dict[str, tuple[str, list[Row]]] = {}
+    for name, series in by_server(rows).items():
+        family = FAMILIES.get(name, "other")
+        peak = max(r.throughput for r in series)
+        if family not in best or peak > max(r.throughput for r in best[family][1]):
+            best[family] = (name, series)
+    parts = []
+    peaks = {}
+    for family, (name, series) in best.items():
+        first = next((i for i, r in enumerate(series) if not r.holds), len(series))
+        peaks[family] = max(series, key=lambda r: r.throughput)
+        if first == 0:
+            reach = "never holds the bound"
+        elif first == len(series):
+            reach = f"holds at every level (up to {level_text(series[-1])})"
+        else:
+            reach = f"holds up to {level_text(series[first - 1])}"
+        parts.append(
+            f"the best {family} server, {name}, {reach} and peaks at {peaks[family].throughput:,.0f} req/s"
         )
-    for server, series in grouped.items():
-        ax.plot(
-            [r.connections for r in series],
-            [r.throughput for r in series],
-            "-",
-            marker=markers[server],
-            markersize=8,
-            markerfacecolor="none",
-            color=COLORS.get(server),
-            alpha=0.9,
-            label=server,
-        )
-    _style(ax, "requests / s (log scale)", "Throughput vs concurrency", logy=True)
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    out.append(_svg(fig))
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for server, series in grouped.items():
-        x = [r.connections for r in series]
-        color = COLORS.get(server)
-        marker = markers[server]
-        ax.plot(
-            x,
-            [r.latency("p50") or math.nan for r in series],
-            "-",
-            marker=marker,
-            color=color,
-            label=f"{server} p50",
-        )
-        ax.plot(
-            x,
-            [r.latency("p99") or math.nan for r in series],
-            "--",
-            marker=marker,
-            markerfacecolor="none",
-            color=color,
-            label=f"{server} p99",
-        )
-    if delay > 0:
-        ax.axhline(delay, color="k", lw=0.8, ls=":", label=f"simulated IO ({delay:g} ms)")
-    _style(ax, "latency, ms (log scale)", "Client-side latency vs concurrency", logy=True)
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    out.append(_svg(fig))
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for ax, key, label in zip(
-        axes,
-        ("server_cpu_percent", "server_rss_mb", "server_threads"),
-        ("CPU, % of one core", "resident memory, MiB", "threads"),
-        strict=True,
-    ):
-        for server, series in grouped.items():
-            ax.plot(
-                [r.connections for r in series],
-                [getattr(r, key) for r in series],
-                "-",
-                marker=markers[server],
-                markerfacecolor="none",
-                color=COLORS.get(server),
-                label=server,
-            )
-        _style(ax, label, f"Server {label.split(',')[0]}", logy=key == "server_threads")
-        if key != "server_threads":
-            ax.set_ylim(bottom=0)
-    fig.tight_layout()
-    out.append(_svg(fig))
-    return out
+    sentence = f"{section.summary}: " + "; ".join(parts)
+    if "threaded" in peaks and "async" in peaks and peaks["threaded"].throughput > 0:
+        ratio = peaks["async"].throughput / peaks["threaded"].throughput
+        sentence += f", {ratio:.2f}x the threaded peak"
+    return sentence + "."
 
 
 def csv_text(rows: list[Row]) -> str:
@@ -204,58 +146,146 @@ def csv_text(rows: list[Row]) -> str:
 
 
 def html_table(rows: list[Row]) -> str:
-    header = "".join(f"<th>{html.escape(c.title)}</th>" for c in COLUMNS)
+    shown = columns(rows, wide=True)
+    header = "".join(f"<th>{html.escape(c.title)}</th>" for c in shown)
     body = []
     for r in rows:
         cls = "" if r.holds else ' class="broken"'
-        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c.cell(r))}</td>" for c in COLUMNS) + "</tr>")
+        cells = "".join(f"<td{' class=l' if c.left else ''}>{html.escape(c.cell(r))}</td>" for c in shown)
+        body.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>echolab demo {stamp}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }}
-h1 {{ margin-bottom: 0.2rem; }} .meta {{ color: #666; margin-top: 0; }}
-table {{ border-collapse: collapse; font-size: 0.9rem; margin: 1rem 0; }}
-th, td {{ border: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: right; }}
-th {{ background: #f4f4f4; }} td:first-child, td:nth-child(2) {{ text-align: left; }}
-tr.broken td {{ background: #fff1f0; }}
-.verdict li {{ margin: 0.3rem 0; }} svg {{ max-width: 100%; height: auto; }}
-</style></head><body>
-<h1>Threads or asyncio: where does each one break?</h1>
-<p class="meta">{stamp} &middot; TCP servers in {framing} framing (the serial baseline in oneshot,
-the HTTP pair over HTTP/1.1 keep-alive), {delay:g} ms simulated IO, closed loop,
-{duration:g} s per level &middot; rows in red hold less than 90% of the Little's-law bound
-or fail over 1% of requests</p>
-<h2>Verdict</h2><ul class="verdict">{verdicts}</ul>
-<h2>Throughput</h2>{chart0}
-<h2>Latency</h2>{chart1}
-<h2>Server resources</h2>{chart2}
-<h2>All measurements</h2>{table}
-<p class="meta">Raw data: <a href="results.json">results.json</a>, <a href="results.csv">results.csv</a>.
-Every server ran natively on loopback, one at a time, with the load generator on the same machine.</p>
-</body></html>
+def section_html(section: Section, rows: list[Row], skipped: Sequence[dict[str, Any]] = ()) -> str:
+    ordered = sorted(rows, key=lambda r: (r.level, r.server))
+    grouped = by_server(rows)
+    verdicts = "".join(f"<li>{html.escape(verdict(name, s))}</li>" for name, s in grouped.items())
+    figures = "".join(
+        f"<h3>{html.escape(title)}</h3>{svg}"
+        for title, svg in charts.section_charts(charts.series_of(grouped), section.mode, section.delay_ms)
+    )
+    problems = sorted({f"{r.server} at {level_text(r)}: {r.problem}" for r in rows if r.problem})
+    unit = "req/s offered" if section.mode == "open" else "connections"
+    problems += [
+        f"{s['server']}: {s['why']}; not measured: {', '.join(f'{n:,}' for n in s['levels'])} {unit}"
+        for s in skipped
+        if s["section"] == section.key
+    ]
+    notes = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
+    flags = " ".join(section.options)
+    return f"""
+<section id="{html.escape(section.key)}">
+<h2>{html.escape(section.title)}</h2>
+<p class="meta">servers run with <code>{html.escape(flags)}</code>; the bound's time per request
+{section.delay_ms:g} ms</p>
+<p class="finding">{html.escape(finding(section, rows))}</p>
+<ul class="verdict">{verdicts}</ul>
+{f'<p>Notes:</p><ul class="notes">{notes}</ul>' if notes else ""}
+{figures}
+<h3>Measurements</h3>{html_table(ordered)}
+</section>"""
+
+
+def history_html(runs: Sequence[SavedRun], here: Path) -> str:
+    if not runs:
+        return "<p>No earlier runs in this folder.</p>"
+    items = []
+    for run in runs:
+        link = run.path / "index.html" if run.kind == "demo" else run.path
+        href = Path("..") / link.relative_to(here.parent) if link.is_relative_to(here.parent) else link
+        partial = " <strong>(partial)</strong>" if run.partial else ""
+        name = f'<a href="{html.escape(str(href))}">{html.escape(run.path.name)}</a>{partial}'
+        cells = (name, html.escape(run.kind), html.escape(run.machine_line))
+        items.append("<tr>" + "".join(f'<td class="l">{cell}</td>' for cell in cells) + "</tr>")
+    example = f"echolab compare {runs[0].path} {here}"
+    return (
+        "<table><thead><tr><th>run</th><th>kind</th><th>machine</th></tr></thead><tbody>"
+        + "".join(items)
+        + f"</tbody></table><p>Compare two of them: <code>{html.escape(example)}</code></p>"
+    )
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1150px; color: #222;
+       padding: 0 1rem; }
+h1 { margin-bottom: 0.2rem; } .meta { color: #666; margin-top: 0; }
+h2 { border-top: 2px solid #ddd; padding-top: 1rem; margin-top: 2.5rem; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 1rem 0; }
+th, td { border: 1px solid #ddd; padding: 0.25rem 0.5rem; text-align: right; }
+th { background: #f4f4f4; } td.l { text-align: left; }
+tr.broken td { background: #fff1f0; }
+.finding { font-size: 1.05rem; background: #f6f8fa; border-left: 4px solid #1f77b4; padding: 0.6rem 0.8rem; }
+.partial { background: #fff4d6; border: 1px solid #e0b000; padding: 0.6rem 0.8rem; }
+.verdict li { margin: 0.3rem 0; } svg { max-width: 100%; height: auto; }
 """
 
 
-def write(folder: Path, rows: list[Row], settings: dict[str, Any], verdicts: Sequence[str]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    data = {"settings": settings, "rows": [dataclasses.asdict(r) for r in rows]}
-    (folder / "results.json").write_text(json.dumps(data, indent=1))
-    (folder / "results.csv").write_text(csv_text(rows))
-    chart0, chart1, chart2 = charts(rows)
-    page = PAGE.format(
-        stamp=html.escape(settings["started"]),
-        framing=settings["framing"],
-        delay=settings["delay_ms"],
-        duration=settings["duration"],
-        verdicts="".join(f"<li>{html.escape(v)}</li>" for v in verdicts),
-        chart0=chart0,
-        chart1=chart1,
-        chart2=chart2,
-        table=html_table(rows),
+def page(
+    title: str, head: str, sections: Sequence[str], contents: Sequence[tuple[str, str]], tail: str
+) -> str:
+    toc = " &middot; ".join(f'<a href="#{html.escape(k)}">{html.escape(t)}</a>' for k, t in contents)
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>\n{head}\n<p>{toc}</p>\n"
+        + "\n".join(sections)
+        + f"\n{tail}\n</body></html>\n"
     )
+
+
+def stop_text(stop_below: float) -> str:
+    if not stop_below:
+        return ""
+    return f"A server's sweep stops at the first level where it gives under {stop_below:.0%} of the bound."
+
+
+def partial_banner(partial: dict[str, Any] | None) -> str:
+    if not partial:
+        return ""
+    return (
+        f'<p class="partial"><strong>Partial run</strong>: interrupted by {html.escape(partial["signal"])} '
+        f"after {partial['levels_done']} of {partial['levels_planned']} measurements; "
+        "every figure below was measured, the rest were not.</p>"
+    )
+
+
+def write(
+    folder: Path,
+    rows: list[Row],
+    record: dict[str, Any],
+    sections: Sequence[Section],
+    earlier: Sequence[SavedRun] = (),
+) -> Path:
+    """results.json, results.csv and index.html in ``folder``; the path of index.html."""
+    folder.mkdir(parents=True, exist_ok=True)
+    present = [s for s in sections if s.rows(rows)]
+    data = {
+        **record,
+        "sections": [dataclasses.asdict(s) for s in sections],
+        "findings": {s.key: finding(s, s.rows(rows)) for s in present},
+        "rows": [dataclasses.asdict(r) for r in rows],
+    }
+    (folder / "results.json").write_text(json.dumps(data, indent=1, allow_nan=False))
+    (folder / "results.csv").write_text(csv_text(rows))
+    settings = record["settings"]
+    machine_line = summary(record.get("machine", {}))
+    head = f"""<h1>Threads or asyncio: where does each one break?</h1>
+<p class="meta">{html.escape(record["started"])} &middot; {html.escape(machine_line)}</p>
+{partial_banner(record.get("partial"))}
+<p class="meta">TCP servers in {html.escape(settings["framing"])} framing (the serial baseline in oneshot,
+the HTTP pair over HTTP/1.1 keep-alive), {settings["duration"]:g} s per level after
+{settings["warmup"]:g} s of warm-up, every server natively on loopback, one at a time, the load client on
+the same machine. A server <em>holds</em> a level when it gives at least {HOLD_FRACTION:.0%} of the bound
+(closed loop: connections / time per request, Little's law; open loop: the offered rate), give or take
+one reply per connection counted in the window, with under 1% errors, and in the open loop a p99 within
+{HOLD_P99_FACTOR:g} times the time per request; rows in red do not.
+{stop_text(settings.get("stop_below", 0))}</p>"""
+    tail = (
+        f'<h2 id="history">Earlier runs</h2>{history_html(earlier, folder)}'
+        '<p class="meta">Raw data: <a href="results.json">results.json</a>, '
+        '<a href="results.csv">results.csv</a>.</p>'
+    )
+    body = [section_html(s, s.rows(rows), record.get("skipped", ())) for s in present]
+    contents = [(s.key, s.title) for s in present] + [("history", "earlier runs")]
     index = folder / "index.html"
-    index.write_text(page)
+    index.write_text(page(f"echolab demo {record['started']}", head, body, contents, tail))
     return index

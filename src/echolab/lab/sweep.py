@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -24,6 +25,11 @@ import psutil
 from ..load.bench import CONNECT_PHASE_SECONDS
 from .results import Row
 from .variants import Variant, running
+
+# Open loop: connections for twice the in-flight requests the rate needs at the
+# simulated IO, so a server that slows down is not starved by the client.
+OPEN_LOOP_HEADROOM = 2.0
+OPEN_LOOP_MIN_CONNECTIONS = 10
 
 
 @dataclass
@@ -98,7 +104,12 @@ def bench_once(
     delay_ms: float,
     extra: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """One ``echolab bench --json`` run against 127.0.0.1:port."""
+    """One ``echolab bench --json`` run against 127.0.0.1:port.
+
+    A run the client judged meaningless (nothing succeeded, a framing
+    mismatch) still measured the server: its result comes back with its
+    ``problem``. RuntimeError when there is no result at all.
+    """
     options = (
         f"--framing {framing} --connections {connections} --duration {duration} "
         f"--warmup {warmup} --delay-hint-ms {delay_ms:g}"
@@ -109,10 +120,15 @@ def bench_once(
         done = subprocess.run(argv, capture_output=True, text=True, env=os.environ.copy(), timeout=limit)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"bench did not finish in {limit:g}s") from None
-    if done.returncode != 0:
+    if done.returncode not in (0, 1) or not done.stdout.strip():
         raise RuntimeError(f"bench failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def open_loop_connections(rate: float, delay_ms: float) -> int:
+    """Enough connections to carry ``rate`` at one request outstanding each, with room for slower replies."""
+    return max(OPEN_LOOP_MIN_CONNECTIONS, math.ceil(rate * delay_ms / 1000 * OPEN_LOOP_HEADROOM))
 
 
 def measure(
@@ -124,24 +140,35 @@ def measure(
     extra: Sequence[str] = (),
     on_level: Callable[[Row], None] | None = None,
     on_error: Callable[[int, RuntimeError], None] | None = None,
+    *,
+    open_loop: bool = False,
+    scenario: str = "",
+    stop_below: float = 0.0,
 ) -> list[Row]:
     """Start ``variant`` once and run the client at each level; one row per level.
 
+    A level is a number of connections (closed loop), or with ``open_loop``
+    an offered rate in requests/s, carried by :func:`open_loop_connections`.
+    ``delay_ms`` is the server's simulated IO, and the bound's D.
+
     With ``on_error``, a level whose client fails is reported there and ends
     this server's sweep (higher levels would only fail worse); the rows so
-    far are kept. Without, the error propagates.
+    far are kept. Without, the error propagates. A level where the server
+    gives less than ``stop_below`` of the bound ends its sweep too.
     """
     rows: list[Row] = []
     with running(variant, delay_ms) as (port, process):
-        for connections in levels:
+        for level in levels:
+            connections = open_loop_connections(level, delay_ms) if open_loop else level
+            options = (*extra, "--rate", str(level)) if open_loop else extra
             sampler = Sampler(psutil.Process(process.pid))
             sampler.start()
             try:
-                result = bench_once(port, variant.framing, connections, duration, warmup, delay_ms, extra)
+                result = bench_once(port, variant.framing, connections, duration, warmup, delay_ms, options)
             except RuntimeError as exc:
                 if on_error is None:
                     raise
-                on_error(connections, exc)
+                on_error(level, exc)
                 break
             finally:
                 usage = sampler.finish()
@@ -150,6 +177,7 @@ def measure(
                     {
                         **result,
                         "server": variant.name,
+                        "scenario": scenario,
                         "delay_ms": delay_ms,
                         "server_cpu_percent": usage.cpu_percent,
                         "server_rss_mb": usage.rss_mb,
@@ -159,4 +187,6 @@ def measure(
             )
             if on_level is not None:
                 on_level(rows[-1])
+            if (rows[-1].bound_fraction or 0.0) < stop_below:
+                break
     return rows

@@ -1,80 +1,116 @@
 """``echolab bench``: the article's client, grown up.
 
-An asyncio (uvloop) load client. Closed loop by default: each connection
-sends its next request when the previous reply arrives, so throughput is
-bounded by Little's law at ``connections / delay``. With ``--rate`` it runs an
-open loop instead: requests leave at a constant arrival rate whatever the
-server does, and latency is measured from each request's *intended* send time
-(as wrk2 does), so an overloaded server cannot hide its queueing delay
-(coordinated omission).
+An asyncio (uvloop) load client, with at most one request outstanding on
+each connection, in both of its modes:
+
+* closed loop (the default): each connection sends its next request when the
+  previous reply arrives, so throughput is bounded by Little's law at
+  ``connections / delay``;
+* open loop (``--rate``), as wrk2 runs it: requests fall due at a constant
+  rate whatever the server does, each goes out on the first free connection
+  (or waits in the client for one), and its latency is measured from the
+  time it was *due*, so an overloaded server cannot hide its queueing delay
+  (coordinated omission).
 
 The per-request path is a few attribute lookups, one bytes comparison, one
 ``perf_counter`` and one ``list.append``: the client must stay cheaper than
 the server it loads on the same two cores.
+
+It refuses to mislead: nothing connecting fails at once, a framing mismatch
+is named, connections that did not open are explained (this client's own
+file-descriptor limit included), no figure is NaN, and Ctrl-C or SIGTERM
+reports what was measured so far, marked partial.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import gc
 import json
 import math
+import resource
+import signal
+import socket
 import sys
-from dataclasses import asdict, dataclass, field
-from time import perf_counter
+from collections.abc import Coroutine
+from dataclasses import asdict
+from time import perf_counter, process_time
 from typing import Any
 
 import httptools
 import uvloop
 
+from .. import machine
 from ..protocol import NEWLINE, expected_reply, is_error, request_bytes
 from ..settings import BenchSettings
-from .client import failure_kind
+from .bench_result import (
+    FD_ADVICE,
+    BenchResult,
+    Evidence,
+    diagnose,
+    explain_connections,
+    histogram,
+    percentiles,
+    render,
+)
+from .client import UNREACHABLE, failure_kind
 
 CONNECT_CONCURRENCY = 256  # connects in flight at once; more only overflows the SYN queue
 CONNECT_PHASE_SECONDS = 30.0
+PROBE_TIMEOUT = 5.0  # the one connection that tells "nothing listens" before any load
 RECONNECT_DELAY = 0.05
+PACE_TICK = 0.001
+PROGRESS_AFTER = 3.0  # seconds: shorter runs need no progress line
+FD_SPARE = 32  # descriptors the client needs besides its connections
+CLIENT_BUSY_PERCENT = 90.0  # a client near one core measures itself as much as the server
 SAMPLE = b"the quick brown fox jumps over the lazy dog "
 
 
-@dataclass
-class BenchResult:
-    target: str
-    framing: str
-    mode: str
-    connections: int
-    connected: int
-    rate: float
-    delay_hint_ms: float
-    seconds: float
-    requests: int
-    throughput: float
-    latency_ms: dict[str, float]
-    errors: dict[str, int] = field(default_factory=dict)
-    bound: float | None = None
-    bound_fraction: float | None = None
+class CannotConnect(Exception):
+    """Not one connection to the target: the message says why, in one line."""
+
+
+def parse_target(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) to (host, port); ValueError says what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r} needs a port: HOST:PORT, e.g. 127.0.0.1:9091")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 class Run:
     """State shared by every connection of one benchmark run."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, target: str, args: BenchSettings) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int, args: BenchSettings) -> None:
         self.loop = loop
-        self.host, port = target.rsplit(":", 1)
-        self.port = int(port)
+        self.host, self.port = host, port
+        self.target = f"{host}:{port}"
         self.framing = args.framing
         message = (SAMPLE * (args.message_size // len(SAMPLE) + 1))[: args.message_size]
         self.payload = request_bytes(message, self.framing)
         self.expected = expected_reply(message, self.framing)
         self.timeout = args.timeout
-        self.closed_loop = not args.rate
+        self.open_loop = bool(args.rate)
         self.measuring = False
         self.stopping = False
+        self.phase = "connecting"
+        self.opened = 0  # users whose first connection opened
         self.latencies: list[float] = []
         self.errors: collections.Counter[str] = collections.Counter()
+        self.connect_errors: collections.Counter[str] = collections.Counter()
+        self.evidence = Evidence(args.framing)
+        # Open loop: free connections, and due requests waiting for one (their due times).
+        self.idle: collections.deque[LinesConnection] = collections.deque()
+        self.backlog: collections.deque[float] = collections.deque()
         self.limit = args.requests or math.inf
-        self.done = loop.create_future()
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.interrupted: asyncio.Future[int] = loop.create_future()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.cpu_percent = 0.0  # this process's CPU while measuring, % of one core
 
     def record(self, latency: float) -> None:
         if self.measuring:
@@ -84,9 +120,58 @@ class Run:
         if self.measuring:
             self.errors[kind] += 1
 
+    def wrong(self, reply: bytes) -> None:
+        if not self.evidence.first_wrong:
+            self.evidence.first_wrong = reply[:64]
+        self.error("server_error" if is_error(reply) else "wrong_reply")
+
+    def free(self, conn: LinesConnection, now: float) -> None:
+        """``conn`` has nothing outstanding: closed loop, send again; open loop, the oldest due request."""
+        if self.stopping:
+            return
+        if not self.open_loop:
+            conn.send(now)
+        elif self.backlog:
+            conn.send(self.backlog.popleft())
+        else:
+            self.idle.append(conn)
+
+    def due(self, at: float) -> None:
+        """Open loop: a request falls due at ``at``; it leaves on a free connection or waits for one."""
+        idle = self.idle
+        while idle:
+            conn = idle.popleft()
+            if conn.alive:
+                conn.send(at)
+                return
+        self.backlog.append(at)
+
+    def start(self, coro: Coroutine[Any, Any, None]) -> None:
+        """A task the run's end cancels and waits for: no connect may outlive the loop."""
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def stop(self) -> None:
+        """Stop sending; cancel every pending connect and retry, and wait until they are gone."""
+        self.stopping = True
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def interrupt(self, signum: int) -> None:
+        if not self.interrupted.done():
+            self.interrupted.set_result(signum)
+
+    async def wait(self, seconds: float | None = None, until: asyncio.Future[Any] | None = None) -> bool:
+        """Wait ``seconds``, or until ``until`` is done; False if interrupted first."""
+        waiters: list[asyncio.Future[Any]] = [self.interrupted, *([until] if until is not None else [])]
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        return not self.interrupted.done()
+
 
 class LinesConnection(asyncio.Protocol):
-    """A persistent connection; ``sent`` holds the send (or intended) times in flight."""
+    """A persistent connection with at most one request outstanding; ``sent`` holds its send (or due) time."""
 
     def __init__(self, run: Run, user: User) -> None:
         self.run = run
@@ -94,10 +179,15 @@ class LinesConnection(asyncio.Protocol):
         self.transport: Any = None
         self.partial = b""
         self.sent: collections.deque[float] = collections.deque()
+        self.alive = False
+        self.aborted = False
+        self.replies = 0
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        self.user.connected(self)
+        self.alive = True
+        self.user.opened(self)
+        self.run.free(self, perf_counter())
 
     def send(self, at: float) -> None:
         self.sent.append(at)
@@ -105,40 +195,45 @@ class LinesConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         run = self.run
-        if data == run.expected and not self.partial:
-            # The hot path of a closed loop: one whole, correct reply.
+        if data == run.expected and self.sent and not self.partial:
+            # The hot path: one whole, correct reply.
             now = perf_counter()
-            sent = self.sent
+            at = self.sent.popleft()
             if run.measuring:
-                run.latencies.append(now - sent.popleft())
-            else:
-                sent.popleft()
-            if run.closed_loop and not run.stopping:
-                sent.append(now)
-                self.transport.write(run.payload)
+                run.latencies.append(now - at)
+            self.replies += 1
+            run.free(self, now)
             return
         self._replies(data)
 
     def _replies(self, data: bytes) -> None:
-        """Any other read: several replies, a split one, or wrong ones."""
+        """Any other read: a split reply, a wrong one, or one nobody asked for."""
         data = self.partial + data
         *lines, self.partial = data.split(NEWLINE)
         if not lines:
             return
         now = perf_counter()
         run = self.run
-        expected = run.expected
         for line in lines:
             line += NEWLINE
+            if not self.sent:
+                run.wrong(line)
+                continue
             at = self.sent.popleft()
-            if line == expected:
+            if line == run.expected:
+                self.replies += 1
                 run.record(now - at)
             else:
-                run.error("server_error" if is_error(line) else "wrong_reply")
-        if run.closed_loop and not run.stopping and not self.sent:
-            self.send(now)
+                run.wrong(line)
+        if not self.sent:
+            run.free(self, now)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.alive = False
+        run = self.run
+        if not run.stopping and not self.aborted:
+            run.evidence.server_closes += 1
+            run.evidence.closed_after_one += self.replies == 1
         self.user.lost(self, exc)
 
 
@@ -151,17 +246,22 @@ class OneshotConnection(asyncio.Protocol):
         self.transport: Any = None
         self.chunks: list[bytes] = []
         self.sent: collections.deque[float] = collections.deque()
+        self.alive = False
+        self.aborted = False
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        self.user.conn = self
+        self.alive = True
+        self.user.opened(self)
         self.sent.append(self.user.started)
         transport.write(self.run.payload)
 
     def data_received(self, data: bytes) -> None:
+        self.run.evidence.bytes_received += len(data)
         self.chunks.append(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.alive = False
         if exc is not None or not self.chunks or not self.sent:
             self.user.lost(self, exc)
             return
@@ -169,7 +269,7 @@ class OneshotConnection(asyncio.Protocol):
         if reply == self.run.expected:
             self.run.record(perf_counter() - self.sent.popleft())
         else:
-            self.run.error("server_error" if is_error(reply) else "wrong_reply")
+            self.run.wrong(reply)
         self.user.again()
 
 
@@ -186,6 +286,9 @@ class HttpConnection(LinesConnection):
             self.parser.feed_data(data)
         except httptools.HttpParserError:
             self.run.error("bad_response")
+            if not self.run.evidence.first_wrong:
+                self.run.evidence.first_wrong = data[:64]
+            self.aborted = True
             self.transport.abort()
 
     def on_body(self, body: bytes) -> None:
@@ -194,15 +297,32 @@ class HttpConnection(LinesConnection):
     def on_message_complete(self) -> None:
         now = perf_counter()
         run = self.run
-        at = self.sent.popleft()
         status = self.parser.get_status_code()
-        if status == 200 and self.body == run.expected:
+        body, self.body = self.body, b""
+        if not self.sent:
+            run.error(f"http_{status}")
+            return
+        at = self.sent.popleft()
+        if status == 200 and body == run.expected:
+            self.replies += 1
             run.record(now - at)
         else:
             run.error("wrong_reply" if status == 200 else f"http_{status}")
-        self.body = b""
-        if run.closed_loop and not run.stopping:
-            self.send(now)
+        run.free(self, now)
+
+
+FACTORIES: dict[str, type[LinesConnection] | type[OneshotConnection]] = {
+    "lines": LinesConnection,
+    "oneshot": OneshotConnection,
+    "http": HttpConnection,
+}
+
+
+def connect_failure(exc: BaseException) -> str:
+    """What a failed connect means; this client's own descriptor limit is not the server's fault."""
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+        return "client_fd_limit"
+    return failure_kind(exc)
 
 
 class User:
@@ -212,31 +332,32 @@ class User:
         self.run = run
         self.conn: LinesConnection | OneshotConnection | None = None
         self.started = 0.0
-        self.ready = run.loop.create_future()
+        self.ready: asyncio.Future[None] = run.loop.create_future()
 
-    async def connect(self) -> None:
+    async def connect(self, after: float = 0.0) -> None:
         run = self.run
-        factory = {"lines": LinesConnection, "oneshot": OneshotConnection, "http": HttpConnection}[
-            run.framing
-        ]
+        if after:
+            await asyncio.sleep(after)
+        factory = FACTORIES[run.framing]
         self.started = perf_counter()
         try:
             await asyncio.wait_for(
                 run.loop.create_connection(lambda: factory(run, self), run.host, run.port), run.timeout
             )
         except (OSError, TimeoutError) as exc:
-            run.error(kind_of(exc))
+            kind = connect_failure(exc)
+            run.connect_errors[kind] += 1
+            run.error(kind)
             self.again(RECONNECT_DELAY)
 
-    def connected(self, conn: LinesConnection) -> None:
+    def opened(self, conn: LinesConnection | OneshotConnection) -> None:
         self.conn = conn
         if not self.ready.done():
             self.ready.set_result(None)
-        if self.run.closed_loop:
-            conn.send(perf_counter())
+            self.run.opened += 1
 
     def lost(self, conn: LinesConnection | OneshotConnection, exc: Exception | None) -> None:
-        """The connection ended early: its requests in flight failed."""
+        """The connection ended early: its request in flight failed."""
         run = self.run
         if run.stopping:
             return
@@ -249,37 +370,29 @@ class User:
     def again(self, after: float = 0.0) -> None:
         """Connect anew (oneshot: the next request; lines: after an error)."""
         run = self.run
-        if run.stopping or (run.framing == "oneshot" and not run.closed_loop):
+        if run.stopping:
             return
-        if after:
-            run.loop.call_later(after, lambda: run.loop.create_task(self.connect()))
-        else:
-            run.loop.create_task(self.connect())
+        run.start(self.connect(after))
 
 
 def kind_of(exc: BaseException | None) -> str:
     return failure_kind(exc) if exc is not None else "closed"
 
 
-async def pace(run: Run, users: list[User], rate: float) -> None:
-    """Open loop: send request i at t0 + i/rate, round-robin over the connections."""
+async def pace(run: Run, rate: float) -> None:
+    """Open loop: request i falls due at t0 + i/rate."""
     start = perf_counter()
-    sent = 0
-    count = len(users)
+    issued = 0
     while not run.stopping:
-        due = int((perf_counter() - start) * rate)
-        while sent < due:
-            conn = users[sent % count].conn
-            if isinstance(conn, LinesConnection):
-                conn.send(start + sent / rate)
-            else:
-                run.error("not_connected")
-            sent += 1
-        await asyncio.sleep(0.001)
+        due = int((perf_counter() - start) * rate) + 1
+        while issued < due:
+            run.due(start + issued / rate)
+            issued += 1
+        await asyncio.sleep(PACE_TICK)
 
 
 async def watch(run: Run, users: list[User]) -> None:
-    """Abort connections whose oldest request is past the timeout; end a --requests run."""
+    """Abort connections whose request is past the timeout; end a --requests run."""
     tick = min(0.1, run.timeout / 2)
     while not run.stopping:
         await asyncio.sleep(tick)
@@ -288,70 +401,148 @@ async def watch(run: Run, users: list[User]) -> None:
         limit = perf_counter() - run.timeout
         for user in users:
             conn = user.conn
-            if conn is not None and conn.sent and conn.sent[0] < limit:
+            if conn is not None and conn.sent and conn.sent[0] < limit and conn.alive:
                 run.error("timeout")
                 conn.sent.clear()
+                conn.alive = False
+                conn.aborted = True
                 conn.transport.abort()
 
 
-async def bench(target: str, args: BenchSettings) -> BenchResult:
-    if args.rate and args.framing == "oneshot":
-        raise SystemExit("--rate (open loop) needs persistent connections: --framing lines or http")
+async def progress(run: Run, connections: int, planned: float) -> None:
+    """A status line on a terminal's stderr, for runs longer than a few seconds."""
+    if not sys.stderr.isatty():
+        return
+    began = perf_counter()
+    shown = False
+    try:
+        while True:
+            await asyncio.sleep(0.5)
+            elapsed = perf_counter() - began
+            if elapsed < PROGRESS_AFTER:
+                continue
+            line = f"{run.phase}: {run.opened:,}/{connections:,} connections open"
+            if run.measuring:
+                line += f", {len(run.latencies):,} requests measured"
+            if planned:
+                line += f" ({elapsed:.0f}/{planned:.0f} s)"
+            sys.stderr.write(f"\r{line:<78}")
+            sys.stderr.flush()
+            shown = True
+    finally:
+        if shown:
+            sys.stderr.write("\r" + " " * 78 + "\r")
+            sys.stderr.flush()
+
+
+async def probe(host: str, port: int, timeout: float) -> None:
+    """One connection before the load: CannotConnect, in words, if nothing is there."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except socket.gaierror as exc:
+        raise CannotConnect(f"cannot resolve {host!r}: {exc.strerror}") from None
+    except ConnectionRefusedError:
+        raise CannotConnect("connection refused: is a server listening there?") from None
+    except TimeoutError:
+        raise CannotConnect(
+            f"timeout: no answer within {timeout:g} s (a host that is down, or a firewall)"
+        ) from None
+    except OSError as exc:
+        if exc.errno in UNREACHABLE:
+            raise CannotConnect(f"unreachable: {exc.strerror}") from None
+        raise CannotConnect(exc.strerror or str(exc)) from None
+    writer.close()
+
+
+async def bench(host: str, port: int, args: BenchSettings) -> BenchResult:
     loop = asyncio.get_running_loop()
-    run = Run(loop, target, args)
+    run = Run(loop, host, port, args)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, run.interrupt, signum)
+    probing = loop.create_task(probe(host, port, min(args.timeout, PROBE_TIMEOUT)))
+    if not await run.wait(until=probing):
+        probing.cancel()
+        return summarise(run, args, 0, 0.0)
+    probing.result()  # CannotConnect: nothing listens
+
     users = [User(run) for _ in range(args.connections)]
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
     async def connect(user: User) -> None:
         async with gate:
             await user.connect()
-            if run.framing != "oneshot":
-                await asyncio.wait([user.ready], timeout=run.timeout)
+            await asyncio.wait([user.ready], timeout=run.timeout)
 
+    planned = 0.0 if args.requests else args.warmup + args.duration
+    run.start(watch(run, users))
+    run.start(progress(run, len(users), planned))
     # A server that accepts slowly (thousands of threads) must not stall the
     # run: measure after CONNECT_PHASE_SECONDS with whoever got in; the rest
     # keep trying, and what they miss shows as fewer connections and errors.
     connecting = [loop.create_task(connect(u)) for u in users]
-    await asyncio.wait(connecting, timeout=CONNECT_PHASE_SECONDS)
-    connected = sum(u.ready.done() for u in users) if run.framing != "oneshot" else len(users)
-    background = [loop.create_task(watch(run, users)), *connecting]
-    if args.rate:
-        background.append(loop.create_task(pace(run, users, args.rate)))
-    await asyncio.sleep(0 if args.requests else args.warmup)
-
-    gc.collect()
-    gc.disable()  # a collection pause would land on some unlucky requests' latency
-    run.measuring = True
-    started = perf_counter()
-    if args.requests:
-        await run.done
+    run.tasks.update(connecting)
+    all_tried = asyncio.gather(*connecting)
+    elapsed = 0.0
+    connected = 0
+    if await run.wait(CONNECT_PHASE_SECONDS, until=all_tried):
+        connected = run.opened
+        still_connecting = sum(not task.done() for task in connecting)
+        # Collected before the load, not at the measurement's start: a collection
+        # pause would land on some unlucky requests' latency, and an open loop
+        # would send the requests due meanwhile in a burst inside the measurement.
+        gc.collect()
+        gc.disable()
+        if args.rate:
+            run.start(pace(run, args.rate))
+        run.phase = "warming up"
+        if await run.wait(0 if args.requests else args.warmup):
+            run.phase = "measuring"
+            run.measuring = True
+            started, cpu = perf_counter(), process_time()
+            await run.wait(
+                None if args.requests else args.duration, until=run.done if args.requests else None
+            )
+            run.measuring = False
+            elapsed = perf_counter() - started
+            run.cpu_percent = 100 * (process_time() - cpu) / elapsed if elapsed else 0.0
+        gc.enable()
     else:
-        await asyncio.sleep(args.duration)
-    run.measuring = False
-    elapsed = perf_counter() - started
-    gc.enable()
+        connected, still_connecting = run.opened, 0
 
-    run.stopping = True
-    for task in background:
-        task.cancel()
+    all_tried.cancel()
+    await run.stop()
     for user in users:
-        if user.conn is not None:
+        if user.conn is not None and user.conn.transport is not None:
             user.conn.transport.close()
-    return summarise(run, target, args, connected, elapsed)
+    result = summarise(run, args, connected, elapsed)
+    if not result.partial:
+        result.notes[:0] = [note for note in (explain_connections(result, still_connecting),) if note]
+        result.problem = diagnose(result, run.evidence)
+    return result
 
 
-def summarise(run: Run, target: str, args: BenchSettings, connected: int, elapsed: float) -> BenchResult:
+def summarise(run: Run, args: BenchSettings, connected: int, elapsed: float) -> BenchResult:
     latencies = sorted(run.latencies)
-    count = len(latencies)
-
-    def pct(p: float) -> float:
-        return round(latencies[min(count - 1, int(p / 100 * count))] * 1000, 3) if count else math.nan
-
-    throughput = count / elapsed if elapsed else 0.0
+    throughput = len(latencies) / elapsed if elapsed else 0.0
     delay = args.delay_hint_ms / 1000.0
-    bound = args.connections / delay if delay > 0 and not args.rate else None
+    if args.rate:
+        bound: float | None = args.rate
+    else:
+        bound = args.connections / delay if delay > 0 else None
+    notes = []
+    if run.cpu_percent >= CLIENT_BUSY_PERCENT:
+        notes.append(
+            f"this client used {run.cpu_percent:.0f}% of a core while measuring: the figures may show "
+            "its limit rather than the server's (lower the load, or give the client a core of its own)"
+        )
+    if args.rate and delay > 0 and args.connections / delay < args.rate:
+        notes.append(
+            f"{args.connections:,} connections at {args.delay_hint_ms:g} ms a request carry at most "
+            f"{args.connections / delay:,.0f} req/s, less than the {args.rate:,.0f} req/s offered: the rest "
+            f"queues in this client (--connections {math.ceil(args.rate * delay * 1.2):,} would carry it)"
+        )
     return BenchResult(
-        target=target,
+        target=run.target,
         framing=args.framing,
         mode="open" if args.rate else "closed",
         connections=args.connections,
@@ -359,43 +550,61 @@ def summarise(run: Run, target: str, args: BenchSettings, connected: int, elapse
         rate=args.rate,
         delay_hint_ms=args.delay_hint_ms,
         seconds=round(elapsed, 3),
-        requests=count,
+        requests=len(latencies),
         throughput=round(throughput, 1),
-        latency_ms={
-            "p50": pct(50),
-            "p90": pct(90),
-            "p99": pct(99),
-            "max": round(latencies[-1] * 1000, 3) if count else math.nan,
-        },
+        latency_ms=percentiles(latencies),
+        histogram_ms=histogram([x * 1000 for x in latencies]),
         errors=dict(run.errors),
+        connect_errors=dict(run.connect_errors),
         bound=round(bound, 1) if bound else None,
         bound_fraction=round(throughput / bound, 4) if bound else None,
+        unsent=len(run.backlog),
+        client_cpu_percent=round(run.cpu_percent, 1),
+        notes=notes,
+        partial=run.interrupted.done(),
+        interrupted=signal.Signals(run.interrupted.result()).name if run.interrupted.done() else None,
     )
 
 
-def render(result: BenchResult) -> str:
-    lat = result.latency_ms
-    lines = [
-        f"target      {result.target} ({result.framing}, {result.mode} loop, "
-        f"{result.connected}/{result.connections} connections)",
-        f"requests    {result.requests} in {result.seconds:.2f}s = {result.throughput:,.0f} req/s",
-        f"latency ms  p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  p99 {lat['p99']:.1f}  max {lat['max']:.1f}",
-        "errors      " + (", ".join(f"{k}={v}" for k, v in sorted(result.errors.items())) or "none"),
-    ]
-    if result.bound:
-        lines.append(
-            f"little's law bound {result.bound:,.0f} req/s "
-            f"({result.connections} connections / {result.delay_hint_ms:g} ms): "
-            f"achieved {result.bound_fraction:.1%}"
+def fd_note(connections: int) -> str | None:
+    """A warning when this process may not open ``connections`` sockets."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < connections + FD_SPARE:
+        return (
+            f"this client may open only about {soft - FD_SPARE:,} connections "
+            f"(ulimit -n is {soft:,}): {FD_ADVICE}"
         )
-    return "\n".join(lines)
+    return None
 
 
 def main(target: str, args: BenchSettings, as_json: bool = False) -> int:
-    result = uvloop.run(bench(target, args))
+    """Run, print (text or JSON on stdout; problems on stderr), and the exit status."""
+    try:
+        host, port = parse_target(target)
+    except ValueError as exc:
+        print(f"echolab bench: error: {exc}", file=sys.stderr)
+        return 2
+    if args.rate and args.framing == "oneshot":
+        message = "--rate (open loop) needs persistent connections: --framing lines or http"
+        print(f"echolab bench: error: {message}", file=sys.stderr)
+        return 2
+    facts = machine.facts()  # before the load: the load average is the machine's, not ours
+    try:
+        result = uvloop.run(bench(host, port, args))
+    except CannotConnect as exc:
+        print(f"echolab bench: cannot connect to {target}: {exc}", file=sys.stderr)
+        return 1
+    result.machine = facts
+    result.notes += [note for note in (fd_note(args.connections),) if note]
     if as_json:
-        json.dump(asdict(result), sys.stdout)
+        json.dump(asdict(result), sys.stdout, allow_nan=False)
         sys.stdout.write("\n")
+        for note in result.notes:
+            print(f"echolab bench: note: {note}", file=sys.stderr)
     else:
         print(render(result))
-    return 0
+    if result.problem:
+        print(f"echolab bench: {result.problem}", file=sys.stderr)
+    if result.interrupted:
+        return 128 + signal.Signals[result.interrupted]
+    return 1 if result.problem else 0
