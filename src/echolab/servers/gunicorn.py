@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -34,6 +35,7 @@ from typing import Any
 
 import psutil
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 from prometheus_client import CollectorRegistry, Counter, multiprocess, start_http_server, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -260,6 +262,20 @@ class MultiprocessMetrics:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+class EchoArbiter(Arbiter):  # type: ignore[misc]  # gunicorn is untyped
+    """gunicorn's master, without the binary upgrade (USR2).
+
+    USR2 re-executes the master beside the running one, which hands over
+    the echo port; the new master cannot bind the metrics port, which the
+    old one holds until it exits, and dies (prometheus_client's server
+    takes no inherited socket). In a container an upgrade is a new
+    container. So USR2 is logged and ignored: nothing is lost.
+    """
+
+    def handle_usr2(self) -> None:
+        self.log.warning("USR2 ignored: no binary upgrade (the metrics port cannot be handed over)")
+
+
 class EchoApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is untyped
     def __init__(self, server: Server, settings: HttpSettings) -> None:
         self.server = server
@@ -278,6 +294,14 @@ class EchoApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is unt
             options.update(hooks)
         for key, value in options.items():
             self.cfg.set(key, value)
+
+    def run(self) -> None:
+        """BaseApplication.run, with our master."""
+        try:
+            EchoArbiter(self).run()
+        except RuntimeError as exc:  # gunicorn's own "Error: ..." for a configuration it refuses
+            log.error("cannot start: %s", exc)
+            sys.exit(2)
 
     def load(self) -> Any:
         """Runs in each worker, after the fork: its instruments write that worker's files."""
