@@ -286,17 +286,23 @@ def send_error(sock: socket.socket, error: bytes, linger: bool) -> None:
     discard what the client still sends (for a bounded time) before closing.
     """
     try:
-        sock.settimeout(LINGER_SECONDS)
-        sock.sendall(error)
-        sock.shutdown(socket.SHUT_WR)
         if linger:
+            sock.settimeout(LINGER_SECONDS)
+            sock.sendall(error)
+            sock.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + LINGER_SECONDS
             while time.monotonic() < deadline and sock.recv(RECV_SIZE):
                 pass
         else:
-            while sock.recv(RECV_SIZE, socket.MSG_DONTWAIT):
+            # A refusal, on the acceptor thread: never wait (a timeout would make even a
+            # MSG_DONTWAIT recv poll for it, a second per silent client). A fresh socket's
+            # buffer takes the line whole; then drop what has arrived, and close.
+            sock.setblocking(False)
+            sock.send(error)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(RECV_SIZE):
                 pass
-    except OSError:
+    except OSError:  # BlockingIOError: nothing more to drop
         pass
 
 
