@@ -26,7 +26,7 @@ from .. import metrics as metrics_module
 from ..catalogue import Server
 from ..metrics import ServerMetrics
 from ..protocol import ERROR_BUSY, ERROR_SHUTTING_DOWN, ERROR_TOO_LARGE, MessageTooLarge, make_framer
-from ..runtime import RESOURCE_ERRNOS, AcceptErrorLog, log
+from ..runtime import IGNORED_SIGNALS, RESOURCE_ERRNOS, AcceptErrorLog, ignore_signal, log, log_drain
 from ..settings import ThreadedSettings
 
 RECV_SIZE = 65536
@@ -333,6 +333,8 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    for sig in IGNORED_SIGNALS:
+        signal.signal(sig, ignore_signal)
     acceptor = threading.Thread(target=server.serve_forever, name="acceptor", daemon=True)
     acceptor.start()
     log.info(
@@ -348,6 +350,7 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
     started = time.monotonic()
     # Refuse first, then say so: a client that sees the log line is refused.
     server.begin_shutdown()
+    in_flight = metrics.requests_in_flight()
     log.info("shutting down: no new connections, draining for up to %gs", settings.drain_timeout)
     if settings.model != "serial":
         server.shutdown()  # the listener closes first: the kernel refuses newcomers
@@ -357,9 +360,10 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
     # Its listener closes after the drain (newcomers meanwhile get an error
     # line, or a reset from the backlog); both calls are idempotent.
     left = server.drain(max(0.0, settings.drain_timeout - (time.monotonic() - started)))
+    unanswered = metrics.requests_in_flight() if left else 0
     if left:
-        log.warning("drain timeout: closing %d connection(s) still open", left)
         server.cut()
+    log_drain(in_flight, unanswered, left, time.monotonic() - started)
     server.shutdown()
     server.server_close()
     logging.shutdown()
