@@ -145,6 +145,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def pause_writing(self) -> None:
         super().pause_writing()
+        self._cancel("stuck")
         self.stuck = self.loop.call_later(self.limits.idle_timeout, self.transport.abort)
 
     def resume_writing(self) -> None:
@@ -173,7 +174,8 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
-        if len(self.url) > self.limits.request_line:
+        # The request line as gunicorn measures it: "METHOD target HTTP/1.1", without its CRLF.
+        if len(self.parser.get_method()) + len(self.url) + 10 > self.limits.request_line:
             raise Refused(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
