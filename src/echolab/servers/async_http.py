@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from typing import Any, ClassVar, Literal
 import httptools
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
 from uvicorn_worker import UvicornWorker
 
 from ..settings import HttpSettings
@@ -97,7 +99,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         self.client_done = False  # the client half-closed: close once every reply owed is sent
         self.refused = False  # an error reply went out: the connection ends
         self.dropped = 0  # bytes read and dropped since
-        self.deadline: asyncio.TimerHandle | None = None  # first byte, or the request's
+        self.due = math.inf  # loop time of the deadline in force: the first byte's, or the request's
         self.stuck: asyncio.TimerHandle | None = None  # a reply the client is not reading
         self.linger: asyncio.TimerHandle | None = None  # after an error reply
 
@@ -106,7 +108,8 @@ class GuardedHttpTools(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.flow = QueueFlowControl(transport, self.pipeline)
-        self._arm(self.limits.idle_timeout, self._idle_expired)
+        self.due = self.loop.time() + self.limits.idle_timeout
+        sweep_deadlines(self.loop, self.server_state, self.limits)
 
     def data_received(self, data: bytes) -> None:
         if self.refused:  # lingering after an error reply: what the client still sends is dropped
@@ -135,7 +138,7 @@ class GuardedHttpTools(HttpToolsProtocol):
                 self.logger.warning("Refused a request: 431, head over %d bytes", self.limits.head)
                 self._refuse(431)
         elif self.phase == "idle" and not self._owed() and self.timeout_keep_alive_task is None:
-            self._arm(self.limits.idle_timeout, self._idle_expired)  # bytes, but no request (blank lines)
+            self.due = self.loop.time() + self.limits.idle_timeout  # bytes, but no request (blank lines)
 
     def eof_received(self) -> bool:  # type: ignore[override]  # asyncio.Protocol returns a bool
         if self.phase != "idle" or not self._owed():
@@ -153,7 +156,6 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._cancel("stuck")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel("deadline")
         self._cancel("stuck")
         self._cancel("linger")
         owed = [cycle for cycle, _app in self.pipeline]
@@ -170,7 +172,7 @@ class GuardedHttpTools(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.phase, self.head_bytes, self.fields = "head", 0, 0
-        self._arm(self.limits.request_timeout, self._request_expired)
+        self.due = self.loop.time() + self.limits.request_timeout
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -190,19 +192,18 @@ class GuardedHttpTools(HttpToolsProtocol):
         if self.pipeline:
             # Queued behind an earlier request, with reading paused: the rest
             # of its body is read, and timed, once it runs (_start_asgi_task).
-            self._cancel("deadline")
+            self.due = math.inf
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self.phase = "idle"
-        self._cancel("deadline")  # the request is in, within its deadline
+        self.phase, self.due = "idle", math.inf  # the request is in, within its deadline
 
     # --- requests and replies -------------------------------------------------
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         self.running = cycle
-        if cycle is self.cycle and self.phase == "body" and self.deadline is None:
-            self._arm(self.limits.request_timeout, self._request_expired)  # was queued, see above
+        if cycle is self.cycle and self.phase == "body" and self.due == math.inf:
+            self.due = self.loop.time() + self.limits.request_timeout  # was queued, see above
         super()._start_asgi_task(cycle, app)
 
     def on_response_complete(self) -> None:
@@ -221,24 +222,22 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     # --- deadlines and refusals -------------------------------------------------
 
-    def _arm(self, seconds: float, expired: Any) -> None:
-        self._cancel("deadline")
-        self.deadline = self.loop.call_later(seconds, expired)
-
-    def _cancel(self, name: Literal["deadline", "stuck", "linger"]) -> None:
+    def _cancel(self, name: Literal["stuck", "linger"]) -> None:
         timer = getattr(self, name)
         if timer is not None:
             timer.cancel()
             setattr(self, name, None)
 
-    def _idle_expired(self) -> None:
-        self.deadline = None
-        self.transport.close()
-
-    def _request_expired(self) -> None:
-        self.deadline = None
-        self.logger.debug("Request timeout: not whole %gs after its first byte", self.limits.request_timeout)
-        self._refuse(408)
+    def expired(self) -> None:
+        """The deadline in force has passed (the sweep calls this)."""
+        self.due = math.inf
+        if self.phase == "idle":
+            self.transport.close()  # nothing received in time: close without a word
+        else:
+            self.logger.debug(
+                "Request timeout: not whole %gs after its first byte", self.limits.request_timeout
+            )
+            self._refuse(408)
 
     def _refuse(self, status: int) -> None:
         """Answer ``status`` to the request being read and close; the app never sees it.
@@ -248,7 +247,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         and drops what the client still sends for a moment before closing,
         so the client reads the reply rather than a reset.
         """
-        self._cancel("deadline")
+        self.due = math.inf
         receiving = self.cycle if self.phase == "body" else None
         running = self.running
         answerable = not self.pipeline and (
@@ -300,6 +299,30 @@ def cut_quietly(app: ASGIApp) -> ASGIApp:
             cycle.transport.abort()
 
     return cut
+
+
+def sweep_deadlines(loop: asyncio.AbstractEventLoop, state: ServerState, limits: Limits) -> None:
+    """Check every connection's deadline once a tick, from one timer per worker (started once).
+
+    A timer per request (armed when it begins, cancelled when it is in)
+    cost 3 us of a request's 25 us in uvicorn's protocol; a float per
+    request and one pass over the connections per tick cost next to
+    nothing. Deadlines are met to within a tick: a quarter of the shorter
+    timeout, at most a second (as the TCP servers sweep their idle ones).
+    """
+    if getattr(state, "echolab_sweeping", False):
+        return
+    state.echolab_sweeping = True  # type: ignore[attr-defined]  # uvicorn's per-server state, ours along
+    tick = min(1.0, limits.idle_timeout / 4, limits.request_timeout / 4)
+
+    def sweep() -> None:
+        now = loop.time()
+        for protocol in list(state.connections):
+            if isinstance(protocol, GuardedHttpTools) and protocol.due <= now:
+                protocol.expired()
+        loop.call_later(tick, sweep)
+
+    loop.call_later(tick, sweep)
 
 
 class EchoUvicornWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn_worker is untyped
