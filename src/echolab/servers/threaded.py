@@ -350,7 +350,7 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
     started = time.monotonic()
     # Refuse first, then say so: a client that sees the log line is refused.
     server.begin_shutdown()
-    in_flight = metrics.requests_in_flight()
+    in_flight = metrics.requests_in_flight
     log.info("shutting down: no new connections, draining for up to %gs", settings.drain_timeout)
     if settings.model != "serial":
         server.shutdown()  # the listener closes first: the kernel refuses newcomers
@@ -360,7 +360,7 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
     # Its listener closes after the drain (newcomers meanwhile get an error
     # line, or a reset from the backlog); both calls are idempotent.
     left = server.drain(max(0.0, settings.drain_timeout - (time.monotonic() - started)))
-    unanswered = metrics.requests_in_flight() if left else 0
+    unanswered = metrics.requests_in_flight if left else 0
     if left:
         server.cut()
     log_drain(in_flight, unanswered, left, time.monotonic() - started)
