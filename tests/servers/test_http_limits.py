@@ -170,3 +170,17 @@ def test_a_request_then_a_half_close_is_answered(http_server):
         assert read_response(sock) == (200, b"FIRST")
         assert read_response(sock) == (200, b"SECOND")
         assert read_all(sock) == b""
+
+
+def test_async_http_serves_exactly_max_connections_at_once(start_http):
+    """uvicorn counts the new connection against limit_concurrency: it is set one higher, so that
+    --max-connections 3 admits three connections (gthread instead stops accepting: they wait)."""
+    server = start_http("async-http", *ONE_WORKER, "--max-connections", "3")
+    held = [connect(server.port) for _ in range(2)]
+    try:
+        assert request_status(server.port, head()) == 200  # the third
+        held.append(connect(server.port))
+        assert request_status(server.port, head()) == 503  # a fourth
+    finally:
+        for sock in held:
+            sock.close()
