@@ -98,7 +98,7 @@ PAIRS = (
     ("async / bare uvloop at 10000", ASYNC, BARE, 10000, 100, 1.0),
     ("delay 0: metrics on / off", ASYNC, ASYNC_NO_METRICS, 100, 0, 0.8),
     ("threaded / bare threaded at 1000", THREADED, BARE_THREADED, 1000, 100, None),
-    ("delay 0: async-http hardened / bare uvicorn", ASYNC_HTTP_BARE_ALIKE, BARE_HTTPTOOLS, 100, 0, 0.8),
+    ("delay 0: async-http hardened / bare uvicorn", ASYNC_HTTP_BARE_ALIKE, BARE_HTTPTOOLS, 100, 0, None),
     ("delay 0: uvicorn h11 / httptools", BARE_H11, BARE_HTTPTOOLS, 100, 0, None),
 )
 
