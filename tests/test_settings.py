@@ -83,14 +83,17 @@ def test_a_bad_variable_of_another_command_is_no_error() -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.parametrize("which", ["--port", "--metrics-port"])
 @pytest.mark.parametrize("name", catalogue.NAMES)
-def test_a_port_in_use_is_one_line_and_exit_2(name: str) -> None:
+def test_a_port_in_use_is_one_line_and_exit_2(name: str, which: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = run_command("serve", name, "--port", str(port), "--metrics-port", "0", timeout=60)
+        ports = {"--port": "0", "--metrics-port": "0", which: str(port)}
+        done = run_command("serve", name, *(item for pair in ports.items() for item in pair), timeout=60)
     assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
     assert "in use" in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 

@@ -357,6 +357,11 @@ class ServerMetrics(Collector):
     def track(self, active: Callable[[], int], in_flight: Callable[[], int]) -> None:
         self._active, self._in_flight = active, in_flight
 
+    @property
+    def requests_in_flight(self) -> int:
+        """What ``echo_requests_in_flight`` shows (with metrics off too: for the drain's log)."""
+        return self._in_flight()
+
     # --- export ------------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import resource
+import signal
 import sys
 import time
 
@@ -13,6 +14,11 @@ log = logging.getLogger("echolab")
 # accept() failures that mean "out of a resource", not "this client is bad":
 # retrying at once would only spin, so the servers back off and log.
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+# Signals whose default action would kill the TCP servers mid-request (a `kill -HUP`, a closing
+# terminal, a log rotator's USR1). They have nothing to reload or reopen (settings are read at
+# start, logs go to stderr), so they are logged and ignored; SIGTERM and SIGINT stop the server.
+IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def setup_logging(level: str, server: str) -> None:
@@ -58,3 +64,21 @@ class AcceptErrorLog:
             self._last, self._suppressed = now, 0
         else:
             self._suppressed += 1
+
+
+def ignore_signal(signum: int, *_: object) -> None:
+    """The handler of IGNORED_SIGNALS: say so, do nothing else."""
+    log.info("%s ignored (nothing to reload or reopen); SIGTERM or SIGINT stops", signal.Signals(signum).name)
+
+
+def log_drain(in_flight: int, unanswered: int, cut: int, seconds: float) -> None:
+    """The drain's end: of the requests in flight when it began, how many were answered; what was cut."""
+    answered = max(0, in_flight - unanswered)
+    if cut:
+        log.warning(
+            "drain timeout after %.1fs: %d of %d request(s) in flight answered; "
+            "%d connection(s) cut, %d request(s) unanswered",
+            seconds, answered, in_flight, cut, unanswered,
+        )  # fmt: skip
+    else:
+        log.info("drained in %.1fs: %d request(s) in flight answered", seconds, answered)

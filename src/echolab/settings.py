@@ -304,7 +304,18 @@ class ServeSettings(Settings):
         65536, "longest request; longer gets an error line and a close", unit="bytes", check=at_least(1)
     )
     idle_timeout: float = setting(
-        30.0, "close a connection that sends nothing (or half a line) for this long", unit="s", check=above(0)
+        30.0,
+        "close a connection that sends nothing for this long while no request is under way: "
+        "before its first request, and between requests (keep-alive)",
+        unit="s",
+        check=above(0),
+    )
+    request_timeout: float = setting(
+        10.0,
+        "a request (a line; HTTP headers and body) must arrive whole within this from its first byte, "
+        "however slowly it trickles; else an error (HTTP 408) and a close",
+        unit="s",
+        check=above(0),
     )
     max_connections: int = setting(
         20000, "connections beyond this get an error line and a close", check=at_least(1)

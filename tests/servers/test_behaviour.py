@@ -7,6 +7,7 @@ the counts each test caused.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -155,6 +156,25 @@ def test_unterminated_line_over_the_limit_is_refused_without_waiting_for_its_end
         assert conn.read_to_eof() == b""
     delta = server.idle_metrics() - before
     assert delta.query('echo_requests_total{outcome="too_large"}') == 1
+
+
+@pytest.mark.framing("oneshot")
+def test_oneshot_message_is_the_first_read_and_nothing_after(start_server, variant):
+    """The article's protocol: bytes that arrive after the first read are not part of the message."""
+    server = start_server(variant, "--delay-ms", "1000")
+    before = server.scrape()
+    with server.connect() as conn:
+        conn.send(b"first read")
+        server.wait_metrics(lambda m: m.value("echo_requests_in_flight") == 1)
+        conn.send(b", then more")
+        reply = b""
+        with contextlib.suppress(ConnectionResetError):  # closed with ", then more" unread
+            while chunk := conn.sock.recv(65536):
+                reply += chunk
+    assert reply == b"FIRST READ"
+    delta = server.idle_metrics() - before
+    expected = {'echo_requests_total{outcome="ok"}': 1, "echo_received_bytes_total": len(b"first read")}
+    assert delta.counts(expected) == expected
 
 
 @pytest.mark.framing("lines")

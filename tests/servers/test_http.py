@@ -8,6 +8,7 @@ exit code other than 0 after SIGTERM, fails the test that started it.
 
 from __future__ import annotations
 
+import signal
 import socket
 import struct
 import threading
@@ -178,16 +179,23 @@ def test_serves_concurrently(start_http, name):
     assert delta.query('echo_requests_total{outcome="ok"}') == count
 
 
+def signalled_in_flight(server: HttpTestServer, signum: int, count: int) -> list[tuple[int, bytes]]:
+    """``count`` echo requests ("held 0", ...) in flight at once, ``signum`` sent meanwhile: their replies."""
+    with ThreadPoolExecutor(count) as pool:
+        futures = [pool.submit(server.request, "POST", "/echo", b"held %d" % i) for i in range(count)]
+        server.wait_metrics(lambda m: m.value("echo_requests_in_flight") == count)
+        server.send(signum)
+        return [(f.result().status, f.result().body) for f in futures]
+
+
+def all_answered(count: int) -> list[tuple[int, bytes]]:
+    return [(200, b"HELD %d" % i) for i in range(count)]
+
+
 @pytest.mark.parametrize("name", SERVERS)
 def test_sigterm_drains_in_flight_requests(start_http, name):
     server = start_http(name, *HOLD)
-    count = 10
-    with ThreadPoolExecutor(count) as pool:
-        futures = [pool.submit(server.request, "POST", "/echo", b"drain %d" % i) for i in range(count)]
-        server.wait_metrics(lambda m: m.value("echo_requests_in_flight") == count)
-        server.sigterm()
-        responses = [f.result() for f in futures]
-    assert [(r.status, r.body) for r in responses] == [(200, b"DRAIN %d" % i) for i in range(count)]
+    assert signalled_in_flight(server, signal.SIGTERM, 10) == all_answered(10)
     assert server.wait() == 0
     assert "Traceback" not in server.log
 
@@ -205,3 +213,32 @@ def test_client_reset_mid_request_is_counted_aborted(start_http, name):
     expected = {'echo_requests_total{outcome="aborted"}': 1, 'echo_requests_total{outcome="ok"}': 0}
     assert after.counts(expected) == expected
     assert server.echo(b"next") == b"NEXT"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2], ids=lambda s: s.name)
+@pytest.mark.parametrize("name", SERVERS)
+def test_hup_usr1_and_usr2_lose_no_request(start_http, name, signum):
+    """gunicorn's HUP (new workers, the old ones drain), USR1 (reopen logs), USR2 (ignored here)."""
+    server = start_http(name, *HOLD)
+    assert signalled_in_flight(server, signum, 10) == all_answered(10)
+    assert server.running()
+    assert server.echo(b"after") == b"AFTER"
+    if signum == signal.SIGUSR2:
+        server.wait_for_log("USR2 ignored")
+
+
+@pytest.mark.parametrize("name", SERVERS)
+def test_sigterm_with_stalled_clients_ends_within_the_drain(start_http, name):
+    """Requests in flight are answered; clients stalled mid-request are cut at the drain timeout, and
+    every worker exits by itself (gthread's used to be SIGKILLed: 'Perhaps out of memory?')."""
+    server = start_http(name, "--delay-ms", "500", "--drain-timeout", "1")
+    stalled = [socket.create_connection((HOST, server.port), timeout=TIMEOUT) for _ in range(6)]
+    for sock in stalled:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: echolab\r\nContent-Length: 100\r\n\r\nabc")
+    assert signalled_in_flight(server, signal.SIGTERM, 4) == all_answered(4)
+    assert server.wait() == 0
+    for sock in stalled:
+        sock.close()
+    # Each worker logged its own exit (gthread's arbiter, uvicorn's server), none was killed.
+    exits = server.log.count("Worker exiting (pid") + server.log.count("Finished server process [")
+    assert exits == 2 and "SIGKILL" not in server.log and "Traceback" not in server.log, server.log

@@ -70,6 +70,21 @@ def test_connections_over_the_limit_are_refused(start_server, variant):
 
 
 @pytest.mark.concurrent
+def test_refused_clients_that_stay_connected_do_not_hold_up_accepting(start_server, variant):
+    """Refusing is one write, then a close: 20 refused clients that neither send nor leave
+    (a second each on the threaded server's acceptor, once) do not delay the next client."""
+    server = start_server(variant, "--max-connections", "2")
+    with server.connections(2) as held:
+        server.wait_metrics(lambda m: m.value("echo_connections_active") == 2)
+        with server.connections(20) as refused:
+            server.wait_metrics(lambda m: m.value("echo_connections_refused_total") == 20)
+            held[0].close()
+            server.wait_metrics(lambda m: m.value("echo_connections_active") == 1)
+            assert server.exchange(b"got in") == framed(b"GOT IN", variant.framing)
+            assert [conn.line() for conn in refused] == [b"ERROR too many connections\n"] * 20
+
+
+@pytest.mark.concurrent
 @pytest.mark.framing("lines")
 def test_out_of_file_descriptors(start_server, variant):
     """Accept fails: the server says so, serves what it has, does not spin, and recovers."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 from support.wire import framed
 
+from echolab.runtime import IGNORED_SIGNALS
+
 # The log line a server writes once it refuses new connections.
 SHUTTING_DOWN = "shutting down"
 
@@ -51,6 +53,7 @@ def test_sigterm_answers_requests_in_flight_and_refuses_new_connections(start_se
             assert conn.outcome() == framed(b"IN FLIGHT %d" % number, variant.framing)
     assert server.wait() == 0
     assert "drain timeout" not in server.log
+    assert f"{count} request(s) in flight answered" in server.log
 
 
 @pytest.mark.concurrent
@@ -80,4 +83,23 @@ def test_drain_timeout_cuts_requests_that_take_too_long(start_server, variant):
         server.sigterm()
         assert server.wait() == 0
         assert "drain timeout" in server.log
+        cut = "0 of 1 request(s) in flight answered; 1 connection(s) cut, 1 request(s) unanswered"
+        assert cut in server.log
         assert conn.outcome() in (b"", "reset")
+
+
+@pytest.mark.framing("lines")
+@pytest.mark.parametrize("signum", IGNORED_SIGNALS, ids=lambda s: s.name)
+def test_hup_usr1_and_usr2_are_ignored_and_lose_nothing(start_server, variant, signum):
+    """Their default action would kill the server with every request in flight."""
+    server = start_server(variant, "--delay-ms", "1000")
+    count = 4 if variant.concurrent else 1
+    with server.connections(count) as conns:
+        for number, conn in enumerate(conns):
+            conn.send(b"held %d\n" % number)
+        server.wait_metrics(lambda m: m.value("echo_requests_in_flight") == count)
+        server.send(signum)
+        server.wait_for_log(f"{signum.name} ignored")
+        assert [conn.line() for conn in conns] == [b"HELD %d\n" % number for number in range(count)]
+    assert server.running()
+    assert server.exchange(b"after") == b"AFTER\n"

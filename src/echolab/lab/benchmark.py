@@ -20,7 +20,18 @@ from .interrupt import Interrupted, interruptible
 from .report import require_extra
 from .results import Row, rich_table
 from .sweep import measure
-from .variants import ASYNC_NO_METRICS, BARE_THREADED, BARE_UVLOOP, POOL, SERIAL, SERVERS_AS_THEY_ARE, Variant
+from .variants import (
+    ASYNC_HTTP_BARE_ALIKE,
+    ASYNC_NO_METRICS,
+    BARE_H11,
+    BARE_HTTPTOOLS,
+    BARE_THREADED,
+    BARE_UVLOOP,
+    POOL,
+    SERIAL,
+    SERVERS_AS_THEY_ARE,
+    Variant,
+)
 
 THREADED, ASYNC, THREADED_HTTP, ASYNC_HTTP = SERVERS_AS_THEY_ARE
 BARE = BARE_UVLOOP
@@ -90,6 +101,8 @@ PAIRS = (
     ("async / bare uvloop at 10000", ASYNC, BARE, 10000, 100, 1.0),
     ("delay 0: metrics on / off", ASYNC, ASYNC_NO_METRICS, 100, 0, 0.8),
     ("threaded / bare threaded at 1000", THREADED, BARE_THREADED, 1000, 100, None),
+    ("delay 0: async-http hardened / bare uvicorn", ASYNC_HTTP_BARE_ALIKE, BARE_HTTPTOOLS, 100, 0, None),
+    ("delay 0: uvicorn h11 / httptools", BARE_H11, BARE_HTTPTOOLS, 100, 0, None),
 )
 
 

@@ -69,5 +69,15 @@ ASYNC_NO_METRICS = Variant(
 )
 BARE_UVLOOP = Variant("bare uvloop", "async", "lines", PALETTE["async"][3], reference="uvloop")
 BARE_THREADED = Variant("bare threaded", "threaded", "lines", PALETTE["threaded"][4], reference="threaded")
-ALL = (*SERVERS_AS_THEY_ARE, SERIAL, POOL, ASYNC_NO_METRICS, BARE_UVLOOP, BARE_THREADED)
+# async-http's parser choice (docs/server-behavior.md): its hardening against bare uvicorn, and h11.
+ASYNC_HTTP_BARE_ALIKE = Variant(
+    "async-http (1 worker, no metrics)", "async", "http", server("async-http").color, server("async-http"),
+    ("--workers", "1", "--no-metrics"),
+)  # fmt: skip
+BARE_HTTPTOOLS = Variant("bare httptools", "async", "http", PALETTE["async"][4], reference="httptools")
+BARE_H11 = Variant("bare h11", "async", "http", PALETTE["async"][5], reference="h11")
+ALL = (
+    *SERVERS_AS_THEY_ARE, SERIAL, POOL, ASYNC_NO_METRICS, BARE_UVLOOP, BARE_THREADED,
+    ASYNC_HTTP_BARE_ALIKE, BARE_HTTPTOOLS, BARE_H11,
+)  # fmt: skip
 COLORS = {v.name: v.color for v in ALL}

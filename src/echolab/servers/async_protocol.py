@@ -24,7 +24,7 @@ from .. import metrics as metrics_module
 from ..catalogue import Server
 from ..metrics import ServerMetrics
 from ..protocol import ERROR_BUSY, ERROR_SHUTTING_DOWN, ERROR_TOO_LARGE, MessageTooLarge, make_framer
-from ..runtime import RESOURCE_ERRNOS, AcceptErrorLog, log
+from ..runtime import IGNORED_SIGNALS, RESOURCE_ERRNOS, AcceptErrorLog, ignore_signal, log, log_drain
 from ..settings import AsyncSettings
 
 TICK = 0.001  # timer coalescing granularity, seconds
@@ -331,6 +331,8 @@ async def serve(settings: AsyncSettings, metrics: ServerMetrics, metrics_port: i
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    for sig in IGNORED_SIGNALS:
+        loop.add_signal_handler(sig, ignore_signal, sig)
     state.sweep_idle()
     state.probe_lag()
     if settings.loop == "uvloop":
@@ -346,11 +348,11 @@ async def serve(settings: AsyncSettings, metrics: ServerMetrics, metrics_port: i
         metrics_port or "off",
     )
     await stop.wait()
+    started, in_flight = time.monotonic(), state.in_flight
     log.info("shutting down: no new connections, draining for up to %gs", settings.drain_timeout)
     server.close()
     cut = await state.shutdown(settings.drain_timeout)
-    if cut:
-        log.warning("drain timeout: closed %d connection(s) still busy", cut)
+    log_drain(in_flight, state.in_flight, cut, time.monotonic() - started)
 
 
 def run(server: Server, settings: AsyncSettings) -> int:

@@ -1,10 +1,12 @@
-"""The references: bare line echo servers, no metrics, no limits, no shutdown.
+"""The references: bare echo servers, no metrics, no limits, no shutdown.
 
 ``make bench`` runs them in the same run as echolab's servers, so what
 echolab's limits and instrumentation cost (or its timer coalescing gains) is
-measured against the simplest server of each kind that speaks ``lines``:
-an asyncio Protocol on uvloop, and a ``socketserver.ThreadingTCPServer``.
-Usage: python -m echolab.servers.bare uvloop|threaded PORT DELAY_MS
+measured against the simplest server of each kind: for ``lines``, an asyncio
+Protocol on uvloop and a ``socketserver.ThreadingTCPServer``; for HTTP, a
+bare ASGI app on uvicorn (one process, uvloop) with either of its parsers,
+httptools (async-http's) or h11 (the one with a header limit of its own).
+Usage: python -m echolab.servers.bare uvloop|threaded|httptools|h11 PORT DELAY_MS
 """
 
 import asyncio
@@ -12,6 +14,7 @@ import socketserver
 import sys
 import time
 
+import uvicorn
 import uvloop
 
 DELAY = 0.1
@@ -54,9 +57,25 @@ class BareThreaded(socketserver.ThreadingTCPServer):
         pass  # clients closing at the end of a run reset their connections
 
 
+async def bare_asgi(scope, receive, send):  # type: ignore[no-untyped-def]
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body, more = body + message.get("body", b""), message.get("more_body", False)
+    await asyncio.sleep(DELAY)
+    headers = [(b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body.upper()})
+
+
 if __name__ == "__main__":
     kind, port, DELAY = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]) / 1000
     if kind == "uvloop":
         uvloop.run(serve_uvloop(port))
-    else:
+    elif kind == "threaded":
         BareThreaded(("127.0.0.1", port), BareHandler).serve_forever()
+    else:
+        uvicorn.run(
+            bare_asgi, host="127.0.0.1", port=port, loop="uvloop", http=kind, lifespan="off",
+            access_log=False, log_level="warning", backlog=4096,
+        )  # fmt: skip

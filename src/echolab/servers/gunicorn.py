@@ -26,26 +26,32 @@ import math
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import psutil
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 from prometheus_client import CollectorRegistry, Counter, multiprocess, start_http_server, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
-from uvicorn_worker import UvicornWorker
 
 from ..catalogue import Server
 from ..metrics import gauge, spec, watch_cgroup
 from ..runtime import log
 from ..settings import HttpSettings, ThreadedHttpSettings
+from .async_http import EchoUvicornWorker, cut_quietly, limits_for
 from .http_apps import EchoCore, Instruments, make_asgi_app, make_wsgi_app
+from .threaded_http import EchoThreadWorker
 
 HEARTBEAT_TIMEOUT = 30  # gunicorn's `timeout`: a worker silent this long is killed and replaced
+# The master waits this much longer than the workers' drain before it SIGKILLs them: time to
+# cut what is left and exit (equal deadlines raced, and gunicorn logged "Perhaps out of memory?").
+EXIT_MARGIN = 2
 # gunicorn's defaults, stated: the HTTP counterpart of the TCP servers' size limit on a request.
 LIMIT_REQUEST_LINE = 4094
 LIMIT_REQUEST_FIELDS = 100
@@ -54,40 +60,27 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 GC_INTERVAL = 1.0  # seconds between copies of a worker's GC counts into its metrics files
 
 
-class EchoUvicornWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn_worker is untyped
-    """UvicornWorker pinned to uvloop and httptools, with our limits.
-
-    uvicorn-worker passes gunicorn's keepalive, backlog and timeout on to
-    uvicorn, but not worker_connections nor graceful_timeout: they go to
-    uvicorn's ``limit_concurrency`` (over it: 503) and
-    ``timeout_graceful_shutdown`` here.
-    """
-
-    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "uvloop", "http": "httptools"}
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.config.limit_concurrency = self.cfg.worker_connections
-        self.config.timeout_graceful_shutdown = self.cfg.graceful_timeout
-
-
 def gunicorn_options(server: Server, settings: HttpSettings) -> dict[str, Any]:
     """Our settings as gunicorn's (docs/server-behavior.md, "HTTP servers", explains each).
 
     The worker class follows the server's family: threads (gthread) or an event loop (uvicorn).
     """
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    threaded = server.family == "threaded"
+    if server.family == "threaded":
+        worker: type = EchoThreadWorker.configured(settings)
+    else:
+        limits = limits_for(settings, LIMIT_REQUEST_LINE, LIMIT_REQUEST_FIELDS, LIMIT_REQUEST_FIELD_SIZE)
+        worker = EchoUvicornWorker.configured(settings, limits)
     options: dict[str, Any] = {
         "bind": [f"{host}:{settings.port}"],
         "workers": settings.workers,
-        "worker_class": "gthread" if threaded else f"{__name__}.EchoUvicornWorker",
+        "worker_class": worker,
         # max_connections is for the whole server, as for the TCP servers; each worker takes its share.
         "worker_connections": max(1, math.ceil(settings.max_connections / settings.workers)),
         "backlog": settings.backlog,
         # gunicorn takes whole seconds; round up so no wait is shorter than asked.
         "keepalive": math.ceil(settings.idle_timeout),
-        "graceful_timeout": math.ceil(settings.drain_timeout),
+        "graceful_timeout": math.ceil(settings.drain_timeout) + EXIT_MARGIN,
         "timeout": HEARTBEAT_TIMEOUT,
         "limit_request_line": LIMIT_REQUEST_LINE,
         "limit_request_fields": LIMIT_REQUEST_FIELDS,
@@ -269,6 +262,20 @@ class MultiprocessMetrics:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+class EchoArbiter(Arbiter):  # type: ignore[misc]  # gunicorn is untyped
+    """gunicorn's master, without the binary upgrade (USR2).
+
+    USR2 re-executes the master beside the running one, which hands over
+    the echo port; the new master cannot bind the metrics port, which the
+    old one holds until it exits, and dies (prometheus_client's server
+    takes no inherited socket). In a container an upgrade is a new
+    container. So USR2 is logged and ignored: nothing is lost.
+    """
+
+    def handle_usr2(self) -> None:
+        self.log.warning("USR2 ignored: no binary upgrade (the metrics port cannot be handed over)")
+
+
 class EchoApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is untyped
     def __init__(self, server: Server, settings: HttpSettings) -> None:
         self.server = server
@@ -288,6 +295,14 @@ class EchoApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is unt
         for key, value in options.items():
             self.cfg.set(key, value)
 
+    def run(self) -> None:
+        """BaseApplication.run, with our master."""
+        try:
+            EchoArbiter(self).run()
+        except RuntimeError as exc:  # gunicorn's own "Error: ..." for a configuration it refuses
+            log.error("cannot start: %s", exc)
+            sys.exit(2)
+
     def load(self) -> Any:
         """Runs in each worker, after the fork: its instruments write that worker's files."""
         settings, server = self.settings, self.server
@@ -296,7 +311,7 @@ class EchoApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is unt
         core = EchoCore(
             Instruments(server.name, settings.metrics), settings.delay_ms, settings.max_message_bytes
         )
-        return make_wsgi_app(core) if server.family == "threaded" else make_asgi_app(core)
+        return make_wsgi_app(core) if server.family == "threaded" else cut_quietly(make_asgi_app(core))
 
 
 def check_free(host: str, port: int) -> None:

@@ -26,7 +26,7 @@ from .. import metrics as metrics_module
 from ..catalogue import Server
 from ..metrics import ServerMetrics
 from ..protocol import ERROR_BUSY, ERROR_SHUTTING_DOWN, ERROR_TOO_LARGE, MessageTooLarge, make_framer
-from ..runtime import RESOURCE_ERRNOS, AcceptErrorLog, log
+from ..runtime import IGNORED_SIGNALS, RESOURCE_ERRNOS, AcceptErrorLog, ignore_signal, log, log_drain
 from ..settings import ThreadedSettings
 
 RECV_SIZE = 65536
@@ -286,17 +286,23 @@ def send_error(sock: socket.socket, error: bytes, linger: bool) -> None:
     discard what the client still sends (for a bounded time) before closing.
     """
     try:
-        sock.settimeout(LINGER_SECONDS)
-        sock.sendall(error)
-        sock.shutdown(socket.SHUT_WR)
         if linger:
+            sock.settimeout(LINGER_SECONDS)
+            sock.sendall(error)
+            sock.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + LINGER_SECONDS
             while time.monotonic() < deadline and sock.recv(RECV_SIZE):
                 pass
         else:
-            while sock.recv(RECV_SIZE, socket.MSG_DONTWAIT):
+            # A refusal, on the acceptor thread: never wait (a timeout would make even a
+            # MSG_DONTWAIT recv poll for it, a second per silent client). A fresh socket's
+            # buffer takes the line whole; then drop what has arrived, and close.
+            sock.setblocking(False)
+            sock.send(error)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(RECV_SIZE):
                 pass
-    except OSError:
+    except OSError:  # BlockingIOError: nothing more to drop
         pass
 
 
@@ -327,6 +333,8 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    for sig in IGNORED_SIGNALS:
+        signal.signal(sig, ignore_signal)
     acceptor = threading.Thread(target=server.serve_forever, name="acceptor", daemon=True)
     acceptor.start()
     log.info(
@@ -342,6 +350,7 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
     started = time.monotonic()
     # Refuse first, then say so: a client that sees the log line is refused.
     server.begin_shutdown()
+    in_flight = metrics.requests_in_flight
     log.info("shutting down: no new connections, draining for up to %gs", settings.drain_timeout)
     if settings.model != "serial":
         server.shutdown()  # the listener closes first: the kernel refuses newcomers
@@ -351,9 +360,10 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
     # Its listener closes after the drain (newcomers meanwhile get an error
     # line, or a reset from the backlog); both calls are idempotent.
     left = server.drain(max(0.0, settings.drain_timeout - (time.monotonic() - started)))
+    unanswered = metrics.requests_in_flight if left else 0
     if left:
-        log.warning("drain timeout: closing %d connection(s) still open", left)
         server.cut()
+    log_drain(in_flight, unanswered, left, time.monotonic() - started)
     server.shutdown()
     server.server_close()
     logging.shutdown()

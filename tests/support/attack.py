@@ -1,0 +1,171 @@
+"""Hostile clients for the tests: raw HTTP, floods nobody reads, trickles; the server's memory."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import psutil
+
+from .servers import HOST, TIMEOUT
+
+MiB = 1 << 20
+
+
+def tree_rss(pid: int) -> int:
+    """Resident memory of a server's processes (a gunicorn master and its workers), summed."""
+    total = 0
+    process = psutil.Process(pid)
+    for member in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += member.memory_info().rss
+    return total
+
+
+def workers(pid: int) -> set[int]:
+    return {child.pid for child in psutil.Process(pid).children()}
+
+
+def connect(port: int, timeout: float = TIMEOUT) -> socket.socket:
+    return socket.create_connection((HOST, port), timeout=timeout)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything until the server closes; a reset after the data ends it too."""
+    chunks = []
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status(sock: socket.socket) -> int:
+    """The status of the one response the server sends before it closes (0: none)."""
+    head = read_all(sock)
+    return int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") else 0
+
+
+def request_status(port: int, data: bytes) -> int:
+    """Send ``data`` on a new connection; the status of the response."""
+    with connect(port) as sock:
+        with contextlib.suppress(OSError):  # the server may stop reading and close first
+            sock.sendall(data)
+        return status(sock)
+
+
+def post(body: bytes, close: bool = False) -> bytes:
+    connection = b"Connection: close\r\n" if close else b""
+    return b"POST /echo HTTP/1.1\r\nHost: echolab\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        connection,
+        len(body),
+        body,
+    )
+
+
+def flood(socks: list[socket.socket], data: bytes, budget: int, stall: float = 1.0) -> int:
+    """Write ``data`` again and again to every socket, never reading, until each has taken
+    ``budget`` bytes or has taken nothing for ``stall`` seconds; return the bytes they took."""
+    for sock in socks:
+        sock.setblocking(False)
+    sent = dict.fromkeys(socks, 0)
+    progress = dict.fromkeys(socks, time.monotonic())
+    active = set(socks)
+    while active:
+        for sock in list(active):
+            try:
+                sent[sock] += sock.send(data)
+                progress[sock] = time.monotonic()
+            except BlockingIOError:
+                pass
+            except OSError:  # the server ended it
+                active.discard(sock)
+                continue
+            if sent[sock] >= budget or time.monotonic() - progress[sock] > stall:
+                active.discard(sock)
+        time.sleep(0.001)
+    return sum(sent.values())
+
+
+class Trickle(threading.Thread):
+    """Sends ``data`` a byte every ``every`` seconds, until the server stops it (or ``data`` ends)."""
+
+    def __init__(self, sock: socket.socket, data: bytes, every: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.sock, self.data, self.every = sock, data, every
+        self.sent = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError):
+            while self.sent < len(self.data) and not self.halt.wait(self.every):
+                self.sock.sendall(self.data[self.sent : self.sent + 1])
+                self.sent += 1
+
+
+@contextlib.contextmanager
+def trickling(port: int, data: bytes, every: float = 0.1) -> Iterator[Trickle]:
+    trickle = Trickle(connect(port), data, every)
+    trickle.start()
+    try:
+        yield trickle
+    finally:
+        trickle.halt.set()
+        trickle.join()
+        trickle.sock.close()
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """One HTTP/1.1 response with a Content-Length: its status and body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed after {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    fields = dict(line.lower().split(b":", 1) for line in head.split(b"\r\n")[1:])
+    length = int(fields[b"content-length"])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed mid-body")
+        body += chunk
+    return int(head.split(b" ", 2)[1]), body
+
+
+def is_open(sock: socket.socket) -> bool:
+    """Whether the server has not closed ``sock`` (unread data aside), without waiting."""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)  # with a timeout, even a MSG_DONTWAIT recv polls for it first
+    try:
+        return sock.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.settimeout(timeout)
+
+
+def established(pid: int, port: int) -> int:
+    """Connections the server's processes hold on ``port``."""
+    count = 0
+    process = psutil.Process(pid)
+    for member in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            count += sum(
+                1
+                for c in member.net_connections(kind="tcp")
+                if c.laddr and c.laddr.port == port and c.raddr and c.status == psutil.CONN_ESTABLISHED
+            )
+    return count
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not after {timeout:g}s"
+        time.sleep(0.05)
