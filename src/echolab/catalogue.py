@@ -75,11 +75,11 @@ SERVERS: tuple[Server, ...] = (
         "async",
         "async",
         "tcp",
-        "echolab.servers.async_protocol",
+        "echolab.servers.async_tcp",
         settings.AsyncSettings,
         9091,
         8001,
-        "one asyncio event loop (uvloop or asyncio) for every connection",
+        "one asyncio event loop (uvloop or asyncio) for every connection: streams or a Protocol",
     ),
     Server(
         "threaded-http",

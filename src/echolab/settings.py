@@ -28,6 +28,9 @@ from typing import Any, ClassVar, TypeVar
 FRAMINGS = ("lines", "oneshot")
 THREADED_MODELS = ("thread-per-connection", "pool", "serial")
 LOOPS = ("uvloop", "asyncio")
+ASYNC_APIS = ("streams", "protocol")
+DELAY_DISTRIBUTIONS = ("fixed", "exponential")
+OFFLOADS = ("none", "thread")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 Check = Callable[[Any], str | None]  # the problem with a value, or None
@@ -280,7 +283,27 @@ class ServeSettings(Settings):
     port: int = setting(0, "echo port", check=port_number, per_server=True)
     metrics_port: int = setting(0, "Prometheus /metrics port", check=port_number, per_server=True)
     metrics: bool = setting(True, "instrument the server (off: no metrics at all, to measure what they cost)")
-    delay_ms: float = setting(100.0, "simulated IO wait before each reply", unit="ms", check=at_least(0))
+    delay_ms: float = setting(
+        100.0, "simulated IO per request: awaited on an event loop, slept through in a thread",
+        unit="ms", check=at_least(0),
+    )  # fmt: skip
+    delay_distribution: str = setting(
+        "fixed",
+        "how each request's IO time is drawn: fixed (always --delay-ms), "
+        "exponential (random, mean --delay-ms: the long tail of real IO)",
+        choices=DELAY_DISTRIBUTIONS,
+    )
+    cpu_ms: float = setting(
+        0.0, "pure-Python CPU work per request, holding the GIL (calibrated at start-up)",
+        unit="ms", check=at_least(0),
+    )  # fmt: skip
+    blocking_ms: float = setting(
+        0.0,
+        "a blocking call per request (time.sleep, standing for a sync driver): "
+        "a thread waits it out; an event loop stalls unless --offload thread",
+        unit="ms",
+        check=at_least(0),
+    )
     max_message_bytes: int = setting(
         65536, "longest request; longer gets an error line and a close", unit="bytes", check=at_least(1)
     )
@@ -312,14 +335,35 @@ class TcpSettings(ServeSettings):
 
 
 @dataclass(frozen=True)
+class OffloadSettings(ServeSettings):
+    """The servers with an event loop: where their blocking work runs."""
+
+    offload: str = setting(
+        "none",
+        "where --blocking-ms runs: none (on the event loop, stalling it: the classic mistake), "
+        "thread (in a pool of --offload-threads, as asyncio.to_thread does)",
+        choices=OFFLOADS,
+    )
+    offload_threads: int = setting(
+        32, "threads of the offload pool (asyncio's default: min(32, cores + 4))", check=at_least(1)
+    )
+
+
+@dataclass(frozen=True)
 class ThreadedSettings(TcpSettings):
     model: str = setting("thread-per-connection", "concurrency model", choices=THREADED_MODELS)
     threads: int = setting(64, "worker threads of the pool model", check=at_least(1))
 
 
 @dataclass(frozen=True)
-class AsyncSettings(TcpSettings):
+class AsyncSettings(TcpSettings, OffloadSettings):
     loop: str = setting("uvloop", "event loop", choices=LOOPS)
+    api: str = setting(
+        "streams",
+        "streams: a coroutine per connection awaiting each request's IO (asyncio.start_server, "
+        "as applications are written); protocol: callbacks and coalesced timers (the tuned variant)",
+        choices=ASYNC_APIS,
+    )
 
 
 @dataclass(frozen=True)
@@ -337,7 +381,7 @@ class ThreadedHttpSettings(HttpSettings):
 
 
 @dataclass(frozen=True)
-class AsyncHttpSettings(HttpSettings):
+class AsyncHttpSettings(HttpSettings, OffloadSettings):
     pass
 
 
