@@ -56,6 +56,14 @@ def positive_list(values: tuple[int, ...]) -> str | None:
     return None if values and all(v > 0 for v in values) else "needs one or more whole numbers above 0"
 
 
+def known_scenarios(names: tuple[str, ...]) -> str | None:
+    # Imported when checked: the lab's scenarios are settings of the servers, and import this module.
+    from .lab.scenarios import SCENARIOS
+
+    unknown = [name for name in names if name not in SCENARIOS]
+    return f"no scenario {', '.join(unknown)}: choose from {', '.join(SCENARIOS)}" if unknown else None
+
+
 def parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -442,4 +450,11 @@ class BenchmarkSettings(Settings):
     duration: float = setting(5.0, "measured time per level", unit="s", check=above(0))
     warmup: float = setting(1.0, "load before measuring, per level", unit="s", check=at_least(0))
     only: str = setting("", "run only the servers whose name contains this")
+    rounds: int = setting(5, "alternating rounds of each head-to-head pair", check=at_least(1))
+    scenario: tuple[str, ...] = setting(
+        (),
+        "instead of the benchmark, run these scenarios (comma-separated, e.g. cpu,blocking; "
+        "the README lists them) on every server at a few levels",
+        check=known_scenarios,
+    )
     out: Path = setting(Path("reports"), "folder for the JSON")

@@ -124,15 +124,20 @@ def measure(
     extra: Sequence[str] = (),
     on_level: Callable[[Row], None] | None = None,
     on_error: Callable[[int, RuntimeError], None] | None = None,
+    server_options: Sequence[str] = (),
 ) -> list[Row]:
     """Start ``variant`` once and run the client at each level; one row per level.
+
+    ``server_options`` go to the server after everything else (a scenario's
+    flags: ``Scenario.options_for``); ``delay_ms`` is then the time one
+    request takes on an idle server, for the Little's-law bound.
 
     With ``on_error``, a level whose client fails is reported there and ends
     this server's sweep (higher levels would only fail worse); the rows so
     far are kept. Without, the error propagates.
     """
     rows: list[Row] = []
-    with running(variant, delay_ms) as (port, process):
+    with running(variant, delay_ms, server_options) as (port, process):
         for connections in levels:
             sampler = Sampler(psutil.Process(process.pid))
             sampler.start()

@@ -3,8 +3,12 @@
 ``make bench`` runs them in the same run as echolab's servers, so what
 echolab's limits and instrumentation cost (or its timer coalescing gains) is
 measured against the simplest server of each kind that speaks ``lines``:
-an asyncio Protocol on uvloop, and a ``socketserver.ThreadingTCPServer``.
-Usage: python -m echolab.servers.bare uvloop|threaded PORT DELAY_MS
+an asyncio Protocol on uvloop, asyncio streams on uvloop (a coroutine per
+connection), and a ``socketserver.ThreadingTCPServer``. The benchmark's
+client has one request outstanding per connection, so that the first and
+the last answer the lines of a read together, after one delay, costs them
+nothing there.
+Usage: python -m echolab.servers.bare uvloop|streams|threaded PORT DELAY_MS
 """
 
 import asyncio
@@ -35,6 +39,22 @@ async def serve_uvloop(port: int) -> None:
     await server.serve_forever()
 
 
+async def bare_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while line := await reader.readline():
+            await asyncio.sleep(DELAY)
+            writer.write(line.upper())
+            await writer.drain()
+    except ConnectionError:
+        pass
+    writer.close()
+
+
+async def serve_streams(port: int) -> None:
+    server = await asyncio.start_server(bare_streams, "127.0.0.1", port, backlog=4096)
+    await server.serve_forever()
+
+
 class BareHandler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         partial = b""
@@ -58,5 +78,7 @@ if __name__ == "__main__":
     kind, port, DELAY = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]) / 1000
     if kind == "uvloop":
         uvloop.run(serve_uvloop(port))
+    elif kind == "streams":
+        uvloop.run(serve_streams(port))
     else:
         BareThreaded(("127.0.0.1", port), BareHandler).serve_forever()
