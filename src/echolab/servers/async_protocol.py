@@ -113,10 +113,11 @@ class EchoProtocol(asyncio.Protocol):
 
     def _next(self) -> None:
         """Work on the queued requests in order; those with nothing to wait for are answered here."""
+        work = self.work
         while self.queue:
             self.message = self.queue.popleft()
             self.started = time.perf_counter()
-            if not self.work.start(self.server.loop, self._blocked):
+            if work.before_io and not work.start(self.server.loop, self._blocked):
                 return  # the blocking call is in the offload pool: _blocked goes on
             if not self._wait_io():
                 return  # io_done goes on

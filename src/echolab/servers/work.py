@@ -160,6 +160,7 @@ class Work:
         if isinstance(settings, OffloadSettings) and settings.offload == "thread" and self.blocking:
             self.pool = OffloadPool(settings.offload_threads, on_pool_change)
         self.iterations = 0
+        self.before_io = bool(self.cpu_seconds or self.blocking)  # anything to do before the IO
         if self.cpu_seconds:
             rate = iterations_per_second()
             self.iterations = max(1, round(rate * self.cpu_seconds))
