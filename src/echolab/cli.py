@@ -24,11 +24,13 @@ examples:
 
 EXAMPLES = {
     "serve": "echolab serve threaded --model pool --threads 32\n"
-    "ECHO_DELAY_MS=20 echolab serve async --loop asyncio",
+    "ECHO_DELAY_MS=20 echolab serve async --loop asyncio\n"
+    "echolab serve async --api protocol --cpu-ms 2 --blocking-ms 20 --offload thread",
     "bench": "echolab bench 127.0.0.1:9091 --connections 1000 --duration 5\n"
     "echolab bench 127.0.0.1:9093 --framing http --rate 2000 --json",
     "demo": "echolab demo --quick\necholab demo --servers threaded,async --levels 100,1000,5000",
-    "benchmark": "echolab benchmark --only async --duration 3",
+    "benchmark": "echolab benchmark --only async --duration 3\n"
+    "echolab benchmark --scenario cpu,blocking,offload --duration 3",
     "config": "echolab config --markdown > table.md",
 }
 
