@@ -97,7 +97,11 @@ class TestServer(ServerProcess):
         except LaunchError as exc:
             pytest.fail(str(exc), pytrace=False)
         if "--no-metrics" not in self.options:
-            self.idle_metrics()  # the readiness probe must not show in the counts a test starts from
+            # The readiness probe must not show in the counts a test starts from: wait until the
+            # server has taken its connection (a loaded machine can leave it in the backlog a
+            # while, the counts still at zero) and closed it. HTTP servers are probed on /healthz.
+            probes = 1 if self.server.transport == "tcp" else 0
+            self.idle_metrics(opened=probes)
         return self
 
     # --- talking to it
@@ -137,15 +141,19 @@ class TestServer(ServerProcess):
             return f"{self.name} server exited with {self.proc.returncode}:\n{self.log}"
         return ""
 
-    def idle_metrics(self) -> Metrics:
-        """A scrape once no connection is open and no request in flight.
+    def idle_metrics(self, opened: int = 0) -> Metrics:
+        """A scrape once no connection is open and no request in flight (and ``opened`` were accepted).
 
         A server counts a request after writing its reply, so a client can
         see a reply before the count: waiting until the connections are gone
         makes the counts final, and exact deltas safe to assert.
         """
         return self.wait_metrics(
-            lambda m: m.value("echo_connections_active") == 0 and m.value("echo_requests_in_flight") == 0
+            lambda m: (
+                m.value("echo_connections_active") == 0
+                and m.value("echo_requests_in_flight") == 0
+                and m.value("echo_connections_opened_total") >= opened
+            )
         )
 
     # --- the log and the end
