@@ -104,6 +104,8 @@ PAIRS = (
         for n in (100, 1000, 5000, 10000)
     ),
     ("streams / protocol at delay 0", ASYNC_STREAMS, ASYNC_PROTOCOL, 100, 0, None),
+    # Code as people write it, both ways, where threads break.
+    ("streams / threaded at 5000", ASYNC_STREAMS, THREADED, 5000, 100, None),
     ("protocol / bare uvloop at 10000", ASYNC_PROTOCOL, BARE_UVLOOP, 10000, 100, 1.0),
     ("streams / bare streams at 10000", ASYNC_STREAMS, BARE_STREAMS, 10000, 100, None),
     ("delay 0: metrics on / off", ASYNC_STREAMS, ASYNC_NO_METRICS, 100, 0, 0.8),
