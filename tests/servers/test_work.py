@@ -61,8 +61,9 @@ def test_cpu_work_costs_about_its_setting_in_process_cpu_time(start_server, serv
     assert delta.counts(expected) == expected
     assert delta.query('echo_work_seconds_total{kind="cpu"}') == pytest.approx(requests * cpu_ms / 1000)
     per_request_ms = 1000 * delta.value("process_cpu_seconds_total") / requests
-    # Loose: the server's own cost per request (accepting, parsing, metrics) comes on top.
-    assert 0.5 * cpu_ms < per_request_ms < 2 * cpu_ms, per_request_ms
+    # Loose: the server's own cost per request (accepting, parsing, metrics) comes on top, and
+    # on a loaded machine the same instructions take more CPU time than when calibrated.
+    assert 0.5 * cpu_ms < per_request_ms < 2.5 * cpu_ms, per_request_ms
 
 
 @pytest.mark.parametrize("server_args", ASYNC_APIS, ids=ids(ASYNC_APIS))

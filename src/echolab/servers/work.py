@@ -5,8 +5,13 @@
   kernel, calibrated once at start-up: the kernel is timed with
   ``time.thread_time`` (this thread's CPU time, so preemption by other
   processes does not count) over :data:`CALIBRATION_ROUNDS` rounds of at
-  least :data:`CALIBRATION_ROUND_SECONDS` each, and the median rate sets the
-  iterations per request. The log says what it found.
+  least :data:`CALIBRATION_ROUND_SECONDS` each, and the fastest round sets
+  the iterations per request. The fastest, not the median: a core shared
+  with a busy neighbour (a hyperthread sibling, a noisy machine) runs the
+  same instructions up to twice as slowly, and a server calibrated in such a
+  moment would do too little work once it passed. So ``--cpu-ms`` is what
+  the work costs on a core of its own; on a loaded machine it costs more, as
+  real work does. The log says what it found.
 * **Blocking** (``--blocking-ms``): ``time.sleep``, standing for a call into a
   sync driver. A thread waits it out, as it waits out IO. An event loop
   either stalls through it (``--offload none``, the classic mistake) or hands
@@ -28,8 +33,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import random
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -38,8 +43,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from ..runtime import log
 from ..settings import OffloadSettings, ServeSettings
 
-CALIBRATION_ROUNDS = 5
-CALIBRATION_ROUND_SECONDS = 0.02
+CALIBRATION_ROUNDS = 10
+CALIBRATION_ROUND_SECONDS = 0.01
 
 
 def spin(iterations: int) -> int:
@@ -60,12 +65,12 @@ def iterations_per_second() -> float:
         if time.thread_time() - started >= CALIBRATION_ROUND_SECONDS:
             break
         iterations *= 2
-    rates = []
+    fastest = math.inf
     for _ in range(CALIBRATION_ROUNDS):
         started = time.thread_time()
         spin(iterations)
-        rates.append(iterations / (time.thread_time() - started))
-    return statistics.median(rates)
+        fastest = min(fastest, time.thread_time() - started)
+    return iterations / fastest
 
 
 PoolChanged = Callable[[int, int], None]  # (threads busy, tasks queued)
@@ -166,7 +171,7 @@ class Work:
             self.iterations = max(1, round(rate * self.cpu_seconds))
             log.info(
                 "cpu work: %d iterations per request for %gms (calibrated: %.0f iterations per ms "
-                "of thread CPU time, median of %d rounds)",
+                "of thread CPU time, the fastest of %d rounds)",
                 self.iterations, settings.cpu_ms, rate / 1000, CALIBRATION_ROUNDS,
             )  # fmt: skip
 
