@@ -16,7 +16,7 @@ from echolab.metrics import METRICS, NoMetrics, ServerMetrics, ThreadSafeMetrics
 UPDATES = [
     name
     for name, method in inspect.getmembers(ServerMetrics, inspect.isfunction)
-    if not name.startswith("_") and name not in ("collect", "track", "describe")
+    if not name.startswith("_") and name not in ("collect", "track", "track_pool", "describe")
 ]
 
 

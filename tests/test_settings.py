@@ -13,6 +13,9 @@ from support.servers import run_command
 
 from echolab import catalogue, settings
 
+# The work model's labels of echo_server_info, at their defaults: 100 ms of IO and nothing else.
+IDLE_WORK = {"delay_ms": "100", "delay_distribution": "fixed", "cpu_ms": "0", "blocking_ms": "0"}
+
 
 def test_environment_is_used_when_there_is_no_flag(start_server):
     env = {"ECHO_DELAY_MS": "37", "ECHO_FRAMING": "oneshot", "ECHO_MODEL": "pool", "ECHO_THREADS": "7"}
@@ -22,16 +25,27 @@ def test_environment_is_used_when_there_is_no_flag(start_server):
         "server": "threaded",
         "model": "pool",
         "framing": "oneshot",
-        "delay_ms": "37",
         "threads": "7",
+        **IDLE_WORK,
+        "delay_ms": "37",
     }
 
 
 def test_flag_wins_over_environment(start_server):
-    env = {"ECHO_DELAY_MS": "37", "ECHO_FRAMING": "oneshot", "ECHO_LOOP": "asyncio"}
+    env = {"ECHO_DELAY_MS": "37", "ECHO_FRAMING": "oneshot", "ECHO_LOOP": "asyncio", "ECHO_CPU_MS": "3"}
     server = start_server("async", "--delay-ms", "20", "--framing", "lines", "--loop", "uvloop", env=env)
     info = server.scrape().labels("echo_server_info")
-    assert info == {"server": "async", "loop": "uvloop", "framing": "lines", "delay_ms": "20"}
+    assert info == {
+        "server": "async",
+        "api": "streams",
+        "loop": "uvloop",
+        "framing": "lines",
+        **IDLE_WORK,
+        "delay_ms": "20",
+        "cpu_ms": "3",
+        "offload": "none",
+        "offload_threads": "32",
+    }
     # The framing is not just a label: the server speaks lines.
     with server.connect() as conn:
         conn.send(b"one\ntwo\n")
@@ -45,8 +59,8 @@ def test_defaults_without_environment_or_flag(start_server):
         "server": "threaded",
         "model": "thread-per-connection",
         "framing": "lines",
-        "delay_ms": "100",
         "threads": "64",
+        **IDLE_WORK,
     }
 
 
@@ -58,6 +72,9 @@ BAD_FLAGS = [
     (("--max-connections", "0"), "--max-connections"),
     (("--max-message-bytes", "soon"), "--max-message-bytes"),
     (("--log-level", "loud"), "--log-level"),
+    (("--cpu-ms", "-1"), "--cpu-ms"),
+    (("--blocking-ms", "lots"), "--blocking-ms"),
+    (("--delay-distribution", "normal"), "--delay-distribution"),
 ]
 
 
@@ -107,3 +124,11 @@ def test_every_setting_has_a_flag_an_env_var_and_a_checked_default() -> None:
         for option in settings.options(cls):
             assert option.env.startswith(cls.PREFIX) and option.flag.startswith("--")
             option.check(option.default)  # a default that fails its own check would be a trap
+
+
+@pytest.mark.parametrize("name", ["threaded", "threaded-http"])
+def test_offload_is_a_setting_of_the_event_loop_servers_only(name: str) -> None:
+    """A thread has nothing to offload: the flag is not there, and saying so is one line."""
+    done = run_command("serve", name, "--offload", "thread", timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "--offload" in done.stderr, done.stderr

@@ -26,7 +26,7 @@ Transport = Literal["tcp", "http"]
 # Shades per family, in the order servers and lab variants take them.
 PALETTE: dict[Family, tuple[str, ...]] = {
     "threaded": ("#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#f7b6d2"),
-    "async": ("#1f77b4", "#17becf", "#2ca02c", "#9467bd", "#7f7f7f", "#aec7e8"),
+    "async": ("#1f77b4", "#17becf", "#2ca02c", "#9467bd", "#7f7f7f", "#aec7e8", "#393b79", "#6b6ecf"),
 }
 CONTAINER_PORT = 9090  # every server listens on this port inside its container
 CONTAINER_METRICS_PORT = 8000
@@ -75,11 +75,11 @@ SERVERS: tuple[Server, ...] = (
         "async",
         "async",
         "tcp",
-        "echolab.servers.async_protocol",
+        "echolab.servers.async_tcp",
         settings.AsyncSettings,
         9091,
         8001,
-        "one asyncio event loop (uvloop or asyncio) for every connection",
+        "one asyncio event loop (uvloop or asyncio) for every connection: streams or a Protocol",
     ),
     Server(
         "threaded-http",

@@ -26,7 +26,8 @@ examples:
 
 EXAMPLES = {
     "serve": "echolab serve threaded --model pool --threads 32\n"
-    "ECHO_DELAY_MS=20 echolab serve async --loop asyncio",
+    "ECHO_DELAY_MS=20 echolab serve async --loop asyncio\n"
+    "echolab serve async --api protocol --cpu-ms 2 --blocking-ms 20 --offload thread",
     "bench": "echolab bench 127.0.0.1:9091 --connections 1000 --duration 5\n"
     "echolab bench 127.0.0.1:9091 --rate 5000 --connections 1000    open loop: 5,000 req/s offered\n"
     "echolab bench 127.0.0.1:9093 --framing http --json",
@@ -35,7 +36,8 @@ EXAMPLES = {
     "echolab demo --no-open-loop --other-levels 10,100",
     "compare": "echolab compare reports/demo-20260101-120000 reports/demo-20260102-120000\n"
     "echolab compare before.json after.json    two `echolab bench --json` results",
-    "benchmark": "echolab benchmark --only async --duration 3",
+    "benchmark": "echolab benchmark --only async --duration 3\n"
+    "echolab benchmark --scenario cpu,blocking,offload --duration 3",
     "soak": "echolab soak --duration 60 --interval 10",
     "config": "echolab config --markdown > table.md",
     "report": "echolab report --since 15m                    the stack's Prometheus (make up)\n"

@@ -40,6 +40,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from . import cgroup
 from .catalogue import SERVERS, Server
 from .runtime import RESOURCE_ERRNOS
+from .settings import OffloadSettings
 
 # Dense around the default 100 ms delay, where a healthy server answers, then
 # out to 10 s, where an overloaded one does; the low end is for delay 0.
@@ -55,6 +56,7 @@ LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 REFUSAL_REASONS = ("max_connections", "shutdown")
 CONNECTION_ERRORS = ("reset", "broken_pipe", "other")
 OUTCOMES = ("ok", "too_large", "aborted")
+WORK_KINDS = ("cpu", "blocking", "io")
 FAILURE_KINDS = (
     "wrong_reply",
     "server_error",
@@ -83,6 +85,11 @@ def event_loop_servers(server: Server) -> bool:
 
 def gunicorn_servers(server: Server) -> bool:
     return server.transport == "http"
+
+
+def offload_servers(server: Server) -> bool:
+    """The servers that can hand their blocking work to a thread pool (--offload)."""
+    return issubclass(server.settings, OffloadSettings)
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "echo_request_duration_seconds",
         "histogram",
-        "From a request's last byte read to its reply written",
+        "From the start of a request's work (its last byte read, or the reply before it on its "
+        "connection written) to its reply written",
         buckets=DURATION_BUCKETS,
     ),
     MetricSpec("echo_requests_in_flight", "gauge", "Requests read but not yet answered"),
@@ -132,6 +140,25 @@ METRICS: tuple[MetricSpec, ...] = (
         "echo_non_utf8_requests", "counter", "Requests that were not valid UTF-8 (upper-cased as bytes)"
     ),
     MetricSpec("echo_threads", "gauge", "Threads alive in the server's processes"),
+    MetricSpec(
+        "echo_work_seconds",
+        "counter",
+        "Simulated work done, in seconds, by kind: cpu (--cpu-ms), blocking (--blocking-ms), "
+        "io (--delay-ms, as drawn)",
+        ("server", "kind"),
+    ),
+    MetricSpec(
+        "echo_offload_threads_busy",
+        "gauge",
+        "Offload pool threads running a blocking call (--offload thread)",
+        exported_by=offload_servers,
+    ),
+    MetricSpec(
+        "echo_offload_tasks_queued",
+        "gauge",
+        "Blocking calls waiting for a free offload pool thread",
+        exported_by=offload_servers,
+    ),
     MetricSpec("echo_connections_active", "gauge", "Open client connections", exported_by=tcp_servers),
     MetricSpec("echo_connections_opened", "counter", "Connections accepted", exported_by=tcp_servers),
     MetricSpec(
@@ -275,7 +302,7 @@ class Buckets:
         return out
 
 
-def counter(name: str, labels: Mapping[str, int] | float, server: str) -> CounterMetricFamily:
+def counter(name: str, labels: Mapping[str, float] | float, server: str) -> CounterMetricFamily:
     """A counter family of ``server``: one value, or one per value of its second label."""
     metric = spec(name)
     family = CounterMetricFamily(name, metric.help, labels=metric.labels)
@@ -316,8 +343,10 @@ class ServerMetrics(Collector):
         # with the first error cannot be rated or alerted on before it.
         self.accept_errors = {errno.errorcode[number]: 0 for number in sorted(RESOURCE_ERRNOS)}
         self.lag = Buckets(LAG_BUCKETS)
+        self.cpu_seconds = self.blocking_seconds = self.io_seconds = 0.0
         self._active: Callable[[], int] = lambda: 0
         self._in_flight: Callable[[], int] = lambda: 0
+        self._pool: Callable[[], tuple[int, int]] = lambda: (0, 0)
 
     # --- updates (the hot ones first) --------------------------------------
 
@@ -326,6 +355,11 @@ class ServerMetrics(Collector):
         self.duration.observe(duration, count)
         self.received_bytes += received
         self.sent_bytes += sent
+
+    def work(self, cpu: float, blocking: float, io: float) -> None:
+        self.cpu_seconds += cpu
+        self.blocking_seconds += blocking
+        self.io_seconds += io
 
     def not_answered(self, outcome: str, count: int = 1) -> None:
         if outcome == "too_large":
@@ -362,6 +396,9 @@ class ServerMetrics(Collector):
         """What ``echo_requests_in_flight`` shows (with metrics off too: for the drain's log)."""
         return self._in_flight()
 
+    def track_pool(self, busy_and_queued: Callable[[], tuple[int, int]]) -> None:
+        self._pool = busy_and_queued
+
     # --- export ------------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
@@ -384,6 +421,12 @@ class ServerMetrics(Collector):
         yield gauge("echo_connections_active", self._active(), name)
         yield gauge("echo_requests_in_flight", self._in_flight(), name)
         yield gauge("echo_threads", threading.active_count(), name)
+        work = {"cpu": self.cpu_seconds, "blocking": self.blocking_seconds, "io": self.io_seconds}
+        yield counter("echo_work_seconds", work, name)
+        if offload_servers(self.server):
+            busy, queued = self._pool()
+            yield gauge("echo_offload_threads_busy", busy, name)
+            yield gauge("echo_offload_tasks_queued", queued, name)
         if event_loop_servers(self.server):
             yield histogram("echo_event_loop_lag_seconds", self.lag, name)
 
@@ -402,6 +445,10 @@ class ThreadSafeMetrics(ServerMetrics):
     def not_answered(self, outcome: str, count: int = 1) -> None:
         with self.lock:
             super().not_answered(outcome, count)
+
+    def work(self, cpu: float, blocking: float, io: float) -> None:
+        with self.lock:
+            super().work(cpu, blocking, io)
 
     def non_utf8(self, count: int = 1) -> None:
         with self.lock:
@@ -439,6 +486,9 @@ class NoMetrics(ServerMetrics):
         pass
 
     def not_answered(self, outcome: str, count: int = 1) -> None:
+        pass
+
+    def work(self, cpu: float, blocking: float, io: float) -> None:
         pass
 
     def non_utf8(self, count: int = 1) -> None:

@@ -28,6 +28,9 @@ from typing import Any, ClassVar, TypeVar
 FRAMINGS = ("lines", "oneshot")
 THREADED_MODELS = ("thread-per-connection", "pool", "serial")
 LOOPS = ("uvloop", "asyncio")
+ASYNC_APIS = ("streams", "protocol")
+DELAY_DISTRIBUTIONS = ("fixed", "exponential")
+OFFLOADS = ("none", "thread")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 Check = Callable[[Any], str | None]  # the problem with a value, or None
@@ -69,6 +72,14 @@ def prometheus_duration(value: str) -> str | None:
         return None if duration_seconds(value) > 0 else "must be longer than 0"
     except ValueError:
         return "not a duration: a number and s, m, h or d (15m)"
+
+
+def known_scenarios(names: tuple[str, ...]) -> str | None:
+    # Imported when checked: the lab's scenarios are settings of the servers, and import this module.
+    from .lab.scenarios import SCENARIOS
+
+    unknown = [name for name in names if name not in SCENARIOS]
+    return f"no scenario {', '.join(unknown)}: choose from {', '.join(SCENARIOS)}" if unknown else None
 
 
 def parse_bool(text: str) -> bool:
@@ -299,7 +310,27 @@ class ServeSettings(Settings):
     port: int = setting(0, "echo port", check=port_number, per_server=True)
     metrics_port: int = setting(0, "Prometheus /metrics port", check=port_number, per_server=True)
     metrics: bool = setting(True, "instrument the server (off: no metrics at all, to measure what they cost)")
-    delay_ms: float = setting(100.0, "simulated IO wait before each reply", unit="ms", check=at_least(0))
+    delay_ms: float = setting(
+        100.0, "simulated IO per request: awaited on an event loop, slept through in a thread",
+        unit="ms", check=at_least(0),
+    )  # fmt: skip
+    delay_distribution: str = setting(
+        "fixed",
+        "how each request's IO time is drawn: fixed (always --delay-ms), "
+        "exponential (random, mean --delay-ms: the long tail of real IO)",
+        choices=DELAY_DISTRIBUTIONS,
+    )
+    cpu_ms: float = setting(
+        0.0, "pure-Python CPU work per request, holding the GIL (calibrated at start-up)",
+        unit="ms", check=at_least(0),
+    )  # fmt: skip
+    blocking_ms: float = setting(
+        0.0,
+        "a blocking call per request (time.sleep, standing for a sync driver): "
+        "a thread waits it out; an event loop stalls unless --offload thread",
+        unit="ms",
+        check=at_least(0),
+    )
     max_message_bytes: int = setting(
         65536, "longest request; longer gets an error line and a close", unit="bytes", check=at_least(1)
     )
@@ -347,14 +378,35 @@ class TcpSettings(ServeSettings):
 
 
 @dataclass(frozen=True)
+class OffloadSettings(ServeSettings):
+    """The servers with an event loop: where their blocking work runs."""
+
+    offload: str = setting(
+        "none",
+        "where --blocking-ms runs: none (on the event loop, stalling it: the classic mistake), "
+        "thread (in a pool of --offload-threads, as asyncio.to_thread does)",
+        choices=OFFLOADS,
+    )
+    offload_threads: int = setting(
+        32, "threads of the offload pool (asyncio's default: min(32, cores + 4))", check=at_least(1)
+    )
+
+
+@dataclass(frozen=True)
 class ThreadedSettings(TcpSettings):
     model: str = setting("thread-per-connection", "concurrency model", choices=THREADED_MODELS)
     threads: int = setting(64, "worker threads of the pool model", check=at_least(1))
 
 
 @dataclass(frozen=True)
-class AsyncSettings(TcpSettings):
+class AsyncSettings(TcpSettings, OffloadSettings):
     loop: str = setting("uvloop", "event loop", choices=LOOPS)
+    api: str = setting(
+        "streams",
+        "streams: a coroutine per connection awaiting each request's IO (asyncio.start_server, "
+        "as applications are written); protocol: callbacks and coalesced timers (the tuned variant)",
+        choices=ASYNC_APIS,
+    )
 
 
 @dataclass(frozen=True)
@@ -372,7 +424,7 @@ class ThreadedHttpSettings(HttpSettings):
 
 
 @dataclass(frozen=True)
-class AsyncHttpSettings(HttpSettings):
+class AsyncHttpSettings(HttpSettings, OffloadSettings):
     pass
 
 
@@ -468,6 +520,13 @@ class BenchmarkSettings(Settings):
     duration: float = setting(5.0, "measured time per level", unit="s", check=above(0))
     warmup: float = setting(1.0, "load before measuring, per level", unit="s", check=at_least(0))
     only: str = setting("", "run only the servers whose name contains this")
+    rounds: int = setting(5, "alternating rounds of each head-to-head pair", check=at_least(1))
+    scenario: tuple[str, ...] = setting(
+        (),
+        "instead of the benchmark, run these scenarios (comma-separated, e.g. cpu,blocking; "
+        "the README lists them) on every server at a few levels",
+        check=known_scenarios,
+    )
     out: Path = setting(Path("reports"), "folder for the JSON")
 
 

@@ -11,6 +11,7 @@ import contextlib
 import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -178,24 +179,47 @@ def test_oneshot_message_is_the_first_read_and_nothing_after(start_server, varia
 
 
 @pytest.mark.framing("lines")
-def test_pipelined_lines_keep_their_order(tcp_server):
-    before = tcp_server.scrape()
+def test_pipelined_lines_keep_their_order(start_server, variant):
+    # Each request's IO drawn at random: a server working on a connection's requests
+    # side by side would answer the short ones first.
+    server = start_server(variant, "--delay-ms", "1", "--delay-distribution", "exponential")
+    before = server.scrape()
     messages = [f"request {i} {'ab' * (i % 7)}".encode() for i in range(300)]
     stream = b"".join(m + b"\n" for m in messages)
-    with tcp_server.connect() as conn:
+    with server.connect() as conn:
         # All at once, then in chunks that split lines at awkward places.
         conn.send(stream)
         assert [conn.line() for _ in messages] == [m.upper() + b"\n" for m in messages]
         for start in range(0, len(stream), 997):
             conn.send(stream[start : start + 997])
         assert [conn.line() for _ in messages] == [m.upper() + b"\n" for m in messages]
-    delta = tcp_server.idle_metrics() - before
+    delta = server.idle_metrics() - before
     expected = {
         'echo_requests_total{outcome="ok"}': 2 * len(messages),
         "echo_received_bytes_total": 2 * len(stream),
         "echo_sent_bytes_total": 2 * len(stream),
+        "echo_request_duration_seconds_count": 2 * len(messages),
     }
     assert delta.counts(expected) == expected
+
+
+@pytest.mark.framing("lines")
+def test_pipelined_lines_each_get_their_own_work(tcp_server):
+    """Lines sent in one write are worked on one after another, each with its own IO wait."""
+    delay, count = 0.02, 5  # the tcp_server's --delay-ms
+    before = tcp_server.scrape()
+    with tcp_server.connect() as conn:
+        sent = time.perf_counter()
+        conn.send(b"".join(b"line %d\n" % i for i in range(count)))
+        assert [conn.line() for _ in range(count)] == [b"LINE %d\n" % i for i in range(count)]
+        elapsed = time.perf_counter() - sent
+    delta = tcp_server.idle_metrics() - before
+    expected = {'echo_requests_total{outcome="ok"}': count, "echo_request_duration_seconds_count": count}
+    assert delta.counts(expected) == expected
+    assert delta.query('echo_work_seconds_total{kind="io"}') == pytest.approx(count * delay)
+    # One after another: the last reply waited for every IO before it. (Answered together,
+    # after one delay, the batch would take one delay; a whole one is left as slack.)
+    assert elapsed > (count - 1) * delay
 
 
 def test_requests_sent_before_a_half_close_are_answered(tcp_server, variant):

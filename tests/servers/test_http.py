@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from support.scrape import Metrics
-from support.servers import HOST, HTTP_SERVERS, TIMEOUT, HttpTestServer
+from support.servers import HOST, HTTP_SERVERS, TIMEOUT, HttpTestServer, settled
 
 SERVERS = list(HTTP_SERVERS)
 # Long enough that a scrape sees every request of a batch in flight at once,
@@ -38,21 +38,6 @@ INVALID_UTF8 = [
     (b"\xff\xfe binary", b"\xff\xfe BINARY"),
     (b"cut \xc3", b"CUT \xc3"),
 ]
-
-
-def settled(http_server: HttpTestServer, before: Metrics, ok: int) -> Metrics:
-    """The delta once ``ok`` requests are counted and none is in flight.
-
-    A worker counts a request after writing its reply, so the client can read
-    the reply a moment before the count moves: wait for it, then compare exactly.
-    """
-    after = http_server.wait_metrics(
-        lambda m: (
-            (m - before).query('echo_requests_total{outcome="ok"}') >= ok
-            and m.value("echo_requests_in_flight") == 0
-        )
-    )
-    return after - before
 
 
 # --- behaviour ---------------------------------------------------------------

@@ -2,6 +2,10 @@
 
 Run on a quiet machine; compare the rows of one run with each other (ratios),
 not with another machine's figures. Writes reports/bench-<time>.json.
+
+With ``--scenario``, it runs the lab's scenarios instead (cpu, blocking,
+offload, mixed, io: :mod:`.scenarios`) on every server at a few levels, and
+adds each server's CPU time per request: writes reports/scenarios-<time>.json.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .. import machine
@@ -19,12 +24,16 @@ from ..settings import BenchmarkSettings
 from .interrupt import Interrupted, interruptible
 from .report import require_extra
 from .results import Row, rich_table
+from .scenarios import SCENARIOS, Scenario
 from .sweep import measure
 from .variants import (
     ASYNC_HTTP_BARE_ALIKE,
     ASYNC_NO_METRICS,
+    ASYNC_PROTOCOL,
+    ASYNC_STREAMS,
     BARE_H11,
     BARE_HTTPTOOLS,
+    BARE_STREAMS,
     BARE_THREADED,
     BARE_UVLOOP,
     POOL,
@@ -34,31 +43,25 @@ from .variants import (
 )
 
 THREADED, ASYNC, THREADED_HTTP, ASYNC_HTTP = SERVERS_AS_THEY_ARE
-BARE = BARE_UVLOOP
 
 LEVELS = (100, 1000, 5000, 10000)
 
 
 def plan() -> list[tuple[str, Variant, tuple[int, ...], float]]:
     """(section, server, connection levels, delay ms), in the order they run."""
+    delay_100 = (
+        ASYNC_STREAMS, ASYNC_PROTOCOL, BARE_STREAMS, BARE_UVLOOP, THREADED, BARE_THREADED, POOL,
+        THREADED_HTTP, ASYNC_HTTP,
+    )  # fmt: skip
+    delay_0 = (
+        ASYNC_STREAMS, ASYNC_NO_METRICS, ASYNC_PROTOCOL, BARE_STREAMS, BARE_UVLOOP, THREADED,
+        BARE_THREADED, POOL, THREADED_HTTP, ASYNC_HTTP,
+    )  # fmt: skip
     return [
-        ("delay 100 ms", ASYNC, LEVELS, 100),
-        ("delay 100 ms", BARE, LEVELS, 100),
-        ("delay 100 ms", THREADED, LEVELS, 100),
-        ("delay 100 ms", BARE_THREADED, LEVELS, 100),
-        ("delay 100 ms", POOL, LEVELS, 100),
+        *(("delay 100 ms", variant, LEVELS, 100) for variant in delay_100),
         ("delay 100 ms", SERIAL, (10,), 100),
-        ("delay 100 ms", THREADED_HTTP, LEVELS, 100),
-        ("delay 100 ms", ASYNC_HTTP, LEVELS, 100),
-        ("delay 0", ASYNC, (10, 100), 0),
-        ("delay 0", ASYNC_NO_METRICS, (10, 100), 0),
-        ("delay 0", BARE, (10, 100), 0),
-        ("delay 0", THREADED, (10, 100), 0),
-        ("delay 0", BARE_THREADED, (10, 100), 0),
-        ("delay 0", POOL, (10, 100), 0),
+        *(("delay 0", variant, (10, 100), 0) for variant in delay_0),
         ("delay 0", SERIAL, (10,), 0),
-        ("delay 0", THREADED_HTTP, (10, 100), 0),
-        ("delay 0", ASYNC_HTTP, (10, 100), 0),
     ]
 
 
@@ -72,12 +75,17 @@ def targets(rows: list[Row], pairs: list[dict[str, Any]]) -> list[tuple[str, boo
         )
 
     checks = []
-    for level in (1000, 5000):
-        r = row("async", 100, level)
-        if r and r.bound_fraction is not None:
-            checks.append(
-                (f"async >= 95% of the bound at {level}", r.bound_fraction >= 0.95, f"{r.bound_fraction:.1%}")
-            )
+    for variant in (ASYNC_STREAMS, ASYNC_PROTOCOL):
+        for level in (1000, 5000):
+            r = row(variant.name, 100, level)
+            if r and r.bound_fraction is not None:
+                checks.append(
+                    (
+                        f"{variant.name} >= 95% of the bound at {level}",
+                        r.bound_fraction >= 0.95,
+                        f"{r.bound_fraction:.1%}",
+                    )
+                )
     for pair in pairs:
         if pair["target"] is not None:
             low, high = min(pair["ratios"]), max(pair["ratios"])
@@ -92,37 +100,61 @@ def targets(rows: list[Row], pairs: list[dict[str, Any]]) -> list[tuple[str, boo
     return checks
 
 
-# Head-to-head comparisons: the two servers run alternately, ROUNDS times each,
-# and the median of the per-round ratios is compared. On a shared, noisy
+# Head-to-head comparisons: the two servers run alternately, --rounds times
+# each, and the median of the per-round ratios is compared. On a shared, noisy
 # machine one run each swings by 20% either way; alternating rounds make both
 # sides meet the same noise. (name, a, b, connections, delay ms, target a/b)
-ROUNDS = 5
 PAIRS = (
-    ("async / bare uvloop at 10000", ASYNC, BARE, 10000, 100, 1.0),
-    ("delay 0: metrics on / off", ASYNC, ASYNC_NO_METRICS, 100, 0, 0.8),
+    *(
+        (f"streams / protocol at {n}", ASYNC_STREAMS, ASYNC_PROTOCOL, n, 100, None)
+        for n in (100, 1000, 5000, 10000)
+    ),
+    ("streams / protocol at delay 0", ASYNC_STREAMS, ASYNC_PROTOCOL, 100, 0, None),
+    # Code as people write it, both ways, where threads break.
+    ("streams / threaded at 5000", ASYNC_STREAMS, THREADED, 5000, 100, None),
+    ("protocol / bare uvloop at 10000", ASYNC_PROTOCOL, BARE_UVLOOP, 10000, 100, 1.0),
+    ("streams / bare streams at 10000", ASYNC_STREAMS, BARE_STREAMS, 10000, 100, None),
+    ("delay 0: metrics on / off", ASYNC_STREAMS, ASYNC_NO_METRICS, 100, 0, 0.8),
     ("threaded / bare threaded at 1000", THREADED, BARE_THREADED, 1000, 100, None),
+    # async-http's parser choice (docs/server-behavior.md): its hardening against bare uvicorn, and h11.
     ("delay 0: async-http hardened / bare uvicorn", ASYNC_HTTP_BARE_ALIKE, BARE_HTTPTOOLS, 100, 0, None),
     ("delay 0: uvicorn h11 / httptools", BARE_H11, BARE_HTTPTOOLS, 100, 0, None),
 )
 
 
+def median_ratio(a: Sequence[float], b: Sequence[float]) -> tuple[float, list[float]]:
+    ratios = [x / max(y, 1e-9) for x, y in zip(a, b, strict=True)]
+    return round(statistics.median(ratios), 3), [round(r, 3) for r in ratios]
+
+
 def paired(
     name: str, a: Variant, b: Variant, connections: int, delay: float, args: BenchmarkSettings
 ) -> dict[str, Any]:
+    """Throughput and server CPU per request of ``a`` and ``b``, measured in alternating rounds."""
     throughputs: dict[str, list[float]] = {a.name: [], b.name: []}
-    for _ in range(ROUNDS):
+    cpu: dict[str, list[float]] = {a.name: [], b.name: []}  # server CPU ms per request
+    for _ in range(args.rounds):
         for variant in (a, b):
             (row,) = measure(variant, [connections], delay, args.duration, args.warmup)
             throughputs[variant.name].append(row.throughput)
-    ratios = [x / max(y, 1.0) for x, y in zip(throughputs[a.name], throughputs[b.name], strict=True)]
+            cpu[variant.name].append(cpu_ms_per_request(row))
+    ratio, ratios = median_ratio(throughputs[a.name], throughputs[b.name])
+    cpu_ratio, _ = median_ratio(cpu[a.name], cpu[b.name])
     return {
         "name": name,
         "connections": connections,
         "delay_ms": delay,
         "throughputs": throughputs,
-        "ratios": [round(r, 3) for r in ratios],
-        "median_ratio": round(statistics.median(ratios), 3),
+        "ratios": ratios,
+        "median_ratio": ratio,
+        "cpu_ms_per_request": cpu,
+        "median_cpu_ratio": cpu_ratio,
     }
+
+
+def cpu_ms_per_request(row: Row) -> float:
+    """The server's CPU time per request answered, in ms (its process tree's, from the sweep)."""
+    return 10 * row.server_cpu_percent / row.throughput if row.throughput else 0.0
 
 
 def locust_capacity(seconds: float) -> float:
@@ -134,74 +166,121 @@ def locust_capacity(seconds: float) -> float:
         return measure_capacity("127.0.0.1", port, seconds=seconds)
 
 
-def run(args: BenchmarkSettings) -> int:
-    require_extra()
+def console() -> Any:
     from rich.console import Console
 
     # Wide enough for the table when the output goes to a file or a pipe.
-    console = Console(width=None if sys.stdout.isatty() else 150)
+    return Console(width=None if sys.stdout.isatty() else 150)
+
+
+def show_row(out: Any, r: Row, per_request: bool = False) -> None:
+    cpu = f"  CPU {cpu_ms_per_request(r):6.2f} ms/req" if per_request else ""
+    out.print(
+        f"  {r.server:<26} delay {r.delay_ms:>3g} ms  {r.connections:>6} conns  "
+        f"{r.throughput:>9,.0f} req/s  p99 {r.latency('p99') or 0:>8.1f} ms{cpu}"
+    )
+
+
+def run(args: BenchmarkSettings) -> int:
+    """The benchmark, or with ``--scenario`` the scenarios; Ctrl-C or SIGTERM keeps what was measured."""
+    require_extra()
+    out = console()
     record: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine.facts()}
-    rows: list[Row] = []
-    pairs: list[dict[str, Any]] = []
+    scenarios = [SCENARIOS[name] for name in args.scenario]
     try:
         with interruptible():
-            measure_all(args, console, rows, pairs, record)
+            if scenarios:
+                run_scenarios(args, scenarios, out, record)
+            else:
+                measure_all(args, out, record)
     except Interrupted as exc:
-        console.print(f"[yellow]{exc}: servers stopped; writing what was measured[/yellow]")
-        record["partial"] = {"signal": exc.name, "levels_done": len(rows)}
-    checks = targets(rows, pairs)
-    for name, ok, detail in checks:
-        console.print(f"{'PASS' if ok else 'MISS'}  {name}: {detail}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    record |= {
-        "rows": [dataclasses.asdict(r) for r in rows],
-        "pairs": pairs,
-        "targets": [{"target": n, "met": ok, "measured": d} for n, ok, d in checks],
-    }
-    path.write_text(json.dumps(record, indent=1, allow_nan=False))
-    console.print(f"wrote {path}" + (" (partial)" if record.get("partial") else ""))
+        out.print(f"[yellow]{exc}: servers stopped; writing what was measured[/yellow]")
+        record["partial"] = {"signal": exc.name}
+    write(out, args, "scenarios" if scenarios else "bench", record)
     return 128 + signal.Signals[record["partial"]["signal"]] if record.get("partial") else 0
 
 
-def measure_all(
-    args: BenchmarkSettings,
-    console: Any,
-    rows: list[Row],
-    pairs: list[dict[str, Any]],
-    record: dict[str, Any],
-) -> None:
-    """The sweeps, the paired rounds and Locust's capacity, into ``rows``, ``pairs`` and ``record``."""
+def measure_all(args: BenchmarkSettings, out: Any, record: dict[str, Any]) -> None:
+    """The sweeps, the paired rounds and Locust's capacity, into ``record`` as they come."""
+    rows: list[Row] = record.setdefault("rows", [])
+    pairs: list[dict[str, Any]] = record.setdefault("pairs", [])
     for _section, variant, levels, delay in plan():
         if args.only and args.only not in variant.name:
             continue
 
-        def show(r: Row) -> None:
+        def done(r: Row) -> None:
             rows.append(r)
-            console.print(
-                f"  {r.server:<20} delay {r.delay_ms:>3g} ms  {r.connections:>6} conns  "
-                f"{r.throughput:>9,.0f} req/s  p99 {r.latency('p99') or 0:>8.1f} ms"
-            )
+            show_row(out, r)
 
         def failed(connections: int, exc: RuntimeError, name: str = variant.name) -> None:
-            console.print(f"  {name:<20} {connections:>6} conns  [red]client failed: {exc}[/red]")
+            out.print(f"  {name:<26} {connections:>6} conns  [red]client failed: {exc}[/red]")
 
-        measure(variant, levels, delay, args.duration, args.warmup, on_level=show, on_error=failed)
+        measure(variant, levels, delay, args.duration, args.warmup, on_level=done, on_error=failed)
 
-    console.print(
-        rich_table("echolab bench (closed loop; bound = connections / delay)", rows, delay_column=True)
-    )
+    out.print(rich_table("echolab bench (closed loop; bound = connections / delay)", rows, delay_column=True))
     for name, a, b, connections, delay, target in PAIRS:
         if args.only and args.only not in a.name:
             continue
         pair = {**paired(name, a, b, connections, delay, args), "target": target}
-        console.print(
+        out.print(
             f"{name}: median ratio {pair['median_ratio']:.2f} "
+            f"({min(pair['ratios']):.2f}-{max(pair['ratios']):.2f}), "
             + ", ".join(f"{k} {v}" for k, v in pair["throughputs"].items())
+            + f"; CPU per request: median ratio {pair['median_cpu_ratio']:.2f}"
         )
         pairs.append(pair)
     locust_rate = locust_capacity(args.duration * 2)
-    console.print(
-        f"one Locust process (50 AsyncUser, lines, async server at delay 0): {locust_rate:,.0f} req/s"
-    )
+    out.print(f"one Locust process (50 AsyncUser, lines, async server at delay 0): {locust_rate:,.0f} req/s")
     record["locust_requests_per_second"] = locust_rate
+    checks = targets(rows, pairs)
+    for name, ok, detail in checks:
+        out.print(f"{'PASS' if ok else 'MISS'}  {name}: {detail}")
+    record["targets"] = [{"target": n, "met": ok, "measured": d} for n, ok, d in checks]
+
+
+# --- scenarios -------------------------------------------------------------------
+
+SCENARIO_LEVELS = (1, 10, 100, 1000)
+# Every server as it is, the async server in its other API, and the bounded pool of threads.
+SCENARIO_VARIANTS = (THREADED, POOL, ASYNC_STREAMS, ASYNC_PROTOCOL, THREADED_HTTP, ASYNC_HTTP)
+
+
+def run_scenarios(
+    args: BenchmarkSettings, scenarios: list[Scenario], out: Any, record: dict[str, Any]
+) -> None:
+    results: dict[str, list[dict[str, Any]]] = record.setdefault("scenarios", {})
+    for scenario in scenarios:
+        out.print(f"[bold]scenario {scenario.name}[/bold]: {scenario.summary}")
+        rows: list[Row] = []
+        results[scenario.name] = []
+        for variant in SCENARIO_VARIANTS:
+            if args.only and args.only not in variant.name:
+                continue
+            assert variant.server is not None
+
+            def done(r: Row, name: str = scenario.name, rows: list[Row] = rows) -> None:
+                rows.append(r)
+                results[name].append(
+                    {**dataclasses.asdict(r), "server_cpu_ms_per_request": round(cpu_ms_per_request(r), 3)}
+                )
+                show_row(out, r, per_request=True)
+
+            def failed(connections: int, exc: RuntimeError, name: str = variant.name) -> None:
+                out.print(f"  {name:<26} {connections:>6} conns  [red]client failed: {exc}[/red]")
+
+            measure(
+                variant, SCENARIO_LEVELS, scenario.delay_hint_ms, args.duration, args.warmup,
+                on_level=done, on_error=failed, server_options=scenario.options_for(variant.server),
+            )  # fmt: skip
+        title = f"scenario {scenario.name} (closed loop; bound = connections / {scenario.delay_hint_ms:g} ms)"
+        out.print(rich_table(title, rows))
+
+
+def write(out: Any, args: BenchmarkSettings, kind: str, record: dict[str, Any]) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    rows = record.get("rows")
+    if rows is not None:
+        record["rows"] = [dataclasses.asdict(r) for r in rows]
+    path.write_text(json.dumps(record, indent=1, allow_nan=False))
+    out.print(f"wrote {path}" + (" (partial)" if record.get("partial") else ""))

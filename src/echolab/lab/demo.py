@@ -120,8 +120,10 @@ def plan(settings: DemoSettings) -> list[Step]:
 
 
 def with_options(variant: Variant, scenario: Scenario) -> Variant:
-    """The variant running the scenario's workload (its flags after the variant's own: they win)."""
-    return dataclasses.replace(variant, options=(*variant.options, *scenario.options))
+    """The variant running the scenario's workload: the scenario's flags its server reads, after its own."""
+    if variant.server is None:  # a bare reference has no settings
+        return variant
+    return dataclasses.replace(variant, options=(*variant.options, *scenario.options_for(variant.server)))
 
 
 def sections(steps: Sequence[Step]) -> list[Section]:

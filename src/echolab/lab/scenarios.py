@@ -1,27 +1,78 @@
 """The workloads the lab compares the servers under: one preset of server settings each.
 
-Every server runs a scenario with the same flags, so the only difference
-between two rows of a scenario is the server. ``io`` is the article's
-workload (awaited IO only); the others add the work that decides the answer
-for most services (see the README's "Reading").
+Every server runs a scenario with the same work model (servers/work.py), so
+the only difference between two rows of a scenario is the server. ``io`` is
+the article's workload (awaited IO only); the others add the work that
+decides the answer for most services (see the README's "Scenarios: where
+each model breaks"):
+
+* ``cpu``: 2 ms of pure-Python CPU per request and no IO. The GIL lets one
+  thread compute at a time, so both models top out near one core:
+  ~500 requests/s, whatever the concurrency.
+* ``blocking``: a 20 ms blocking call per request (a sync driver) and no IO.
+  A thread waits it out as it waits out IO; an event loop stalls through it,
+  so the async servers serve one request at a time: 50 requests/s.
+* ``offload``: the same call, which the event-loop servers hand to a pool of
+  32 threads (``--offload thread``): they become a pool of 32, 1,600 requests/s
+  at most.
+* ``mixed``: 1 ms of CPU, a 5 ms blocking call left on the loop, 50 ms of IO:
+  a service with an async driver for most of its IO and one sync call.
+
+A flag applies to the servers that read it: ``--offload`` and
+``--offload-threads`` exist only on the event-loop servers' settings
+(``async``, ``async-http``); a threaded server has nothing to offload, its
+blocking call is already in a thread, and runs the scenario without them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..catalogue import Server
+from ..settings import options
+
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
     summary: str  # what it stands for, in one line
-    options: tuple[str, ...]  # `echolab serve` flags, the same for every server
+    options: tuple[str, ...]  # `echolab serve` flag-value pairs; each applies where a server reads it
     delay_hint_ms: float  # the time one request takes on an idle server: the Little's-law bound's D
 
     def bound(self, connections: int) -> float | None:
         """Requests/s a closed loop of ``connections`` cannot exceed."""
         return connections / (self.delay_hint_ms / 1000) if self.delay_hint_ms > 0 else None
 
+    def options_for(self, server: Server) -> tuple[str, ...]:
+        """The scenario's flags that ``server``'s settings read, in order."""
+        read = {option.flag for option in options(server.settings)}
+        pairs = zip(self.options[::2], self.options[1::2], strict=True)
+        return tuple(part for flag, value in pairs if flag in read for part in (flag, value))
+
 
 IO = Scenario("io", "100 ms of awaited IO per request, nothing else", ("--delay-ms", "100"), 100.0)
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (IO,)}
+CPU = Scenario(
+    "cpu",
+    "2 ms of pure-Python CPU per request (holding the GIL), no IO",
+    ("--delay-ms", "0", "--cpu-ms", "2"),
+    2.0,
+)
+BLOCKING = Scenario(
+    "blocking",
+    "a 20 ms blocking call per request (a sync driver), no IO; on the event loop",
+    ("--delay-ms", "0", "--blocking-ms", "20"),
+    20.0,
+)
+OFFLOAD = Scenario(
+    "offload",
+    "the 20 ms blocking call, offloaded to 32 threads on the event-loop servers",
+    ("--delay-ms", "0", "--blocking-ms", "20", "--offload", "thread", "--offload-threads", "32"),
+    20.0,
+)
+MIXED = Scenario(
+    "mixed",
+    "1 ms CPU, a 5 ms blocking call (on the loop), 50 ms of awaited IO",
+    ("--cpu-ms", "1", "--blocking-ms", "5", "--delay-ms", "50"),
+    56.0,
+)
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (IO, CPU, BLOCKING, OFFLOAD, MIXED)}

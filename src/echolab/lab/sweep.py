@@ -140,6 +140,7 @@ def measure(
     extra: Sequence[str] = (),
     on_level: Callable[[Row], None] | None = None,
     on_error: Callable[[int, RuntimeError], None] | None = None,
+    server_options: Sequence[str] = (),
     *,
     open_loop: bool = False,
     scenario: str = "",
@@ -149,7 +150,9 @@ def measure(
 
     A level is a number of connections (closed loop), or with ``open_loop``
     an offered rate in requests/s, carried by :func:`open_loop_connections`.
-    ``delay_ms`` is the server's simulated IO, and the bound's D.
+    ``server_options`` go to the server after everything else (a scenario's
+    flags: ``Scenario.options_for``); ``delay_ms`` is then the time one
+    request takes on an idle server, for the Little's-law bound.
 
     With ``on_error``, a level whose client fails is reported there and ends
     this server's sweep (higher levels would only fail worse); the rows so
@@ -157,7 +160,7 @@ def measure(
     gives less than ``stop_below`` of the bound ends its sweep too.
     """
     rows: list[Row] = []
-    with running(variant, delay_ms) as (port, process):
+    with running(variant, delay_ms, server_options) as (port, process):
         for level in levels:
             connections = open_loop_connections(level, delay_ms) if open_loop else level
             options = (*extra, "--rate", str(level)) if open_loop else extra

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from ..catalogue import PALETTE, SERVERS, Family, Server, server
@@ -24,23 +24,31 @@ class Variant:
     color: str
     server: Server | None = None  # None: a bare reference (echolab.servers.bare)
     options: tuple[str, ...] = ()
-    reference: str = ""  # the bare reference's kind: uvloop | threaded
+    reference: str = ""  # the bare reference's kind: uvloop | streams | threaded
 
-    def process(self, delay_ms: float) -> Process:
-        """A process that serves this variant with ``delay_ms`` of simulated IO, not yet started."""
+    def process(self, delay_ms: float, options: Sequence[str] = ()) -> Process:
+        """A process that serves this variant with ``delay_ms`` of simulated IO, not yet started.
+
+        ``options``, `echolab serve` flags (a scenario's), come last: theirs win,
+        ``--delay-ms`` too. A bare reference takes none.
+        """
         if self.server is None:
+            if options:
+                raise ValueError(
+                    f"{self.name} is a bare reference: it takes no options ({' '.join(options)})"
+                )
             port = free_port()
             argv = [sys.executable, "-m", "echolab.servers.bare", self.reference, str(port), f"{delay_ms:g}"]
             return Process(argv, name=self.name, port=port)
         framing = () if self.framing == "http" else ("--framing", self.framing)
-        options = (*framing, "--delay-ms", f"{delay_ms:g}", "--log-level", "warning", *self.options)
-        return ServerProcess(self.server, options)
+        flags = (*framing, "--delay-ms", f"{delay_ms:g}", "--log-level", "warning", *self.options, *options)
+        return ServerProcess(self.server, flags)
 
 
 @contextlib.contextmanager
-def running(variant: Variant, delay_ms: float) -> Iterator[tuple[int, Process]]:
+def running(variant: Variant, delay_ms: float, options: Sequence[str] = ()) -> Iterator[tuple[int, Process]]:
     """Start the variant on a free loopback port, yield (port, process), stop it with SIGTERM."""
-    process = variant.process(delay_ms)
+    process = variant.process(delay_ms, options)
     try:
         process.start()
         yield process.port, process
@@ -64,20 +72,29 @@ POOL = Variant(
     "pool (64 threads)", "threaded", "lines", PALETTE["threaded"][3], server("threaded"),
     ("--model", "pool", "--threads", "64"),
 )  # fmt: skip
-ASYNC_NO_METRICS = Variant(
-    "async (no metrics)", "async", "lines", PALETTE["async"][2], server("async"), ("--no-metrics",)
+# The async server in each API, named for it whichever is the default.
+ASYNC_STREAMS = Variant(
+    "async streams", "async", "lines", PALETTE["async"][0], server("async"), ("--api", "streams")
 )
+ASYNC_PROTOCOL = Variant(
+    "async protocol", "async", "lines", PALETTE["async"][4], server("async"), ("--api", "protocol")
+)
+ASYNC_NO_METRICS = Variant(
+    "async streams (no metrics)", "async", "lines", PALETTE["async"][2], server("async"),
+    ("--api", "streams", "--no-metrics"),
+)  # fmt: skip
 BARE_UVLOOP = Variant("bare uvloop", "async", "lines", PALETTE["async"][3], reference="uvloop")
+BARE_STREAMS = Variant("bare streams", "async", "lines", PALETTE["async"][5], reference="streams")
 BARE_THREADED = Variant("bare threaded", "threaded", "lines", PALETTE["threaded"][4], reference="threaded")
 # async-http's parser choice (docs/server-behavior.md): its hardening against bare uvicorn, and h11.
 ASYNC_HTTP_BARE_ALIKE = Variant(
     "async-http (1 worker, no metrics)", "async", "http", server("async-http").color, server("async-http"),
     ("--workers", "1", "--no-metrics"),
 )  # fmt: skip
-BARE_HTTPTOOLS = Variant("bare httptools", "async", "http", PALETTE["async"][4], reference="httptools")
-BARE_H11 = Variant("bare h11", "async", "http", PALETTE["async"][5], reference="h11")
+BARE_HTTPTOOLS = Variant("bare httptools", "async", "http", PALETTE["async"][6], reference="httptools")
+BARE_H11 = Variant("bare h11", "async", "http", PALETTE["async"][7], reference="h11")
 ALL = (
-    *SERVERS_AS_THEY_ARE, SERIAL, POOL, ASYNC_NO_METRICS, BARE_UVLOOP, BARE_THREADED,
-    ASYNC_HTTP_BARE_ALIKE, BARE_HTTPTOOLS, BARE_H11,
+    *SERVERS_AS_THEY_ARE, SERIAL, POOL, ASYNC_STREAMS, ASYNC_PROTOCOL, ASYNC_NO_METRICS,
+    BARE_UVLOOP, BARE_STREAMS, BARE_THREADED, ASYNC_HTTP_BARE_ALIKE, BARE_HTTPTOOLS, BARE_H11,
 )  # fmt: skip
 COLORS = {v.name: v.color for v in ALL}

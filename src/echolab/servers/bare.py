@@ -3,10 +3,14 @@
 ``make bench`` runs them in the same run as echolab's servers, so what
 echolab's limits and instrumentation cost (or its timer coalescing gains) is
 measured against the simplest server of each kind: for ``lines``, an asyncio
-Protocol on uvloop and a ``socketserver.ThreadingTCPServer``; for HTTP, a
-bare ASGI app on uvicorn (one process, uvloop) with either of its parsers,
-httptools (async-http's) or h11 (the one with a header limit of its own).
-Usage: python -m echolab.servers.bare uvloop|threaded|httptools|h11 PORT DELAY_MS
+Protocol on uvloop, asyncio streams on uvloop (a coroutine per connection)
+and a ``socketserver.ThreadingTCPServer``; for HTTP, a bare ASGI app on
+uvicorn (one process, uvloop) with either of its parsers, httptools
+(async-http's) or h11 (the one with a header limit of its own). The
+benchmark's client has one request outstanding per connection, so that the
+line servers answer the lines of a read together, after one delay, costs
+them nothing there.
+Usage: python -m echolab.servers.bare uvloop|streams|threaded|httptools|h11 PORT DELAY_MS
 """
 
 import asyncio
@@ -35,6 +39,22 @@ class BareEcho(asyncio.Protocol):
 async def serve_uvloop(port: int) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(BareEcho, "127.0.0.1", port, backlog=4096)
+    await server.serve_forever()
+
+
+async def bare_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while line := await reader.readline():
+            await asyncio.sleep(DELAY)
+            writer.write(line.upper())
+            await writer.drain()
+    except ConnectionError:
+        pass
+    writer.close()
+
+
+async def serve_streams(port: int) -> None:
+    server = await asyncio.start_server(bare_streams, "127.0.0.1", port, backlog=4096)
     await server.serve_forever()
 
 
@@ -72,6 +92,8 @@ if __name__ == "__main__":
     kind, port, DELAY = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]) / 1000
     if kind == "uvloop":
         uvloop.run(serve_uvloop(port))
+    elif kind == "streams":
+        uvloop.run(serve_streams(port))
     elif kind == "threaded":
         BareThreaded(("127.0.0.1", port), BareHandler).serve_forever()
     else:

@@ -44,9 +44,11 @@ from ..catalogue import Server
 from ..metrics import gauge, spec, watch_cgroup
 from ..runtime import log
 from ..settings import HttpSettings, ThreadedHttpSettings
+from . import work as work_module
 from .async_http import EchoUvicornWorker, cut_quietly, limits_for
 from .http_apps import EchoCore, Instruments, make_asgi_app, make_wsgi_app
 from .threaded_http import EchoThreadWorker
+from .work import Work
 
 HEARTBEAT_TIMEOUT = 30  # gunicorn's `timeout`: a worker silent this long is killed and replaced
 # The master waits this much longer than the workers' drain before it SIGKILLs them: time to
@@ -167,7 +169,7 @@ class ProcessTree(Collector):
 
 
 def server_info(settings: HttpSettings) -> dict[str, str]:
-    common = {"workers": str(settings.workers), "delay_ms": f"{settings.delay_ms:g}"}
+    common = {"workers": str(settings.workers), **work_module.info(settings)}
     if isinstance(settings, ThreadedHttpSettings):
         return {"model": "gthread", "threads": str(settings.http_threads), **common}
     return {"loop": "uvloop", "http": "httptools", **common}
@@ -308,9 +310,9 @@ class EchoApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is unt
         settings, server = self.settings, self.server
         if settings.metrics:
             export_garbage_collections()
-        core = EchoCore(
-            Instruments(server.name, settings.metrics), settings.delay_ms, settings.max_message_bytes
-        )
+        instruments = Instruments(server.name, settings.metrics)
+        work = Work(settings, instruments.work, instruments.pool_changed)
+        core = EchoCore(instruments, work, settings.max_message_bytes)
         return make_wsgi_app(core) if server.family == "threaded" else cut_quietly(make_asgi_app(core))
 
 
@@ -332,13 +334,13 @@ def run(server: Server, settings: HttpSettings) -> int:
     if settings.metrics:
         check_free(settings.host, settings.metrics_port)
     log.info(
-        "starting gunicorn: %s on %s:%d, %d worker(s)%s, delay=%gms metrics=%s",
+        "starting gunicorn: %s on %s:%d, %d worker(s)%s, %s metrics=%s",
         server.name,
         settings.host,
         settings.port,
         settings.workers,
         f" x {settings.http_threads} threads" if isinstance(settings, ThreadedHttpSettings) else "",
-        settings.delay_ms,
+        work_module.describe(settings),
         settings.metrics_port if settings.metrics else "off",
     )
     EchoApplication(server, settings).run()  # the arbiter exits the process itself (0 after a graceful stop)

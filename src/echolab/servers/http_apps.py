@@ -1,11 +1,11 @@
 """The HTTP echo: one request-handling core, wrapped as a WSGI app and as an ASGI app.
 
 ``POST /echo`` answers 200 with the body transformed by ``protocol.transform``
-after the simulated IO delay; ``GET /healthz`` answers ``ok``; other paths get
-404, other methods 405. A body over the size limit gets 413 and the
-protocol's own error line, without being read: the declared Content-Length
-is checked first, and a chunked body is read only up to one byte past the
-limit.
+after the request's simulated work (:mod:`.work`: CPU, a blocking call, IO);
+``GET /healthz`` answers ``ok``; other paths get 404, other methods 405. A
+body over the size limit gets 413 and the protocol's own error line, without
+being read: the declared Content-Length is checked first, and a chunked body
+is read only up to one byte past the limit.
 
 The apps run in gunicorn's worker processes, so their instruments are
 prometheus_client metrics in multiprocess mode (see ``http_server``): every
@@ -16,7 +16,6 @@ as the TCP servers'.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
@@ -25,8 +24,10 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from ..metrics import spec
+from .. import catalogue
+from ..metrics import WORK_KINDS, offload_servers, spec
 from ..protocol import ERROR_TOO_LARGE, transform
+from .work import Work
 
 ECHO_PATH = "/echo"
 HEALTH_PATH = "/healthz"
@@ -75,6 +76,9 @@ class _Null:
     def dec(self, amount: float = 1) -> None:
         pass
 
+    def set(self, value: float) -> None:
+        pass
+
     def observe(self, amount: float) -> None:
         pass
 
@@ -90,7 +94,8 @@ class Instruments:
         if not enabled:
             null: Any = _Null()
             self.ok = self.too_large = self.aborted = self.duration = self.in_flight = null
-            self.received = self.sent = self.non_utf8 = null
+            self.received = self.sent = self.non_utf8 = self.offload_busy = self.offload_queued = null
+            self.work_seconds = dict.fromkeys(WORK_KINDS, null)
             return
         requests = spec("echo_requests")
         outcomes = Counter(requests.name, requests.help, requests.labels, registry=None)
@@ -114,14 +119,37 @@ class Instruments:
         self.received = counter("echo_received_bytes")
         self.sent = counter("echo_sent_bytes")
         self.non_utf8 = counter("echo_non_utf8_requests")
+        work = spec("echo_work_seconds")
+        work_seconds = Counter(work.name, work.help, work.labels, registry=None)
+        self.work_seconds = {kind: work_seconds.labels(server, kind) for kind in WORK_KINDS}
+
+        def live_gauge(name: str) -> Any:
+            metric = spec(name)
+            gauge = Gauge(name, metric.help, ["server"], multiprocess_mode="livesum", registry=None)
+            return gauge.labels(server)
+
+        if offload_servers(catalogue.server(server)):
+            self.offload_busy = live_gauge("echo_offload_threads_busy")
+            self.offload_queued = live_gauge("echo_offload_tasks_queued")
+        else:
+            self.offload_busy = self.offload_queued = _Null()
+
+    def work(self, cpu: float, blocking: float, io: float) -> None:
+        for kind, seconds in (("cpu", cpu), ("blocking", blocking), ("io", io)):
+            if seconds:
+                self.work_seconds[kind].inc(seconds)
+
+    def pool_changed(self, busy: int, queued: int) -> None:
+        self.offload_busy.set(busy)
+        self.offload_queued.set(queued)
 
 
 class EchoCore:
     """What both apps do with a request, minus how they read it, wait and write."""
 
-    def __init__(self, instruments: Instruments, delay_ms: float, max_message_bytes: int) -> None:
+    def __init__(self, instruments: Instruments, work: Work, max_message_bytes: int) -> None:
         self.instruments = instruments
-        self.delay = delay_ms / 1000.0
+        self.work = work
         self.max_bytes = max_message_bytes
 
     def too_large(self) -> Reply:
@@ -194,8 +222,7 @@ def make_wsgi_app(core: EchoCore) -> Callable[[WSGIEnvironment, StartResponse], 
                 else:
                     started = core.started()
                     try:
-                        if core.delay:
-                            time.sleep(core.delay)
+                        core.work.run()
                         reply = core.reply(body)
                     except BaseException:  # gunicorn's timeout abort is a SystemExit
                         core.finished(started, len(body), 0, written=False)
@@ -270,8 +297,7 @@ def make_asgi_app(core: EchoCore) -> Callable[[Scope, Receive, Send], Awaitable[
         started = core.started()
         sent, written = 0, False
         try:  # cancelled when the graceful timeout runs out: counted as aborted
-            if core.delay:
-                await asyncio.sleep(core.delay)
+            await core.work.run_async()
             reply = core.reply(bytes(body))
             await _send(send, reply)
             sent, written = len(reply.body), not _disconnected(receive)

@@ -5,8 +5,10 @@
 * ``pool``: ``--threads`` workers; the acceptor takes a connection only when
   a worker is free, so the rest wait in the kernel's accept queue.
 
-Each connection's thread blocks in ``recv``, then in ``time.sleep`` (the
-simulated IO), then in ``sendall``: exactly the code a threaded service has.
+Each connection's thread blocks in ``recv``, then does each request's work
+(:mod:`.work`: CPU, a blocking call, IO slept through), then blocks in
+``sendall``: exactly the code a threaded service has. Pipelined requests
+are served one after another, as a thread serves them.
 """
 
 from __future__ import annotations
@@ -25,9 +27,18 @@ from typing import Any
 from .. import metrics as metrics_module
 from ..catalogue import Server
 from ..metrics import ServerMetrics
-from ..protocol import ERROR_BUSY, ERROR_SHUTTING_DOWN, ERROR_TOO_LARGE, MessageTooLarge, make_framer
+from ..protocol import (
+    ERROR_BUSY,
+    ERROR_SHUTTING_DOWN,
+    ERROR_TOO_LARGE,
+    Framer,
+    MessageTooLarge,
+    make_framer,
+)
 from ..runtime import IGNORED_SIGNALS, RESOURCE_ERRNOS, AcceptErrorLog, ignore_signal, log, log_drain
 from ..settings import ThreadedSettings
+from . import work as work_module
+from .work import Work
 
 RECV_SIZE = 65536
 LINGER_SECONDS = 1.0
@@ -37,11 +48,12 @@ ACCEPT_BACKOFF = 0.1  # seconds between accept() retries while out of descriptor
 class Connection:
     """What the server knows of one client, for metrics, idle timeouts and shutdown."""
 
-    __slots__ = ("last_active", "pending", "sock", "timed_out")
+    __slots__ = ("last_active", "pending", "sock", "timed_out", "working")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.pending = 0
+        self.pending = 0  # requests read, not yet answered
+        self.working = False  # doing a request's work: never idle
         self.last_active = time.monotonic()
         self.timed_out = False
 
@@ -60,7 +72,7 @@ class EchoServer(socketserver.TCPServer):
         self.request_queue_size = settings.backlog
         self.settings = settings
         self.metrics = metrics
-        self.delay = settings.delay_ms / 1000.0
+        self.work = Work(settings, metrics.work)
         self.stopping = False
         self._connections: dict[socket.socket, Connection] = {}
         self._lock = threading.Lock()
@@ -119,7 +131,7 @@ class EchoServer(socketserver.TCPServer):
 
     def serve_connection(self, sock: socket.socket) -> None:
         conn = self._connections[sock]
-        settings, metrics, delay = self.settings, self.metrics, self.delay
+        settings, metrics = self.settings, self.metrics
         framer = make_framer(settings.framing, settings.max_message_bytes)
         recv_size = settings.max_message_bytes + 1 if framer.closes_after_reply else RECV_SIZE
         # Blocking, without a socket timeout: with one, CPython polls before
@@ -137,24 +149,9 @@ class EchoServer(socketserver.TCPServer):
                     messages, too_large = framer.feed(data), False
                 except MessageTooLarge as exc:
                     messages, too_large = exc.complete, True
-                if messages:
-                    conn.pending = len(messages)
-                    started = time.perf_counter()
-                    if delay:
-                        time.sleep(delay)
-                    payload, received, non_utf8 = framer.respond(messages)
-                    try:
-                        sock.sendall(payload)
-                    except OSError:
-                        metrics.not_answered("aborted", len(messages))
-                        raise
-                    finally:
-                        conn.pending = 0
-                        conn.last_active = time.monotonic()
-                    metrics.answered(len(messages), time.perf_counter() - started, received, len(payload))
-                    if non_utf8:
-                        metrics.non_utf8(non_utf8)
-                    log.debug("answered %d request(s)", len(messages))
+                conn.pending = len(messages)
+                for message in messages:
+                    self.answer(conn, framer, message)
                 if too_large:
                     metrics.not_answered("too_large")
                     send_error(sock, ERROR_TOO_LARGE, linger=True)
@@ -172,13 +169,37 @@ class EchoServer(socketserver.TCPServer):
                 metrics.connection_error("other")
                 log.debug("connection error: %s", exc)
 
+    def answer(self, conn: Connection, framer: Framer, message: bytes) -> None:
+        """Do one request's work and send its reply; OSError if the client is gone."""
+        started = time.perf_counter()
+        conn.working = True
+        try:
+            self.work.run()
+        finally:
+            conn.working = False
+        payload, received, non_utf8 = framer.respond([message])
+        # From here the reply is due: a client that does not take it is idle.
+        conn.last_active = time.monotonic()
+        try:
+            conn.sock.sendall(payload)
+        except OSError:
+            self.metrics.not_answered("aborted", conn.pending)
+            conn.pending = 0
+            raise
+        conn.pending -= 1
+        conn.last_active = time.monotonic()
+        self.metrics.answered(1, time.perf_counter() - started, received, len(payload))
+        if non_utf8:
+            self.metrics.non_utf8(non_utf8)
+        log.debug("answered a request")
+
     def _sweep_idle(self) -> None:
         """Close connections quiet for longer than the idle timeout, once per tick for all.
 
-        Quiet means: nothing read and no reply pending (a client that sends
-        nothing, or half a line), or a reply stuck for the whole timeout past
-        its delay (a client that does not read). Shutting the socket down
-        wakes its thread, which counts the timeout and ends.
+        Quiet means: no request being worked on, and nothing read (a client
+        that sends nothing, or half a line) or a reply stuck (a client that
+        does not read) for the whole timeout. Shutting the socket down wakes
+        its thread, which counts the timeout and ends.
         """
         timeout = self.settings.idle_timeout
         while not self._closed.wait(min(1.0, timeout / 4)):
@@ -186,8 +207,7 @@ class EchoServer(socketserver.TCPServer):
             with self._lock:
                 connections = list(self._connections.values())
             for conn in connections:
-                quiet = now - conn.last_active
-                if quiet > timeout + (self.delay if conn.pending else 0.0):
+                if not conn.working and now - conn.last_active > timeout:
                     conn.timed_out = True
                     with contextlib.suppress(OSError):
                         conn.sock.shutdown(socket.SHUT_RDWR)
@@ -317,8 +337,8 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
     info = {
         "model": settings.model,
         "framing": settings.framing,
-        "delay_ms": f"{settings.delay_ms:g}",
         "threads": str(settings.threads),
+        **work_module.info(settings),
     }
     metrics, metrics_port = metrics_module.start(
         server_kind,
@@ -338,12 +358,12 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
     acceptor = threading.Thread(target=server.serve_forever, name="acceptor", daemon=True)
     acceptor.start()
     log.info(
-        "listening on %s:%d model=%s framing=%s delay=%gms metrics=%s",
+        "listening on %s:%d model=%s framing=%s %s metrics=%s",
         settings.host,
         server.server_address[1],
         settings.model,
         settings.framing,
-        settings.delay_ms,
+        work_module.describe(settings),
         metrics_port or "off",
     )
     stop.wait()

@@ -1,0 +1,158 @@
+"""The async server as applications write it (``--api streams``): a coroutine per connection.
+
+``asyncio.start_server`` runs :func:`handle` as a task for each connection:
+it reads a request (``await reader.readuntil(b"\\n")``), does its work,
+``await``-ing the IO exactly where a real handler awaits its database
+(:meth:`.work.Work.run_async`), writes the reply and reads the next. Nothing
+is coalesced: a task per connection, a timer per request for its IO and
+one for the read's idle deadline (``asyncio.timeout_at``), the stream's own
+buffering and flow control. What that costs next to the tuned
+:mod:`.async_protocol` is what ``make bench`` measures.
+
+The idle deadline covers the wait for the next request and for the previous
+reply to drain: a connection that sends nothing, half a line, or does not
+read its replies for the idle timeout is closed; one whose request is in
+work never is. On shutdown, a connection waiting for its next request has
+its deadline moved to now: what it has already sent is still answered,
+then it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from ..protocol import (
+    ERROR_BUSY,
+    ERROR_SHUTTING_DOWN,
+    ERROR_TOO_LARGE,
+    NEWLINE,
+    make_framer,
+)
+from .event_loop import LINGER_SECONDS, LoopServer, count_connection_error
+
+RECV_SIZE = 65536
+
+
+class StreamConnection:
+    """One client: its streams, its task, and its read deadline while it waits for a request."""
+
+    __slots__ = ("deadline", "reader", "server", "task", "writer")
+
+    def __init__(
+        self, server: LoopServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.task = asyncio.current_task()
+        self.deadline: asyncio.Timeout | None = None  # while waiting for the next request
+
+    def close_if_idle(self) -> None:
+        deadline = self.deadline
+        if deadline is not None and not deadline.expired():
+            deadline.reschedule(self.server.loop.time())
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
+        if self.task is not None:
+            self.task.cancel()
+
+    async def serve(self) -> None:
+        server, metrics, reader, writer = self.server, self.server.metrics, self.reader, self.writer
+        settings = server.settings
+        framer = make_framer(settings.framing, settings.max_message_bytes)
+        lines = settings.framing == "lines"
+        first_read = settings.max_message_bytes + 1  # oneshot: the first read is the message
+        loop = server.loop
+        while True:
+            # Shutting down: answer what the client has sent already, wait for nothing more.
+            when = loop.time() + (0.0 if server.closing else settings.idle_timeout)
+            try:
+                async with asyncio.timeout_at(when) as self.deadline:
+                    await writer.drain()  # the previous reply: a client that does not read is idle too
+                    message = await (reader.readuntil(NEWLINE) if lines else reader.read(first_read))
+            except TimeoutError:
+                if not server.closing:
+                    metrics.connection_timed_out()
+                    writer.transport.abort()  # nothing is owed to it, not even buffered replies
+                    return
+                break
+            except asyncio.IncompleteReadError:
+                break  # the client is done; a partial line is not a request
+            except asyncio.LimitOverrunError:
+                metrics.not_answered("too_large")
+                await end_with(reader, writer, ERROR_TOO_LARGE)
+                return
+            except OSError as exc:
+                count_connection_error(metrics, exc)
+                return
+            finally:
+                self.deadline = None
+            if lines:
+                message = message[:-1]
+            else:
+                if not message:
+                    break  # closed before it said anything
+                if len(message) > settings.max_message_bytes:
+                    metrics.not_answered("too_large")
+                    await end_with(reader, writer, ERROR_TOO_LARGE)
+                    return
+            started = time.perf_counter()
+            server.in_flight += 1
+            try:
+                await server.work.run_async()
+            except asyncio.CancelledError:  # cut by the drain timeout
+                metrics.not_answered("aborted")
+                raise
+            finally:
+                server.in_flight -= 1
+            if writer.transport.is_closing():
+                metrics.not_answered("aborted")
+                count_connection_error(metrics, reader.exception())
+                return
+            payload, received, non_utf8 = framer.respond([message])
+            writer.write(payload)
+            metrics.answered(1, time.perf_counter() - started, received, len(payload))
+            if non_utf8:
+                metrics.non_utf8(non_utf8)
+            if not lines:
+                break
+        writer.close()
+
+
+async def end_with(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, error: bytes) -> None:
+    """Send an error line and close without a reset (see threaded.send_error)."""
+    writer.write(error)
+    if writer.can_write_eof():
+        writer.write_eof()
+    with contextlib.suppress(TimeoutError, OSError):
+        async with asyncio.timeout(LINGER_SECONDS):
+            while await reader.read(RECV_SIZE):
+                pass  # discard what the client still sends, until it closes
+    writer.close()
+
+
+async def handle(server: LoopServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    conn = StreamConnection(server, reader, writer)
+    try:
+        reason = server.admit(conn)
+        if reason is not None:
+            await end_with(reader, writer, ERROR_SHUTTING_DOWN if reason == "shutdown" else ERROR_BUSY)
+            return
+        try:
+            await conn.serve()
+        finally:
+            server.release(conn)
+    except asyncio.CancelledError:
+        # Cut at the drain timeout, or the loop is closing: the transport is aborted or about to
+        # be. End quietly: Python 3.11's start_server reports a cancelled handler as an error.
+        writer.transport.abort()
+
+
+async def start(server: LoopServer, **listen: Any) -> asyncio.Server:
+    # The stream's limit is the longest line readuntil() accepts: --max-message-bytes.
+    limit = server.settings.max_message_bytes
+    return await asyncio.start_server(lambda r, w: handle(server, r, w), limit=limit, **listen)

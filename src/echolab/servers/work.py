@@ -1,0 +1,247 @@
+"""The simulated work of one request, the same in every server: CPU, then a blocking call, then IO.
+
+* **CPU** (``--cpu-ms``): a pure-Python loop that holds the GIL, as parsing,
+  templating and serialising do. It runs a number of iterations of a fixed
+  kernel, calibrated once at start-up: the kernel is timed with
+  ``time.thread_time`` (this thread's CPU time, so preemption by other
+  processes does not count) over :data:`CALIBRATION_ROUNDS` rounds of at
+  least :data:`CALIBRATION_ROUND_SECONDS` each, and the fastest round sets
+  the iterations per request. The fastest, not the median: a core shared
+  with a busy neighbour (a hyperthread sibling, a noisy machine) runs the
+  same instructions up to twice as slowly, and a server calibrated in such a
+  moment would do too little work once it passed. So ``--cpu-ms`` is what
+  the work costs on a core of its own; on a loaded machine it costs more, as
+  real work does. The log says what it found.
+* **Blocking** (``--blocking-ms``): ``time.sleep``, standing for a call into a
+  sync driver. A thread waits it out, as it waits out IO. An event loop
+  either stalls through it (``--offload none``, the classic mistake) or hands
+  it to a bounded pool of ``--offload-threads`` threads (``--offload thread``),
+  which is what ``asyncio.to_thread`` and ``loop.run_in_executor`` do.
+* **IO** (``--delay-ms``): awaited on an event loop, slept through in a
+  thread; fixed, or drawn per request from an exponential distribution with
+  that mean (``--delay-distribution exponential``), for the long tail of real IO.
+
+The offload pool's size: asyncio's default executor has ``min(32, cores + 4)``
+threads, 6 on a two-core machine, which caps 20 ms blocking calls at 300 a
+second whatever the load. The default here is 32, the default executor's
+ceiling: a fixed number, so a run means the same on every machine, and
+enough that the pool, not the loop, is what the offload scenario measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from ..runtime import log
+from ..settings import OffloadSettings, ServeSettings
+
+CALIBRATION_ROUNDS = 10
+CALIBRATION_ROUND_SECONDS = 0.01
+
+
+def spin(iterations: int) -> int:
+    """The CPU kernel: integer arithmetic in a Python loop, nothing the interpreter can skip."""
+    x = 1
+    for i in range(iterations):
+        x = (x * 1103515245 + i) & 0xFFFFFFFF
+    return x
+
+
+@functools.cache
+def iterations_per_second() -> float:
+    """How many kernel iterations this interpreter runs per second of its thread's CPU time."""
+    iterations = 1000
+    while True:  # grow a round until it is long enough to time
+        started = time.thread_time()
+        spin(iterations)
+        if time.thread_time() - started >= CALIBRATION_ROUND_SECONDS:
+            break
+        iterations *= 2
+    fastest = math.inf
+    for _ in range(CALIBRATION_ROUNDS):
+        started = time.thread_time()
+        spin(iterations)
+        fastest = min(fastest, time.thread_time() - started)
+    return iterations / fastest
+
+
+PoolChanged = Callable[[int, int], None]  # (threads busy, tasks queued)
+
+
+class OffloadPool:
+    """A bounded thread pool for blocking calls that counts its threads busy and its tasks queued.
+
+    ``submitted`` is only written by the event loop's thread; ``started`` and
+    ``finished`` by the pool's threads, under a lock (``+=`` is not atomic
+    across threads). ``on_change``, if given, hears every change (the HTTP
+    servers' gauges); the TCP servers read the counts when scraped.
+    """
+
+    def __init__(self, threads: int, on_change: PoolChanged | None = None) -> None:
+        self.threads = threads
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="offload")
+        self.on_change = on_change
+        self._lock = threading.Lock()
+        self.submitted = self.started = self.finished = 0
+
+    @property
+    def busy(self) -> int:
+        return self.started - self.finished
+
+    @property
+    def queued(self) -> int:
+        return self.submitted - self.started
+
+    def submit(self, seconds: float) -> Future[None]:
+        """Sleep ``seconds`` in a pool thread."""
+        self.submitted += 1
+        self._changed()
+        return self.executor.submit(self._block, seconds)
+
+    def _block(self, seconds: float) -> None:
+        with self._lock:
+            self.started += 1
+            self._changed()
+        try:
+            time.sleep(seconds)
+        finally:
+            with self._lock:
+                self.finished += 1
+                self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self.busy, self.queued)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def info(settings: ServeSettings) -> dict[str, str]:
+    """The work model in force, for ``echo_server_info``."""
+    labels = {
+        "delay_ms": f"{settings.delay_ms:g}",
+        "delay_distribution": settings.delay_distribution,
+        "cpu_ms": f"{settings.cpu_ms:g}",
+        "blocking_ms": f"{settings.blocking_ms:g}",
+    }
+    if isinstance(settings, OffloadSettings):
+        labels |= {"offload": settings.offload, "offload_threads": str(settings.offload_threads)}
+    return labels
+
+
+Record = Callable[[float, float, float], None]  # seconds of (cpu, blocking, io) work done
+
+
+def _no_record(cpu: float, blocking: float, io: float) -> None:
+    pass
+
+
+class Work:
+    """One request's work, as the settings say; ``record`` counts it once it is done.
+
+    Three ways to run it, one per kind of server: :meth:`run` in a thread,
+    :meth:`run_async` in a coroutine, and :meth:`start` then :meth:`finish` in
+    callbacks (the protocol server, whose IO is its own coalesced timer).
+    """
+
+    def __init__(
+        self, settings: ServeSettings, record: Record = _no_record, on_pool_change: PoolChanged | None = None
+    ) -> None:
+        self.cpu_seconds = settings.cpu_ms / 1000.0
+        self.blocking = settings.blocking_ms / 1000.0
+        self.io_mean = settings.delay_ms / 1000.0
+        self.exponential = settings.delay_distribution == "exponential" and self.io_mean > 0
+        self.record = record
+        self.pool: OffloadPool | None = None
+        if isinstance(settings, OffloadSettings) and settings.offload == "thread" and self.blocking:
+            self.pool = OffloadPool(settings.offload_threads, on_pool_change)
+        self.iterations = 0
+        self.before_io = bool(self.cpu_seconds or self.blocking)  # anything to do before the IO
+        if self.cpu_seconds:
+            rate = iterations_per_second()
+            self.iterations = max(1, round(rate * self.cpu_seconds))
+            log.info(
+                "cpu work: %d iterations per request for %gms (calibrated: %.0f iterations per ms "
+                "of thread CPU time, the fastest of %d rounds)",
+                self.iterations, settings.cpu_ms, rate / 1000, CALIBRATION_ROUNDS,
+            )  # fmt: skip
+
+    @property
+    def offloaded(self) -> bool:
+        return self.pool is not None
+
+    def io(self) -> float:
+        """This request's IO time, in seconds."""
+        return random.expovariate(1.0 / self.io_mean) if self.exponential else self.io_mean
+
+    def cpu(self) -> None:
+        if self.iterations:
+            spin(self.iterations)
+
+    def _block_here(self) -> None:
+        if self.blocking:
+            time.sleep(self.blocking)
+
+    # --- in a thread --------------------------------------------------------
+
+    def run(self) -> None:
+        """All of it in the calling thread: compute, block, sleep through the IO."""
+        self.cpu()
+        self._block_here()
+        io = self.io()
+        if io:
+            time.sleep(io)
+        self.record(self.cpu_seconds, self.blocking, io)
+
+    # --- in a coroutine -----------------------------------------------------
+
+    async def run_async(self) -> None:
+        """On an event loop: compute, block (on the loop, or in the pool), await the IO."""
+        self.cpu()
+        if self.pool is not None:
+            await asyncio.wrap_future(self.pool.submit(self.blocking))
+        else:
+            self._block_here()
+        io = self.io()
+        if io:
+            await asyncio.sleep(io)
+        self.record(self.cpu_seconds, self.blocking, io)
+
+    # --- in callbacks -------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop, then: Callable[[], None]) -> bool:
+        """Compute and block; True if done, else ``then()`` runs on ``loop`` once the pool is done."""
+        self.cpu()
+        if self.pool is None:
+            self._block_here()
+            return True
+
+        def done(future: Future[None]) -> None:
+            if not future.cancelled():  # cancelled: the server is stopping
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(then)
+
+        self.pool.submit(self.blocking).add_done_callback(done)
+        return False
+
+    def finish(self, io: float) -> None:
+        """Count a request whose IO of ``io`` seconds is over."""
+        self.record(self.cpu_seconds, self.blocking, io)
+
+    def shutdown(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def describe(settings: ServeSettings) -> str:
+    """The work model in one log line's words."""
+    return " ".join(f"{name}={value}" for name, value in info(settings).items())
