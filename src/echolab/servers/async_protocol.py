@@ -12,13 +12,19 @@ after another, each with its own due time, so replies keep their order.
 from __future__ import annotations
 
 import asyncio
-import collections
 import math
 import time
 from typing import Any
 
-from ..protocol import ERROR_BUSY, ERROR_SHUTTING_DOWN, ERROR_TOO_LARGE, MessageTooLarge, make_framer
-from .event_loop import LINGER_SECONDS, LoopServer, count_connection_error
+from ..protocol import (
+    ERROR_BUSY,
+    ERROR_REQUEST_TIMEOUT,
+    ERROR_SHUTTING_DOWN,
+    ERROR_TOO_LARGE,
+    MessageTooLarge,
+    make_framer,
+)
+from .event_loop import HIGH_WATER, LINGER_SECONDS, LOW_WATER, LoopServer, count_connection_error
 
 TICK = 0.001  # timer coalescing granularity, seconds
 
@@ -50,22 +56,37 @@ class DelayQueue:
 
 
 class EchoProtocol(asyncio.Protocol):
+    """One connection: its requests taken from the framer one at a time, worked on in order.
+
+    Backpressure: reading pauses once the connection holds more than
+    HIGH_WATER bytes (requests read and not yet answered, plus replies the
+    client has not taken), and resumes once the requests are down to
+    LOW_WATER and the transport's buffer has drained to its low mark.
+    Deadlines: ``due``, in loop time, is the deadline in force and ``why``
+    its reason; :func:`sweep` ends the connection once it has passed.
+    """
+
     __slots__ = (
         "client_done",
         "delays",
-        "failed",
+        "due",
+        "ending",
         "framer",
         "io",
-        "last_read",
         "message",
         "metrics",
         "pending",
-        "queue",
+        "reading",
         "refused",
         "server",
+        "stalled",
         "started",
+        "timed_out",
         "transport",
+        "unsent",
+        "why",
         "work",
+        "writing",
     )
 
     def __init__(self, server: LoopServer, delays: DelayQueue) -> None:
@@ -74,53 +95,75 @@ class EchoProtocol(asyncio.Protocol):
         self.metrics = server.metrics
         self.work = server.work
         self.framer = make_framer(server.settings.framing, server.settings.max_message_bytes)
-        self.queue: collections.deque[bytes] = collections.deque()  # read, work not started
         self.message: bytes | None = None  # the request in work
         self.started = self.io = 0.0
-        self.pending = 0  # requests read, not yet answered: the queue and the one in work
-        self.failed = False
+        self.pending = 0  # requests read, not yet answered: those in the framer and the one in work
+        self.reading = self.writing = True  # not paused by backpressure; the transport not full
+        self.ending = False  # an error line is out (or the client is refused): no more requests
         self.refused = False
         self.client_done = False
+        self.timed_out = False  # counted in echo_connections_timed_out_total (once)
+        self.due, self.why = math.inf, "idle"
+        self.unsent, self.stalled = 0, 0.0  # the sweep's view of the replies not taken
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        self.last_read = self.server.loop.time()
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         reason = self.server.admit(self)
         if reason is not None:
             self.refused = True
             self._end_with(ERROR_SHUTTING_DOWN if reason == "shutdown" else ERROR_BUSY)
+            return
+        self.stalled = self.server.loop.time()
+        self.due = self.stalled + self.server.settings.idle_timeout  # its first byte
 
     def data_received(self, data: bytes) -> None:
-        if self.failed or self.refused:
+        if self.ending:
             return  # lingering: discard until the client closes or the linger ends
-        self.last_read = self.server.loop.time()
-        try:
-            messages = self.framer.feed(data)
-        except MessageTooLarge as exc:
-            messages, self.failed = exc.complete, True
-        if messages:
-            self.queue.extend(messages)
-            self.pending += len(messages)
-            self.server.in_flight += len(messages)
-            if self.message is None:
-                self._next()
-        if self.framer.closes_after_reply:
+        framer = self.framer
+        count = framer.feed(data)
+        if count:
+            self.pending += count
+            self.server.in_flight += count
+        if framer.closes_after_reply:
             self.transport.pause_reading()
-        if self.failed and not self.pending:
-            self._fail_too_large()
+        if self.message is None:
+            self._next()
+        if framer.buffered + self.transport.get_write_buffer_size() > HIGH_WATER and self.reading:
+            self.reading = False
+            self.transport.pause_reading()
 
     # --- one request at a time: CPU and blocking work, then the IO timer, then the reply
 
     def _next(self) -> None:
-        """Work on the queued requests in order; those with nothing to wait for are answered here."""
+        """Work on the requests read, in order; those with nothing to wait for are answered here."""
         work = self.work
-        while self.queue:
-            self.message = self.queue.popleft()
+        while True:
+            try:
+                message = self.framer.next()
+            except MessageTooLarge:
+                self._fail_too_large()
+                return
+            if message is None:
+                self._wait_for_request()
+                return
+            self.message = message
+            self.due = math.inf  # in work: the server's time, not the client's
             self.started = time.perf_counter()
             if work.before_io and not work.start(self.server.loop, self._blocked):
                 return  # the blocking call is in the offload pool: _blocked goes on
             if not self._wait_io():
                 return  # io_done goes on
+
+    def _wait_for_request(self) -> None:
+        """Nothing to work on: set the deadline of the wait for the next request."""
+        if not self.framer.buffered:
+            self.due, self.why = self.server.loop.time() + self.server.settings.idle_timeout, "idle"
+        elif self.why != "request_deadline" or self.due == math.inf:
+            # A line has begun (in this read, or while the work before it ran): it has the
+            # request timeout from now. One that goes on trickling keeps its deadline.
+            self.due = self.server.loop.time() + self.server.settings.request_timeout
+            self.why = "request_deadline"
 
     def _blocked(self) -> None:
         if self._wait_io():
@@ -157,19 +200,31 @@ class EchoProtocol(asyncio.Protocol):
                     self.metrics.non_utf8(non_utf8)
                 if not self.pending:
                     self._done()
+                elif not self.reading:
+                    self._resume()
                 return
-        # The client is gone: this request and those queued behind it are not answered.
-        self.metrics.not_answered("aborted", 1 + len(self.queue))
-        self.server.in_flight -= len(self.queue)
-        self.pending -= len(self.queue)
-        self.queue.clear()
+        # The client is gone: this request and those read behind it are not answered.
+        self.metrics.not_answered("aborted", 1 + self.pending)
+        self._drop_pending()
+
+    def _drop_pending(self) -> None:
+        self.server.in_flight -= self.pending
+        self.pending = 0
+        self.framer.clear()
 
     def _done(self) -> None:
         """Every request read is answered: end the connection if that is what comes next."""
-        if self.failed:
-            self._fail_too_large()
-        elif self.framer.closes_after_reply or self.client_done or self.server.closing:
+        if self.framer.closes_after_reply or self.client_done or self.server.closing:
+            self.framer.clear()  # a line begun is not a request, and none is taken any more
             self.transport.close()
+        elif not self.reading:
+            self._resume()
+
+    def _resume(self) -> None:
+        """Read again once the requests held are down to the low mark and the transport can take more."""
+        if self.writing and not self.ending and self.framer.buffered <= LOW_WATER:
+            self.reading = True
+            self.transport.resume_reading()
 
     # --- the connection -----------------------------------------------------
 
@@ -180,12 +235,16 @@ class EchoProtocol(asyncio.Protocol):
         return bool(self.pending)
 
     def pause_writing(self) -> None:
-        # The client is not reading its replies: stop reading its requests too.
-        self.transport.pause_reading()
+        # The client is not taking its replies: stop reading its requests too.
+        self.writing = False
+        if self.reading:
+            self.reading = False
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if not (self.failed or self.refused or self.framer.closes_after_reply):
-            self.transport.resume_reading()
+        self.writing = True
+        if not self.framer.closes_after_reply:
+            self._resume()
 
     def connection_lost(self, exc: Exception | None) -> None:
         count_connection_error(self.metrics, exc)
@@ -199,40 +258,69 @@ class EchoProtocol(asyncio.Protocol):
     def abort(self) -> None:
         self.transport.abort()
 
+    # --- deadlines and errors -------------------------------------------------
+
+    def check(self, now: float, idle_timeout: float) -> None:
+        """The sweep's visit: end the connection if a deadline has passed."""
+        unsent = self.transport.get_write_buffer_size()
+        if unsent:
+            # A reply being written is not idle; but one the client takes none of for the idle
+            # timeout ends the connection, with abort(): close() would wait for it for ever.
+            if unsent < self.unsent:
+                self.stalled = now
+            self.unsent = unsent
+            if now - self.stalled > idle_timeout:
+                self._time_out("not_reading")
+                self.transport.abort()
+            return
+        self.unsent, self.stalled = 0, now
+        if now <= self.due:
+            return
+        self._time_out(self.why)
+        if self.why == "request_deadline":
+            self._end_with(ERROR_REQUEST_TIMEOUT)
+        else:
+            self.transport.close()
+
+    def _time_out(self, reason: str) -> None:
+        if not self.timed_out:
+            self.timed_out = True
+            self.metrics.connection_timed_out(reason)
+        self.due = math.inf
+
     def _fail_too_large(self) -> None:
         self.metrics.not_answered("too_large")
+        self._drop_pending()  # the long request and any read behind it: never answered
         self._end_with(ERROR_TOO_LARGE)
 
     def _end_with(self, error: bytes) -> None:
         """Send an error line and close without a reset (see threaded.send_error)."""
+        self.ending, self.due = True, math.inf
         transport = self.transport
         transport.write(error)
         if transport.can_write_eof():
             transport.write_eof()
-        # oneshot paused reading; read again so the lingering discards what
-        # the client still sends and sees its EOF (then the transport closes
-        # at once) instead of holding the connection for the whole linger.
+        # Read again (oneshot and backpressure pause reading) so that the lingering
+        # discards what the client still sends and sees its EOF (then the transport
+        # closes at once) instead of holding the connection for the whole linger.
         transport.resume_reading()
         self.server.loop.call_later(LINGER_SECONDS, transport.close)
 
 
-def sweep_idle(server: LoopServer) -> None:
-    """Close connections idle past the timeout; one pass per tick for all of them."""
-    timeout = server.settings.idle_timeout
-    deadline = server.loop.time() - timeout
-    idle = [
-        conn
-        for conn in server.connections
-        if isinstance(conn, EchoProtocol) and not conn.pending and conn.last_read < deadline
-    ]
-    for proto in idle:
-        server.metrics.connection_timed_out()
-        proto.transport.close()
-    server.loop.call_later(min(1.0, timeout / 4), sweep_idle, server)
+def sweep(server: LoopServer) -> None:
+    """Check every connection's deadlines, once per tick for all of them: a float per connection
+    and one pass, where a timer per connection and per request would cost every request."""
+    settings = server.settings
+    now = server.loop.time()
+    for conn in list(server.connections):
+        if isinstance(conn, EchoProtocol):
+            conn.check(now, settings.idle_timeout)
+    tick = min(1.0, settings.idle_timeout / 4, settings.request_timeout / 4)
+    server.loop.call_later(tick, sweep, server)
 
 
 async def start(server: LoopServer, **listen: Any) -> asyncio.Server:
     delays = DelayQueue(server.loop)
     listener = await server.loop.create_server(lambda: EchoProtocol(server, delays), **listen)
-    sweep_idle(server)
+    sweep(server)
     return listener

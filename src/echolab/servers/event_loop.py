@@ -26,6 +26,11 @@ from . import work as work_module
 from .work import Work
 
 LINGER_SECONDS = 1.0
+# Backpressure, per connection: past HIGH_WATER bytes held (requests read and not yet answered,
+# replies not yet taken by the client), the server stops reading from it until they drain to
+# LOW_WATER. asyncio's and uvloop's own marks for a transport's write buffer, made explicit.
+HIGH_WATER = 64 * 1024
+LOW_WATER = HIGH_WATER // 4
 LAG_PROBE_INTERVAL = 0.25
 FD_PROBE_INTERVAL = 1.0
 
