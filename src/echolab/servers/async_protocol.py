@@ -62,14 +62,18 @@ class EchoProtocol(asyncio.Protocol):
     HIGH_WATER bytes (requests read and not yet answered, plus replies the
     client has not taken), and resumes once the requests are down to
     LOW_WATER and the transport's buffer has drained to its low mark.
-    Deadlines: ``due``, in loop time, is the deadline in force and ``why``
-    its reason; :func:`sweep` ends the connection once it has passed.
+
+    Deadlines cost a request nothing but ``answered += 1``: :func:`sweep`
+    looks at every connection once a tick, sees what it waits for (its first
+    byte or its next request, the rest of a line begun, a client to take its
+    replies, or nothing: a request in work) and since when, as far as one
+    tick tells, and ends it once that has lasted too long.
     """
 
     __slots__ = (
+        "answered",
         "client_done",
         "delays",
-        "due",
         "ending",
         "framer",
         "io",
@@ -78,13 +82,14 @@ class EchoProtocol(asyncio.Protocol):
         "pending",
         "reading",
         "refused",
+        "seen",
         "server",
-        "stalled",
+        "since",
         "started",
         "timed_out",
         "transport",
         "unsent",
-        "why",
+        "waiting",
         "work",
         "writing",
     )
@@ -102,9 +107,11 @@ class EchoProtocol(asyncio.Protocol):
         self.ending = False  # an error line is out (or the client is refused): no more requests
         self.refused = False
         self.client_done = False
-        self.timed_out = False  # counted in echo_connections_timed_out_total (once)
-        self.due, self.why = math.inf, "idle"
-        self.unsent, self.stalled = 0, 0.0  # the sweep's view of the replies not taken
+        self.answered = 0  # replies written
+        # The sweep's view: what the connection waits for, since when, having answered how many;
+        # the replies it has not taken. Ended on a deadline: counted once.
+        self.waiting, self.since, self.seen, self.unsent = "idle", 0.0, 0, 0
+        self.timed_out = False
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -114,8 +121,7 @@ class EchoProtocol(asyncio.Protocol):
             self.refused = True
             self._end_with(ERROR_SHUTTING_DOWN if reason == "shutdown" else ERROR_BUSY)
             return
-        self.stalled = self.server.loop.time()
-        self.due = self.stalled + self.server.settings.idle_timeout  # its first byte
+        self.since = self.server.loop.time()  # the wait for its first byte
 
     def data_received(self, data: bytes) -> None:
         if self.ending:
@@ -129,7 +135,13 @@ class EchoProtocol(asyncio.Protocol):
             self.transport.pause_reading()
         if self.message is None:
             self._next()
-        if framer.buffered + self.transport.get_write_buffer_size() > HIGH_WATER and self.reading:
+        # Requests pile up only behind one in work; otherwise the framer holds at most an
+        # unfinished line (up to the size limit), and a full transport pauses reading itself.
+        if (
+            self.message is not None
+            and self.reading
+            and framer.buffered + self.transport.get_write_buffer_size() > HIGH_WATER
+        ):
             self.reading = False
             self.transport.pause_reading()
 
@@ -137,33 +149,21 @@ class EchoProtocol(asyncio.Protocol):
 
     def _next(self) -> None:
         """Work on the requests read, in order; those with nothing to wait for are answered here."""
-        work = self.work
+        work, framer = self.work, self.framer
         while True:
             try:
-                message = self.framer.next()
-            except MessageTooLarge:
+                message = framer.next()
+            except MessageTooLarge:  # that one, or the line begun already
                 self._fail_too_large()
                 return
             if message is None:
-                self._wait_for_request()
                 return
             self.message = message
-            self.due = math.inf  # in work: the server's time, not the client's
             self.started = time.perf_counter()
             if work.before_io and not work.start(self.server.loop, self._blocked):
                 return  # the blocking call is in the offload pool: _blocked goes on
             if not self._wait_io():
                 return  # io_done goes on
-
-    def _wait_for_request(self) -> None:
-        """Nothing to work on: set the deadline of the wait for the next request."""
-        if not self.framer.buffered:
-            self.due, self.why = self.server.loop.time() + self.server.settings.idle_timeout, "idle"
-        elif self.why != "request_deadline" or self.due == math.inf:
-            # A line has begun (in this read, or while the work before it ran): it has the
-            # request timeout from now. One that goes on trickling keeps its deadline.
-            self.due = self.server.loop.time() + self.server.settings.request_timeout
-            self.why = "request_deadline"
 
     def _blocked(self) -> None:
         if self._wait_io():
@@ -195,6 +195,7 @@ class EchoProtocol(asyncio.Protocol):
             # A write that fails at once closes the transport: the client reset the
             # connection. With oneshot, reading is paused, so the write is the first to notice.
             if not transport.is_closing():
+                self.answered += 1
                 self.metrics.answered(1, now - self.started, received, len(payload))
                 if non_utf8:
                     self.metrics.non_utf8(non_utf8)
@@ -260,33 +261,41 @@ class EchoProtocol(asyncio.Protocol):
 
     # --- deadlines and errors -------------------------------------------------
 
-    def check(self, now: float, idle_timeout: float) -> None:
-        """The sweep's visit: end the connection if a deadline has passed."""
+    def check(self, now: float, idle_timeout: float, request_timeout: float) -> None:
+        """The sweep's visit: end the connection if what it waits for has lasted too long."""
         unsent = self.transport.get_write_buffer_size()
         if unsent:
             # A reply being written is not idle; but one the client takes none of for the idle
             # timeout ends the connection, with abort(): close() would wait for it for ever.
-            if unsent < self.unsent:
-                self.stalled = now
+            if self.waiting != "not_reading" or unsent < self.unsent:
+                self.waiting, self.since = "not_reading", now
             self.unsent = unsent
-            if now - self.stalled > idle_timeout:
+            if now - self.since > idle_timeout:
                 self._time_out("not_reading")
                 self.transport.abort()
             return
-        self.unsent, self.stalled = 0, now
-        if now <= self.due:
-            return
-        self._time_out(self.why)
-        if self.why == "request_deadline":
-            self._end_with(ERROR_REQUEST_TIMEOUT)
+        self.unsent = 0
+        if self.pending or self.ending:
+            waiting = "work"  # the server's time; or an error line's linger, bounded on its own
+        elif self.framer.buffered:
+            waiting = "request_deadline"  # the rest of a line begun
         else:
+            waiting = "idle"
+        if waiting != self.waiting or self.answered != self.seen:
+            # A new wait began since the last visit (a reply went out, a line began).
+            self.waiting, self.seen, self.since = waiting, self.answered, now
+            return
+        if waiting == "idle" and now - self.since > idle_timeout:
+            self._time_out("idle")
             self.transport.close()
+        elif waiting == "request_deadline" and now - self.since > request_timeout:
+            self._time_out("request_deadline")
+            self._end_with(ERROR_REQUEST_TIMEOUT)
 
     def _time_out(self, reason: str) -> None:
         if not self.timed_out:
             self.timed_out = True
             self.metrics.connection_timed_out(reason)
-        self.due = math.inf
 
     def _fail_too_large(self) -> None:
         self.metrics.not_answered("too_large")
@@ -295,7 +304,7 @@ class EchoProtocol(asyncio.Protocol):
 
     def _end_with(self, error: bytes) -> None:
         """Send an error line and close without a reset (see threaded.send_error)."""
-        self.ending, self.due = True, math.inf
+        self.ending = True
         transport = self.transport
         transport.write(error)
         if transport.can_write_eof():
@@ -308,13 +317,15 @@ class EchoProtocol(asyncio.Protocol):
 
 
 def sweep(server: LoopServer) -> None:
-    """Check every connection's deadlines, once per tick for all of them: a float per connection
-    and one pass, where a timer per connection and per request would cost every request."""
+    """Check every connection's deadlines, once per tick for all of them, where a timer per
+    connection and per request would cost every request. A wait is seen to begin at the first
+    visit after it did, and to last too long at the first visit after that: deadlines are met
+    to within two ticks, never early."""
     settings = server.settings
     now = server.loop.time()
     for conn in list(server.connections):
         if isinstance(conn, EchoProtocol):
-            conn.check(now, settings.idle_timeout)
+            conn.check(now, settings.idle_timeout, settings.request_timeout)
     tick = min(1.0, settings.idle_timeout / 4, settings.request_timeout / 4)
     server.loop.call_later(tick, sweep, server)
 
