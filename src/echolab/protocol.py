@@ -127,16 +127,6 @@ class LineFramer(_Framer):
         """Bytes kept and not yet taken: whole requests, then the unfinished line."""
         return len(self._buffer) - self._start
 
-    def unfinished(self) -> int:
-        """Bytes of the line begun and not yet whole, once every whole one is taken.
-
-        MessageTooLarge if it is over the limit already.
-        """
-        size = len(self._buffer) - self._start
-        if size > self.max_size:
-            raise MessageTooLarge
-        return size
-
     def clear(self) -> None:
         """Drop what is kept: the connection ends without answering it."""
         self._buffer, self._start = b"", 0
@@ -167,9 +157,6 @@ class OneshotFramer(_Framer):
     @property
     def buffered(self) -> int:
         return len(self._message) if self._message is not None else 0
-
-    def unfinished(self) -> int:
-        return 0  # the first read is the message, whole
 
     def clear(self) -> None:
         self._message = None
