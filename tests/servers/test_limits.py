@@ -7,7 +7,8 @@ import resource
 import time
 
 import pytest
-from support.wire import framed
+from support.attack import trickling
+from support.wire import Connection, framed
 
 
 def test_silent_client_is_closed_after_the_idle_timeout(start_server, variant):
@@ -58,6 +59,15 @@ def test_half_a_line_then_silence_gets_an_error_at_the_request_deadline(start_se
         "echo_received_bytes_total": len(b"answered\n"),
     }
     assert delta.counts(expected) == expected
+
+
+@pytest.mark.framing("lines")
+def test_a_line_slower_than_the_idle_timeout_is_answered_within_the_request_timeout(start_server, variant):
+    """The idle timeout is for waiting for a request; a line begun has the request timeout."""
+    server = start_server(variant, "--idle-timeout", "0.5", "--request-timeout", "10")
+    with trickling(server.port, b"slow line\n", every=0.2) as trickle:  # 2 s for the line
+        assert Connection(trickle.sock).line() == b"SLOW LINE\n"
+        assert trickle.sent == len(b"slow line\n")
 
 
 def test_a_request_in_work_is_never_timed_out(start_server, variant):

@@ -63,11 +63,12 @@ class EchoProtocol(asyncio.Protocol):
     client has not taken), and resumes once the requests are down to
     LOW_WATER and the transport's buffer has drained to its low mark.
 
-    Deadlines cost a request nothing but ``answered += 1``: :func:`sweep`
-    looks at every connection once a tick, sees what it waits for (its first
-    byte or its next request, the rest of a line begun, a client to take its
-    replies, or nothing: a request in work) and since when, as far as one
-    tick tells, and ends it once that has lasted too long.
+    Deadlines cost a request nothing but ``answered += 1``: the sweep
+    (:meth:`.LoopServer.sweep`) visits every connection once a tick, sees
+    what it waits for (its first byte or its next request, the rest of a
+    line begun, a client to take its replies, or nothing: a request in work)
+    and since when, as far as one tick tells, and ends it once that has
+    lasted too long.
     """
 
     __slots__ = (
@@ -261,8 +262,15 @@ class EchoProtocol(asyncio.Protocol):
 
     # --- deadlines and errors -------------------------------------------------
 
-    def check(self, now: float, idle_timeout: float, request_timeout: float) -> None:
-        """The sweep's visit: end the connection if what it waits for has lasted too long."""
+    def check(self, now: float) -> None:
+        """The sweep's visit: end the connection if what it waits for has lasted too long.
+
+        A wait is seen to begin at the first visit after it did, and to last
+        too long at the first visit after that: deadlines are met to within
+        two ticks, never early.
+        """
+        settings = self.server.settings
+        idle_timeout, request_timeout = settings.idle_timeout, settings.request_timeout
         unsent = self.transport.get_write_buffer_size()
         if unsent:
             # A reply being written is not idle; but one the client takes none of for the idle
@@ -316,22 +324,6 @@ class EchoProtocol(asyncio.Protocol):
         self.server.loop.call_later(LINGER_SECONDS, transport.close)
 
 
-def sweep(server: LoopServer) -> None:
-    """Check every connection's deadlines, once per tick for all of them, where a timer per
-    connection and per request would cost every request. A wait is seen to begin at the first
-    visit after it did, and to last too long at the first visit after that: deadlines are met
-    to within two ticks, never early."""
-    settings = server.settings
-    now = server.loop.time()
-    for conn in list(server.connections):
-        if isinstance(conn, EchoProtocol):
-            conn.check(now, settings.idle_timeout, settings.request_timeout)
-    tick = min(1.0, settings.idle_timeout / 4, settings.request_timeout / 4)
-    server.loop.call_later(tick, sweep, server)
-
-
 async def start(server: LoopServer, **listen: Any) -> asyncio.Server:
     delays = DelayQueue(server.loop)
-    listener = await server.loop.create_server(lambda: EchoProtocol(server, delays), **listen)
-    sweep(server)
-    return listener
+    return await server.loop.create_server(lambda: EchoProtocol(server, delays), **listen)
