@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from echolab.protocol import (
     ERROR_BUSY,
+    ERROR_REQUEST_TIMEOUT,
     ERROR_SHUTTING_DOWN,
     ERROR_TOO_LARGE,
     LineFramer,
@@ -29,14 +30,26 @@ MAX_SIZES = st.integers(min_value=0, max_value=40)
 PROPERTY = settings(deadline=None)
 
 
+def take_all(framer: LineFramer | OneshotFramer) -> list[bytes]:
+    """The requests the framer has whole, taken as a server takes them."""
+    taken = []
+    while (message := framer.next()) is not None:
+        taken.append(message)
+    return taken
+
+
 def feed_all(framer: LineFramer, chunks: list[bytes]) -> tuple[list[bytes], bool]:
     """The lines ``chunks`` yield, and whether the framer gave up on one too long."""
     lines: list[bytes] = []
     for chunk in chunks:
+        completed = framer.feed(chunk)
         try:
-            lines += framer.feed(chunk)
-        except MessageTooLarge as exc:
-            return lines + exc.complete, True
+            while (line := framer.next()) is not None:
+                lines.append(line)
+                completed -= 1
+        except MessageTooLarge:
+            return lines, True
+        assert completed == 0  # the count fed says how many lines were taken
     return lines, False
 
 
@@ -56,7 +69,7 @@ def test_transform_examples(message, reply, valid):
     assert transform(message) == (reply, valid)
 
 
-@pytest.mark.parametrize("error", [ERROR_TOO_LARGE, ERROR_BUSY, ERROR_SHUTTING_DOWN])
+@pytest.mark.parametrize("error", [ERROR_TOO_LARGE, ERROR_BUSY, ERROR_SHUTTING_DOWN, ERROR_REQUEST_TIMEOUT])
 def test_error_lines_are_errors(error):
     assert is_error(error)
     assert error.endswith(b"\n")
@@ -65,33 +78,52 @@ def test_error_lines_are_errors(error):
 @pytest.mark.parametrize(
     ("stream", "lines", "partial"),
     [
-        (b"", [], False),
-        (b"\n", [b""], False),
-        (b"a\nb\n", [b"a", b"b"], False),
-        (b"a\nb", [b"a"], True),
-        (b"\r\n", [b"\r"], False),  # only \n ends a line
+        (b"", [], 0),
+        (b"\n", [b""], 0),
+        (b"a\nb\n", [b"a", b"b"], 0),
+        (b"a\nbc", [b"a"], 2),
+        (b"\r\n", [b"\r"], 0),  # only \n ends a line
     ],
 )
 def test_line_framer_examples(stream, lines, partial):
     framer = LineFramer(100)
-    assert framer.feed(stream) == lines
-    assert framer.has_partial == partial
+    assert framer.feed(stream) == len(lines)
+    assert framer.buffered == len(stream)  # nothing is cut out until it is taken
+    assert take_all(framer) == lines
+    assert framer.buffered == partial
+
+
+def test_line_framer_keeps_what_is_not_taken_across_reads():
+    framer = LineFramer(100)
+    assert framer.feed(b"one\ntw") == 1
+    assert framer.feed(b"o\nthr") == 1
+    assert take_all(framer) == [b"one", b"two"]
+    assert framer.feed(b"ee\n") == 1
+    assert take_all(framer) == [b"three"]
+    assert framer.buffered == 0
 
 
 def test_line_framer_limit_is_inclusive():
-    assert LineFramer(3).feed(b"abc\n") == [b"abc"]
-    with pytest.raises(MessageTooLarge) as info:
-        LineFramer(3).feed(b"ok\nabcd\nlater\n")
-    assert info.value.complete == [b"ok"]
+    framer = LineFramer(3)
+    framer.feed(b"abc\nok\nabcd\nlater\n")
+    assert framer.next() == b"abc"
+    assert framer.next() == b"ok"  # the lines before the long one are taken first
     with pytest.raises(MessageTooLarge):
-        LineFramer(3).feed(b"abcd")  # no newline needed to know
+        framer.next()
+    unfinished = LineFramer(3)
+    unfinished.feed(b"abcd")
+    with pytest.raises(MessageTooLarge):
+        unfinished.next()  # no newline needed to know
 
 
 def test_oneshot_framer():
-    assert OneshotFramer(3).feed(b"abc") == [b"abc"]
-    with pytest.raises(MessageTooLarge) as info:
-        OneshotFramer(3).feed(b"abcd")
-    assert info.value.complete == []
+    framer = OneshotFramer(3)
+    assert framer.feed(b"abc") == 1
+    assert framer.buffered == 3
+    assert take_all(framer) == [b"abc"]
+    framer.feed(b"abcd")
+    with pytest.raises(MessageTooLarge):
+        framer.next()
     assert OneshotFramer(3).respond([b"abc"]) == (b"ABC", 3, 0)
 
 

@@ -55,6 +55,8 @@ LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 
 REFUSAL_REASONS = ("max_connections", "shutdown")
 CONNECTION_ERRORS = ("reset", "broken_pipe", "other")
+# Why the server closed a connection on a deadline (docs/server-behavior.md, "Deadlines").
+TIMEOUT_REASONS = ("idle", "request_deadline", "not_reading")
 OUTCOMES = ("ok", "too_large", "aborted")
 WORK_KINDS = ("cpu", "blocking", "io")
 FAILURE_KINDS = (
@@ -171,7 +173,10 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "echo_connections_timed_out",
         "counter",
-        "Connections closed for idling past the idle timeout",
+        "Connections closed on a deadline: idle (nothing received for the idle timeout, first byte "
+        "or between requests), request_deadline (a line not whole within the request timeout), "
+        "not_reading (replies not taken for the idle timeout)",
+        ("server", "reason"),
         exported_by=tcp_servers,
     ),
     MetricSpec(
@@ -336,7 +341,8 @@ class ServerMetrics(Collector):
         self.duration = Buckets(DURATION_BUCKETS)
         self.non_utf8_requests = 0
         self.received_bytes = self.sent_bytes = 0
-        self.opened = self.timed_out = 0
+        self.opened = 0
+        self.timed_out = dict.fromkeys(TIMEOUT_REASONS, 0)
         self.refused = dict.fromkeys(REFUSAL_REASONS, 0)
         self.errors = dict.fromkeys(CONNECTION_ERRORS, 0)
         # Every errno the servers count exists from the start, at 0: a series that appears only
@@ -376,8 +382,8 @@ class ServerMetrics(Collector):
     def connection_refused(self, reason: str) -> None:
         self.refused[reason] += 1
 
-    def connection_timed_out(self) -> None:
-        self.timed_out += 1
+    def connection_timed_out(self, reason: str) -> None:
+        self.timed_out[reason] += 1
 
     def connection_error(self, kind: str) -> None:
         self.errors[kind] += 1
@@ -462,9 +468,9 @@ class ThreadSafeMetrics(ServerMetrics):
         with self.lock:
             super().connection_refused(reason)
 
-    def connection_timed_out(self) -> None:
+    def connection_timed_out(self, reason: str) -> None:
         with self.lock:
-            super().connection_timed_out()
+            super().connection_timed_out(reason)
 
     def connection_error(self, kind: str) -> None:
         with self.lock:
@@ -500,7 +506,7 @@ class NoMetrics(ServerMetrics):
     def connection_refused(self, reason: str) -> None:
         pass
 
-    def connection_timed_out(self) -> None:
+    def connection_timed_out(self, reason: str) -> None:
         pass
 
     def connection_error(self, kind: str) -> None:

@@ -21,18 +21,18 @@ ERROR_PREFIX = b"ERROR "
 ERROR_TOO_LARGE = b"ERROR message too large\n"
 ERROR_BUSY = b"ERROR too many connections\n"
 ERROR_SHUTTING_DOWN = b"ERROR server shutting down\n"
+ERROR_REQUEST_TIMEOUT = b"ERROR request timeout\n"
 
 
 class MessageTooLarge(Exception):
-    """A request (or the unfinished line being buffered) exceeds the limit.
+    """The next request (or the unfinished line being buffered) exceeds the limit.
 
-    ``complete`` holds the requests that arrived before the long one, so a
-    server can still answer them, in order, before the error line.
+    Framers hand out requests one at a time, so the requests before the long
+    one have been taken, and answered, by the time it is found.
     """
 
-    def __init__(self, complete: list[bytes]) -> None:
+    def __init__(self) -> None:
         super().__init__("message too large")
-        self.complete = complete
 
 
 def transform(message: bytes) -> tuple[bytes, bool]:
@@ -79,35 +79,57 @@ class _Framer:
 
 
 class LineFramer(_Framer):
-    """Splits a byte stream into ``\\n``-terminated requests."""
+    """Splits a byte stream into ``\\n``-terminated requests, one at a time.
+
+    What a server has read is kept whole, and a request is cut out of it only
+    when the server takes it (:meth:`next`): a read of 256 KB of two-byte
+    lines costs 256 KB while it waits, not 128,000 bytes objects and the list
+    holding them (some 7 MB).
+    """
 
     closes_after_reply = False
     delimiter = NEWLINE
 
-    __slots__ = ("_partial", "max_size")
+    __slots__ = ("_buffer", "_start", "max_size")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
-        self._partial = b""
+        self._buffer = b""
+        self._start = 0  # where the requests not yet taken begin in _buffer
+
+    def feed(self, data: bytes) -> int:
+        """Keep ``data``; return how many requests it completes."""
+        if self._start < len(self._buffer):
+            self._buffer = self._buffer[self._start :] + data
+        else:
+            self._buffer = data
+        self._start = 0
+        return data.count(NEWLINE)
+
+    def next(self) -> bytes | None:
+        """The next request, without its ``\\n``; None until one is complete.
+
+        MessageTooLarge if it is over the limit, or if the unfinished line already is.
+        """
+        buffer, start = self._buffer, self._start
+        end = buffer.find(NEWLINE, start)
+        if end < 0:
+            if len(buffer) - start > self.max_size:
+                raise MessageTooLarge
+            return None
+        if end - start > self.max_size:
+            raise MessageTooLarge
+        self._start = end + 1
+        return buffer[start:end]
 
     @property
-    def has_partial(self) -> bool:
-        return bool(self._partial)
+    def buffered(self) -> int:
+        """Bytes kept and not yet taken: whole requests, then the unfinished line."""
+        return len(self._buffer) - self._start
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Return the lines completed by ``data``, without their ``\\n``."""
-        if self._partial:
-            data = self._partial + data
-        lines = data.split(NEWLINE)
-        self._partial = lines.pop()
-        limit = self.max_size
-        if len(data) > limit:  # otherwise no line can be over it: skip the scan
-            for index, line in enumerate(lines):
-                if len(line) > limit:
-                    raise MessageTooLarge(lines[:index])
-            if len(self._partial) > limit:
-                raise MessageTooLarge(lines)
-        return lines
+    def clear(self) -> None:
+        """Drop what is kept: the connection ends without answering it."""
+        self._buffer, self._start = b"", 0
 
 
 class OneshotFramer(_Framer):
@@ -115,17 +137,29 @@ class OneshotFramer(_Framer):
 
     closes_after_reply = True
     delimiter = b""
-    has_partial = False
 
-    __slots__ = ("max_size",)
+    __slots__ = ("_message", "max_size")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
+        self._message: bytes | None = None
 
-    def feed(self, data: bytes) -> list[bytes]:
-        if len(data) > self.max_size:
-            raise MessageTooLarge([])
-        return [data]
+    def feed(self, data: bytes) -> int:
+        self._message = data
+        return 1
+
+    def next(self) -> bytes | None:
+        message, self._message = self._message, None
+        if message is not None and len(message) > self.max_size:
+            raise MessageTooLarge
+        return message
+
+    @property
+    def buffered(self) -> int:
+        return len(self._message) if self._message is not None else 0
+
+    def clear(self) -> None:
+        self._message = None
 
 
 Framer = LineFramer | OneshotFramer

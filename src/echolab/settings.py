@@ -337,14 +337,15 @@ class ServeSettings(Settings):
     idle_timeout: float = setting(
         30.0,
         "close a connection that sends nothing for this long while no request is under way: "
-        "before its first request, and between requests (keep-alive)",
+        "before its first request, and between requests (keep-alive); or that takes none of its "
+        "replies for this long",
         unit="s",
         check=above(0),
     )
     request_timeout: float = setting(
         10.0,
         "a request (a line; HTTP headers and body) must arrive whole within this from its first byte, "
-        "however slowly it trickles; else an error (HTTP 408) and a close",
+        "however slowly it trickles; else an error (TCP: ERROR request timeout; HTTP: 408) and a close",
         unit="s",
         check=above(0),
     )

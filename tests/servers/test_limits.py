@@ -1,4 +1,4 @@
-"""Limits: idle clients, too many connections, running out of file descriptors."""
+"""Limits: deadlines, too many connections, running out of file descriptors (see also test_hostile)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import resource
 import time
 
 import pytest
-from support.wire import framed
+from support.attack import trickling
+from support.wire import Connection, framed
 
 
 def test_silent_client_is_closed_after_the_idle_timeout(start_server, variant):
@@ -17,6 +18,7 @@ def test_silent_client_is_closed_after_the_idle_timeout(start_server, variant):
         assert conn.outcome() == b""  # closed, without a word
     delta = server.idle_metrics() - before
     expected = {
+        'echo_connections_timed_out_total{reason="idle"}': 1,
         "echo_connections_timed_out_total": 1,
         "echo_connections_opened_total": 1,
         'echo_requests_total{outcome="ok"}': 0,
@@ -27,19 +29,54 @@ def test_silent_client_is_closed_after_the_idle_timeout(start_server, variant):
 
 
 @pytest.mark.framing("lines")
-def test_half_a_line_then_silence_is_closed_after_the_idle_timeout(start_server, variant):
+def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(start_server, variant):
     server = start_server(variant, "--idle-timeout", "0.5")
+    before = server.scrape()
+    with server.connect() as conn:
+        conn.send(b"once\n")
+        assert conn.line() == b"ONCE\n"
+        assert conn.outcome() == b""
+    delta = server.idle_metrics() - before
+    expected = {'echo_connections_timed_out_total{reason="idle"}': 1, 'echo_requests_total{outcome="ok"}': 1}
+    assert delta.counts(expected) == expected
+
+
+@pytest.mark.framing("lines")
+def test_half_a_line_then_silence_gets_an_error_at_the_request_deadline(start_server, variant):
+    """The request timeout, not the idle timeout (a minute here), ends a line that stops half-way."""
+    server = start_server(variant, "--idle-timeout", "60", "--request-timeout", "0.5")
     before = server.scrape()
     with server.connect() as conn:
         conn.send(b"answered\nhalf a li")
         assert conn.line() == b"ANSWERED\n"
-        assert conn.outcome() == b""  # the half line is never answered
+        assert conn.line() == b"ERROR request timeout\n"  # the half line is never answered
+        assert conn.read_to_eof() == b""
     delta = server.idle_metrics() - before
     expected = {
+        'echo_connections_timed_out_total{reason="request_deadline"}': 1,
         "echo_connections_timed_out_total": 1,
         'echo_requests_total{outcome="ok"}': 1,
         "echo_received_bytes_total": len(b"answered\n"),
     }
+    assert delta.counts(expected) == expected
+
+
+@pytest.mark.framing("lines")
+def test_a_line_slower_than_the_idle_timeout_is_answered_within_the_request_timeout(start_server, variant):
+    """The idle timeout is for waiting for a request; a line begun has the request timeout."""
+    server = start_server(variant, "--idle-timeout", "0.5", "--request-timeout", "10")
+    with trickling(server.port, b"slow line\n", every=0.2) as trickle:  # 2 s for the line
+        assert Connection(trickle.sock).line() == b"SLOW LINE\n"
+        assert trickle.sent == len(b"slow line\n")
+
+
+def test_a_request_in_work_is_never_timed_out(start_server, variant):
+    """Its work is the server's time: a delay past both timeouts is waited out and answered."""
+    server = start_server(variant, "--delay-ms", "1500", "--idle-timeout", "0.5", "--request-timeout", "0.5")
+    before = server.scrape()
+    assert server.exchange(b"slow") == framed(b"SLOW", variant.framing)
+    delta = server.idle_metrics() - before
+    expected = {"echo_connections_timed_out_total": 0, 'echo_requests_total{outcome="ok"}': 1}
     assert delta.counts(expected) == expected
 
 

@@ -12,13 +12,19 @@ after another, each with its own due time, so replies keep their order.
 from __future__ import annotations
 
 import asyncio
-import collections
 import math
 import time
 from typing import Any
 
-from ..protocol import ERROR_BUSY, ERROR_SHUTTING_DOWN, ERROR_TOO_LARGE, MessageTooLarge, make_framer
-from .event_loop import LINGER_SECONDS, LoopServer, count_connection_error
+from ..protocol import (
+    ERROR_BUSY,
+    ERROR_REQUEST_TIMEOUT,
+    ERROR_SHUTTING_DOWN,
+    ERROR_TOO_LARGE,
+    MessageTooLarge,
+    make_framer,
+)
+from .event_loop import HIGH_WATER, LINGER_SECONDS, LOW_WATER, LoopServer, count_connection_error
 
 TICK = 0.001  # timer coalescing granularity, seconds
 
@@ -50,22 +56,43 @@ class DelayQueue:
 
 
 class EchoProtocol(asyncio.Protocol):
+    """One connection: its requests taken from the framer one at a time, worked on in order.
+
+    Backpressure: reading pauses once the connection holds more than
+    HIGH_WATER bytes (requests read and not yet answered, plus replies the
+    client has not taken), and resumes once the requests are down to
+    LOW_WATER and the transport's buffer has drained to its low mark.
+
+    Deadlines cost a request nothing but ``answered += 1``: the sweep
+    (:meth:`.LoopServer.sweep`) visits every connection once a tick, sees
+    what it waits for (its first byte or its next request, the rest of a
+    line begun, a client to take its replies, or nothing: a request in work)
+    and since when, as far as one tick tells, and ends it once that has
+    lasted too long.
+    """
+
     __slots__ = (
+        "answered",
         "client_done",
         "delays",
-        "failed",
+        "ending",
         "framer",
         "io",
-        "last_read",
         "message",
         "metrics",
         "pending",
-        "queue",
+        "reading",
         "refused",
+        "seen",
         "server",
+        "since",
         "started",
+        "timed_out",
         "transport",
+        "unsent",
+        "waiting",
         "work",
+        "writing",
     )
 
     def __init__(self, server: LoopServer, delays: DelayQueue) -> None:
@@ -74,48 +101,65 @@ class EchoProtocol(asyncio.Protocol):
         self.metrics = server.metrics
         self.work = server.work
         self.framer = make_framer(server.settings.framing, server.settings.max_message_bytes)
-        self.queue: collections.deque[bytes] = collections.deque()  # read, work not started
         self.message: bytes | None = None  # the request in work
         self.started = self.io = 0.0
-        self.pending = 0  # requests read, not yet answered: the queue and the one in work
-        self.failed = False
+        self.pending = 0  # requests read, not yet answered: those in the framer and the one in work
+        self.reading = self.writing = True  # not paused by backpressure; the transport not full
+        self.ending = False  # an error line is out (or the client is refused): no more requests
         self.refused = False
         self.client_done = False
+        self.answered = 0  # replies written
+        # The sweep's view: what the connection waits for, since when, having answered how many;
+        # the replies it has not taken. Ended on a deadline: counted once.
+        self.waiting, self.since, self.seen, self.unsent = "idle", 0.0, 0, 0
+        self.timed_out = False
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        self.last_read = self.server.loop.time()
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         reason = self.server.admit(self)
         if reason is not None:
             self.refused = True
             self._end_with(ERROR_SHUTTING_DOWN if reason == "shutdown" else ERROR_BUSY)
+            return
+        self.since = self.server.loop.time()  # the wait for its first byte
 
     def data_received(self, data: bytes) -> None:
-        if self.failed or self.refused:
+        if self.ending:
             return  # lingering: discard until the client closes or the linger ends
-        self.last_read = self.server.loop.time()
-        try:
-            messages = self.framer.feed(data)
-        except MessageTooLarge as exc:
-            messages, self.failed = exc.complete, True
-        if messages:
-            self.queue.extend(messages)
-            self.pending += len(messages)
-            self.server.in_flight += len(messages)
-            if self.message is None:
-                self._next()
-        if self.framer.closes_after_reply:
+        framer = self.framer
+        count = framer.feed(data)
+        if count:
+            self.pending += count
+            self.server.in_flight += count
+        if framer.closes_after_reply:
             self.transport.pause_reading()
-        if self.failed and not self.pending:
-            self._fail_too_large()
+        if self.message is None:
+            self._next()
+        # Requests pile up only behind one in work; otherwise the framer holds at most an
+        # unfinished line (up to the size limit), and a full transport pauses reading itself.
+        if (
+            self.message is not None
+            and self.reading
+            and framer.buffered + self.transport.get_write_buffer_size() > HIGH_WATER
+        ):
+            self.reading = False
+            self.transport.pause_reading()
 
     # --- one request at a time: CPU and blocking work, then the IO timer, then the reply
 
     def _next(self) -> None:
-        """Work on the queued requests in order; those with nothing to wait for are answered here."""
-        work = self.work
-        while self.queue:
-            self.message = self.queue.popleft()
+        """Work on the requests read, in order; those with nothing to wait for are answered here."""
+        work, framer = self.work, self.framer
+        while True:
+            try:
+                message = framer.next()
+            except MessageTooLarge:  # that one, or the line begun already
+                self._fail_too_large()
+                return
+            if message is None:
+                return
+            self.message = message
             self.started = time.perf_counter()
             if work.before_io and not work.start(self.server.loop, self._blocked):
                 return  # the blocking call is in the offload pool: _blocked goes on
@@ -152,24 +196,37 @@ class EchoProtocol(asyncio.Protocol):
             # A write that fails at once closes the transport: the client reset the
             # connection. With oneshot, reading is paused, so the write is the first to notice.
             if not transport.is_closing():
+                self.answered += 1
                 self.metrics.answered(1, now - self.started, received, len(payload))
                 if non_utf8:
                     self.metrics.non_utf8(non_utf8)
                 if not self.pending:
                     self._done()
+                elif not self.reading:
+                    self._resume()
                 return
-        # The client is gone: this request and those queued behind it are not answered.
-        self.metrics.not_answered("aborted", 1 + len(self.queue))
-        self.server.in_flight -= len(self.queue)
-        self.pending -= len(self.queue)
-        self.queue.clear()
+        # The client is gone: this request and those read behind it are not answered.
+        self.metrics.not_answered("aborted", 1 + self.pending)
+        self._drop_pending()
+
+    def _drop_pending(self) -> None:
+        self.server.in_flight -= self.pending
+        self.pending = 0
+        self.framer.clear()
 
     def _done(self) -> None:
         """Every request read is answered: end the connection if that is what comes next."""
-        if self.failed:
-            self._fail_too_large()
-        elif self.framer.closes_after_reply or self.client_done or self.server.closing:
+        if self.framer.closes_after_reply or self.client_done or self.server.closing:
+            self.framer.clear()  # a line begun is not a request, and none is taken any more
             self.transport.close()
+        elif not self.reading:
+            self._resume()
+
+    def _resume(self) -> None:
+        """Read again once the requests held are down to the low mark and the transport can take more."""
+        if self.writing and not self.ending and self.framer.buffered <= LOW_WATER:
+            self.reading = True
+            self.transport.resume_reading()
 
     # --- the connection -----------------------------------------------------
 
@@ -180,12 +237,16 @@ class EchoProtocol(asyncio.Protocol):
         return bool(self.pending)
 
     def pause_writing(self) -> None:
-        # The client is not reading its replies: stop reading its requests too.
-        self.transport.pause_reading()
+        # The client is not taking its replies: stop reading its requests too.
+        self.writing = False
+        if self.reading:
+            self.reading = False
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if not (self.failed or self.refused or self.framer.closes_after_reply):
-            self.transport.resume_reading()
+        self.writing = True
+        if not self.framer.closes_after_reply:
+            self._resume()
 
     def connection_lost(self, exc: Exception | None) -> None:
         count_connection_error(self.metrics, exc)
@@ -199,40 +260,70 @@ class EchoProtocol(asyncio.Protocol):
     def abort(self) -> None:
         self.transport.abort()
 
+    # --- deadlines and errors -------------------------------------------------
+
+    def check(self, now: float) -> None:
+        """The sweep's visit: end the connection if what it waits for has lasted too long.
+
+        A wait is seen to begin at the first visit after it did, and to last
+        too long at the first visit after that: deadlines are met to within
+        two ticks, never early.
+        """
+        settings = self.server.settings
+        idle_timeout, request_timeout = settings.idle_timeout, settings.request_timeout
+        unsent = self.transport.get_write_buffer_size()
+        if unsent:
+            # A reply being written is not idle; but one the client takes none of for the idle
+            # timeout ends the connection, with abort(): close() would wait for it for ever.
+            if self.waiting != "not_reading" or unsent < self.unsent:
+                self.waiting, self.since = "not_reading", now
+            self.unsent = unsent
+            if now - self.since > idle_timeout:
+                self._time_out("not_reading")
+                self.transport.abort()
+            return
+        self.unsent = 0
+        if self.pending or self.ending:
+            waiting = "work"  # the server's time; or an error line's linger, bounded on its own
+        elif self.framer.buffered:
+            waiting = "request_deadline"  # the rest of a line begun
+        else:
+            waiting = "idle"
+        if waiting != self.waiting or self.answered != self.seen:
+            # A new wait began since the last visit (a reply went out, a line began).
+            self.waiting, self.seen, self.since = waiting, self.answered, now
+            return
+        if waiting == "idle" and now - self.since > idle_timeout:
+            self._time_out("idle")
+            self.transport.close()
+        elif waiting == "request_deadline" and now - self.since > request_timeout:
+            self._time_out("request_deadline")
+            self._end_with(ERROR_REQUEST_TIMEOUT)
+
+    def _time_out(self, reason: str) -> None:
+        if not self.timed_out:
+            self.timed_out = True
+            self.metrics.connection_timed_out(reason)
+
     def _fail_too_large(self) -> None:
         self.metrics.not_answered("too_large")
+        self._drop_pending()  # the long request and any read behind it: never answered
         self._end_with(ERROR_TOO_LARGE)
 
     def _end_with(self, error: bytes) -> None:
         """Send an error line and close without a reset (see threaded.send_error)."""
+        self.ending = True
         transport = self.transport
         transport.write(error)
         if transport.can_write_eof():
             transport.write_eof()
-        # oneshot paused reading; read again so the lingering discards what
-        # the client still sends and sees its EOF (then the transport closes
-        # at once) instead of holding the connection for the whole linger.
+        # Read again (oneshot and backpressure pause reading) so that the lingering
+        # discards what the client still sends and sees its EOF (then the transport
+        # closes at once) instead of holding the connection for the whole linger.
         transport.resume_reading()
         self.server.loop.call_later(LINGER_SECONDS, transport.close)
 
 
-def sweep_idle(server: LoopServer) -> None:
-    """Close connections idle past the timeout; one pass per tick for all of them."""
-    timeout = server.settings.idle_timeout
-    deadline = server.loop.time() - timeout
-    idle = [
-        conn
-        for conn in server.connections
-        if isinstance(conn, EchoProtocol) and not conn.pending and conn.last_read < deadline
-    ]
-    for proto in idle:
-        server.metrics.connection_timed_out()
-        proto.transport.close()
-    server.loop.call_later(min(1.0, timeout / 4), sweep_idle, server)
-
-
 async def start(server: LoopServer, **listen: Any) -> asyncio.Server:
     delays = DelayQueue(server.loop)
-    listener = await server.loop.create_server(lambda: EchoProtocol(server, delays), **listen)
-    sweep_idle(server)
-    return listener
+    return await server.loop.create_server(lambda: EchoProtocol(server, delays), **listen)

@@ -5,16 +5,19 @@ it reads a request (``await reader.readuntil(b"\\n")``), does its work,
 ``await``-ing the IO exactly where a real handler awaits its database
 (:meth:`.work.Work.run_async`), writes the reply and reads the next. Nothing
 is coalesced: a task per connection, a timer per request for its IO and
-one for the read's idle deadline (``asyncio.timeout_at``), the stream's own
+one for the read's deadline (``asyncio.timeout_at``), the stream's own
 buffering and flow control. What that costs next to the tuned
 :mod:`.async_protocol` is what ``make bench`` measures.
 
-The idle deadline covers the wait for the next request and for the previous
-reply to drain: a connection that sends nothing, half a line, or does not
-read its replies for the idle timeout is closed; one whose request is in
-work never is. On shutdown, a connection waiting for its next request has
-its deadline moved to now: what it has already sent is still answered,
-then it closes.
+The read's deadline (:meth:`StreamConnection.next_request`): the previous
+reply must drain and the next request's first byte arrive within the idle
+timeout; from that byte, the line must be whole within the request
+timeout, however slowly it trickles. A connection whose request is in work
+has no deadline. Memory stays bounded by the stream's own flow control: the
+reader stops reading past twice its limit (``--max-message-bytes``), and a
+reply is drained before the next request is read. On shutdown, a
+connection waiting for its next request has its deadline moved to now: what
+it has already sent is still answered, then it closes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 from ..protocol import (
     ERROR_BUSY,
+    ERROR_REQUEST_TIMEOUT,
     ERROR_SHUTTING_DOWN,
     ERROR_TOO_LARGE,
     NEWLINE,
@@ -37,9 +41,9 @@ RECV_SIZE = 65536
 
 
 class StreamConnection:
-    """One client: its streams, its task, and its read deadline while it waits for a request."""
+    """One client: its streams, its task, and the deadline of the wait it is in, if any."""
 
-    __slots__ = ("deadline", "reader", "server", "task", "writer")
+    __slots__ = ("deadline", "reader", "server", "since", "task", "waiting", "writer")
 
     def __init__(
         self, server: LoopServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -49,6 +53,8 @@ class StreamConnection:
         self.writer = writer
         self.task = asyncio.current_task()
         self.deadline: asyncio.Timeout | None = None  # while waiting for the next request
+        self.waiting = "idle"  # for what: a reason of echo_connections_timed_out_total
+        self.since = 0.0  # loop time of the first byte of the line being read
 
     def close_if_idle(self) -> None:
         deadline = self.deadline
@@ -60,26 +66,74 @@ class StreamConnection:
         if self.task is not None:
             self.task.cancel()
 
+    def check(self, now: float) -> None:
+        """The sweep's visit: end the read of a line not whole within the request timeout."""
+        deadline = self.deadline
+        if (
+            self.waiting == "request_deadline"
+            and deadline is not None
+            and not deadline.expired()
+            and now - self.since > self.server.settings.request_timeout
+        ):
+            deadline.reschedule(now)
+
+    async def next_request(self, lines: bool, first_read: int) -> bytes:
+        """The next request, within its deadlines (TimeoutError past one; ``waiting`` says which).
+
+        The previous reply must be taken, and the first byte of the next
+        request arrive, within the idle timeout (a timer per request, as
+        applications write it); a line must then be whole within the request
+        timeout of that byte: the sweep sees to that (:meth:`check`), since a
+        second timer would cost more than the first (rescheduling a uvloop
+        timer makes a new one: +20% CPU per request at delay 0). Shutting
+        down, the deadline is now: what the client has sent already is still
+        answered.
+        """
+        server, reader, loop = self.server, self.reader, self.server.loop
+        settings = server.settings
+        when = loop.time() + (0.0 if server.closing else settings.idle_timeout)
+        try:
+            async with asyncio.timeout_at(when) as self.deadline:
+                self.waiting = "not_reading"
+                await self.writer.drain()
+                self.waiting = "idle"
+                if not lines:
+                    return await reader.read(first_read)
+                first = await reader.readexactly(1)
+                if first == NEWLINE:
+                    return b""
+                self.since, self.waiting = loop.time(), "request_deadline"
+                idle_due = self.deadline.when()
+                if not server.closing and idle_due and idle_due < self.since + settings.request_timeout:
+                    # Never cut a line before its own deadline (the idle timeout is the shorter
+                    # one, or the first byte came late): leave it all to the sweep.
+                    self.deadline.reschedule(None)
+                line = first + await reader.readuntil(NEWLINE)
+        finally:
+            self.deadline = None
+        # readuntil's limit applies after the first byte: the line may be one byte too long.
+        if len(line) > settings.max_message_bytes + 1:
+            raise asyncio.LimitOverrunError("line over the limit", 0)
+        return line[:-1]
+
     async def serve(self) -> None:
         server, metrics, reader, writer = self.server, self.server.metrics, self.reader, self.writer
         settings = server.settings
         framer = make_framer(settings.framing, settings.max_message_bytes)
         lines = settings.framing == "lines"
         first_read = settings.max_message_bytes + 1  # oneshot: the first read is the message
-        loop = server.loop
         while True:
-            # Shutting down: answer what the client has sent already, wait for nothing more.
-            when = loop.time() + (0.0 if server.closing else settings.idle_timeout)
             try:
-                async with asyncio.timeout_at(when) as self.deadline:
-                    await writer.drain()  # the previous reply: a client that does not read is idle too
-                    message = await (reader.readuntil(NEWLINE) if lines else reader.read(first_read))
+                message = await self.next_request(lines, first_read)
             except TimeoutError:
-                if not server.closing:
-                    metrics.connection_timed_out()
-                    writer.transport.abort()  # nothing is owed to it, not even buffered replies
-                    return
-                break
+                if server.closing:
+                    break
+                metrics.connection_timed_out(self.waiting)
+                if self.waiting == "request_deadline":
+                    await end_with(reader, writer, ERROR_REQUEST_TIMEOUT)
+                else:
+                    writer.transport.abort()  # nothing is owed to it, or it takes nothing
+                return
             except asyncio.IncompleteReadError:
                 break  # the client is done; a partial line is not a request
             except asyncio.LimitOverrunError:
@@ -89,11 +143,7 @@ class StreamConnection:
             except OSError as exc:
                 count_connection_error(metrics, exc)
                 return
-            finally:
-                self.deadline = None
-            if lines:
-                message = message[:-1]
-            else:
+            if not lines:
                 if not message:
                     break  # closed before it said anything
                 if len(message) > settings.max_message_bytes:

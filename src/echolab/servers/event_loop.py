@@ -26,6 +26,11 @@ from . import work as work_module
 from .work import Work
 
 LINGER_SECONDS = 1.0
+# Backpressure, per connection: past HIGH_WATER bytes held (requests read and not yet answered,
+# replies not yet taken by the client), the server stops reading from it until they drain to
+# LOW_WATER. asyncio's and uvloop's own marks for a transport's write buffer, made explicit.
+HIGH_WATER = 64 * 1024
+LOW_WATER = HIGH_WATER // 4
 LAG_PROBE_INTERVAL = 0.25
 FD_PROBE_INTERVAL = 1.0
 
@@ -38,6 +43,9 @@ class Connection(Protocol):
 
     def abort(self) -> None:
         """Close now, whatever is in work (the drain timeout is over)."""
+
+    def check(self, now: float) -> None:
+        """End the connection if a deadline has passed (the sweep's visit, once a tick)."""
 
 
 class LoopServer:
@@ -76,6 +84,15 @@ class LoopServer:
         self.connections.discard(conn)
         if not self.connections and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+
+    def sweep(self) -> None:
+        """Visit every connection once a tick for its deadlines, where a timer per connection
+        and per request would cost every request."""
+        now = self.loop.time()
+        for conn in list(self.connections):
+            conn.check(now)
+        settings = self.settings
+        self.loop.call_later(min(1.0, settings.idle_timeout / 4, settings.request_timeout / 4), self.sweep)
 
     def probe_fds(self, fd: int, accept_errors: AcceptErrorLog) -> None:
         """uvloop only: notice running out of file descriptors, which libuv hides.
@@ -204,6 +221,7 @@ async def serve(
     for sig in IGNORED_SIGNALS:
         loop.add_signal_handler(sig, ignore_signal, sig)
     state.probe_lag()
+    state.sweep()
     if settings.loop == "uvloop":
         state.probe_fds(server.sockets[0].fileno(), accept_errors)
     port = server.sockets[0].getsockname()[1]

@@ -16,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import signal
 import socket
 import socketserver
+import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +31,7 @@ from ..catalogue import Server
 from ..metrics import ServerMetrics
 from ..protocol import (
     ERROR_BUSY,
+    ERROR_REQUEST_TIMEOUT,
     ERROR_SHUTTING_DOWN,
     ERROR_TOO_LARGE,
     Framer,
@@ -43,19 +46,31 @@ from .work import Work
 RECV_SIZE = 65536
 LINGER_SECONDS = 1.0
 ACCEPT_BACKOFF = 0.1  # seconds between accept() retries while out of descriptors: trio's choice
+RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and drops what is unsent
+
+
+# No deadline runs: a request is in work, or the connection is ending on its own terms.
+NO_DEADLINE = (math.inf, "idle")
 
 
 class Connection:
-    """What the server knows of one client, for metrics, idle timeouts and shutdown."""
+    """What the server knows of one client, for metrics, deadlines and shutdown.
 
-    __slots__ = ("last_active", "pending", "sock", "timed_out", "working")
+    ``deadline`` is (when, why): written by the connection's thread as it
+    goes from waiting to working to writing, read by the sweeper, which ends
+    the connection once ``when`` has passed, for ``why`` (a reason of
+    ``echo_connections_timed_out_total``). A tuple, so the sweeper never
+    sees one moment's time with another's reason.
+    """
 
-    def __init__(self, sock: socket.socket) -> None:
+    __slots__ = ("deadline", "pending", "sock", "timed_out", "working")
+
+    def __init__(self, sock: socket.socket, idle_timeout: float) -> None:
         self.sock = sock
         self.pending = 0  # requests read, not yet answered
-        self.working = False  # doing a request's work: never idle
-        self.last_active = time.monotonic()
-        self.timed_out = False
+        self.working = False  # doing a request's work: no deadline runs (the work is the server's time)
+        self.deadline = (time.monotonic() + idle_timeout, "idle")  # its first byte
+        self.timed_out = ""  # why the sweeper ended it
 
 
 class EchoHandler(socketserver.BaseRequestHandler):
@@ -81,7 +96,7 @@ class EchoServer(socketserver.TCPServer):
         # Before the bind: a failed bind calls server_close(), which sets it.
         self._closed = threading.Event()
         super().__init__((settings.host, settings.port), EchoHandler)
-        threading.Thread(target=self._sweep_idle, name="idle-sweeper", daemon=True).start()
+        threading.Thread(target=self._sweep, name="deadline-sweeper", daemon=True).start()
         metrics.track(
             active=lambda: len(self._connections),
             in_flight=lambda: sum(c.pending for c in list(self._connections.values())),
@@ -113,7 +128,7 @@ class EchoServer(socketserver.TCPServer):
                 else None
             )
             if reason is None:
-                self._connections[sock] = Connection(sock)
+                self._connections[sock] = Connection(sock, self.settings.idle_timeout)
                 self.metrics.connection_opened()
                 return True
         self.metrics.connection_refused(reason)
@@ -136,31 +151,36 @@ class EchoServer(socketserver.TCPServer):
         recv_size = settings.max_message_bytes + 1 if framer.closes_after_reply else RECV_SIZE
         # Blocking, without a socket timeout: with one, CPython polls before
         # every recv and send, doubling the system calls and GIL hand-offs of
-        # each request. The idle sweeper enforces the idle timeout instead.
+        # each request. The sweeper enforces the deadlines instead.
         try:
             while True:
                 data = sock.recv(recv_size)
-                conn.last_active = time.monotonic()
-                if not data:
-                    if conn.timed_out:
-                        metrics.connection_timed_out()
+                if conn.timed_out:
+                    self._end_timed_out(conn)
                     return
+                if not data:
+                    return
+                underway = framer.buffered  # a line begun in an earlier read
+                completed = conn.pending = framer.feed(data)
                 try:
-                    messages, too_large = framer.feed(data), False
-                except MessageTooLarge as exc:
-                    messages, too_large = exc.complete, True
-                conn.pending = len(messages)
-                for message in messages:
-                    self.answer(conn, framer, message)
-                if too_large:
+                    while (message := framer.next()) is not None:
+                        self.answer(conn, framer, message)
+                except MessageTooLarge:
+                    conn.deadline = NO_DEADLINE  # send_error's linger has its own bound
                     metrics.not_answered("too_large")
                     send_error(sock, ERROR_TOO_LARGE, linger=True)
                     return
                 if framer.closes_after_reply or self.stopping:
                     return
+                # The next wait: a line begun must be whole within the request timeout of its
+                # first byte, or of the end of the work before it; nothing begun, the idle timeout.
+                if not framer.buffered:
+                    conn.deadline = (time.monotonic() + settings.idle_timeout, "idle")
+                elif completed or not underway:
+                    conn.deadline = (time.monotonic() + settings.request_timeout, "request_deadline")
         except OSError as exc:
             if conn.timed_out:  # the sweeper cut it, e.g. mid-write to a client not reading
-                metrics.connection_timed_out()
+                self._end_timed_out(conn)
             elif isinstance(exc, ConnectionResetError):
                 metrics.connection_error("reset")
             elif isinstance(exc, BrokenPipeError):
@@ -176,10 +196,11 @@ class EchoServer(socketserver.TCPServer):
         try:
             self.work.run()
         finally:
+            # From here the reply is due: the client has the idle timeout to take it. Set before
+            # the work ends, so the sweeper never sees the deadline of the wait before it.
+            conn.deadline = (time.monotonic() + self.settings.idle_timeout, "not_reading")
             conn.working = False
         payload, received, non_utf8 = framer.respond([message])
-        # From here the reply is due: a client that does not take it is idle.
-        conn.last_active = time.monotonic()
         try:
             conn.sock.sendall(payload)
         except OSError:
@@ -187,30 +208,55 @@ class EchoServer(socketserver.TCPServer):
             conn.pending = 0
             raise
         conn.pending -= 1
-        conn.last_active = time.monotonic()
         self.metrics.answered(1, time.perf_counter() - started, received, len(payload))
         if non_utf8:
             self.metrics.non_utf8(non_utf8)
         log.debug("answered a request")
 
-    def _sweep_idle(self) -> None:
-        """Close connections quiet for longer than the idle timeout, once per tick for all.
+    def _sweep(self) -> None:
+        """End the connections past their deadline, once per tick for all of them.
 
-        Quiet means: no request being worked on, and nothing read (a client
-        that sends nothing, or half a line) or a reply stuck (a client that
-        does not read) for the whole timeout. Shutting the socket down wakes
-        its thread, which counts the timeout and ends.
+        Shutting a socket down wakes its thread, blocked in recv or sendall,
+        which ends it (:meth:`_end_timed_out`). A line not whole in time gets
+        an error line first, written without waiting; the thread then drops
+        what the client still sends until it closes, for at most
+        LINGER_SECONDS, after which the next sweep shuts the socket down.
         """
-        timeout = self.settings.idle_timeout
-        while not self._closed.wait(min(1.0, timeout / 4)):
+        settings = self.settings
+        tick = min(1.0, settings.idle_timeout / 4, settings.request_timeout / 4)
+        while not self._closed.wait(tick):
             now = time.monotonic()
             with self._lock:
                 connections = list(self._connections.values())
             for conn in connections:
-                if not conn.working and now - conn.last_active > timeout:
-                    conn.timed_out = True
-                    with contextlib.suppress(OSError):
-                        conn.sock.shutdown(socket.SHUT_RDWR)
+                when, reason = conn.deadline
+                if conn.working or now <= when:
+                    continue
+                if conn.timed_out:  # ended already: its error line's linger is over
+                    shut(conn.sock, socket.SHUT_RDWR)
+                    continue
+                conn.timed_out = reason
+                self.metrics.connection_timed_out(reason)
+                if reason == "request_deadline":
+                    conn.deadline = (now + LINGER_SECONDS, reason)
+                    with contextlib.suppress(OSError):  # the thread is in recv: never block it
+                        conn.sock.send(ERROR_REQUEST_TIMEOUT, socket.MSG_DONTWAIT)
+                    shut(conn.sock, socket.SHUT_WR)
+                else:
+                    shut(conn.sock, socket.SHUT_RDWR)
+
+    @staticmethod
+    def _end_timed_out(conn: Connection) -> None:
+        """In the connection's thread, once the sweeper has ended it (and counted it)."""
+        if conn.timed_out == "request_deadline":
+            # Drop what the client still sends, so that the close does not reset the
+            # connection under the error line; until it closes, or the sweeper ends the linger.
+            with contextlib.suppress(OSError):
+                while conn.sock.recv(RECV_SIZE):
+                    pass
+        elif conn.timed_out == "not_reading":
+            # Its replies will never be taken: reset, rather than leave the kernel retrying them.
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
 
     def server_close(self) -> None:
         super().server_close()
@@ -227,8 +273,7 @@ class EchoServer(socketserver.TCPServer):
             # Makes a blocked recv() return b"" after any request already
             # buffered, which is still answered; a busy connection sees
             # `stopping` after its reply.
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RD)
+            shut(sock, socket.SHUT_RD)
 
     def drain(self, timeout: float) -> int:
         """Wait for connections to finish; return how many did not in time."""
@@ -248,8 +293,7 @@ class EchoServer(socketserver.TCPServer):
         with self._lock:
             socks = list(self._connections)
         for sock in socks:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            shut(sock, socket.SHUT_RDWR)
 
 
 class ThreadPerConnectionServer(socketserver.ThreadingMixIn, EchoServer):
@@ -296,6 +340,12 @@ class PoolServer(EchoServer):
     def server_close(self) -> None:
         super().server_close()
         self._workers.shutdown(wait=False)
+
+
+def shut(sock: socket.socket, how: int) -> None:
+    """``sock.shutdown(how)``, if it is still connected."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(how)
 
 
 def send_error(sock: socket.socket, error: bytes, linger: bool) -> None:
