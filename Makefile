@@ -101,7 +101,7 @@ COMPOSE  ?= docker compose
 SERVICES ?=
 WORKERS  ?= 4
 
-.PHONY: generate up check-env urls down logs ps scale report test-stack
+.PHONY: generate up check-env urls down logs ps scale scenario report test-stack
 
 # docker-compose.yml, its overlay and .env.example are rendered from the code
 # (src/echolab/deploy/); a test fails until they are regenerated.
@@ -150,6 +150,14 @@ ps: .env
 
 scale: .env
 	$(COMPOSE) up --detach --wait --no-recreate --scale locust-worker=$(WORKERS) locust-worker
+
+# The servers recreated under a scenario's work model (`echolab scenario --help` lists them),
+# e.g. make scenario NAME=blocking; Locust, Prometheus and Grafana run on. The preset sets
+# the whole work model over .env's; NAME=io is the default workload, `make up` goes back to .env.
+scenario: install .env
+	@environment=$$($(BIN)/echolab scenario $(NAME)) && services=$$($(BIN)/echolab scenario $(NAME) --services) \
+	  && echo "scenario $(NAME):" $$environment \
+	  && env $$environment $(COMPOSE) up --detach --no-deps --force-recreate --wait $$services
 
 # Every dashboard panel drawn from the stack's Prometheus over the last REPORT_SINCE,
 # into reports/stack-<time>.html (no Grafana needed): attach it to a PR or a ticket.
