@@ -154,10 +154,14 @@ scale: .env
 # The servers recreated under a scenario's work model (`echolab scenario --help` lists them),
 # e.g. make scenario NAME=blocking; Locust, Prometheus and Grafana run on. The preset sets
 # the whole work model over .env's; NAME=io is the default workload, `make up` goes back to .env.
+# One server at a time, so each gets its own address back: recreated together, they would
+# swap addresses, and Docker's DNS, for a moment stale, would send Locust to the wrong one.
 scenario: install .env
 	@environment=$$($(BIN)/echolab scenario $(NAME)) && services=$$($(BIN)/echolab scenario $(NAME) --services) \
 	  && echo "scenario $(NAME):" $$environment \
-	  && env $$environment $(COMPOSE) up --detach --no-deps --force-recreate --wait $$services
+	  && for service in $$services; do \
+	    env $$environment $(COMPOSE) up --detach --no-deps --force-recreate --wait $$service || exit 1; \
+	  done
 
 # Every dashboard panel drawn from the stack's Prometheus over the last REPORT_SINCE,
 # into reports/stack-<time>.html (no Grafana needed): attach it to a PR or a ticket.
@@ -168,11 +172,13 @@ report: install .env
 	$(BIN)/echolab report --prometheus "http://$$address" --since $(REPORT_SINCE)
 
 # Builds and runs the stack (less Grafana) under its own project name and
-# free ports, loads it, checks Prometheus sees it all, then faults under load
+# free ports, loads it, checks Prometheus sees it all, switches the servers to
+# the blocking scenario and back (make scenario), then faults under load
 # (servers killed, a worker lost, servers stopped); always tears it down.
 # Needs Docker: fails, never skips, without it.
 test-stack: install
-	$(BIN)/pytest tests/stack/check_stack.py tests/stack/check_chaos.py --timeout=1800 -s
+	$(BIN)/pytest tests/stack/check_stack.py tests/stack/check_scenarios.py tests/stack/check_chaos.py \
+	  --timeout=1800 -s
 
 # --- Kubernetes: deploy/kubernetes (rendered by `make generate`) -------------------
 OVERLAY ?= local
