@@ -246,20 +246,6 @@ def server_variable() -> db.QueryVariable:
     )
 
 
-def label_variable(name: str, label: str, selector: str) -> db.QueryVariable:
-    """One value of ``name`` from the series of ``selector`` (e.g. the servers' delay from their info)."""
-    query = f"label_values({selector}, {name})"
-    return (
-        db.QueryVariable(name)
-        .label(label)
-        .datasource(DATASOURCE)
-        .query(query)
-        .definition(query)
-        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(dm.VariableSort.NUMERICAL_ASC)
-    )
-
-
 def interval_variable() -> db.IntervalVariable:
     """The rate window: auto, at least 15 s (three scrapes of the stack's 5 s)."""
     return (

@@ -16,7 +16,6 @@ from .grafana import (
     exporters,
     heatmap_panel,
     interval_variable,
-    label_variable,
     load_test_runs,
     metric,
     quantile,
@@ -33,13 +32,6 @@ THINK = "server:echo_client_think_time_seconds:max"
 OFFERED = "server:echo_client_offered_rate:sum"
 CPU_PER_REQUEST = "server:echo_cpu_seconds_per_request:rate1m"
 SERVER_JOB = 'job="echo-servers"'
-# echo_server_info's work model, as variables: one request's work on an idle server, Little's law's D.
-WORK_VARIABLES = {
-    "delay_ms": "server IO (ms)",
-    "cpu_ms": "server CPU (ms)",
-    "blocking_ms": "server blocking (ms)",
-}
-WORK_MS = " + ".join(f"${name}" for name in WORK_VARIABLES)
 LOCUST_JOBS = 'job=~"locust-.*"'
 
 
@@ -61,7 +53,7 @@ CPU work, blocking call and IO per request), then thinking *Z*, throughput canno
 *N / (D + Z)*. A server that keeps up follows the dashed bound; one that falls behind drops below \
 it while its latency climbs.
 * **Users and think time** come from Locust's own metrics (`--think-time`), **the work** from the \
-servers' `echo_server_info`: nothing to type in.
+servers' own counts (`echo_work_seconds_total`): nothing to type in.
 * **Work per request** shows where a request's time goes; with a blocking call on an event loop \
 (`make scenario NAME=blocking`) the loop serves one request at a time: its lag jumps and its \
 rate falls to one request per blocking call, while the threaded servers wait in parallel.
@@ -137,13 +129,14 @@ def throughput() -> Row:
     littles_law = timeseries_panel(
         "Little's law: bound vs achieved",
         "reqps",
-        "Bound = Locust users / (work per request + think time), the work being the servers' IO, CPU "
-        "and blocking call (echo_server_info's delay_ms + cpu_ms + blocking_ms): the most a server can "
-        "answer when each user waits for its reply. Achieved = answered requests per second. A server "
-        "that runs its work one request at a time (a blocking call on an event loop) stays far below.",
+        "Bound = Locust users / (work per request + think time), the work being what the server "
+        "counted doing per request, its IO, CPU and blocking call (the panel 'Work per request by "
+        "kind'): the most a server can answer when each user waits for its reply. Achieved = answered "
+        "requests per second. A server that runs its work one request at a time (a blocking call on "
+        "an event loop) stays far below.",
         [
             Query(
-                f"{USERS}{{{SERVER}}} / on (server) (({WORK_MS}) / 1000 + {THINK})",
+                f"{USERS}{{{SERVER}}} / on (server) ({work_per_request('server')} + on (server) {THINK})",
                 "{{server}} bound: users / (work + think)",
             ),
             Query(answered, "{{server}} achieved"),
@@ -268,9 +261,14 @@ def errors() -> Row:
     return Row("Errors", [server_errors, client_failures])
 
 
-def work() -> Row:
-    by_kind = f"sum by (server, kind) (rate({metric('echo_work_seconds')}{{{SERVER}}}[{WINDOW}]))"
+def work_per_request(by: str) -> str:
+    """Seconds of simulated work per request each server read, summed by ``by`` (server, or server, kind)."""
+    work = f"sum by ({by}) (rate({metric('echo_work_seconds')}{{{SERVER}}}[{WINDOW}]))"
     requests = f"sum by (server) (rate({metric('echo_requests')}{{{SERVER}}}[{WINDOW}]))"
+    return f"{work} / on (server) group_left {requests}"
+
+
+def work() -> Row:
     busy, queued = metric("echo_offload_threads_busy"), metric("echo_offload_tasks_queued")
     lag = [
         Query(f"{quantile(q, 'echo_event_loop_lag_seconds')} >= 0", f"{{{{server}}}} lag p{round(q * 100)}")
@@ -287,7 +285,7 @@ def work() -> Row:
                 "unless offloaded), io (solid: awaited, or slept through in a thread). From "
                 f"{metric('echo_work_seconds')}; only the kinds in force are drawn. Against the latency "
                 "above: the rest is waiting (for a thread, the loop, the GIL or the CPU).",
-                [Query(f"{by_kind} / on (server) group_left {requests} > 0", "{{server}} {{kind}}")],
+                [Query(f"{work_per_request('server, kind')} > 0", "{{server}} {{kind}}")],
                 dashed=".* blocking$",
                 dotted=".* cpu$",
             ),
@@ -441,7 +439,6 @@ def traffic() -> Row:
 
 
 def build() -> dm.Dashboard:
-    info = metric("echo_server")
     return dashboard(
         UID,
         "echolab: threaded vs async, over TCP and HTTP",
@@ -462,7 +459,6 @@ def build() -> dm.Dashboard:
         variables=[
             server_variable(),
             interval_variable(),
-            *(label_variable(name, label, f"{info}{{{SERVER}}}") for name, label in WORK_VARIABLES.items()),
         ],
         annotations=[load_test_runs()],
     )
