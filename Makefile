@@ -101,7 +101,7 @@ COMPOSE  ?= docker compose
 SERVICES ?=
 WORKERS  ?= 4
 
-.PHONY: generate up check-env urls down logs ps scale report test-stack
+.PHONY: generate up check-env urls down logs ps scale scenario report test-stack
 
 # docker-compose.yml, its overlay and .env.example are rendered from the code
 # (src/echolab/deploy/); a test fails until they are regenerated.
@@ -151,6 +151,18 @@ ps: .env
 scale: .env
 	$(COMPOSE) up --detach --wait --no-recreate --scale locust-worker=$(WORKERS) locust-worker
 
+# The servers recreated under a scenario's work model (`echolab scenario --help` lists them),
+# e.g. make scenario NAME=blocking; Locust, Prometheus and Grafana run on. The preset sets
+# the whole work model over .env's; NAME=io is the default workload, `make up` goes back to .env.
+# One server at a time, so each gets its own address back: recreated together, they would
+# swap addresses, and Docker's DNS, for a moment stale, would send Locust to the wrong one.
+scenario: install .env
+	@environment=$$($(BIN)/echolab scenario $(NAME)) && services=$$($(BIN)/echolab scenario $(NAME) --services) \
+	  && echo "scenario $(NAME):" $$environment \
+	  && for service in $$services; do \
+	    env $$environment $(COMPOSE) up --detach --no-deps --force-recreate --wait $$service || exit 1; \
+	  done
+
 # Every dashboard panel drawn from the stack's Prometheus over the last REPORT_SINCE,
 # into reports/stack-<time>.html (no Grafana needed): attach it to a PR or a ticket.
 REPORT_SINCE ?= 15m
@@ -160,11 +172,13 @@ report: install .env
 	$(BIN)/echolab report --prometheus "http://$$address" --since $(REPORT_SINCE)
 
 # Builds and runs the stack (less Grafana) under its own project name and
-# free ports, loads it, checks Prometheus sees it all, then faults under load
+# free ports, loads it, checks Prometheus sees it all, switches the servers to
+# the blocking scenario and back (make scenario), then faults under load
 # (servers killed, a worker lost, servers stopped); always tears it down.
 # Needs Docker: fails, never skips, without it.
 test-stack: install
-	$(BIN)/pytest tests/stack/check_stack.py tests/stack/check_chaos.py --timeout=1800 -s
+	$(BIN)/pytest tests/stack/check_stack.py tests/stack/check_scenarios.py tests/stack/check_chaos.py \
+	  --timeout=1800 -s
 
 # --- Kubernetes: deploy/kubernetes (rendered by `make generate`) -------------------
 OVERLAY ?= local

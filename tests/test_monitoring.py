@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from support.dashboards import (
 from support.servers import clean_environment
 
 from echolab import catalogue
+from echolab.dashboards.panels import queries, resolve_variables, substitute
 from echolab.lab.stack_report import write_report
 from echolab.launcher import LaunchError, Process, ServerProcess, answers, free_port
 
@@ -59,6 +60,11 @@ JOBS = {"echo-servers", "locust-master", "locust-workers", "prometheus"}
 SCRAPE_INTERVAL = "1s"
 RATE_WINDOW = "5s"
 DATA_DEADLINE = 60.0  # seconds for every panel to show data
+IO_MS = 20
+# One server does every kind of work, its blocking calls in a pool: every kind of the work panel
+# has a series, and the offload pool is used. Each kind's seconds per request, as the panel shows them.
+WORK = {"async": ["--cpu-ms", "1", "--blocking-ms", "5", "--offload", "thread", "--offload-threads", "2"]}
+WORK_PER_REQUEST = {("async", "cpu"): 0.001, ("async", "blocking"): 0.005, ("async", "io"): IO_MS / 1000}
 
 
 def promtool() -> str:
@@ -322,7 +328,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         cgroup = ["--cgroup-root", str(write_cgroup(workdir / "cgroup", periods=500, throttled=3))]
         for kind in catalogue.SERVERS:
             # One gunicorn worker each is enough for a light load, and spares the CPU.
-            options = ["--delay-ms", "20", *cgroup, *(["--workers", "1"] if kind.transport == "http" else [])]
+            options = [
+                "--delay-ms",
+                str(IO_MS),
+                *cgroup,
+                *(["--workers", "1"] if kind.transport == "http" else []),
+            ]
+            options += WORK.get(kind.name, [])
             log = workdir / f"{kind.name}.log"
             servers[kind.name] = stack.start(ServerProcess(kind, options, log=log, env=clean_environment()))
         metrics = {name: server.metrics_port for name, server in servers.items()}
@@ -384,3 +396,36 @@ def test_run_report_draws_every_panel(stack: Stack, tmp_path: Path) -> None:
     assert page.count("<svg") == sum(p.kind in ("timeseries", "heatmap") for p in report.panels)
     assert '<table class="data">' in page and "How to read this dashboard" in page
     print(f"run report: {report.path}")
+
+
+def test_work_and_offload_panels_show_the_work_in_force(stack: Stack) -> None:
+    """Work per request by kind is what each server was started with; the pool's gauges, who has one."""
+    assert stack.prometheus is not None
+    prometheus = stack.prometheus
+    dashboard = load_dashboard(DASHBOARDS[0].parent / "echolab-overview.json")
+    exprs = dict(queries(dashboard))
+    work = next(expr for name, expr in exprs.items() if "'Work per request by kind' A" in name)
+    pool = next(expr for name, expr in exprs.items() if "'Offload pool" in name and name.endswith(" A"))
+    expected = {**{(s, "io"): IO_MS / 1000 for s in SERVERS}, **WORK_PER_REQUEST}
+
+    def per_request() -> tuple[bool, dict[tuple[str, str], float]]:
+        result = prometheus.query(substitute(work, resolve_variables(prometheus, dashboard, RATE_WINDOW)))
+        seen = {(r["metric"]["server"], r["metric"]["kind"]): float(r["value"][1]) for r in result}
+        near = set(seen) == set(expected) and all(abs(seen[k] / expected[k] - 1) < 0.1 for k in expected)
+        return near, seen
+
+    wait_until(f"work per request {expected}", per_request, DATA_DEADLINE)
+    # The pool's gauges come from the servers with an event loop, offloading (async) or not (at 0).
+    result = prometheus.query(substitute(pool, resolve_variables(prometheus, dashboard, RATE_WINDOW)))
+    assert {r["metric"]["server"] for r in result} == {"async", "async-http"}
+
+
+def wait_until(what: str, check: Callable[[], tuple[bool, Any]], deadline: float) -> None:
+    end = time.monotonic() + deadline
+    while True:
+        ok, seen = check()
+        if ok:
+            return
+        if time.monotonic() > end:
+            pytest.fail(f"{what}: not after {deadline:.0f}s; last saw {seen}")
+        time.sleep(1)

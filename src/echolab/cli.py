@@ -1,4 +1,4 @@
-"""The ``echolab`` command: serve, bench, demo, compare, benchmark, report, soak, config."""
+"""The ``echolab`` command: serve, bench, demo, compare, benchmark, report, soak, config, scenario."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ examples:
   echolab report --since 15m               the stack's dashboards drawn from Prometheus
   echolab compare reports/demo-A reports/demo-B   two runs in one report
   echolab config                           every setting, its env var and default
+  echolab scenario blocking                the stack's servers' variables for a scenario
 """
 
 EXAMPLES = {
@@ -40,6 +41,9 @@ EXAMPLES = {
     "echolab benchmark --scenario cpu,blocking,offload --duration 3",
     "soak": "echolab soak --duration 60 --interval 10",
     "config": "echolab config --markdown > table.md",
+    "scenario": "echolab scenario blocking\n"
+    "env $(echolab scenario blocking) docker compose up --detach --no-deps --force-recreate --wait \\\n"
+    "  $(echolab scenario blocking --services)       what `make scenario NAME=blocking` runs",
     "report": "echolab report --since 15m                    the stack's Prometheus (make up)\n"
     "echolab report --prometheus http://127.0.0.1:9090 --since 2h",
 }
@@ -148,7 +152,25 @@ def build_parser() -> Parser:
     )  # fmt: skip
     config.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
     config.add_argument("--metrics", action="store_true", help="the metrics table instead")
+
+    scenario = commands.add_parser(
+        "scenario", help="the environment that puts the stack's servers under a scenario (make scenario)",
+        epilog=scenario_list().replace(" (--scenario)", "") + "\n\n" + examples("scenario"),
+        description=prose(
+            "Print the ECHO_* variables, one VAR=value a line, that give every server of the stack "
+            "the work model of a scenario: its preset, and the rest of the work model at its defaults, "
+            "whatever .env sets. With --services, the compose services they are for."
+        ),
+    )  # fmt: skip
+    scenario.add_argument("name", metavar="NAME", choices=scenario_names(), help="the scenario")
+    scenario.add_argument("--services", action="store_true", help="print the servers' compose services")
     return parser
+
+
+def scenario_names() -> list[str]:
+    from .lab.scenarios import SCENARIOS
+
+    return list(SCENARIOS)
 
 
 def scenario_list() -> str:
@@ -170,6 +192,17 @@ def serve(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", exc.strerror or exc)
         return 2
     return code
+
+
+def print_scenario(name: str, services: bool) -> int:
+    from .deploy.stack import scenario_environment
+    from .lab.scenarios import SCENARIOS
+
+    if services:
+        print("\n".join(catalogue.NAMES))
+    else:
+        print("\n".join(f"{var}={value}" for var, value in scenario_environment(SCENARIOS[name]).items()))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,6 +244,8 @@ def run(args: argparse.Namespace) -> int:
 
         raise_fd_limit()
         return soak.run(settings.from_namespace(settings.SoakSettings, args))
+    if args.command == "scenario":
+        return print_scenario(args.name, args.services)
     from . import docs
 
     print(docs.metrics_table() if args.metrics else docs.config_table())

@@ -99,6 +99,17 @@ def parse_names(text: str) -> tuple[str, ...]:
     return tuple(part for part in text.replace(" ", "").split(",") if part)
 
 
+def as_text(value: object) -> str:
+    """A value as an environment variable or a flag gives it: what :meth:`Option.parse` reads back."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
 PARSERS: dict[Any, Callable[[str], Any]] = {
     int: int,
     float: float,

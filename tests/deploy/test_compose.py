@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from echolab import catalogue, settings
+from echolab import catalogue, cli, settings
 from echolab.deploy import compose, generated, stack
+from echolab.lab.scenarios import SCENARIOS, WORK_MODEL, Scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS = catalogue.NAMES
@@ -138,3 +139,33 @@ def test_env_example_names_every_variable_the_compose_files_read() -> None:
     for path in ("docker-compose.yml", "docker-compose.remote-workers.yml"):
         used |= set(VARIABLE.findall((ROOT / path).read_text()))
     assert used - defined == {"COMPOSE_PROJECT_NAME"}, "compose sets that one itself"
+
+
+def interpolated(value: str, variables: dict[str, str]) -> str:
+    """A value of the compose file as compose gives it: ``${NAME:-}`` is NAME's value, or empty."""
+    match = re.fullmatch(r"\$\{(\w+):-\}", value)
+    return variables.get(match.group(1), "") if match else value
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS)
+def test_make_scenario_gives_each_server_the_flags_it_reads(
+    services: dict[str, Any], scenario: Scenario, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make scenario`: `echolab scenario NAME`'s variables, as compose hands them to each server."""
+    assert cli.main(["scenario", scenario.name]) == 0
+    printed = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert printed == stack.scenario_environment(scenario)
+    assert cli.main(["scenario", scenario.name, "--services"]) == 0
+    assert capsys.readouterr().out.split() == list(SERVERS)
+    # What .env may have set before: the scenario's variables win, as a shell's do over .env's.
+    env_file = {"ECHO_CPU_MS": "7", "ECHO_DELAY_DISTRIBUTION": "exponential", "ECHO_OFFLOAD": "thread"}
+    for server in catalogue.SERVERS:
+        given = {**env_file, **printed}
+        environment = {
+            name: interpolated(v, given) for name, v in services[server.name]["environment"].items()
+        }
+        args = cli.build_parser().parse_args(["serve", server.name, *scenario.options_for(server)])
+        expected = settings.from_namespace(server.settings, args)
+        got = settings.from_environment(server.settings, environment)
+        fields = [f for f in WORK_MODEL if hasattr(expected, f)]
+        assert {f: getattr(got, f) for f in fields} == {f: getattr(expected, f) for f in fields}, server.name

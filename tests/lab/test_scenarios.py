@@ -6,7 +6,7 @@ import pytest
 
 from echolab import catalogue, settings
 from echolab.cli import build_parser
-from echolab.lab.scenarios import SCENARIOS, Scenario
+from echolab.lab.scenarios import SCENARIOS, WORK_MODEL, Scenario
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS)
@@ -26,3 +26,15 @@ def test_offloading_applies_to_the_event_loop_servers_only() -> None:
     offload = SCENARIOS["offload"]
     readers = {s.name for s in catalogue.SERVERS if "--offload" in offload.options_for(s)}
     assert readers == {"async", "async-http"}
+
+
+def test_a_scenario_sets_the_whole_work_model() -> None:
+    """What a preset leaves out is at its default: a scenario means the same whatever ran before."""
+    every = {option.name for s in catalogue.SERVERS for option in settings.options(s.settings)}
+    assert set(WORK_MODEL) <= every
+    named = {flag.removeprefix("--").replace("-", "_") for s in SCENARIOS.values() for flag in s.options[::2]}
+    assert named <= set(WORK_MODEL), "a preset sets only work settings, each of which it then decides"
+    io = SCENARIOS["io"]
+    for server in catalogue.SERVERS:
+        work = settings.from_environment(server.settings, io.environment(server))
+        assert work == settings.from_environment(server.settings, {}), server.name

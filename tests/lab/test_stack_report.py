@@ -55,8 +55,8 @@ def test_legend_format_takes_the_series_labels() -> None:
 
 
 def test_overrides_give_colour_and_dash_by_display_name() -> None:
-    assert overrides(PANEL, "async bound: users / (delay + think)") == ("#1f77b4", True)
-    assert overrides(PANEL, "async-http achieved") == (None, False)  # ^async( .*)?$ is not async-http
+    assert overrides(PANEL, "async bound: users / (delay + think)") == ("#1f77b4", "dash")
+    assert overrides(PANEL, "async-http achieved") == (None, "solid")  # ^async( .*)?$ is not async-http
 
 
 def test_consecutive_samples_make_one_run() -> None:

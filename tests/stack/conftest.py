@@ -14,13 +14,12 @@ import pytest
 from support.stack import (
     OPEN_LOOP,
     SERVICES,
-    STEP,
     TIMINGS,
-    USERS,
     WORKERS,
     Compose,
     Load,
     require_docker,
+    swarm,
     wait_for,
 )
 
@@ -58,17 +57,7 @@ def load(stack: Compose) -> Iterator[Load]:
         return count == WORKERS, count
 
     wait_for(f"{WORKERS} workers connected to the master", workers_connected, 60)
-    answer = stack.locust("/swarm", {"user_count": USERS, "spawn_rate": USERS, **STEP, **OPEN_LOOP})
-    assert answer["success"], answer
-
-    def running() -> tuple[bool, Any]:
-        stats = stack.locust("/stats/requests")
-        return stats["state"] == "running" and stats["user_count"] == USERS, (
-            stats["state"],
-            stats["user_count"],
-        )
-
-    wait_for(f"the step ramp up to {USERS} users", running, 60)
+    swarm(stack, OPEN_LOOP)
     try:
         yield Load(stack, time.monotonic())
     finally:

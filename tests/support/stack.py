@@ -41,6 +41,7 @@ STEP = {"shape_class": "StepRamp", "step_users": USERS // 2, "step_seconds": 2}
 OPEN_LOOP = {"target_rps": 100}
 
 TIMINGS: dict[str, float] = {}  # printed when the stack goes down
+COMPOSE = ["docker", "compose", "--env-file", str(ROOT / ".env.example")]
 
 
 def free_port() -> int:
@@ -67,7 +68,16 @@ class Compose:
         }
 
     def run(self, *args: str, timeout: float = 600, check: bool = True) -> str:
-        command = ["docker", "compose", "--env-file", str(ROOT / ".env.example"), *args]
+        return self._run([*COMPOSE, *args], timeout, check)
+
+    def make(self, *args: str, timeout: float = 600) -> str:
+        """A target of the Makefile on this project, as a user runs it (``.env``: .env.example's)."""
+        # -o .env: .env.example stands in for it, as for compose; no .env is written into the checkout.
+        return self._run(
+            ["make", "--no-print-directory", "-o", ".env", *args, f"COMPOSE={' '.join(COMPOSE)}"]
+        )
+
+    def _run(self, command: list[str], timeout: float = 600, check: bool = True) -> str:
         result = subprocess.run(
             command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
         )
@@ -111,6 +121,26 @@ class Load:
 
     stack: Compose
     started: float
+
+
+def swarm(stack: Compose, form: dict[str, Any]) -> None:
+    """Start USERS users as the web UI's form does (POST /swarm) and wait until they all run."""
+    answer = stack.locust("/swarm", {"user_count": USERS, "spawn_rate": USERS, **STEP, **form})
+    assert answer["success"], answer
+
+    def running() -> tuple[bool, Any]:
+        stats = stack.locust("/stats/requests")
+        return stats["state"] == "running" and stats["user_count"] == USERS, (
+            stats["state"],
+            stats["user_count"],
+        )
+
+    wait_for(f"the step ramp up to {USERS} users", running, 60)
+
+
+def stop_swarm(stack: Compose) -> None:
+    stack.locust("/stop", {})
+    wait_for("Locust stopped", lambda: (stack.locust("/stats/requests")["state"] == "stopped", None), 30)
 
 
 def users_per_server(stack: Compose) -> tuple[bool, Any]:

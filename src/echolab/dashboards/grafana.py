@@ -112,13 +112,14 @@ def timeseries_panel(
     queries: Sequence[Query],
     *,
     dashed: str = "",
+    dotted: str = "",
     soft_max: float | None = None,
     limit: float | None = None,
 ) -> timeseries.Panel:
     """Lines over time, each server in its catalogue colour.
 
-    ``dashed``: a regex of the series drawn dashed; ``soft_max``: the least the
-    y axis shows; ``limit``: a value drawn as a dashed red line (a saturation).
+    ``dashed``, ``dotted``: regexes of the series drawn so; ``soft_max``: the least
+    the y axis shows; ``limit``: a value drawn as a dashed red line (a saturation).
     """
     panel = (
         timeseries.Panel()
@@ -151,11 +152,12 @@ def timeseries_panel(
         panel = panel.with_target(_target(query, ref_id, pm.PromQueryFormat.TIME_SERIES))
     for server in SERVERS:
         panel = panel.override_by_regexp(server_pattern(server.name), [_fixed_colour(server.color)])
-    if dashed:
-        style = cm.LineStyle(fill="dash", dash=[10, 10])
-        panel = panel.override_by_regexp(
-            dashed, [dm.DynamicConfigValue(id_val="custom.lineStyle", value=style)]
-        )
+    for pattern, style in ((dashed, cm.LineStyle(fill="dash", dash=[10, 10])),
+                           (dotted, cm.LineStyle(fill="dot", dash=[0, 10]))):  # fmt: skip
+        if pattern:
+            panel = panel.override_by_regexp(
+                pattern, [dm.DynamicConfigValue(id_val="custom.lineStyle", value=style)]
+            )
     return panel
 
 
@@ -241,20 +243,6 @@ def server_variable() -> db.QueryVariable:
         .include_all(True)
         .all_value(".+")
         .current(dm.VariableOption(selected=True, text=["All"], value=["$__all"]))
-    )
-
-
-def label_variable(name: str, label: str, selector: str) -> db.QueryVariable:
-    """One value of ``name`` from the series of ``selector`` (e.g. the servers' delay from their info)."""
-    query = f"label_values({selector}, {name})"
-    return (
-        db.QueryVariable(name)
-        .label(label)
-        .datasource(DATASOURCE)
-        .query(query)
-        .definition(query)
-        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(dm.VariableSort.NUMERICAL_ASC)
     )
 
 

@@ -16,7 +16,6 @@ from .grafana import (
     exporters,
     heatmap_panel,
     interval_variable,
-    label_variable,
     load_test_runs,
     metric,
     quantile,
@@ -49,11 +48,15 @@ Four echo servers, each under the **same CPU and memory limits** (table on the r
 Locust (web UI on port 8089): {_families()}. Pick any of them with the **server** selector: every \
 panel follows it.
 
-* **Little's law**: with *N* users each waiting for a reply that takes the server's delay *D*, then \
-thinking *Z*, throughput cannot exceed *N / (D + Z)*. A server that keeps up follows the dashed \
-bound; one that falls behind drops below it while its latency climbs.
-* **Users and think time** come from Locust's own metrics (`--think-time`), **delay** from the \
-servers' `echo_server_info`: nothing to type in.
+* **Little's law**: with *N* users each waiting for a reply that takes the server's work *D* (its \
+CPU work, blocking call and IO per request), then thinking *Z*, throughput cannot exceed \
+*N / (D + Z)*. A server that keeps up follows the dashed bound; one that falls behind drops below \
+it while its latency climbs.
+* **Users and think time** come from Locust's own metrics (`--think-time`), **the work** from the \
+servers' own counts (`echo_work_seconds_total`): nothing to type in.
+* **Work per request** shows where a request's time goes; with a blocking call on an event loop \
+(`make scenario NAME=blocking`) the loop serves one request at a time: its lag jumps and its \
+rate falls to one request per blocking call, while the threaded servers wait in parallel.
 * Server-side latency runs from a request's last byte read to its reply written; client-side adds \
 the network and the client's own queueing.
 * Threads matter for the threaded servers, event-loop lag only for the async TCP server. \
@@ -73,25 +76,42 @@ def header() -> Row:
     info = metric("echo_server")
     servers = table_panel(
         "Servers and limits in force",
-        "From echo_server_info; cpus and memory are the container limits (SERVER_CPUS, SERVER_MEMORY) "
-        "that docker compose gave every server. workers: gunicorn worker processes of the HTTP servers.",
+        "From echo_server_info: how each server runs and the work model in force, each request's CPU "
+        "work, then its blocking call, then its IO (ECHO_CPU_MS, ECHO_BLOCKING_MS, ECHO_DELAY_MS, or a "
+        "preset of `make scenario`); offload: where an event-loop server runs the blocking call. cpus "
+        "and memory are the container limits (SERVER_CPUS, SERVER_MEMORY) docker compose gave every "
+        "server. workers: gunicorn worker processes of the HTTP servers.",
         Query(f"{info}{{{SERVER}}}", "{{server}}"),
         columns=[
             "server",
             "model",
+            "api",
             "loop",
+            "http",
             "threads",
             "workers",
-            "http",
             "framing",
+            "cpu_ms",
+            "blocking_ms",
+            "offload",
+            "offload_threads",
             "delay_ms",
+            "delay_distribution",
             "cpus",
             "memory",
             "instance",
         ],
-        rename={"delay_ms": "delay (ms)", "cpus": "CPU limit", "memory": "memory limit"},
+        rename={
+            "cpu_ms": "CPU (ms)",
+            "blocking_ms": "blocking (ms)",
+            "offload_threads": "offload threads",
+            "delay_ms": "IO (ms)",
+            "delay_distribution": "IO drawn",
+            "cpus": "CPU limit",
+            "memory": "memory limit",
+        },
     )
-    return Row("", [text_panel("How to read this dashboard", ABOUT), servers], widths=[10, 14])
+    return Row("", [text_panel("How to read this dashboard", ABOUT), servers], widths=[8, 16])
 
 
 def throughput() -> Row:
@@ -109,12 +129,15 @@ def throughput() -> Row:
     littles_law = timeseries_panel(
         "Little's law: bound vs achieved",
         "reqps",
-        "Bound = Locust users / (server delay + think time): the most a server can answer when each "
-        "user waits for its reply. Achieved = answered requests per second.",
+        "Bound = Locust users / (work per request + think time), the work being what the server "
+        "counted doing per request, its IO, CPU and blocking call (the panel 'Work per request by "
+        "kind'): the most a server can answer when each user waits for its reply. Achieved = answered "
+        "requests per second. A server that runs its work one request at a time (a blocking call on "
+        "an event loop) stays far below.",
         [
             Query(
-                f"{USERS}{{{SERVER}}} / on (server) ($delay_ms / 1000 + {THINK})",
-                "{{server}} bound: users / (delay + think)",
+                f"{USERS}{{{SERVER}}} / on (server) ({work_per_request('server')} + on (server) {THINK})",
+                "{{server}} bound: users / (work + think)",
             ),
             Query(answered, "{{server}} achieved"),
         ],
@@ -238,28 +261,71 @@ def errors() -> Row:
     return Row("Errors", [server_errors, client_failures])
 
 
-def threads_and_loop() -> Row:
+def work_per_request(by: str) -> str:
+    """Seconds of simulated work per request each server read, summed by ``by`` (server, or server, kind)."""
+    work = f"sum by ({by}) (rate({metric('echo_work_seconds')}{{{SERVER}}}[{WINDOW}]))"
+    requests = f"sum by (server) (rate({metric('echo_requests')}{{{SERVER}}}[{WINDOW}]))"
+    return f"{work} / on (server) group_left {requests}"
+
+
+def work() -> Row:
+    busy, queued = metric("echo_offload_threads_busy"), metric("echo_offload_tasks_queued")
     lag = [
         Query(f"{quantile(q, 'echo_event_loop_lag_seconds')} >= 0", f"{{{{server}}}} lag p{round(q * 100)}")
         for q in (0.5, 0.99)
     ]
     return Row(
-        "Threads and event loop",
+        "Work per request, the offload pool, the event loop",
         [
             timeseries_panel(
-                "Threads",
+                "Work per request by kind",
+                "s",
+                "Seconds of simulated work per request, by kind, in the order a request does them: cpu "
+                "(dotted: pure-Python, holding the GIL), blocking (dashed: a sync call, on the event loop "
+                "unless offloaded), io (solid: awaited, or slept through in a thread). From "
+                f"{metric('echo_work_seconds')}; only the kinds in force are drawn. Against the latency "
+                "above: the rest is waiting (for a thread, the loop, the GIL or the CPU).",
+                [Query(f"{work_per_request('server, kind')} > 0", "{{server}} {{kind}}")],
+                dashed=".* blocking$",
+                dotted=".* cpu$",
+            ),
+            timeseries_panel(
+                "Offload pool: threads busy, calls queued",
                 "short",
-                "Threads alive in each server (the HTTP servers: gunicorn's master and workers "
-                "together): the threaded servers' cost of concurrency.",
-                [Query(f"{metric('echo_threads')}{{{SERVER}}}", "{{server}} threads")],
+                f"The pool that {exporters('echo_offload_threads_busy')} hand their blocking calls to "
+                "with --offload thread (ECHO_OFFLOAD; --offload-threads in the table at the top): threads "
+                "running a call, and calls waiting for one (dashed). All threads busy with a queue: the "
+                "server has become a bounded pool, at most threads / blocking time requests a second. "
+                "Zero with --offload none: the calls run on the event loop, whose lag shows it.",
+                [
+                    Query(f"sum by (server) ({busy}{{{SERVER}}})", "{{server}} threads busy"),
+                    Query(f"sum by (server) ({queued}{{{SERVER}}})", "{{server}} calls queued"),
+                ],
+                dashed=".* queued$",
             ),
             timeseries_panel(
                 "Event-loop lag",
                 "s",
                 f"How late the event loop of {exporters('echo_event_loop_lag_seconds')} ran a 250 ms "
-                "timer: its queueing delay. (The threaded server has no event loop; the HTTP servers' "
-                "loops are not probed.)",
+                "timer: its queueing delay. A blocking call on the loop (--offload none) holds every "
+                "other request and this probe: the lag jumps to the calls queued before it, tens of ms "
+                "each. (The threaded server has no event loop; the HTTP servers' loops are not probed.)",
                 lag,
+            ),
+        ],
+    )
+
+
+def threads() -> Row:
+    return Row(
+        "Threads and file descriptors",
+        [
+            timeseries_panel(
+                "Threads",
+                "short",
+                "Threads alive in each server (the HTTP servers: gunicorn's master and workers "
+                "together): the threaded servers' cost of concurrency, and an offload pool's threads.",
+                [Query(f"{metric('echo_threads')}{{{SERVER}}}", "{{server}} threads")],
             ),
             timeseries_panel(
                 "Open file descriptors",
@@ -373,7 +439,6 @@ def traffic() -> Row:
 
 
 def build() -> dm.Dashboard:
-    info = metric("echo_server")
     return dashboard(
         UID,
         "echolab: threaded vs async, over TCP and HTTP",
@@ -383,17 +448,17 @@ def build() -> dm.Dashboard:
             header(),
             throughput(),
             latency(),
+            work(),
             cpu(),
             memory_and_runtime(),
             concurrency(),
             errors(),
-            threads_and_loop(),
+            threads(),
             traffic(),
         ],
         variables=[
             server_variable(),
             interval_variable(),
-            label_variable("delay_ms", "server delay (ms)", f"{info}{{{SERVER}}}"),
         ],
         annotations=[load_test_runs()],
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import textwrap
 
 from .. import catalogue
-from ..settings import Option
+from ..settings import Option, as_text
 from . import compose, stack
 
 EXAMPLE_PASSWORD = "change-me"  # `make up` refuses it
@@ -33,18 +33,8 @@ def _server_settings() -> list[str]:
         lines.extend(
             textwrap.wrap(text, 84, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False)
         )
-        lines.append(f"#{env}={_text(option.default)}")
+        lines.append(f"#{env}={as_text(option.default)}")
     return lines
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    return str(value)
 
 
 def render() -> str:
@@ -63,6 +53,9 @@ def render() -> str:
         "# Docker cannot exceed its daemon's own limit (`ulimit -Hn` of dockerd).",
         f"NOFILE_LIMIT={stack.NOFILE}",
         *_section("servers: uncomment to change (`echolab config` explains each)"),
+        "# The work model (CPU, blocking call, IO, offload) can also be a preset:",
+        "# `make scenario NAME=blocking` recreates the servers with one, over what is set",
+        "# here; `make up` comes back to this file.",
         *_server_settings(),
         *_section("load generator"),
         "# Comma-separated locustfiles (loadtest/ is /app in the image): the users and",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from .. import catalogue, settings
 from ..catalogue import Server
+from ..lab.scenarios import Scenario
 
 NAME = "echolab"
 
@@ -88,6 +89,19 @@ def tunable_settings(server: Server) -> Iterator[settings.Option]:
     for option in settings.options(server.settings):
         if option.env not in FIXED_SERVER_ENV and option.name != "host":
             yield option
+
+
+def scenario_environment(scenario: Scenario) -> dict[str, str]:
+    """The variables that put the stack's servers under ``scenario``: ``make scenario``.
+
+    One set for every server: compose passes each only the variables its
+    settings read (:func:`tunable_settings`), so each gets its own share of
+    the preset, as :meth:`Scenario.options_for` picks it.
+    """
+    environment: dict[str, str] = {}
+    for server in catalogue.SERVERS:
+        environment.update(scenario.environment(server))
+    return environment
 
 
 def health(server: Server) -> tuple[int, str]:

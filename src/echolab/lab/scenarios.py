@@ -22,6 +22,11 @@ A flag applies to the servers that read it: ``--offload`` and
 ``--offload-threads`` exist only on the event-loop servers' settings
 (``async``, ``async-http``); a threaded server has nothing to offload, its
 blocking call is already in a thread, and runs the scenario without them.
+
+A scenario decides the whole work model (:data:`WORK_MODEL`): what its
+preset does not name runs at its default. So in the stack, where
+``make scenario`` puts every server under a preset over what ``.env`` set
+(:meth:`Scenario.environment`), a scenario means what it means in the demo.
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..catalogue import Server
-from ..settings import options
+from ..settings import as_text, options
+
+# The settings of a server's work (servers/work.py) that a scenario decides.
+WORK_MODEL = ("delay_ms", "delay_distribution", "cpu_ms", "blocking_ms", "offload", "offload_threads")
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,16 @@ class Scenario:
         read = {option.flag for option in options(server.settings)}
         pairs = zip(self.options[::2], self.options[1::2], strict=True)
         return tuple(part for flag, value in pairs if flag in read for part in (flag, value))
+
+    def environment(self, server: Server) -> dict[str, str]:
+        """The variables that give ``server`` the scenario's work model: its flags, the rest at defaults."""
+        flags = self.options_for(server)
+        given = dict(zip(flags[::2], flags[1::2], strict=True))
+        return {
+            option.env: given.get(option.flag, as_text(option.default))
+            for option in options(server.settings)
+            if option.name in WORK_MODEL
+        }
 
 
 IO = Scenario("io", "100 ms of awaited IO per request, nothing else", ("--delay-ms", "100"), 100.0)

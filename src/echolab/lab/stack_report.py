@@ -40,6 +40,7 @@ PANEL_HEIGHT = 2.3  # inches of chart for Grafana's 8 grid units
 # For series the overrides leave alone (Locust processes, failure kinds): none of the servers' colours.
 OTHER_COLOURS = ("#555555", "#9467bd", "#8c6d31", "#999999", "#637939", "#7b4173", "#bd9e39", "#393b79")
 MISSING = math.nan
+LINE_STYLES = {"solid": "-", "dash": "--", "dot": ":"}  # Grafana's lineStyle fills, in matplotlib
 
 
 # --- what a window and a panel come to ----------------------------------------------------------
@@ -69,7 +70,7 @@ class Series:
     times: list[float]
     values: list[float]
     colour: str
-    dashed: bool = False
+    line: str = "solid"  # Grafana's lineStyle fill: solid, dash or dot
 
     def finite(self) -> list[float]:
         return [v for v in self.values if math.isfinite(v)]
@@ -154,9 +155,9 @@ def legend_name(template: str, labels: dict[str, str]) -> str:
     return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), template).strip()
 
 
-def overrides(panel: dict[str, Any], name: str) -> tuple[str | None, bool]:
-    """The fixed colour and the dash that the panel's overrides give the series called ``name``."""
-    colour, dashed = None, False
+def overrides(panel: dict[str, Any], name: str) -> tuple[str | None, str]:
+    """The fixed colour and the line style that the panel's overrides give the series called ``name``."""
+    colour, line = None, "solid"
     for override in panel.get("fieldConfig", {}).get("overrides", []):
         matcher = override["matcher"]
         matched = (matcher["id"] == "byRegexp" and re.search(matcher["options"], name)) or (
@@ -168,8 +169,8 @@ def overrides(panel: dict[str, Any], name: str) -> tuple[str | None, bool]:
             if prop["id"] == "color":
                 colour = prop["value"].get("fixedColor", colour)
             elif prop["id"] == "custom.lineStyle":
-                dashed = prop["value"].get("fill") == "dash"
-    return colour, dashed
+                line = prop["value"].get("fill", line)
+    return colour, line
 
 
 # --- querying ------------------------------------------------------------------------------------
@@ -198,12 +199,12 @@ class Panels:
         for target in panel.get("targets", []):
             for result in self.range(target["expr"], values):
                 name = legend_name(target.get("legendFormat", ""), result["metric"]) or target["expr"]
-                colour, dashed = overrides(panel, name)
+                colour, line = overrides(panel, name)
                 if colour is None:
                     colour = OTHER_COLOURS[others % len(OTHER_COLOURS)]
                     others += 1
                 times = [float(t) for t, _ in result["values"]]
-                found.append(Series(name, times, [number(v) for _, v in result["values"]], colour, dashed))
+                found.append(Series(name, times, [number(v) for _, v in result["values"]], colour, line))
         return found
 
     def instant(self, expr: str, values: dict[str, str]) -> list[dict[str, Any]]:
@@ -291,7 +292,7 @@ class Drawing:
         for s in series:
             times, values = with_gaps(s.times, s.values, window.step)
             ax.plot([datetime.fromtimestamp(t) for t in times], values, color=s.colour, lw=1.1,
-                    ls="--" if s.dashed else "-")  # fmt: skip
+                    ls=LINE_STYLES.get(s.line, "-"))  # fmt: skip
         for step in defaults.get("thresholds", {}).get("steps", []):
             if step.get("value") is not None and defaults.get("custom", {}).get("thresholdsStyle"):
                 ax.axhline(step["value"], color="red", lw=0.9, ls="--")
@@ -358,7 +359,7 @@ def legend_table(series: list[Series], unit: str) -> str:
         mean = sum(finite) / len(finite) if finite else MISSING
         top = max(finite) if finite else MISSING
         last = finite[-1] if finite else MISSING
-        swatch = f'<span class="sw{" dash" if s.dashed else ""}" style="border-color:{s.colour}"></span>'
+        swatch = f'<span class="sw {s.line}" style="border-color:{s.colour}"></span>'
         cells = "".join(f"<td>{format_value(unit, v)}</td>" for v in (mean, top, last))
         rows.append(f"<tr><th>{swatch}{html.escape(s.name)}</th>{cells}</tr>")
     return (
@@ -492,7 +493,8 @@ h1{font-size:20px;margin:20px 0 2px} h2{font-size:15px;margin:18px 0 6px;border-
 table{border-collapse:collapse;font-size:11px} td,th{padding:1px 6px;text-align:right}
 .legend th{text-align:left;font-weight:normal} .legend tr:first-child td{color:#888}
 .data th{background:#eee} .data td,.data th{border:1px solid #ddd;text-align:left}
-.sw{display:inline-block;width:14px;border-top:3px solid;margin:0 6px 3px 0} .sw.dash{border-top-style:dashed}
+.sw{display:inline-block;width:14px;border-top:3px solid;margin:0 6px 3px 0}
+.sw.dash{border-top-style:dashed} .sw.dot{border-top-style:dotted}
 ul{margin:4px 0;padding-left:18px} p{margin:4px 0}
 """
 

@@ -124,12 +124,13 @@ class EchoClient:
         return self._read_line(sock)
 
     def _connect(self) -> socket.socket:
-        """``socket.create_connection``, but resolving the address once per client until a connect fails.
+        """``socket.create_connection``, but resolving the address once per client until an error.
 
         Under gevent every getaddrinfo is a trip through a thread pool, about
         0.1 ms: more than a whole ``oneshot`` request on loopback. A server
         that comes back elsewhere (a container restarted with a new address)
-        is found again: a failed connect resolves anew next time.
+        is found again: after a failed connect, or any error (:meth:`close`),
+        the next connect resolves anew.
         """
         if self._addresses is None:
             self._addresses = socket.getaddrinfo(*self.address, type=socket.SOCK_STREAM)
@@ -167,10 +168,17 @@ class EchoClient:
         return buffer[:end]
 
     def close(self) -> None:
+        """Drop the connection, and the address: the server may be elsewhere by the next connect.
+
+        A container recreated (``make scenario``, ``make up`` after an edit)
+        comes back at a new address, and its old one may go to another
+        server: reconnecting to it would load the wrong server, unnoticed.
+        """
         if self._sock is not None:
             self._sock.close()
             self._sock = None
         self._buffer = b""
+        self._addresses = None
 
     def __enter__(self) -> EchoClient:
         return self

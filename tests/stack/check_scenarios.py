@@ -1,0 +1,140 @@
+"""`make scenario` in the running stack, under load: a blocking call on the event loop, and back.
+
+Runs after check_stack.py and before check_chaos.py, on the same stack
+(tests/stack/conftest.py). It switches the servers to the ``blocking``
+scenario (a 20 ms blocking call per request, no IO) with `make scenario`,
+as a user would, while Locust runs a closed loop of 5 users per server, and
+asserts on what Prometheus then sees, in counts and their order:
+
+* the table "Servers and limits in force" shows the work model in force,
+  and each server answers what its own users send;
+* the async server's event-loop lag gains observations above 50 ms (the
+  dashboard's p99 jumps past it), far more often than under the io scenario;
+* an event-loop server serves one request at a time: at most one per 20 ms
+  per process, whatever its users, while each threaded server, whose
+  threads wait out the calls side by side, serves more than half again as
+  many per process (5 users: up to 5 per 20 ms in all).
+
+Then `make scenario NAME=io` puts the servers back, and the open-loop load
+of the other modules runs again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from support.dashboards import DASHBOARDS, load_dashboard
+from support.stack import OPEN_LOOP, SERVERS, TIMINGS, Compose, Load, by, stop_swarm, swarm, wait_for
+
+from echolab import catalogue
+from echolab.dashboards.panels import queries, resolve_variables, substitute
+from echolab.dashboards.prometheus import Prometheus
+from echolab.lab.scenarios import SCENARIOS
+from echolab.metrics import spec
+from echolab.settings import options
+
+BLOCKING_S = float(SCENARIOS["blocking"].environment(catalogue.SERVERS[0])["ECHO_BLOCKING_MS"]) / 1000
+CAP = 1 / BLOCKING_S  # requests/s of one process that runs its blocking calls one at a time
+WINDOW = "30s"  # six scrapes of the stack's 5 s
+LAG = spec("echo_event_loop_lag_seconds").name
+LATE = 0.05  # a lag bucket's bound: a probe more than 50 ms late
+CLOSED_LOOP = {"target_rps": 0}  # each user waits for its reply: a loop that serialises shows at once
+EVENT_LOOP = [s.name for s in catalogue.SERVERS if s.family == "async"]
+THREADED = [s.name for s in catalogue.SERVERS if s.family == "threaded"]
+
+
+def late_and_all(stack: Compose, window: str) -> dict[str, tuple[float, float]]:
+    """Per event-loop-probed server: lag observations above LATE and in all, over ``window``."""
+    total = by(stack.query(f"sum by (server) (increase({LAG}_count[{window}]))"), "server")
+    on_time = by(stack.query(f'sum by (server) (increase({LAG}_bucket{{le="{LATE}"}}[{window}]))'), "server")
+    return {server: (total[server] - on_time.get(server, 0.0), total[server]) for server in total}
+
+
+def work_model(stack: Compose) -> dict[str, dict[str, str]]:
+    """What the dashboard's table shows of each server's work model (echo_server_info's labels)."""
+    dashboard = load_dashboard(DASHBOARDS[0].parent / "echolab-overview.json")
+    prometheus = Prometheus(stack.url("PROMETHEUS", ""))
+    (table,) = [expr for name, expr in queries(dashboard) if "'Servers and limits in force'" in name]
+    result = prometheus.query(substitute(table, resolve_variables(prometheus, dashboard, WINDOW)))
+    return {series["metric"]["server"]: series["metric"] for series in result}
+
+
+def wait_for_work_model(stack: Compose, name: str) -> None:
+    """Until the table shows every server under scenario ``name``: its info labels are the settings."""
+    wanted = {}
+    for server in catalogue.SERVERS:
+        environment = SCENARIOS[name].environment(server)
+        wanted[server.name] = {
+            o.name: environment[o.env] for o in options(server.settings) if o.env in environment
+        }
+
+    def shown() -> tuple[bool, Any]:
+        seen = {
+            s: {label: labels.get(label) for label in wanted[s]} for s, labels in work_model(stack).items()
+        }
+        return seen == wanted, seen
+
+    wait_for(f"the table showing the {name} scenario's work model on every server", shown, 60)
+
+
+def make_scenario(stack: Compose, name: str) -> None:
+    started = time.monotonic()
+    output = stack.make("scenario", f"NAME={name}")
+    TIMINGS[f"make scenario NAME={name}"] = time.monotonic() - started
+    assert f"scenario {name}:" in output, output
+    wait_for_work_model(stack, name)
+
+
+def test_blocking_calls_stall_the_event_loop_not_the_threads(load: Load) -> None:
+    stack = load.stack
+    under_io = late_and_all(stack, "1m")
+    stop_swarm(stack)
+    swarm(stack, CLOSED_LOOP)
+    make_scenario(stack, "blocking")
+    workers = {s: float(labels.get("workers", "1")) for s, labels in work_model(stack).items()}
+
+    # Rates over a WINDOW with no restart in it (every sample is of the new containers) and no
+    # failure (the users' requests of the switch, refused in a burst, are out of it).
+    def settled() -> tuple[bool, Any]:
+        resets = by(stack.query(f'resets(echo_requests_total{{outcome="ok"}}[{WINDOW}])'), "server")
+        samples = by(stack.query(f'count_over_time(echo_requests_total{{outcome="ok"}}[{WINDOW}])'), "server")
+        failed = by(
+            stack.query(f"sum by (server) (increase(echo_client_failures_total[{WINDOW}])) > 0"), "server"
+        )
+        ok = set(resets) == set(SERVERS) and max(resets.values()) == 0 and min(samples.values()) >= 5
+        return ok and not failed, (resets, samples, failed)
+
+    wait_for(f"{WINDOW} of requests under the blocking scenario", settled, 90)
+    rates = by(
+        stack.query(f'sum by (server) (rate(echo_requests_total{{outcome="ok"}}[{WINDOW}]))'), "server"
+    )
+    # Each server answers its own users: recreated, none took another's address from Locust.
+    sent = by(
+        stack.query(f'sum by (server) (rate(echo_client_requests_total{{job="locust-workers"}}[{WINDOW}]))'),
+        "server",
+    )
+    assert all(abs(rates[s] / sent[s] - 1) < 0.25 for s in SERVERS), f"answered {rates}, sent {sent}"
+    per_process = {server: rates[server] / workers[server] for server in SERVERS}
+    lag = late_and_all(stack, WINDOW)
+    p99 = by(
+        stack.query(f"histogram_quantile(0.99, sum by (server, le) (rate({LAG}_bucket[{WINDOW}])))"), "server"
+    )
+    print(
+        f"\nblocking scenario, closed loop: requests/s per process {per_process}, lag p99 {p99}, lag "
+        f"observations above {LATE * 1000:.0f} ms (late, all): {lag}; under io (last minute): {under_io}"
+    )
+    for server in EVENT_LOOP:
+        assert 0 < per_process[server] <= CAP * 1.1, f"{server}: one blocking call at a time, {per_process}"
+    for server in THREADED:
+        assert per_process[server] > 1.5 * CAP, f"{server}: its threads block side by side, {per_process}"
+    assert set(lag) == set(spec(LAG).servers), lag
+    for server, (late, total) in lag.items():
+        assert late >= 10, f"{server}: the lag must jump with blocking calls on the loop: {lag}"
+        io_late, io_total = under_io[server]
+        assert late / total > io_late / max(io_total, 1), f"{server}: {lag} vs under io {under_io}"
+        assert p99[server] > LATE, f"{server}: the dashboard's p99 lag {p99}"
+
+    make_scenario(stack, "io")
+    stop_swarm(stack)
+    swarm(stack, OPEN_LOOP)
