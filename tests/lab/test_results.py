@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from echolab.lab.report import verdict
+from dataclasses import replace
+
+from echolab.lab.report import Section, finding, scaling, verdict
 from echolab.lab.results import Row
 
 
@@ -37,4 +39,26 @@ def test_the_verdict_names_the_first_level_that_does_not_hold_and_why() -> None:
     assert verdict("threaded", series) == (
         "threaded: holds up to 1,000 req/s offered; at 5,000 req/s offered its p99 reaches 419 ms, "
         "over 2 times the work (100% of the offered rate)."
+    )
+
+
+def test_the_finding_says_when_throughput_does_not_follow_the_load() -> None:
+    """A blocked event loop: a hundred times the connections, the same requests/s."""
+    flat = [row(1, 1.0), row(100, 0.01)]
+    rising = [row(1, 1.0), row(100, 1.0)]
+    assert scaling(flat) == "10 req/s at 1 connection, 10 at 100 connections, whatever the concurrency"
+    assert scaling(rising) == "10 req/s at 1 connection, 1,000 at 100 connections"
+
+
+def test_the_finding_compares_threads_and_asyncio_within_one_protocol() -> None:
+    section = Section("io", "100 ms of IO", "closed", 100.0)
+    rows = [replace(r, server=server) for server, fraction in (("threaded", 0.2), ("async", 1.0))
+            for r in (row(1, 1.0), row(1000, fraction))]  # fmt: skip
+    rows += [replace(r, server="async-http", framing="http") for r in (row(1, 1.0), row(1000, 0.001))]
+    assert finding(section, rows) == (
+        "100 ms of IO: threaded holds up to 1 connection (10 req/s at 1 connection, 2,000 at 1,000 "
+        "connections), async holds at every level, up to 1,000 connections (10 req/s at 1 connection, "
+        "10,000 at 1,000 connections): the async peak is 5.00x the threaded one; over HTTP, async-http "
+        "holds up to 1 connection (10 req/s at 1 connection, 10 at 1,000 connections, whatever the "
+        "concurrency)."
     )

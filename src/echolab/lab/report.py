@@ -101,32 +101,51 @@ def verdict(server: str, series: list[Row]) -> str:
 
 
 def finding(section: Section, rows: list[Row]) -> str:
-    """The section in one plain sentence, from its figures: the best of each family, side by side."""
-    best: dict[str, tuple[str, list[Row]]] = {}
-    for name, series in by_server(rows).items():
-        family = FAMILIES.get(name, "other")
-        peak = max(r.throughput for r in series)
-        if family not in best or peak > max(r.throughput for r in best[family][1]):
-            best[family] = (name, series)
-    parts = []
-    peaks = {}
-    for family, (name, series) in best.items():
-        first = next((i for i, r in enumerate(series) if not r.holds), len(series))
-        peaks[family] = max(series, key=lambda r: r.throughput)
-        if first == 0:
-            reach = "never holds the bound"
-        elif first == len(series):
-            reach = f"holds at every level (up to {level_text(series[-1])})"
-        else:
-            reach = f"holds up to {level_text(series[first - 1])}"
-        parts.append(
-            f"the best {family} server, {name}, {reach} and peaks at {peaks[family].throughput:,.0f} req/s"
-        )
-    sentence = f"{section.summary}: " + "; ".join(parts)
-    if "threaded" in peaks and "async" in peaks and peaks["threaded"].throughput > 0:
-        ratio = peaks["async"].throughput / peaks["threaded"].throughput
-        sentence += f", {ratio:.2f}x the threaded peak"
-    return sentence + "."
+    """The section in one plain sentence, from its figures: threads against asyncio on TCP, then on
+    HTTP (a protocol's servers are alike but for their model), the best server of each side."""
+    clauses = []
+    for protocol in ("tcp", "http"):
+        best: dict[str, tuple[str, list[Row]]] = {}
+        for name, series in by_server(rows).items():
+            if (series[0].framing == "http") != (protocol == "http"):
+                continue
+            family = FAMILIES.get(name, "other")
+            if family not in best or max(r.throughput for r in series) > max(r.throughput for r in best[family][1]):
+                best[family] = (name, series)
+        parts = [f"{name} {reach(series)} ({scaling(series)})" for name, series in best.values()]
+        peaks = {family: max(r.throughput for r in series) for family, (_, series) in best.items()}
+        if peaks.get("threaded") and "async" in peaks:
+            parts[-1] += f": the async peak is {times(peaks['async'] / peaks['threaded'])} the threaded one"
+        if parts:
+            clauses.append(("over HTTP, " if protocol == "http" and clauses else "") + ", ".join(parts))
+    return f"{section.summary}: " + "; ".join(clauses) + "."
+
+
+def reach(series: list[Row]) -> str:
+    first = next((i for i, r in enumerate(series) if not r.holds), len(series))
+    if first == 0:
+        return "never holds the bound"
+    if first == len(series):
+        return f"holds at every level, up to {level_text(series[-1])}"
+    return f"holds up to {level_text(series[first - 1])}"
+
+
+def scaling(series: list[Row]) -> str:
+    """How throughput followed the load, from the first level to the last (and the peak between)."""
+    first, last, peak = series[0], series[-1], max(series, key=lambda r: r.throughput)
+    text = f"{first.throughput:,.0f} req/s at {level_text(first)}"
+    if peak is not first and peak is not last:
+        text += f", {peak.throughput:,.0f} at {level_text(peak)}"
+    if last is not first:
+        text += f", {last.throughput:,.0f} at {level_text(last)}"
+    # Ten times the load for less than twice the throughput: the model, not the load, sets the rate.
+    if first.mode == "closed" and last.connections >= 10 * first.connections and peak.throughput < 2 * first.throughput:
+        text += ", whatever the concurrency"
+    return text
+
+
+def times(ratio: float) -> str:
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"1/{1 / ratio:,.0f} of" if ratio > 0 else "none of"
 
 
 def csv_text(rows: list[Row]) -> str:
