@@ -110,7 +110,8 @@ def finding(section: Section, rows: list[Row]) -> str:
             if (series[0].framing == "http") != (protocol == "http"):
                 continue
             family = FAMILIES.get(name, "other")
-            if family not in best or max(r.throughput for r in series) > max(r.throughput for r in best[family][1]):
+            peak = max(r.throughput for r in series)
+            if family not in best or peak > max(r.throughput for r in best[family][1]):
                 best[family] = (name, series)
         parts = [f"{name} {reach(series)} ({scaling(series)})" for name, series in best.values()]
         peaks = {family: max(r.throughput for r in series) for family, (_, series) in best.items()}
@@ -139,7 +140,8 @@ def scaling(series: list[Row]) -> str:
     if last is not first:
         text += f", {last.throughput:,.0f} at {level_text(last)}"
     # Ten times the load for less than twice the throughput: the model, not the load, sets the rate.
-    if first.mode == "closed" and last.connections >= 10 * first.connections and peak.throughput < 2 * first.throughput:
+    flat = last.connections >= 10 * first.connections and peak.throughput < 2 * first.throughput
+    if first.mode == "closed" and flat:
         text += ", whatever the concurrency"
     return text
 
