@@ -103,7 +103,7 @@ def verdict(server: str, series: list[Row]) -> str:
 def finding(section: Section, rows: list[Row]) -> str:
     """The section in one plain sentence, from its figures: threads against asyncio on TCP, then on
     HTTP (a protocol's servers are alike but for their model), the best server of each side."""
-    clauses = []
+    clauses: list[str] = []
     for protocol in ("tcp", "http"):
         best: dict[str, tuple[str, list[Row]]] = {}
         for name, series in by_server(rows).items():
