@@ -84,18 +84,25 @@ def level_text(row: Row) -> str:
     return f"{row.rate:,.0f} req/s offered" if row.mode == "open" else plural(row.connections, "connection")
 
 
+def broken_at(series: list[Row]) -> int:
+    """The index of the first level the server does not hold; ``len(series)`` if it holds them all."""
+    return next((i for i, r in enumerate(series) if not r.holds), len(series))
+
+
 def verdict(server: str, series: list[Row]) -> str:
     """One sentence: up to where the server holds, and what happens at the first level it does not."""
-    first = next((r for r in series if not r.holds), None)
+    index = broken_at(series)
     top = series[-1]
     of = "of the offered rate" if top.mode == "open" else "of the bound"
-    if first is None:
+    if index == len(series):
         return (
             f"{server}: holds at every level, up to {level_text(top)} "
             f"({top.bound_fraction or 0:.0%} {of}, p99 {top.latency('p99') or 0:,.0f} ms)."
         )
-    before = series[: series.index(first)]
-    where = f"holds up to {level_text(before[-1])}" if before else f"does not hold {HOLD_FRACTION:.0%} {of}"
+    first = series[index]
+    where = (
+        f"holds up to {level_text(series[index - 1])}" if index else f"does not hold {HOLD_FRACTION:.0%} {of}"
+    )
     p99 = "" if "p99" in (first.trouble or "") else f", p99 {first.latency('p99') or 0:,.0f} ms"
     return f"{server}: {where}; at {level_text(first)} {first.trouble}{p99}."
 
@@ -103,32 +110,31 @@ def verdict(server: str, series: list[Row]) -> str:
 def finding(section: Section, rows: list[Row]) -> str:
     """The section in one plain sentence, from its figures: threads against asyncio on TCP, then on
     HTTP (a protocol's servers are alike but for their model), the best server of each side."""
+    best: dict[tuple[bool, str], tuple[float, str, list[Row]]] = {}  # (http, family): peak, server, series
+    for name, series in by_server(rows).items():
+        key = (series[0].framing == "http", FAMILIES.get(name, "other"))
+        peak = max(r.throughput for r in series)
+        if key not in best or peak > best[key][0]:
+            best[key] = (peak, name, series)
     clauses: list[str] = []
-    for protocol in ("tcp", "http"):
-        best: dict[str, tuple[str, list[Row]]] = {}
-        for name, series in by_server(rows).items():
-            if (series[0].framing == "http") != (protocol == "http"):
-                continue
-            family = FAMILIES.get(name, "other")
-            peak = max(r.throughput for r in series)
-            if family not in best or peak > max(r.throughput for r in best[family][1]):
-                best[family] = (name, series)
-        parts = [f"{name} {reach(series)} ({scaling(series)})" for name, series in best.values()]
-        peaks = {family: max(r.throughput for r in series) for family, (_, series) in best.items()}
-        if peaks.get("threaded") and "async" in peaks:
-            parts[-1] += f": the async peak is {times(peaks['async'] / peaks['threaded'])} the threaded one"
+    for http in (False, True):
+        sides = {family: side for (on_http, family), side in best.items() if on_http == http}
+        parts = [f"{name} {reach(series)} ({scaling(series)})" for _, name, series in sides.values()]
+        if "threaded" in sides and "async" in sides and sides["threaded"][0]:
+            ratio = sides["async"][0] / sides["threaded"][0]
+            parts[-1] += f": the async peak is {times(ratio)} the threaded one"
         if parts:
-            clauses.append(("over HTTP, " if protocol == "http" and clauses else "") + ", ".join(parts))
+            clauses.append(("over HTTP, " if http and clauses else "") + ", ".join(parts))
     return f"{section.summary}: " + "; ".join(clauses) + "."
 
 
 def reach(series: list[Row]) -> str:
-    first = next((i for i, r in enumerate(series) if not r.holds), len(series))
-    if first == 0:
+    index = broken_at(series)
+    if index == 0:
         return "never holds the bound"
-    if first == len(series):
+    if index == len(series):
         return f"holds at every level, up to {level_text(series[-1])}"
-    return f"holds up to {level_text(series[first - 1])}"
+    return f"holds up to {level_text(series[index - 1])}"
 
 
 def scaling(series: list[Row]) -> str:

@@ -43,6 +43,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from uvicorn.server import ServerState
 from uvicorn_worker import UvicornWorker
 
+from ..runtime import sweep_interval
 from ..settings import HttpSettings
 
 # After an error reply, what the client still sends is read and dropped for this long, or this much
@@ -313,7 +314,7 @@ def sweep_deadlines(loop: asyncio.AbstractEventLoop, state: ServerState, limits:
     if getattr(state, "echolab_sweeping", False):
         return
     state.echolab_sweeping = True  # type: ignore[attr-defined]  # uvicorn's per-server state, ours along
-    tick = min(1.0, limits.idle_timeout / 4, limits.request_timeout / 4)
+    tick = sweep_interval(limits.idle_timeout, limits.request_timeout)
 
     def sweep() -> None:
         now = loop.time()

@@ -20,7 +20,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from ..metrics import ServerMetrics
-from ..runtime import IGNORED_SIGNALS, RESOURCE_ERRNOS, AcceptErrorLog, ignore_signal, log, log_drain
+from ..runtime import (
+    IGNORED_SIGNALS,
+    RESOURCE_ERRNOS,
+    AcceptErrorLog,
+    ignore_signal,
+    log,
+    log_drain,
+    sweep_interval,
+)
 from ..settings import AsyncSettings
 from . import work as work_module
 from .work import Work
@@ -36,7 +44,7 @@ FD_PROBE_INTERVAL = 1.0
 
 
 class Connection(Protocol):
-    """A client connection, as the shutdown sees it."""
+    """A client connection, as the shutdown and the deadline sweep see it."""
 
     def close_if_idle(self) -> None:
         """Close now if no request is in work or queued; else once the last one is answered."""
@@ -91,8 +99,9 @@ class LoopServer:
         now = self.loop.time()
         for conn in list(self.connections):
             conn.check(now)
-        settings = self.settings
-        self.loop.call_later(min(1.0, settings.idle_timeout / 4, settings.request_timeout / 4), self.sweep)
+        self.loop.call_later(
+            sweep_interval(self.settings.idle_timeout, self.settings.request_timeout), self.sweep
+        )
 
     def probe_fds(self, fd: int, accept_errors: AcceptErrorLog) -> None:
         """uvloop only: notice running out of file descriptors, which libuv hides.

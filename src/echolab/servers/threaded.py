@@ -38,7 +38,15 @@ from ..protocol import (
     MessageTooLarge,
     make_framer,
 )
-from ..runtime import IGNORED_SIGNALS, RESOURCE_ERRNOS, AcceptErrorLog, ignore_signal, log, log_drain
+from ..runtime import (
+    IGNORED_SIGNALS,
+    RESOURCE_ERRNOS,
+    AcceptErrorLog,
+    ignore_signal,
+    log,
+    log_drain,
+    sweep_interval,
+)
 from ..settings import ThreadedSettings
 from . import work as work_module
 from .work import Work
@@ -223,7 +231,7 @@ class EchoServer(socketserver.TCPServer):
         LINGER_SECONDS, after which the next sweep shuts the socket down.
         """
         settings = self.settings
-        tick = min(1.0, settings.idle_timeout / 4, settings.request_timeout / 4)
+        tick = sweep_interval(settings.idle_timeout, settings.request_timeout)
         while not self._closed.wait(tick):
             now = time.monotonic()
             with self._lock:
