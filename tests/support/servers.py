@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import http.client
+import itertools
 import os
 import socket
 import subprocess
@@ -27,7 +28,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from echolab.catalogue import SERVERS, Server, server
 from echolab.launcher import LaunchError, ServerProcess
-from echolab.settings import ASYNC_APIS, LOOPS, THREADED_MODELS
+from echolab.settings import ASYNC_APIS, LOOPS, THREADED_MODELS, HttpSettings
 
 from .scrape import Metrics, scrape, wait_for
 from .wire import Connection, framed
@@ -193,6 +194,24 @@ class Response:
 
 class HttpTestServer(TestServer):
     """``echolab serve threaded-http|async-http``: HTTP requests and per-worker counts."""
+
+    # What each worker logs once a SIGTERM would drain it: gthread's (ours), uvicorn's.
+    READY = ("Worker ready (pid", "Application startup complete.")
+
+    def start(self, timeout: float = 30.0) -> HttpTestServer:
+        """Ready once every worker is: gunicorn listens before its workers boot, and a signal sent
+        to a worker still booting kills it instead of draining it."""
+        super().start(timeout)
+        workers = HttpSettings().workers
+        for flag, value in itertools.pairwise(self.options):
+            if flag == "--workers":
+                workers = int(value)
+        deadline = time.monotonic() + timeout
+        while sum(self.log.count(marker) for marker in self.READY) < workers:
+            if time.monotonic() > deadline:
+                pytest.fail(f"not all {workers} workers ready after {timeout}s:\n{self.log}")
+            time.sleep(0.02)
+        return self
 
     def request(
         self,

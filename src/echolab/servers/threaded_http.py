@@ -218,6 +218,9 @@ class EchoThreadWorker(ThreadWorker):  # type: ignore[misc]
             conn.timeout = min(conn.timeout, deadline)
 
     def run(self) -> None:
+        # gunicorn logs "Booting worker" before the worker takes signals; from here a SIGTERM drains it
+        # (uvicorn's worker says so with "Application startup complete.").
+        self.log.info("Worker ready (pid: %s)", self.pid)
         super().run()
         # The drain is over: cut the requests still on a thread (a client stalled mid-request, or
         # not reading its reply), so that every thread ends and the process exits now.
