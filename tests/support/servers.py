@@ -8,10 +8,11 @@ is a problem the fixtures turn into a failed test (:meth:`TestServer.problems`).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
 import glob
 import http.client
-import itertools
 import os
 import socket
 import subprocess
@@ -28,7 +29,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from echolab.catalogue import SERVERS, Server, server
 from echolab.launcher import LaunchError, ServerProcess
-from echolab.settings import ASYNC_APIS, LOOPS, THREADED_MODELS, HttpSettings
+from echolab.settings import ASYNC_APIS, LOOPS, THREADED_MODELS, add_arguments, from_namespace
 
 from .scrape import Metrics, scrape, wait_for
 from .wire import Connection, framed
@@ -198,20 +199,17 @@ class HttpTestServer(TestServer):
     # What each worker logs once a SIGTERM would drain it: gthread's (ours), uvicorn's.
     READY = ("Worker ready (pid", "Application startup complete.")
 
-    def start(self, timeout: float = 30.0) -> HttpTestServer:
-        """Ready once every worker is: gunicorn listens before its workers boot, and a signal sent
-        to a worker still booting kills it instead of draining it."""
-        super().start(timeout)
-        workers = HttpSettings().workers
-        for flag, value in itertools.pairwise(self.options):
-            if flag == "--workers":
-                workers = int(value)
-        deadline = time.monotonic() + timeout
-        while sum(self.log.count(marker) for marker in self.READY) < workers:
-            if time.monotonic() > deadline:
-                pytest.fail(f"not all {workers} workers ready after {timeout}s:\n{self.log}")
-            time.sleep(0.02)
-        return self
+    def is_ready(self) -> bool:
+        """A worker answers, and every worker takes signals: gunicorn's workers boot one after the
+        other, and a SIGTERM sent to one still booting kills it instead of draining it."""
+        return super().is_ready() and sum(self.log.count(marker) for marker in self.READY) >= self.workers
+
+    @functools.cached_property
+    def workers(self) -> int:
+        """The worker count as ``echolab serve`` reads it from these flags and this environment."""
+        parser = argparse.ArgumentParser()
+        add_arguments(parser, self.server.settings, environ=self.env)
+        return from_namespace(self.server.settings, parser.parse_args(self.options)).workers
 
     def request(
         self,
