@@ -9,10 +9,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from support.servers import clean_environment
+from support.waiting import poll_until
 
 from echolab.launcher import HOST, accepts, answers, free_port
 
@@ -48,10 +48,14 @@ def test_the_web_ui_is_where_the_banner_says_and_ctrl_c_stops_it_all() -> None:
     reader.start()
     try:
         url = f"http://{HOST}:{web}"
-        deadline = time.monotonic() + 60
-        while not answers(url) and time.monotonic() < deadline and run.poll() is None:
-            time.sleep(0.1)
-        assert answers(url), "".join(lines)
+        poll_until(
+            lambda: answers(url),
+            what=f"the web UI answering at {url}",
+            timeout=60,
+            interval=0.1,
+            gone=lambda: "" if run.poll() is None else f"exited with {run.returncode}",
+            context=lambda: "".join(lines),
+        )
         assert f"Locust web UI: {url}  (Ctrl-C stops Locust and the servers)\n" in lines
         servers = [
             (h, int(p)) for line in lines for h, p in re.findall(r"echo server \S+: (\S+):(\d+),", line)

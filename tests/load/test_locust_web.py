@@ -7,14 +7,13 @@ the UI's form (or anyone's script) sends: ``POST /swarm``, ``POST /user``.
 from __future__ import annotations
 
 import json
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from support.locust import DEADLINE, LocustProcess
+from support.locust import LocustProcess
 from support.servers import HOST, TestServer
 
 from echolab.launcher import free_port
@@ -54,11 +53,7 @@ class WebUi:
         return self.post("/swarm", {"user_count": "2", "spawn_rate": "2", "host": "", **fields})
 
     def wait(self, check: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + DEADLINE
-        while not check():
-            if self.process.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"{what}: not after {DEADLINE:.0f}s\n{self.process.log}")
-            time.sleep(0.2)
+        self.process.poll(what, check, interval=0.2)  # each look is a stats request of the web UI
 
     def reply_length(self) -> float:
         """The average reply length Locust saw for the threaded server in this run (0 before any)."""

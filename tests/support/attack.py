@@ -6,11 +6,12 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import psutil
 
-from .servers import HOST, TIMEOUT
+from .servers import HOST
+from .waiting import TIMEOUT
 
 MiB = 1 << 20
 
@@ -162,10 +163,3 @@ def established(pid: int, port: int) -> int:
                 if c.laddr and c.laddr.port == port and c.raddr and c.status == psutil.CONN_ESTABLISHED
             )
     return count
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not after {timeout:g}s"
-        time.sleep(0.05)

@@ -1,16 +1,14 @@
-"""Reading /metrics: one scrape as a dict, deltas between scrapes, polling until a condition holds."""
+"""Reading /metrics: one scrape as a dict, deltas between scrapes."""
 
 from __future__ import annotations
 
 import re
-import time
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-TIMEOUT = 10.0
+from .waiting import TIMEOUT
 
 
 class Metrics(dict[tuple[str, frozenset[tuple[str, str]]], float]):
@@ -49,27 +47,10 @@ class Metrics(dict[tuple[str, frozenset[tuple[str, str]]], float]):
     def __sub__(self, other: Metrics) -> Metrics:  # type: ignore[override]
         return Metrics({key: value - other.get(key, 0.0) for key, value in self.items()})
 
+    def __repr__(self) -> str:  # sorted, for the message of a wait that failed
+        return repr(sorted(self.items()))
+
 
 def scrape(url: str) -> Metrics:
     with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
         return Metrics.parse(response.read().decode())
-
-
-def wait_for(
-    url: str, predicate: Callable[[Metrics], bool], timeout: float = TIMEOUT, alive: Callable[[], str] = str
-) -> Metrics:
-    """Scrape ``url`` until ``predicate`` holds; fail with the last scrape if it never does.
-
-    ``alive()`` returns why the process behind ``url`` cannot get there any
-    more (it exited), or "" while it can.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        if problem := alive():
-            pytest.fail(problem)
-        metrics = scrape(url)
-        if predicate(metrics):
-            return metrics
-        if time.monotonic() > deadline:
-            pytest.fail(f"metrics never matched {predicate}: {sorted(metrics.items())}")
-        time.sleep(0.02)
