@@ -13,8 +13,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,loadtest,report,deploy]'
 	touch $@
 
+# The suite mostly waits on servers and clients: more workers than cores
+# (tests/conftest.py says which tests run together). It starts Python hundreds of
+# times: each reuses the bytecode the first compiled, PYTHONDONTWRITEBYTECODE or not.
+# The 10 slowest tests close every run, so that a slow one shows.
+TEST_WORKERS ?= 8
 test: install prometheus-tools
-	$(BIN)/pytest
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=10
 
 # The monitoring tests run a real Prometheus and promtool. As root on Debian or
 # Ubuntu this installs the distribution's package; elsewhere it says what to do.

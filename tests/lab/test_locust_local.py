@@ -52,7 +52,6 @@ def test_the_web_ui_is_where_the_banner_says_and_ctrl_c_stops_it_all() -> None:
             lambda: answers(url),
             what=f"the web UI answering at {url}",
             timeout=60,
-            interval=0.1,
             gone=lambda: "" if run.poll() is None else f"exited with {run.returncode}",
             context=lambda: "".join(lines),
         )

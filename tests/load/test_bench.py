@@ -25,7 +25,6 @@ from support.waiting import poll_until
 from echolab.catalogue import server
 from echolab.lab.sweep import measure
 from echolab.lab.variants import Variant, of, running
-from echolab.launcher import free_port
 
 
 def variant(name: str, framing: str = "lines") -> Variant:
@@ -185,8 +184,8 @@ def test_open_loop_needs_persistent_connections() -> None:
 # --- failing clearly ----------------------------------------------------------------
 
 
-def test_nothing_listening_fails_at_once_in_one_line() -> None:
-    port = free_port()
+def test_nothing_listening_fails_at_once_in_one_line(refused_port: int) -> None:
+    port = refused_port
     done = run_command("bench", f"127.0.0.1:{port}", "--duration", "30", "--json", timeout=20)
     assert done.returncode == 1
     assert done.stdout == ""
@@ -281,7 +280,7 @@ def test_an_interrupted_bench_reports_what_it_measured_as_partial(signum: int, c
         try:
             serving = psutil.Process(server_process.pid)
             poll_until(serving.net_connections, lambda held: len(held) >= 6,  # listener + 5
-                       what="the client's 5 connections open", timeout=30, interval=0.05)  # fmt: skip
+                       what="the client's 5 connections open", timeout=30)  # fmt: skip
             client.send_signal(signum)
             out, err = client.communicate(timeout=30)
         finally:

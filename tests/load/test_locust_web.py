@@ -62,8 +62,9 @@ class WebUi:
 
 
 @pytest.fixture
-def web_ui(start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]) -> WebUi:
-    return WebUi(locust, start_server("threaded", "--delay-ms", "10"))
+def web_ui(module_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]) -> WebUi:
+    """A Locust of the test's own, against the threaded server the module's tests share."""
+    return WebUi(locust, module_server("threaded", "--delay-ms", "10"))
 
 
 REFUSED = [
@@ -78,11 +79,12 @@ REFUSED = [
 
 @pytest.mark.parametrize("fields", REFUSED, ids=[next(iter(f)) for f in REFUSED])
 def test_a_swarm_that_would_aim_the_load_elsewhere_is_refused(web_ui: WebUi, fields: dict[str, str]) -> None:
+    before = web_ui.server.scrape()
     answer = web_ui.swarm(**fields)
     assert answer["success"] is False, answer
     assert f"cannot be changed from the web UI: {next(iter(fields))}" in answer["message"], answer
     assert web_ui.get("/stats/requests")["state"] == "ready", "nothing started"
-    assert web_ui.server.scrape().value("echo_requests_total") == 0
+    assert (web_ui.server.scrape() - before).value("echo_requests_total") == 0
 
 
 def test_load_parameters_apply_to_their_run_only(web_ui: WebUi) -> None:

@@ -10,6 +10,8 @@ from support.wire import framed
 
 from echolab.runtime import IGNORED_SIGNALS
 
+pytestmark = pytest.mark.every_loop  # the loop closes its listener and its connections
+
 # The log line a server writes once it refuses new connections.
 SHUTTING_DOWN = "shutting down"
 

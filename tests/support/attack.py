@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import selectors
 import socket
 import threading
 import time
@@ -69,24 +70,36 @@ def post(body: bytes, close: bool = False) -> bytes:
 def flood(socks: list[socket.socket], data: bytes, budget: int, stall: float = 1.0) -> int:
     """Write ``data`` again and again to every socket, never reading, until each has taken
     ``budget`` bytes or has taken nothing for ``stall`` seconds; return the bytes they took."""
-    for sock in socks:
-        sock.setblocking(False)
     sent = dict.fromkeys(socks, 0)
     progress = dict.fromkeys(socks, time.monotonic())
-    active = set(socks)
-    while active:
-        for sock in list(active):
-            try:
-                sent[sock] += sock.send(data)
-                progress[sock] = time.monotonic()
-            except BlockingIOError:
-                pass
-            except OSError:  # the server ended it
-                active.discard(sock)
-                continue
-            if sent[sock] >= budget or time.monotonic() - progress[sock] > stall:
-                active.discard(sock)
-        time.sleep(0.001)
+    with selectors.DefaultSelector() as selector:
+        for sock in socks:
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_WRITE)
+
+        def done(sock: socket.socket) -> None:
+            selector.unregister(sock)
+            del progress[sock]
+
+        while progress:
+            # Until a socket can take more, or the first stall is due: no spinning on full buffers.
+            wait = min(progress.values()) + stall - time.monotonic()
+            for key, _ in selector.select(max(0.0, wait)):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                try:
+                    sent[sock] += sock.send(data)
+                    progress[sock] = time.monotonic()
+                except BlockingIOError:
+                    pass
+                except OSError:  # the server ended it
+                    done(sock)
+                    continue
+                if sent[sock] >= budget:
+                    done(sock)
+            now = time.monotonic()
+            for sock in [s for s, last in progress.items() if now - last > stall]:
+                done(sock)
     return sum(sent.values())
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from .scrape import Metrics
 from .servers import HOST, clean_environment
-from .waiting import poll_until
+from .waiting import INTERVAL, poll_until
 
 DEADLINE = 30.0  # seconds any wait may take before the test fails
 LOADTEST = Path(__file__).resolve().parents[2] / "loadtest"
@@ -65,9 +65,9 @@ class LocustProcess:
         what: str,
         probe: Callable[[], Any],
         until: Callable[[Any], object] = bool,
-        interval: float = 0.05,
+        interval: float = INTERVAL,
     ) -> Any:
-        """``poll_until`` for up to DEADLINE, while Locust runs; every 50 ms: Locust is busy sending."""
+        """``poll_until`` for up to DEADLINE, while Locust runs."""
         return poll_until(
             probe,
             until,

@@ -11,7 +11,10 @@ import pytest
 T = TypeVar("T")
 
 TIMEOUT = 10.0  # generous: a broken server fails a test with a timeout instead of hanging it
-INTERVAL = 0.02  # between two looks at a condition that a process on loopback brings about
+# Between two looks at a condition: 10 ms at first, half as long again each time, up to a
+# tenth of a second; a look (a scrape, say) costs CPU on both sides, which the suite is short of.
+FIRST_PAUSE = 0.01
+INTERVAL = 0.1
 # The servers visit their connections' deadlines every min(1 s, timeout / 4)
 # (echolab.runtime.sweep_interval), so a timeout of a few hundred milliseconds behaves as
 # a minute's does, only sooner. Every timeout a test gives a server, and every pause a
@@ -39,7 +42,7 @@ def poll_until(
     gone: Callable[[], str] = str,
     context: Callable[[], str] = str,
 ) -> T:
-    """Call ``probe`` every ``interval`` seconds until ``until`` holds for what it returns; return that.
+    """Call ``probe`` until ``until`` holds for what it returns, at most ``interval`` s apart; return that.
 
     Fails the test with ``what`` (the condition awaited), the last value and
     ``context()`` (a log, say) after ``timeout`` seconds, or as soon as
@@ -47,6 +50,7 @@ def poll_until(
     would bring it about exited); it returns "" while it can.
     """
     deadline = time.monotonic() + timeout
+    pause = min(FIRST_PAUSE, interval)
     while True:
         if reason := gone():
             pytest.fail(f"{what}: {reason}")
@@ -56,4 +60,5 @@ def poll_until(
         if time.monotonic() > deadline:
             seen = f":\n{value}" if isinstance(value, str) else f" {value!r}"  # a log, as it reads
             pytest.fail(f"{what}: not after {timeout:g}s; last saw{seen}\n{context()}".rstrip())
-        time.sleep(interval)
+        time.sleep(pause)
+        pause = min(pause * 1.5, interval)
