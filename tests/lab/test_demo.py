@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support.parallel import DEMO_RUNS
+from support.parallel import with_demo_runs
 from support.servers import clean_environment
 from support.waiting import poll_until
 
@@ -21,7 +21,7 @@ from echolab.lab import demo, scenarios
 from echolab.settings import DemoSettings
 
 
-@DEMO_RUNS
+@with_demo_runs
 def test_every_scenario_is_a_section_with_every_server_and_level(demo_runs: tuple[Path, Path]) -> None:
     first, _ = demo_runs
     data = json.loads((first / "results.json").read_text())
@@ -61,7 +61,7 @@ def test_every_scenario_is_a_section_with_every_server_and_level(demo_runs: tupl
     assert (first / "results.csv").read_text().count("\n") == len(data["rows"]) + 1
 
 
-@DEMO_RUNS
+@with_demo_runs
 def test_the_report_lists_earlier_runs(demo_runs: tuple[Path, Path]) -> None:
     first, latest = demo_runs
     page = (latest / "index.html").read_text()

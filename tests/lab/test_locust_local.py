@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+from support.parallel import CATALOGUE_PORTS
 from support.servers import clean_environment
 from support.waiting import poll_until
 
@@ -28,6 +29,7 @@ def locust_local(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+@CATALOGUE_PORTS
 def test_loadtest_runs_the_servers_on_the_ports_asked_for_and_stops_them() -> None:
     port = free_port()
     run = locust_local("--headless", "-u", "2", "-r", "2", "-t", "3s", "--only-summary", "AsyncUser",
@@ -40,6 +42,7 @@ def test_loadtest_runs_the_servers_on_the_ports_asked_for_and_stops_them() -> No
         assert not accepts(line[0], int(line[1]))  # stopped with Locust
 
 
+@CATALOGUE_PORTS
 def test_the_web_ui_is_where_the_banner_says_and_ctrl_c_stops_it_all() -> None:
     web = free_port()
     run = locust_local("--class-picker", "--web-port", str(web), env={})

@@ -132,18 +132,19 @@ def trickling(port: int, data: bytes, every: float = 0.1) -> Iterator[Trickle]:
 
 
 def read_response(sock: socket.socket) -> tuple[int, bytes]:
-    """One HTTP/1.1 response with a Content-Length: its status and body."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed after {data!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    fields = dict(line.lower().split(b":", 1) for line in head.split(b"\r\n")[1:])
+    """One HTTP/1.1 response with a Content-Length: its status and body. It reads nothing past
+    them, so a pipelined response that came in the same packet is left for the next call."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)  # a head is a few hundred bytes: one at a time is cheap enough here
+        if not byte:
+            raise ConnectionError(f"closed after {head!r}")
+        head += byte
+    fields = dict(line.lower().split(b":", 1) for line in head[:-4].split(b"\r\n")[1:])
     length = int(fields[b"content-length"])
+    body = b""
     while len(body) < length:
-        chunk = sock.recv(65536)
+        chunk = sock.recv(length - len(body))
         if not chunk:
             raise ConnectionError("closed mid-body")
         body += chunk

@@ -49,11 +49,12 @@ def poll_until(
     ``gone()`` says why the condition cannot come any more (the process that
     would bring it about exited); it returns "" while it can.
     """
+    __tracebackhide__ = True  # a failure shows the test's line that waited, not this loop
     deadline = time.monotonic() + timeout
     pause = min(FIRST_PAUSE, interval)
     while True:
         if reason := gone():
-            pytest.fail(f"{what}: {reason}")
+            pytest.fail(f"{what}: {reason}\n{context()}".rstrip())
         value = probe()
         if until(value):
             return value
