@@ -64,6 +64,9 @@ def echo_servers(module_server: Callable[..., TestServer], framing: str) -> list
     return targets(*(s.address for s in servers))
 
 
+# Users that pause between requests: what a test counts (users, steps, reports) needs no more, and a
+# user that does not pause sends a hundred requests a second to a server of 10 ms.
+PACED = ("--think-time", "0.1")
 # The tests that share the servers of one kind: one pytest-xdist worker runs them one after the other.
 LINES_PAIR = pytest.mark.xdist_group("locust-lines")
 TIMED_RUNS = pytest.mark.xdist_group("locust-timed-runs")
@@ -297,10 +300,11 @@ def test_master_and_workers_each_serve_metrics(
     servers = echo_servers(module_server, "lines")
     port = str(free_port())
     master = locust(*headless(4, *servers, "--master", "--expect-workers", "2", "--master-bind-host", HOST,
-                              "--master-bind-port", port, "--csv", str(tmp_path / "master")),
+                              "--master-bind-port", port, "--csv", str(tmp_path / "master"), *PACED),
                     name="master")  # fmt: skip
     workers = [
-        locust("--worker", "--master-host", HOST, "--master-port", port, name=f"worker{i}") for i in range(2)
+        locust("--worker", "--master-host", HOST, "--master-port", port, *PACED, name=f"worker{i}")
+        for i in range(2)
     ]
     # Each worker runs the users of one class here (4 users, 2 classes, 2 workers).
     for worker in workers:
@@ -342,7 +346,9 @@ def shape_run(run: LocustProcess) -> tuple[list[int], list[int]]:
 def test_step_ramp_adds_a_step_at_a_time_up_to_the_ceiling(
     module_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
 ) -> None:
-    args = ["--headless", "-u", "6", "-t", "5s", "--step-users", "2", "--step-seconds", "1", "--only-summary"]
+    # Steps at 0, 1 and 2 s (Locust asks the shape once a second), then 2 s to hold the last one.
+    args = ["--headless", "-u", "6", "-t", "4s", "--step-users", "2", "--step-seconds", "1", "--only-summary"]
+    args += PACED
     run = locust(*args, *echo_servers(module_server, "lines"), files="locustfile.py,step_ramp.py")
     asked, running = shape_run(run)
     assert asked == [2, 4, 6], asked
@@ -366,6 +372,7 @@ def test_spike_goes_up_and_back_to_the_baseline(
         "1",
         "--spike-seconds",
         "1",
+        *PACED,
     ]
     run = locust(*args, *echo_servers(module_server, "lines"), files="locustfile.py,spike.py")
     asked, running = shape_run(run)
