@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 # order of the files: the lab's long ones first). It starts Python hundreds of
 # times: each reuses the bytecode the first compiled, PYTHONDONTWRITEBYTECODE or not.
 # The 10 slowest tests close every run, so that a slow one shows.
-TEST_WORKERS ?= 8
+TEST_WORKERS ?= 6
 test: install prometheus-tools
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder \
 	  --durations=10
