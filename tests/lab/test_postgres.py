@@ -24,10 +24,10 @@ def test_the_server_answers_both_drivers_with_the_settings_asked(postgres):
         settings = conn.execute(
             "SELECT current_setting('max_connections'), current_setting('listen_addresses'), pg_backend_pid()"
         ).fetchone()
+        # PostgreSQL refuses root: as root the server runs as Debian's postgres user, else as ourselves.
+        expected = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+        assert psutil.Process(settings[2]).username() == expected  # while the session's backend lives
     assert settings[:2] == (str(postgres.max_connections), "127.0.0.1")
-    # PostgreSQL refuses root: as root the server runs as Debian's postgres user, else as ourselves.
-    expected = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
-    assert psutil.Process(settings[2]).username() == expected
 
     async def asyncpg_query() -> object:
         conn = await asyncpg.connect(postgres.dsn)
