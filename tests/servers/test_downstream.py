@@ -8,6 +8,7 @@ the counts and the peak of calls in progress at once are what the lab reads.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ import httpx
 import pytest
 from support.scrape import Metrics, scrape, wait_for
 from support.servers import clean_environment, run_command
+from support.wire import Connection
 
 from echolab.lab.downstream import DOWNSTREAM, DownstreamProcess, delay_path
 from echolab.lab.sweep import measure
@@ -89,6 +91,40 @@ def test_bad_requests_get_one_line_and_are_counted(start_downstream):
         "200": 1, "400": 5, "404": 1, "405": 1,
     }  # fmt: skip
     assert counts.value(PEAK) == 1
+
+
+def exchange(service: DownstreamProcess, data: bytes) -> bytes:
+    """``data`` sent on a new connection; everything the service answers until it closes."""
+    with Connection(socket.create_connection(service.address, timeout=10)) as conn:
+        conn.send(data)
+        return conn.read_to_eof()
+
+
+def test_it_speaks_http_1_1_as_callers_do_and_refuses_the_rest_in_one_line(start_downstream):
+    service = start_downstream()
+    # Pipelined: answered in order (the call first, though the 404 needs no wait); then the close asked for.
+    call, missing = b"GET /delay/50 HTTP/1.1\r\nHost: a\r\n\r\n", b"GET /nope HTTP/1.1\r\nHost: a\r\n"
+    replies = exchange(service, call + missing + b"Connection: close\r\n\r\n")
+    assert re.findall(rb"^HTTP/1.1 (\d+)", replies, re.M) == [b"200", b"404"], replies
+    assert exchange(service, b"GET /delay/0 HTTP/1.0\r\n\r\n").endswith(b"connection: close\r\n\r\nok\n")
+    too_large = b"GET /delay/1 HTTP/1.1\r\nX-Padding: " + b"a" * 9000 + b"\r\n\r\n"
+    for request, status in ((too_large, b"431"), (b"HELLO\r\n\r\n", b"400")):
+        reply = exchange(service, request)  # read to the end: the service closes after it
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 " + status) and body.count(b"\n") == 1 and body.endswith(b"\n"), (
+            reply
+        )
+    counts = scrape(service.metrics_url)
+    assert [counts.value(REQUESTS, code=code) for code in ("200", "404", "431", "400")] == [2, 1, 1, 1]
+
+
+def test_a_caller_that_leaves_ends_its_call(start_downstream):
+    service = start_downstream()
+    with Connection(socket.create_connection(service.address, timeout=10)) as conn:
+        conn.send(b"GET /delay/60000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        wait_for(service.metrics_url, lambda m: m.value(IN_PROGRESS) == 1)
+    after = wait_for(service.metrics_url, lambda m: m.value(IN_PROGRESS) == 0)
+    assert (after.value(PEAK), after.value(REQUESTS, code="200")) == (1, 0)
 
 
 def test_sigterm_answers_the_calls_in_progress_and_exits_0(start_downstream):
