@@ -51,8 +51,10 @@ MILLISECONDS = re.compile(rb"\d+(?:\.\d*)?")
 MAX_REQUEST_BYTES = 8192  # read without a whole request; the callers send GETs of a hundred bytes
 SWEEP_SECONDS = 1.0  # how often idle connections are looked for: one pass, not a timer each
 CODES = (200, 400, 404, 405, 431)
-REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed"}
-REASONS[431] = b"Request Header Fields Too Large"
+REASONS = {
+    200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+    431: b"Request Header Fields Too Large",
+}  # fmt: skip
 
 
 def response(status: int, body: bytes, close: bool = False, *headers: bytes) -> bytes:
@@ -95,13 +97,10 @@ class Service(Collector):
         if method != b"GET":
             return 405, NOT_ALLOWED
         text = path[len(PREFIX) :]
-        if not MILLISECONDS.fullmatch(text) or float(text) > self.max_delay_ms:
-            shown = text[:32].decode("latin-1")
-            return (
-                400,
-                f"bad delay {shown!r}: milliseconds, a number from 0 to {self.max_delay_ms:g}\n".encode(),
-            )
-        return float(text) / 1000
+        if MILLISECONDS.fullmatch(text) and float(text) <= self.max_delay_ms:
+            return float(text) / 1000
+        shown = text[:32].decode("latin-1")
+        return 400, f"bad delay {shown!r}: milliseconds, a number from 0 to {self.max_delay_ms:g}\n".encode()
 
     def call_started(self) -> None:
         self.in_progress += 1
