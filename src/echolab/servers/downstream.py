@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import signal
 import socket
 import time
 from collections import deque
@@ -43,7 +42,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..metrics import spec
-from ..runtime import IGNORED_SIGNALS, ignore_signal, log, log_drain
+from ..runtime import log, log_drain, stop_event
 from ..settings import DownstreamSettings
 
 PREFIX = b"/delay/"
@@ -242,11 +241,7 @@ async def serve(settings: DownstreamSettings, sock: socket.socket, metrics_port:
     service = Service(settings, loop)
     REGISTRY.register(service)
     server = await loop.create_server(lambda: Connection(service), sock=sock, backlog=settings.backlog)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    for sig in IGNORED_SIGNALS:
-        loop.add_signal_handler(sig, ignore_signal, sig)
+    stop = stop_event(loop)
     service.sweep()
     log.info(
         "listening on %s:%d: GET /delay/<ms> up to %g ms; metrics on port %d",
