@@ -31,7 +31,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.postgres import ephemeral_postgres
 from support.servers import HOST, HTTP_SERVERS, VARIANTS, HttpTestServer, TestServer, Variant, make_server
+
+from echolab.lab.postgres import PostgreSQL
+
+# The session's PostgreSQL: its default, so that what the servers meet there is what users meet.
+POSTGRES_MAX_CONNECTIONS = 100
 
 HTTP_WORKERS = ("--workers", "2")  # two workers, so every count is a sum over processes
 
@@ -60,7 +66,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The tests of a module that share a server make one xdist group (unless they name theirs):
-    one worker starts the server once."""
+    one worker starts the server once; so do the tests of the session's PostgreSQL."""
     for item in items:
         if item.get_closest_marker("xdist_group") is not None:
             continue
@@ -71,6 +77,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group(f"{item.path.name}-{callspec.params['shared_http']}"))
         elif "module_servers" in item.fixturenames:
             item.add_marker(pytest.mark.xdist_group(item.path.name))
+        elif "postgres" in item.fixturenames:  # the session's: one worker starts it, once
+            item.add_marker(pytest.mark.xdist_group("postgres"))
 
 
 def fail_on(problems: list[str]) -> None:
@@ -207,3 +215,14 @@ def start_http(start_server: Callable[..., TestServer]) -> Callable[..., HttpTes
         return server
 
     return start
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgreSQL]:
+    """A PostgreSQL of the session's own (``postgres.dsn``), from the system's binaries; gone afterwards.
+
+    Shared: a test that stops it, or changes what others read, starts one of its own
+    (``support.postgres.ephemeral_postgres``).
+    """
+    with ephemeral_postgres(POSTGRES_MAX_CONNECTIONS) as server:
+        yield server
