@@ -1,14 +1,14 @@
-"""Reading /metrics: one scrape as a dict, deltas between scrapes."""
+"""Reading /metrics: one scrape as a dict, deltas between scrapes, polling until a condition holds."""
 
 from __future__ import annotations
 
 import re
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .waiting import TIMEOUT
+from .waiting import TIMEOUT, poll_until
 
 
 class Metrics(dict[tuple[str, frozenset[tuple[str, str]]], float]):
@@ -54,3 +54,16 @@ class Metrics(dict[tuple[str, frozenset[tuple[str, str]]], float]):
 def scrape(url: str) -> Metrics:
     with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
         return Metrics.parse(response.read().decode())
+
+
+def wait_for(
+    url: str, predicate: Callable[[Metrics], bool], timeout: float = TIMEOUT, alive: Callable[[], str] = str
+) -> Metrics:
+    """Scrape ``url`` until ``predicate`` holds; fail with the last scrape if it never does.
+
+    ``alive()`` returns why the process behind ``url`` cannot get there any
+    more (it exited), or "" while it can.
+    """
+    return poll_until(
+        lambda: scrape(url), predicate, what=f"metrics matching {predicate}", timeout=timeout, gone=alive
+    )

@@ -30,7 +30,7 @@ from echolab.catalogue import SERVERS, Server, server
 from echolab.launcher import LaunchError, ServerProcess
 from echolab.settings import ASYNC_APIS, LOOPS, THREADED_MODELS, add_arguments, from_namespace
 
-from .scrape import Metrics, scrape
+from .scrape import Metrics, scrape, wait_for
 from .waiting import TIMEOUT, poll_until
 from .wire import Connection, framed
 
@@ -140,10 +140,7 @@ class TestServer(ServerProcess):
         return scrape(self.metrics_url)
 
     def wait_metrics(self, predicate: Callable[[Metrics], bool], timeout: float = TIMEOUT) -> Metrics:
-        """Scrape until ``predicate`` holds; fail with the last scrape, or at once if the server exits."""
-        return poll_until(
-            self.scrape, predicate, what=f"metrics matching {predicate}", timeout=timeout, gone=self._died
-        )
+        return wait_for(self.metrics_url, predicate, timeout, self._died)
 
     def _died(self) -> str:
         if self.proc is not None and self.proc.poll() is not None and not self.signalled:
