@@ -20,7 +20,7 @@ MEASURING = pytest.mark.xdist_group("measuring")
 def with_demo_runs(test: Test) -> Test:
     """A test that reads the two demo runs of one session fixture: it runs where they ran, with the
     time they take (20 s on a quiet machine; minutes beside the rest of the suite)."""
-    return pytest.mark.timeout(300)(pytest.mark.xdist_group("demo-runs")(test))  # type: ignore[no-any-return]
+    return pytest.mark.timeout(300)(pytest.mark.xdist_group("demo-runs")(test))
 
 
 # The tests that start the servers on the catalogue's ports when free (make locust): two at once
