@@ -287,8 +287,9 @@ def test_article_client_works_unchanged(tcp_server):
 
 @pytest.mark.every_loop  # the loop's transport sees the reset
 def test_reset_mid_request_is_counted_and_harms_no_one(start_server, variant):
-    # Long enough a delay to reset the connection while its request is in flight.
-    server = start_server(variant, "--delay-ms", "300")
+    # Long enough a delay to reset the connection while its request is in flight, on a machine
+    # busy enough to take 300 ms between seeing the request in flight and the reset.
+    server = start_server(variant, "--delay-ms", "1000")
     before = server.scrape()
     victim = server.connect()
     victim.send(framed(b"about to vanish", variant.framing))
