@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import errno
+import faulthandler
 import logging
 import resource
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("echolab")
 
@@ -19,6 +22,11 @@ RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.EN
 # terminal, a log rotator's USR1). They have nothing to reload or reopen (settings are read at
 # start, logs go to stderr), so they are logged and ignored; SIGTERM and SIGINT stop the server.
 IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# After the drain timeout, what cutting the rest and exiting may take before a server that is still
+# there says what holds it up (StopWatch), in a line that begins so.
+STOP_MARGIN = 1.0
+STILL_STOPPING = "still stopping"
 
 
 def setup_logging(level: str, server: str) -> None:
@@ -76,6 +84,62 @@ def sweep_interval(idle_timeout: float, request_timeout: float) -> float:
 def ignore_signal(signum: int, *_: object) -> None:
     """The handler of IGNORED_SIGNALS: say so, do nothing else."""
     log.info("%s ignored (nothing to reload or reopen); SIGTERM or SIGINT stops", signal.Signals(signum).name)
+
+
+def hold_signals() -> None:
+    """Block SIGTERM, SIGINT and IGNORED_SIGNALS in this thread and in every thread it starts.
+
+    Call it first, before any thread starts, then take the signals with :func:`wait_for_stop`.
+    Linux hands a signal sent to a process to any of its threads that does not block it, and CPython
+    runs a Python handler only in the main thread, once that thread next runs bytecode. A SIGTERM
+    taken by another thread (the acceptor, starting the thread of a new connection) left the main
+    thread asleep in an ``Event.wait()`` for ever: the server went on serving until it was killed.
+    Blocked in every thread, a signal waits for the one thread that asks for it.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, {*STOP_SIGNALS, *IGNORED_SIGNALS})
+
+
+def wait_for_stop() -> str:
+    """Sleep until SIGTERM or SIGINT arrives (after :func:`hold_signals`); return its name.
+
+    IGNORED_SIGNALS that arrive meanwhile are logged and ignored.
+    """
+    while (signum := signal.sigwait({*STOP_SIGNALS, *IGNORED_SIGNALS})) in IGNORED_SIGNALS:
+        ignore_signal(signum)
+    return signal.Signals(signum).name
+
+
+class StopWatch:
+    """Says what a stopping server still waits for, if it is still there past its drain timeout.
+
+    A thread started with the server waits until :meth:`arm` (given the drain timeout), then for
+    that timeout and STOP_MARGIN: a server still there by then logs one line, what it waits for
+    (``waiting_for()``), followed by the stack of every thread, so that its log shows where it hangs.
+    :meth:`arm` does no more than set a float and an Event, so a signal handler may call it.
+    """
+
+    def __init__(self, waiting_for: Callable[[], str]) -> None:
+        self.waiting_for = waiting_for
+        self._armed = threading.Event()
+        self._since = self._due = 0.0
+        threading.Thread(target=self._watch, name="stop-watch", daemon=True).start()
+
+    def arm(self, drain_timeout: float) -> None:
+        self._since = time.monotonic()
+        self._due = self._since + drain_timeout + STOP_MARGIN
+        self._armed.set()
+
+    def _watch(self) -> None:
+        self._armed.wait()
+        while (left := self._due - time.monotonic()) > 0:
+            time.sleep(left)
+        log.error(
+            "%s %.1fs after the signal, past the drain timeout: waiting for %s; every thread's stack follows",
+            STILL_STOPPING,
+            time.monotonic() - self._since,
+            self.waiting_for(),
+        )
+        faulthandler.dump_traceback(sys.stderr, all_threads=True)
 
 
 def log_drain(in_flight: int, unanswered: int, cut: int, seconds: float) -> None:
