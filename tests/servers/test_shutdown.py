@@ -228,3 +228,23 @@ def arriving(address: tuple[str, int], clients: int = 4) -> Iterator[None]:
         done.set()
         for thread in threads:
             thread.join()
+
+
+# --- an event loop held up by its work, and a stop past the drain timeout ----------------------------
+
+
+@pytest.mark.parametrize("api", ["streams", "protocol"])
+def test_sigterm_stops_an_event_loop_held_up_by_a_thousand_connections_blocking_calls(start_server, api):
+    """A thousand connections pipeline 20 ms blocking calls, which the loop runs one after another:
+    the loop read its signal pipe only between passes over every connection's work (10 s and more
+    at a thousand; 20 minutes of work is queued here). The signal handler now runs between two
+    requests, and no request starts its work past the drain timeout."""
+    server = start_server(
+        "async", "--api", api, "--delay-ms", "0", "--blocking-ms", "20", "--drain-timeout", str(DRAIN)
+    )
+    with server.connections(THOUSAND) as conns:
+        for conn in conns:
+            conn.send(b"blocked\n" * 60)
+        server.wait_metrics(lambda m: m.query('echo_requests_total{outcome="ok"}') >= 10)
+        stopped_in_time(server)
+    assert "drain timeout" in server.log
