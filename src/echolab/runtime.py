@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import faulthandler
 import logging
@@ -10,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 log = logging.getLogger("echolab")
 
@@ -97,6 +98,20 @@ def hold_signals() -> None:
     Blocked in every thread, a signal waits for the one thread that asks for it.
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, {*STOP_SIGNALS, *IGNORED_SIGNALS})
+
+
+@contextlib.contextmanager
+def no_signals_for_threads(signals: Iterable[int]) -> Iterator[None]:
+    """Threads started in the block (and theirs) never take ``signals``: the main thread gets them.
+
+    For a process whose main thread waits for its signals with a timeout (gunicorn's master): one
+    taken by another thread waited for that timeout. (See :func:`hold_signals`.)
+    """
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def wait_for_stop() -> str:

@@ -248,3 +248,24 @@ def test_sigterm_stops_an_event_loop_held_up_by_a_thousand_connections_blocking_
         server.wait_metrics(lambda m: m.query('echo_requests_total{outcome="ok"}') >= 10)
         stopped_in_time(server)
     assert "drain timeout" in server.log
+
+
+@pytest.mark.parametrize("name", ["async", "threaded-http"])
+def test_a_stop_past_the_drain_timeout_says_what_it_waits_for_and_where_every_thread_is(start_server, name):
+    """A request whose blocking call outlasts the drain timeout: on the event loop, which nothing can
+    interrupt; on a gthread worker's thread, which nothing can either."""
+    server = start_server(name, "--delay-ms", "0", "--blocking-ms", "4000", "--drain-timeout", "0.2")
+    with server.connections(1) as (conn,):
+        conn.send(
+            b"POST /echo HTTP/1.1\r\nHost: e\r\nContent-Length: 1\r\n\r\nx"
+            if name.endswith("http")
+            else b"x\n"
+        )
+        server.wait_metrics(lambda m: m.value("echo_requests_in_flight") == 1)
+        server.sigterm()
+        server.wait_for_log("still stopping")
+    said = [line for line in server.log.splitlines() if "still stopping" in line]
+    assert "past the drain timeout: waiting for" in said[0]
+    assert ("event loop" if name == "async" else "request(s) on this worker's threads") in said[0]
+    assert "in _block_here" in server.log  # the stacks: the blocking call of servers/work.py
+    assert server.wait(TIMEOUT) == 0
