@@ -6,6 +6,7 @@ import contextlib
 import errno
 import faulthandler
 import logging
+import os
 import resource
 import signal
 import sys
@@ -36,6 +37,23 @@ def setup_logging(level: str, server: str) -> None:
         level=level.upper(),
         format=f"%(asctime)s %(levelname)s {server} %(message)s",
     )
+
+
+class CannotBind(OSError):
+    """A port the server cannot listen on; the message says which, where and why."""
+
+
+@contextlib.contextmanager
+def binding(what: str, host: str, port: int) -> Iterator[None]:
+    """Name the port in the error of a bind that fails: the echo port or the metrics port."""
+    try:
+        yield
+    except CannotBind:
+        raise
+    except OSError as exc:
+        # The errno's own words: uvloop's message repeats the address, in its own words.
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise CannotBind(f"the {what} port, {host}:{port}: {reason}") from exc
 
 
 def raise_fd_limit() -> int:

@@ -27,6 +27,7 @@ from ..runtime import (
     STOP_SIGNALS,
     AcceptErrorLog,
     StopWatch,
+    binding,
     ignore_signal,
     log,
     log_drain,
@@ -268,7 +269,8 @@ async def serve(
         )
     loop.set_exception_handler(handle_loop_exception(accept_errors, metrics))
     state = LoopServer(settings, metrics, loop)
-    server = await start(state, backlog=settings.backlog, **listen(settings))
+    with binding("echo", settings.host, settings.port):
+        server = await start(state, backlog=settings.backlog, **listen(settings))
     stop = asyncio.Event()
     watch = StopWatch(state.still_open)
     names: list[str] = []

@@ -43,7 +43,7 @@ from prometheus_client.registry import Collector
 
 from ..catalogue import Server
 from ..metrics import gauge, spec, watch_cgroup
-from ..runtime import STILL_STOPPING, log, no_signals_for_threads
+from ..runtime import STILL_STOPPING, binding, log, no_signals_for_threads
 from ..settings import HttpSettings, ThreadedHttpSettings
 from . import work as work_module
 from .async_http import EchoUvicornWorker, cut_quietly, limits_for
@@ -254,7 +254,7 @@ class MultiprocessMetrics:
         signals = [*arbiter.SIGNALS, signal.SIGCHLD]
         host, port = settings.host, settings.metrics_port
         try:
-            with no_signals_for_threads(signals):
+            with binding("metrics", host, port), no_signals_for_threads(signals):
                 http_server, _ = start_http_server(port, addr=host, registry=registry)
         except OSError:  # the port is taken: gunicorn exits without calling on_exit
             self.on_exit(arbiter)
@@ -347,9 +347,11 @@ def check_free(host: str, port: int) -> None:
 
 
 def run(server: Server, settings: HttpSettings) -> int:
-    check_free(settings.host, settings.port)
+    with binding("echo", settings.host, settings.port):
+        check_free(settings.host, settings.port)
     if settings.metrics:
-        check_free(settings.host, settings.metrics_port)
+        with binding("metrics", settings.host, settings.metrics_port):
+            check_free(settings.host, settings.metrics_port)
     log.info(
         "starting gunicorn: %s on %s:%d, %d worker(s)%s, %s metrics=%s",
         server.name,

@@ -41,6 +41,7 @@ from ..runtime import (
     RESOURCE_ERRNOS,
     AcceptErrorLog,
     StopWatch,
+    binding,
     hold_signals,
     log,
     log_drain,
@@ -429,7 +430,8 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
         thread_safe=True,
         cgroup_root=settings.cgroup_root,
     )
-    server = MODELS[settings.model](settings, metrics)
+    with binding("echo", settings.host, settings.port):
+        server = MODELS[settings.model](settings, metrics)
     watch = StopWatch(server.still_open)
     acceptor = threading.Thread(target=server.serve_forever, name="acceptor", daemon=True)
     acceptor.start()
