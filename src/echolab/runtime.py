@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import faulthandler
@@ -173,6 +174,36 @@ class StopWatch:
             self.waiting_for(),
         )
         faulthandler.dump_traceback(sys.stderr, all_threads=True)
+
+
+def stop_event(
+    loop: asyncio.AbstractEventLoop, on_signal: Callable[[str], None] | None = None
+) -> asyncio.Event:
+    """An event that SIGTERM or SIGINT sets; IGNORED_SIGNALS are logged and ignored meanwhile.
+
+    The stop signals get a ``signal.signal`` handler, not the loop's: it runs between two bytecodes
+    of the loop's thread, even inside a callback that holds the loop up, where a handler of
+    ``loop.add_signal_handler`` waits for the loop. It calls ``on_signal`` with the signal's name,
+    once, which must do only what is safe in a signal handler, and sets the event through
+    ``call_soon_threadsafe``, which is. (add_signal_handler, for the others, also points the loop's
+    wakeup fd at its own pipe, as uvloop does anyway: a signal taken by another thread, an offload
+    pool's, still wakes the loop, so the handler runs.)
+    """
+    stop = asyncio.Event()
+    heard: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not heard:
+            heard.append(signum)
+            if on_signal is not None:
+                on_signal(signal.Signals(signum).name)
+            loop.call_soon_threadsafe(stop.set)
+
+    for sig in IGNORED_SIGNALS:
+        loop.add_signal_handler(sig, ignore_signal, sig)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+    return stop
 
 
 def log_drain(in_flight: int, unanswered: int, cut: int, seconds: float) -> None:

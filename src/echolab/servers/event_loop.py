@@ -13,7 +13,6 @@ import contextlib
 import errno
 import math
 import os
-import signal
 import socket
 import time
 from asyncio.constants import ACCEPT_RETRY_DELAY as ASYNCIO_ACCEPT_RETRY_DELAY
@@ -22,15 +21,13 @@ from typing import Any, Protocol
 
 from ..metrics import ServerMetrics
 from ..runtime import (
-    IGNORED_SIGNALS,
     RESOURCE_ERRNOS,
-    STOP_SIGNALS,
     AcceptErrorLog,
     StopWatch,
     binding,
-    ignore_signal,
     log,
     log_drain,
+    stop_event,
     sweep_interval,
 )
 from ..settings import AsyncSettings
@@ -271,27 +268,17 @@ async def serve(
     state = LoopServer(settings, metrics, loop)
     with binding("echo", settings.host, settings.port):
         server = await start(state, backlog=settings.backlog, **listen(settings))
-    stop = asyncio.Event()
     watch = StopWatch(state.still_open)
     names: list[str] = []
 
-    def on_stop(signum: int, frame: object) -> None:
-        # signal.signal, not loop.add_signal_handler: this runs between two bytecodes of the loop's
-        # thread, even inside a callback that blocks the loop, where the loop's own handler would
-        # wait for the loop (see LoopServer.stop_requested). It only sets values, arms the watch
-        # (a float and an Event) and calls call_soon_threadsafe: all safe in a signal handler.
-        if not names:
-            names.append(signal.Signals(signum).name)
-            state.stop_requested()
-            watch.arm(settings.drain_timeout)
-            loop.call_soon_threadsafe(stop.set)
+    def on_signal(name: str) -> None:
+        # In the signal handler, wherever the loop's thread is (see LoopServer.stop_requested):
+        # values set, and the watch armed (a float and an Event).
+        names.append(name)
+        state.stop_requested()
+        watch.arm(settings.drain_timeout)
 
-    # add_signal_handler also points the loop's wakeup fd at its own pipe (uvloop does so anyway):
-    # a signal that another thread (the offload pool's) takes still wakes the loop, so on_stop runs.
-    for sig in IGNORED_SIGNALS:
-        loop.add_signal_handler(sig, ignore_signal, sig)
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, on_stop)
+    stop = stop_event(loop, on_signal)
     state.probe_lag()
     state.sweep()
     if settings.loop == "uvloop":
