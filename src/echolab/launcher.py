@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from .catalogue import Server
+from .runtime import STILL_STOPPING
 
 HOST = "127.0.0.1"
 READY_TIMEOUT = 30.0
@@ -150,8 +151,15 @@ class Process:
         except subprocess.TimeoutExpired:
             self.kill()
             raise LaunchError(
-                f"{self.name} did not exit within {timeout:g}s of signal {signum}; killed:\n{self.tail()}"
+                f"{self.name} did not exit within {timeout:g}s of {signal.Signals(signum).name}, "
+                f"killed; {self.last_word()}; its log: {self.log_path}\n{self.tail()}"
             ) from None
+
+    def last_word(self) -> str:
+        """What the log says it was doing: what a stop overdue waited for (StopWatch), or its last line."""
+        lines = self.log.splitlines()
+        said = [line for line in lines if STILL_STOPPING in line] or [line for line in lines if line.strip()]
+        return f"it logged: {said[-1].strip()}" if said else "its log is empty"
 
     def kill(self) -> None:
         """SIGKILL the process and everything it started (gunicorn's workers too)."""

@@ -40,7 +40,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import cgroup
 from .catalogue import SERVERS, Server
-from .runtime import RESOURCE_ERRNOS
+from .runtime import RESOURCE_ERRNOS, binding
 from .settings import OffloadSettings
 
 # Dense around the default 100 ms delay, where a healthy server answers, then
@@ -593,5 +593,6 @@ def start(
     metrics = (ThreadSafeMetrics if thread_safe else ServerMetrics)(server, info)
     registry.register(metrics)
     watch_cgroup(server, cgroup_root, registry)
-    http_server, _ = start_http_server(port, addr=host, registry=registry)
+    with binding("metrics", host, port):
+        http_server, _ = start_http_server(port, addr=host, registry=registry)
     return metrics, int(http_server.server_port)

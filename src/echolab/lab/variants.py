@@ -41,7 +41,8 @@ class Variant:
             argv = [sys.executable, "-m", "echolab.servers.bare", self.reference, str(port), f"{delay_ms:g}"]
             return Process(argv, name=self.name, port=port)
         framing = () if self.framing == "http" else ("--framing", self.framing)
-        flags = (*framing, "--delay-ms", f"{delay_ms:g}", "--log-level", "warning", *self.options, *options)
+        # At the default log level, info: a server that fails to stop has said what it was doing.
+        flags = (*framing, "--delay-ms", f"{delay_ms:g}", *self.options, *options)
         return ServerProcess(self.server, flags)
 
 

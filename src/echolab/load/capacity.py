@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=50, help="concurrent users (connections)")
     parser.add_argument("--framing", choices=("lines", "oneshot"), default="lines")
     args = parser.parse_args(argv)
-    options = ("--delay-ms", "0", "--framing", args.framing, "--log-level", "warning")
+    options = ("--delay-ms", "0", "--framing", args.framing)
     with serving(server("async"), options) as echo:
         rate = measure_capacity(echo.host, echo.port, args.seconds, args.users, args.framing)
     print(

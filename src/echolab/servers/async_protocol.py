@@ -12,6 +12,7 @@ after another, each with its own due time, so replies keep their order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from typing import Any
@@ -158,6 +159,11 @@ class EchoProtocol(asyncio.Protocol):
                 self._fail_too_large()
                 return
             if message is None:
+                return
+            if self.server.overdue():  # the drain timeout passed while the loop was held up
+                self.metrics.not_answered("aborted", self.pending)
+                self._drop_pending()
+                self.transport.abort()
                 return
             self.message = message
             self.started = time.perf_counter()
@@ -315,8 +321,9 @@ class EchoProtocol(asyncio.Protocol):
         self.ending = True
         transport = self.transport
         transport.write(error)
-        if transport.can_write_eof():
-            transport.write_eof()
+        with contextlib.suppress(OSError):  # the client is gone already: asyncio's loop raises ENOTCONN
+            if transport.can_write_eof():
+                transport.write_eof()
         # Read again (oneshot and backpressure pause reading) so that the lingering
         # discards what the client still sends and sees its EOF (then the transport
         # closes at once) instead of holding the connection for the whole linger.

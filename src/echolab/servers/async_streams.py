@@ -150,6 +150,10 @@ class StreamConnection:
                     metrics.not_answered("too_large")
                     await end_with(reader, writer, ERROR_TOO_LARGE)
                     return
+            if server.overdue():  # the drain timeout passed while the loop was held up: cut, not started
+                metrics.not_answered("aborted")
+                writer.transport.abort()
+                return
             started = time.perf_counter()
             server.in_flight += 1
             try:
@@ -176,8 +180,9 @@ class StreamConnection:
 async def end_with(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, error: bytes) -> None:
     """Send an error line and close without a reset (see threaded.send_error)."""
     writer.write(error)
-    if writer.can_write_eof():
-        writer.write_eof()
+    with contextlib.suppress(OSError):  # the client is gone already: asyncio's loop raises ENOTCONN
+        if writer.can_write_eof():
+            writer.write_eof()
     with contextlib.suppress(TimeoutError, OSError):
         async with asyncio.timeout(LINGER_SECONDS):
             while await reader.read(RECV_SIZE):

@@ -25,6 +25,7 @@ import glob
 import math
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -42,7 +43,7 @@ from prometheus_client.registry import Collector
 
 from ..catalogue import Server
 from ..metrics import gauge, spec, watch_cgroup
-from ..runtime import log
+from ..runtime import STILL_STOPPING, binding, log, no_signals_for_threads
 from ..settings import HttpSettings, ThreadedHttpSettings
 from . import work as work_module
 from .async_http import EchoUvicornWorker, cut_quietly, limits_for
@@ -249,8 +250,12 @@ class MultiprocessMetrics:
         registry.register(ServerInfo(name, server_info(settings)))
         registry.register(ProcessTree(name))
         watch_cgroup(self.server, settings.cgroup_root, registry)
+        # The metrics server's threads leave the master's signals to the master's main thread.
+        signals = [*arbiter.SIGNALS, signal.SIGCHLD]
+        host, port = settings.host, settings.metrics_port
         try:
-            http_server, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+            with binding("metrics", host, port), no_signals_for_threads(signals):
+                http_server, _ = start_http_server(port, addr=host, registry=registry)
         except OSError:  # the port is taken: gunicorn exits without calling on_exit
             self.on_exit(arbiter)
             raise
@@ -276,6 +281,18 @@ class EchoArbiter(Arbiter):  # type: ignore[misc]  # gunicorn is untyped
 
     def handle_usr2(self) -> None:
         self.log.warning("USR2 ignored: no binary upgrade (the metrics port cannot be handed over)")
+
+    def kill_workers(self, sig: int) -> None:
+        # gunicorn's stop() ends with a SIGKILL to the workers still there past graceful_timeout,
+        # and then calls it "Perhaps out of memory?": say what the stop was waiting for instead.
+        if sig == signal.SIGKILL and self.WORKERS:
+            self.log.error(
+                "%s %ss after the signal, past the drain timeout: waiting for worker(s) %s; killing them",
+                STILL_STOPPING,
+                self.cfg.graceful_timeout,
+                ", ".join(str(pid) for pid in self.WORKERS),
+            )
+        super().kill_workers(sig)
 
 
 class EchoApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is untyped
@@ -330,9 +347,11 @@ def check_free(host: str, port: int) -> None:
 
 
 def run(server: Server, settings: HttpSettings) -> int:
-    check_free(settings.host, settings.port)
+    with binding("echo", settings.host, settings.port):
+        check_free(settings.host, settings.port)
     if settings.metrics:
-        check_free(settings.host, settings.metrics_port)
+        with binding("metrics", settings.host, settings.metrics_port):
+            check_free(settings.host, settings.metrics_port)
     log.info(
         "starting gunicorn: %s on %s:%d, %d worker(s)%s, %s metrics=%s",
         server.name,

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import os
 import selectors
 import socket
 import time
@@ -44,6 +45,7 @@ from gunicorn import util
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from ..runtime import StopWatch
 from ..settings import HttpSettings
 
 LINGER_SECONDS = 2.0  # gunicorn's close_graceful: how long, and how much, a closing socket is drained
@@ -123,7 +125,18 @@ class EchoThreadWorker(ThreadWorker):  # type: ignore[misc]
         # seconds, and the master's copy is longer: gunicorn.EXIT_MARGIN). This is the
         # worker's copy of the configuration, after the fork.
         self.cfg.settings["graceful_timeout"].value = self.settings.drain_timeout
+        self.watch = StopWatch(self.still_busy)
         super().init_process()
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)  # gunicorn's: the loop ends, the drain begins
+        self.watch.arm(self.settings.drain_timeout)
+
+    def still_busy(self) -> str:
+        return (
+            f"{len(self.busy)} request(s) on this worker's threads, in a request's work or writing "
+            "to a socket shut down (a thread cannot be interrupted)"
+        )
 
     # --- connections ---------------------------------------------------------
 
@@ -172,6 +185,12 @@ class EchoThreadWorker(ThreadWorker):  # type: ignore[misc]
         except OSError:
             self.log.debug("Failed to send error message.")
 
+    @staticmethod
+    def _woken(pipe: int) -> None:
+        """A signal came: drop its wakeup bytes; the poll returning is all it was for."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(pipe, 4096)
+
     # --- closing ---------------------------------------------------------------
 
     def linger(self, conn: EchoConn) -> None:
@@ -218,12 +237,18 @@ class EchoThreadWorker(ThreadWorker):  # type: ignore[misc]
             conn.timeout = min(conn.timeout, deadline)
 
     def run(self) -> None:
+        # gunicorn points the signals' wakeup fd at PIPE[1], but gthread does not poll PIPE[0]: a
+        # SIGTERM was seen at the poll's next timeout, up to a second later (Python retries an
+        # interrupted poll), and never sooner if one of the pool's threads took it.
+        self.poller.register(self.PIPE[0], selectors.EVENT_READ, self._woken)
         # gunicorn logs "Booting worker" before the worker takes signals; from here a SIGTERM drains it
         # (uvicorn's worker says so with "Application startup complete.").
         self.log.info("Worker ready (pid: %s)", self.pid)
         super().run()
-        # The drain is over: cut the requests still on a thread (a client stalled mid-request, or
-        # not reading its reply), so that every thread ends and the process exits now.
+        # The drain is over: drop the requests still queued for a thread (gunicorn's shutdown leaves
+        # them to run as the process exits), and cut those on a thread (a client stalled mid-request,
+        # or not reading its reply), so that every thread ends and the process exits now.
+        self.tpool.shutdown(wait=False, cancel_futures=True)
         for conn in list(self.busy):
             with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_RDWR)
