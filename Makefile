@@ -33,6 +33,7 @@ lint: install
 	$(BIN)/ruff check src tests loadtest
 	$(BIN)/ruff format --check src tests loadtest
 	$(BIN)/mypy src
+	$(BIN)/lint-imports --no-logo
 
 # The Grafana dashboards, built with Grafana's Foundation SDK from src/echolab/dashboards/
 # into grafana/dashboards/*.json (committed: provisioning needs no build step).
@@ -190,4 +191,4 @@ k8s: install
 	@$(BIN)/python -m echolab.deploy.kustomize $(if $(filter base,$(OVERLAY)),deploy/kubernetes/base,deploy/kubernetes/overlays/$(OVERLAY))
 
 clean:
-	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache
