@@ -15,7 +15,9 @@ so a new server gets a colour of its own without one being chosen for it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 from . import settings
@@ -58,6 +60,20 @@ class Server:
     def env_name(self) -> str:
         """The server's name in environment variables: ``threaded-http`` -> ``THREADED_HTTP``."""
         return self.name.replace("-", "_").upper()
+
+    @cached_property
+    def flags(self) -> frozenset[str]:
+        """The ``echolab serve`` flags its settings read (a scenario's flags apply where they are read)."""
+        return frozenset(option.flag for option in settings.options(self.settings))
+
+    def work_environment(self, flags: Sequence[str]) -> dict[str, str]:
+        """The variables that give it the work model ``flags`` (flag, value...) set; the rest at defaults."""
+        given = dict(zip(flags[::2], flags[1::2], strict=True))
+        return {
+            option.env: given.get(option.flag, settings.as_text(option.default))
+            for option in settings.options(self.settings)
+            if option.spec.work_model
+        }
 
 
 SERVERS: tuple[Server, ...] = (

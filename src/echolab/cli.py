@@ -10,6 +10,7 @@ from typing import NoReturn
 
 from . import __version__, catalogue, settings
 from .runtime import log, raise_fd_limit, setup_logging
+from .scenarios import SCENARIOS
 
 DESCRIPTION = """\
 Threads or asyncio, and where does each one break? Echo servers, a load
@@ -162,20 +163,12 @@ def build_parser() -> Parser:
             "whatever .env sets. With --services, the compose services they are for."
         ),
     )  # fmt: skip
-    scenario.add_argument("name", metavar="NAME", choices=scenario_names(), help="the scenario")
+    scenario.add_argument("name", metavar="NAME", choices=list(SCENARIOS), help="the scenario")
     scenario.add_argument("--services", action="store_true", help="print the servers' compose services")
     return parser
 
 
-def scenario_names() -> list[str]:
-    from .lab.scenarios import SCENARIOS
-
-    return list(SCENARIOS)
-
-
 def scenario_list() -> str:
-    from .lab.scenarios import SCENARIOS
-
     rows = "\n".join(f"  {s.name:<10} {s.summary}" for s in SCENARIOS.values())
     return f"scenarios (--scenario):\n{rows}"
 
@@ -196,7 +189,6 @@ def serve(args: argparse.Namespace) -> int:
 
 def print_scenario(name: str, services: bool) -> int:
     from .deploy.stack import scenario_environment
-    from .lab.scenarios import SCENARIOS
 
     if services:
         print("\n".join(catalogue.NAMES))

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from .scenarios import SCENARIOS
+
 FRAMINGS = ("lines", "oneshot")
 THREADED_MODELS = ("thread-per-connection", "pool", "serial")
 LOOPS = ("uvloop", "asyncio")
@@ -75,9 +77,6 @@ def prometheus_duration(value: str) -> str | None:
 
 
 def known_scenarios(names: tuple[str, ...]) -> str | None:
-    # Imported when checked: the lab's scenarios are settings of the servers, and import this module.
-    from .lab.scenarios import SCENARIOS
-
     unknown = [name for name in names if name not in SCENARIOS]
     return f"no scenario {', '.join(unknown)}: choose from {', '.join(SCENARIOS)}" if unknown else None
 
@@ -130,6 +129,7 @@ class Spec:
     choices: tuple[str, ...] = ()
     check: Check | None = None
     per_server: bool = False  # the default is each server's own, from the catalogue
+    work_model: bool = False  # part of a request's simulated work, which a scenario decides whole
 
 
 def setting(
@@ -140,9 +140,11 @@ def setting(
     choices: tuple[str, ...] = (),
     check: Check | None = None,
     per_server: bool = False,
+    work_model: bool = False,
 ) -> Any:
     """A dataclass field that is a setting."""
-    return field(default=default, metadata={"spec": Spec(help, unit, choices, check, per_server)})
+    spec = Spec(help, unit, choices, check, per_server, work_model)
+    return field(default=default, metadata={"spec": spec})
 
 
 @dataclass(frozen=True)
@@ -323,17 +325,18 @@ class ServeSettings(Settings):
     metrics: bool = setting(True, "instrument the server (off: no metrics at all, to measure what they cost)")
     delay_ms: float = setting(
         100.0, "simulated IO per request: awaited on an event loop, slept through in a thread",
-        unit="ms", check=at_least(0),
+        unit="ms", check=at_least(0), work_model=True,
     )  # fmt: skip
     delay_distribution: str = setting(
         "fixed",
         "how each request's IO time is drawn: fixed (always --delay-ms), "
         "exponential (random, mean --delay-ms: the long tail of real IO)",
         choices=DELAY_DISTRIBUTIONS,
+        work_model=True,
     )
     cpu_ms: float = setting(
         0.0, "pure-Python CPU work per request, holding the GIL (calibrated at start-up)",
-        unit="ms", check=at_least(0),
+        unit="ms", check=at_least(0), work_model=True,
     )  # fmt: skip
     blocking_ms: float = setting(
         0.0,
@@ -341,6 +344,7 @@ class ServeSettings(Settings):
         "a thread waits it out; an event loop stalls unless --offload thread",
         unit="ms",
         check=at_least(0),
+        work_model=True,
     )
     max_message_bytes: int = setting(
         65536, "longest request; longer gets an error line and a close", unit="bytes", check=at_least(1)
@@ -398,10 +402,18 @@ class OffloadSettings(ServeSettings):
         "where --blocking-ms runs: none (on the event loop, stalling it: the classic mistake), "
         "thread (in a pool of --offload-threads, as asyncio.to_thread does)",
         choices=OFFLOADS,
+        work_model=True,
     )
     offload_threads: int = setting(
-        32, "threads of the offload pool (asyncio's default: min(32, cores + 4))", check=at_least(1)
-    )
+        32, "threads of the offload pool (asyncio's default: min(32, cores + 4))", check=at_least(1),
+        work_model=True,
+    )  # fmt: skip
+
+
+# The settings of a request's simulated work (servers/work.py), which a scenario decides whole.
+WORK_MODEL = tuple(
+    dict.fromkeys(o.name for c in (ServeSettings, OffloadSettings) for o in options(c) if o.spec.work_model)
+)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ import psutil
 import pytest
 from support.servers import clean_environment
 
-from echolab.lab import demo, scenarios
+from echolab import scenarios
+from echolab.lab import demo
 from echolab.settings import DemoSettings
 
 

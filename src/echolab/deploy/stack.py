@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .. import catalogue, settings
 from ..catalogue import Server
-from ..lab.scenarios import Scenario
+from ..scenarios import Scenario
 
 NAME = "echolab"
 

@@ -4,7 +4,7 @@ Run on a quiet machine; compare the rows of one run with each other (ratios),
 not with another machine's figures. Writes reports/bench-<time>.json.
 
 With ``--scenario``, it runs the lab's scenarios instead (cpu, blocking,
-offload, mixed, io: :mod:`.scenarios`) on every server at a few levels, and
+offload, mixed, io: :mod:`echolab.scenarios`) on every server at a few levels, and
 adds each server's CPU time per request: writes reports/scenarios-<time>.json.
 """
 
@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import machine
+from ..scenarios import SCENARIOS, Scenario
 from ..settings import BenchmarkSettings
 from .interrupt import Interrupted, interruptible
 from .report import require_extra
 from .results import Row, rich_table
-from .scenarios import SCENARIOS, Scenario
 from .sweep import measure
 from .variants import (
     ASYNC_HTTP_BARE_ALIKE,

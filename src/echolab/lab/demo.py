@@ -1,6 +1,6 @@
 """``echolab demo`` (``make demo``): the comparison anyone can run with only Python.
 
-For each scenario of :data:`echolab.lab.scenarios.SCENARIOS` (the first at
+For each scenario of :data:`echolab.scenarios.SCENARIOS` (the first at
 ``--levels``, the others at ``--other-levels``) it starts every server
 natively on loopback with the scenario's flags, walks it through rising
 concurrency with the ``echolab bench`` client, and with ``--open-loop`` also
@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import machine
+from ..scenarios import SCENARIOS, Scenario
 from ..settings import DemoSettings
 from . import history, report
 from .interrupt import Interrupted, held, interruptible
 from .report import Section
 from .results import Row, by_server, rich_table
-from .scenarios import SCENARIOS, Scenario
 from .sweep import measure
 from .variants import SERIAL, SERVERS_AS_THEY_ARE, Variant
 

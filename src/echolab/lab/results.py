@@ -38,7 +38,7 @@ class Row:
     server_rss_mb: float = 0.0
     server_threads: int = 0
     client_cpu_percent: float = 0.0
-    scenario: str = ""  # the demo's workload (lab/scenarios.py); "" in the benchmark
+    scenario: str = ""  # the demo's workload (scenarios.py); "" in the benchmark
     mode: str = "closed"  # closed | open
     rate: float = 0.0  # open loop: offered requests/s
     histogram_ms: list[tuple[float, int]] = field(default_factory=list)
