@@ -8,7 +8,7 @@ message over the server's limit, 503 over its concurrency limit, 5xx) one
 of kind ``server_error``; the network's errors keep the kinds the TCP user
 gives them (``timeout``, ``refused``, ``reset``, ``closed``). Every request
 lands in the same client-side metrics as the TCP user's
-(:mod:`echolab.load.locust_plugin`), with ``framing="http"``; Locust's own stats show
+(:mod:`echolab.load.locust_metrics`), with ``framing="http"``; Locust's own stats show
 it as ``POST <server>``.
 
 Importing this module imports Locust (see :mod:`echolab.load.locust_plugin`).
@@ -27,7 +27,8 @@ from locust.env import Environment
 from ..catalogue import BY_NAME
 from ..protocol import HTTP_PATH, expected_reply
 from .client import ServerError, WrongReply, failure_kind
-from .locust_plugin import client_metrics, make_message, target_url
+from .locust_args import make_message, target_url
+from .locust_metrics import client_metrics
 from .open_loop import Arrivals, rate_per_user
 
 FRAMING = "http"

@@ -15,7 +15,8 @@ from locust import User, task
 from locust.env import Environment
 
 from .client import EchoClient, failure_kind
-from .locust_plugin import client_metrics, make_message, server_address
+from .locust_args import make_message, server_address
+from .locust_metrics import client_metrics
 from .open_loop import Arrivals
 
 

@@ -45,7 +45,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..metrics import spec
-from .locust_plugin import client_metrics, user_counter
+from .locust_metrics import client_metrics, user_counter
 
 RATE_KEY = "echo_rate_per_user"  # not one of Locust's own options: the master sends it to its workers
 NOT_SENT = "not_sent"

@@ -1,0 +1,159 @@
+"""The metrics of a Locust process: what its users saw of each server, counted per request, read when scraped.
+
+Every Locust process (master, each worker, or a single local one) serves its
+own ``/metrics``. Workers of one host cannot share a port, so each takes the
+first free one from ``--metrics-port`` upwards (a master on 9646 and three
+workers get 9646..9649, in start order), then any free port; the log says
+which. Importing this module imports Locust (see :mod:`.locust_plugin`).
+"""
+
+from __future__ import annotations
+
+import errno
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Mapping
+from itertools import accumulate
+from typing import Any
+
+from locust.env import Environment
+from locust.runners import MasterRunner, Runner, WorkerRunner
+from prometheus_client import REGISTRY, Metric, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from ..catalogue import SERVERS
+from ..metrics import DURATION_BUCKETS, FAILURE_KINDS, spec
+from .locust_args import framings
+
+METRICS_PORT_TRIES = 32  # then an ephemeral port
+BOUNDS = DURATION_BUCKETS
+BUCKET_LABELS = [*map(str, BOUNDS), "+Inf"]  # as prometheus_client writes "le"
+
+
+class Tally:
+    """One server's counts as plain numbers, which the user updates per request.
+
+    prometheus_client guards every ``inc``/``observe`` with a lock, which under
+    gevent is a Python-level lock: three of them per request cost more than
+    the rest of our bookkeeping. Greenlets never run in parallel, so plain
+    ``+=`` is safe here; :class:`ClientCollector` turns the numbers into the
+    metric families when Prometheus scrapes.
+    """
+
+    __slots__ = ("buckets", "failures", "requests", "seconds")
+
+    def __init__(self, framings: tuple[str, ...]) -> None:
+        self.requests = dict.fromkeys(framings, 0)
+        self.failures = dict.fromkeys(FAILURE_KINDS, 0)
+        # buckets[i]: requests that took at most BOUNDS[i] (and more than the bound before); the last: +Inf
+        self.buckets = [0] * (len(BOUNDS) + 1)
+        self.seconds = 0.0
+
+    def add(self, framing: str, elapsed: float, failure: str | None) -> None:
+        """One request, done after ``elapsed`` seconds; ``failure`` is its kind, None if it succeeded."""
+        self.requests[framing] += 1
+        self.buckets[bisect_left(BOUNDS, elapsed)] += 1
+        self.seconds += elapsed
+        if failure is not None:
+            self.failures[failure] += 1
+
+
+def _family(name: str, kind: type[Any]) -> Any:
+    metric = spec(name)
+    return kind(metric.name, metric.help, labels=metric.labels)
+
+
+class ClientCollector(Collector):
+    """What one Locust process saw, per server; names and labels from the metrics catalogue."""
+
+    def __init__(self) -> None:
+        self.tallies = {server.name: Tally(framings(server)) for server in SERVERS}
+        self.role = "local"
+        self.users_by_server: Callable[[], Mapping[str, int]] = dict
+        self.think_time = 0.0
+
+    def track(self, role: str, users_by_server: Callable[[], Mapping[str, int]], think_time: float) -> None:
+        """Count the users when Prometheus scrapes: nothing to update per user."""
+        self.role, self.users_by_server, self.think_time = role, users_by_server, think_time
+
+    def collect(self) -> Iterator[Metric]:
+        requests = _family("echo_client_requests", CounterMetricFamily)
+        failures = _family("echo_client_failures", CounterMetricFamily)
+        duration = _family("echo_client_request_duration_seconds", HistogramMetricFamily)
+        users = _family("echo_client_users", GaugeMetricFamily)
+        think = _family("echo_client_think_time_seconds", GaugeMetricFamily)
+        running = self.users_by_server()
+        for server, tally in self.tallies.items():
+            for framing, count in tally.requests.items():
+                requests.add_metric((server, framing), count)
+            for kind, count in tally.failures.items():
+                failures.add_metric((server, kind), count)
+            cumulative = list(accumulate(tally.buckets))
+            duration.add_metric((server,), list(zip(BUCKET_LABELS, cumulative, strict=True)), tally.seconds)
+            users.add_metric((server,), running.get(server, 0))
+            think.add_metric((server,), self.think_time)
+        yield from (requests, failures, duration, users, think)
+        info = InfoMetricFamily("echo_client", spec("echo_client").help)
+        info.add_metric((), {"role": self.role})
+        yield info
+
+
+_collector: ClientCollector | None = None
+
+
+def client_metrics() -> ClientCollector:
+    """The process's metrics, registered on first use (a registry takes each name once)."""
+    global _collector
+    if _collector is None:
+        _collector = ClientCollector()
+        REGISTRY.register(_collector)
+    return _collector
+
+
+def user_counter(environment: Environment) -> Callable[[], dict[str, int]]:
+    """Users running per server: this process's, or on a master what its workers last reported."""
+
+    def count() -> dict[str, int]:
+        runner = environment.runner
+        if runner is None:
+            return {}
+        if isinstance(runner, MasterRunner):
+            by_class: Mapping[str, int] = runner.reported_user_classes_count
+        else:
+            by_class = runner.user_classes_count
+        classes = environment.available_user_classes or environment.user_classes_by_name
+        totals: dict[str, int] = {}
+        for name, count in by_class.items():
+            server = getattr(classes.get(name), "server", None)
+            if server is not None:
+                totals[server] = totals.get(server, 0) + count
+        return totals
+
+    return count
+
+
+def role(runner: Runner | None) -> str:
+    if isinstance(runner, MasterRunner):
+        return "master"
+    if isinstance(runner, WorkerRunner):
+        return "worker"
+    return "local"
+
+
+def serve_metrics(port: int, host: str = "0.0.0.0", tries: int = METRICS_PORT_TRIES) -> int:
+    """Serve /metrics on ``port`` or the next free one, else on any; return the port."""
+    candidates = [*range(port, port + tries), 0] if port else [0]
+    for candidate in candidates:
+        try:
+            server, _ = start_http_server(candidate, addr=host)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or candidate == 0:
+                raise
+            continue
+        return int(server.server_port)
+    raise AssertionError("unreachable: port 0 either binds or raises")
