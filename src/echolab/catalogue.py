@@ -30,8 +30,6 @@ PALETTE: dict[Family, tuple[str, ...]] = {
     "threaded": ("#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#f7b6d2"),
     "async": ("#1f77b4", "#17becf", "#2ca02c", "#9467bd", "#7f7f7f", "#aec7e8", "#393b79", "#6b6ecf"),
 }
-CONTAINER_PORT = 9090  # every server listens on this port inside its container
-CONTAINER_METRICS_PORT = 8000
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,7 @@ class Server:
     transport: Transport
     module: str  # import path of the module whose run(server, settings) serves it
     settings: type[settings.ServeSettings]
-    port: int  # natively (make serve-NAME, make locust); in a container: CONTAINER_PORT
+    port: int  # natively (make serve-NAME, make locust); in a container: ports.SERVER
     metrics_port: int
     summary: str
 

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from typing import NoReturn
 
-from . import __version__, catalogue, settings
+from . import __version__, catalogue, ports, settings
 from .runtime import log, raise_fd_limit, setup_logging
 from .scenarios import SCENARIOS
 
@@ -46,7 +46,7 @@ EXAMPLES = {
     "env $(echolab scenario blocking) docker compose up --detach --no-deps --force-recreate --wait \\\n"
     "  $(echolab scenario blocking --services)       what `make scenario NAME=blocking` runs",
     "report": "echolab report --since 15m                    the stack's Prometheus (make up)\n"
-    "echolab report --prometheus http://127.0.0.1:9090 --since 2h",
+    f"echolab report --prometheus http://127.0.0.1:{ports.PROMETHEUS_HOST} --since 2h   the same, named",
 }
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from . import ports
 from .scenarios import SCENARIOS
 
 FRAMINGS = ("lines", "oneshot")
@@ -528,7 +529,8 @@ class ReportSettings(Settings):
     PREFIX: ClassVar[str] = "ECHO_REPORT_"
 
     prometheus: str = setting(
-        "http://127.0.0.1:9099", "the Prometheus to ask (the stack's, on its host port by default)"
+        f"http://127.0.0.1:{ports.PROMETHEUS_HOST}",
+        "the Prometheus to ask (the stack's, on its host port by default)",
     )
     since: str = setting("15m", "the window: this long until now (90s, 15m, 2h)", check=prometheus_duration)
     dashboards: Path = setting(Path("grafana/dashboards"), "the dashboards whose panels to draw")

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import ports
 from ..catalogue import SERVERS, Server
 from ..settings import FRAMINGS, BenchSettings
 
-DEFAULT_METRICS_PORT = 9646
 ALPHABET = b"abcdefghijklmnopqrstuvwxyz0123456789"
 
 
@@ -62,7 +62,7 @@ def add_arguments(parser: Any) -> None:
     add("--metrics-host", "0.0.0.0", "address of this process's Prometheus /metrics", include_in_web_ui=False)
     add(
         "--metrics-port",
-        DEFAULT_METRICS_PORT,
+        ports.LOCUST_METRICS,
         "port of this process's Prometheus /metrics; if taken, the next free one (0: any free port)",
         include_in_web_ui=False,
     )

@@ -26,9 +26,10 @@ from typing import Any
 from locust import User, events
 from locust.env import Environment
 
+from .. import ports
 from ..catalogue import BY_NAME, SERVERS, Server
 from . import locust_args, locust_cluster, locust_thresholds, locust_web, open_loop
-from .locust_args import DEFAULT_METRICS_PORT, target_url
+from .locust_args import target_url
 from .locust_http import HttpEchoUser
 from .locust_metrics import client_metrics, role, serve_metrics, user_counter
 from .locust_tcp import EchoUser
@@ -52,7 +53,7 @@ def on_init(environment: Environment, **_: Any) -> None:
     options = environment.parsed_options
     metrics = client_metrics()
     metrics.track(role(environment.runner), user_counter(environment), options.think_time if options else 0.0)
-    wanted = options.metrics_port if options else DEFAULT_METRICS_PORT
+    wanted = options.metrics_port if options else ports.LOCUST_METRICS
     host = options.metrics_host if options else "0.0.0.0"
     port = serve_metrics(wanted, host)
     moved = bool(wanted) and port != wanted  # expected for the second worker on a host: log, don't warn
