@@ -21,6 +21,7 @@ from functools import cached_property
 from typing import Literal
 
 from . import settings
+from .settings import Option
 
 Family = Literal["threaded", "async"]
 Transport = Literal["tcp", "http"]
@@ -58,6 +59,11 @@ class Server:
     def env_name(self) -> str:
         """The server's name in environment variables: ``threaded-http`` -> ``THREADED_HTTP``."""
         return self.name.replace("-", "_").upper()
+
+    @property
+    def locust_target(self) -> tuple[Option, Option]:
+        """Locust's ``--NAME-host`` and ``--NAME-port`` (LOCUST_NAME_HOST, _PORT): where its users send."""
+        return settings.target_options(self.name, self.port)
 
     @cached_property
     def flags(self) -> frozenset[str]:

@@ -131,6 +131,7 @@ class Spec:
     check: Check | None = None
     per_server: bool = False  # the default is each server's own, from the catalogue
     work_model: bool = False  # part of a request's simulated work, which a scenario decides whole
+    web_ui: bool = False  # Locust: a field of its web UI, which may change it for a run
 
 
 def setting(
@@ -142,9 +143,10 @@ def setting(
     check: Check | None = None,
     per_server: bool = False,
     work_model: bool = False,
+    web_ui: bool = False,
 ) -> Any:
     """A dataclass field that is a setting."""
-    spec = Spec(help, unit, choices, check, per_server, work_model)
+    spec = Spec(help, unit, choices, check, per_server, work_model, web_ui)
     return field(default=default, metadata={"spec": spec})
 
 
@@ -215,6 +217,18 @@ def options(cls: type[Settings]) -> Iterator[Option]:
             yield Option(f.name, hints[f.name], f.default, f.metadata["spec"], cls.PREFIX)
 
 
+def environment(cls: type[Settings], **values: Any) -> dict[str, str]:
+    """``values`` of settings of ``cls``, by name, as the environment gives them: {variable: text}."""
+    known = {option.name: option for option in options(cls)}
+    return {known[name].env: as_text(value) for name, value in values.items()}
+
+
+def defaults(cls: type[Settings], *names: str) -> dict[str, str]:
+    """The defaults of settings of ``cls``, by name, as the environment gives them: {variable: text}."""
+    known = {option.name: option for option in options(cls)}
+    return environment(cls, **{name: known[name].default for name in names})
+
+
 @dataclass(frozen=True)
 class Settings:
     """Base of the settings classes: the prefix of their environment variables."""
@@ -261,12 +275,14 @@ def add_arguments(
             parser.add_argument(option.flag, dest=option.name, default=default, action=action, help=text)
         else:
             parser.add_argument(
-                option.flag, dest=option.name, default=default, type=_argparse_type(option), help=text,
+                option.flag, dest=option.name, default=default, type=argparse_type(option), help=text,
                 metavar=option.metavar,
             )  # fmt: skip
 
 
-def _argparse_type(option: Option) -> Callable[[str], Any]:
+def argparse_type(option: Option) -> Callable[[str], Any]:
+    """``option``'s parser and check, as argparse takes a flag's ``type``."""
+
     def convert(raw: str) -> Any:
         try:
             return option.parse(raw)
@@ -578,3 +594,102 @@ class CompareSettings(Settings):
     PREFIX: ClassVar[str] = "ECHO_COMPARE_"
 
     out: Path = setting(Path("reports"), "folder for the comparison's report")
+
+
+# --- Locust ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocustSettings(Settings):
+    """What echolab adds to Locust's arguments (``-f loadtest/locustfile.py``), with each server's target.
+
+    Locust parses them itself, with its own (``--users``, ``--run-time``...): as
+    flags, as LOCUST_* variables, or, for a setting marked ``web_ui``, from its
+    web UI's start form, for one run. The rest are fixed when Locust starts.
+    """
+
+    PREFIX: ClassVar[str] = "LOCUST_"
+
+    framing: str = setting(
+        "lines",
+        "TCP users: lines, one persistent connection per user; oneshot, a connection per request "
+        "(HTTP users keep one connection alive)",
+        choices=FRAMINGS,
+        web_ui=True,
+    )
+    message_size: int = setting(
+        BenchSettings.message_size, "request size in bytes, newline excluded", check=at_least(1), web_ui=True
+    )
+    think_time: float = setting(
+        0.0, "seconds each user waits between requests", check=at_least(0), web_ui=True
+    )
+    connect_timeout: float = setting(5.0, "seconds to wait for a connection", check=above(0), web_ui=True)
+    read_timeout: float = setting(
+        BenchSettings.timeout,
+        "seconds a request may take to be answered (TCP users: connecting included; "
+        "HTTP users: each read, which for an echo is the wait for the reply)",
+        check=above(0),
+        web_ui=True,
+    )
+    target_rps: float = setting(
+        0.0,
+        "open loop: requests/s in all, spread over the users, whatever the replies do (0: closed "
+        "loop, each user waits for its reply and --think-time)",
+        check=at_least(0),
+        web_ui=True,
+    )
+    max_inflight: int = setting(
+        100,
+        "open loop: unanswered requests a user may have; an arrival beyond is a not_sent failure",
+        check=at_least(1),
+        web_ui=True,
+    )
+    max_fail_ratio: float = setting(
+        -1.0,
+        "exit 3 if more than this share of requests failed, else 0 (-1: off, Locust's own rule: "
+        "any failure exits 1)",
+    )
+    max_p95_ms: float = setting(
+        0.0, "exit 4 if the 95th percentile response time was above this (0: off)", check=at_least(0)
+    )
+    worker_timeout: float | None = setting(
+        None,
+        "master: seconds without a heartbeat before a worker counts as lost (none: Locust's own, 3)",
+        check=above(0),
+    )
+    metrics_host: str = setting("0.0.0.0", "address of this process's Prometheus /metrics")
+    metrics_port: int = setting(
+        ports.LOCUST_METRICS,
+        "port of this process's Prometheus /metrics; if taken, the next free one (0: any free port)",
+        check=port_number,
+    )
+
+
+@dataclass(frozen=True)
+class StepRampSettings(Settings):
+    """The step ramp's (``-f loadtest/step_ramp.py``): +N users every M seconds up to ``--users``."""
+
+    PREFIX: ClassVar[str] = LocustSettings.PREFIX
+
+    step_users: int = setting(10, "StepRamp: users added per step", check=at_least(1), web_ui=True)
+    step_seconds: float = setting(10.0, "StepRamp: seconds between steps", check=above(0), web_ui=True)
+
+
+@dataclass(frozen=True)
+class SpikeSettings(Settings):
+    """The spike's (``-f loadtest/spike.py``): many more users at once for a while, over ``--users``."""
+
+    PREFIX: ClassVar[str] = LocustSettings.PREFIX
+
+    spike_users: int = setting(200, "Spike: users added during the spike", check=at_least(0), web_ui=True)
+    spike_at: float = setting(
+        30.0, "Spike: seconds after the start the spike begins", check=at_least(0), web_ui=True
+    )
+    spike_seconds: float = setting(10.0, "Spike: how long the spike lasts", check=at_least(0), web_ui=True)
+
+
+def target_options(server: str, port: int) -> tuple[Option, Option]:
+    """Locust's ``--SERVER-host`` and ``--SERVER-port`` (LOCUST_SERVER_HOST, _PORT): where that server is."""
+    name, prefix = server.replace("-", "_"), LocustSettings.PREFIX
+    host = Option(f"{name}_host", str, "127.0.0.1", Spec(f"{server} server's address"), prefix)
+    return host, Option(f"{name}_port", int, port, Spec(f"{server} server's port", check=port_number), prefix)

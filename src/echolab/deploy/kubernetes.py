@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from .. import __version__, catalogue, ports
+from .. import __version__, catalogue, ports, settings
 from ..catalogue import Server
 from . import stack
 from .yamltext import dump, dump_all
@@ -447,7 +447,7 @@ def headless_objects() -> list[Object]:
         "LOCUST_USERS": "200",
         "LOCUST_SPAWN_RATE": "20",
         "LOCUST_RUN_TIME": f"{RUN_SECONDS}s",
-        "LOCUST_MAX_FAIL_RATIO": "0.01",
+        **settings.environment(settings.LocustSettings, max_fail_ratio=0.01),
     }
     master = locust_container(
         ("--master", "--headless", "--enable-rebalancing", "--only-summary"),

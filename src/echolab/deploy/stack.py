@@ -129,28 +129,25 @@ MASTER_ARGS = ("--master", "--class-picker", "--enable-rebalancing")
 WORKER_ARGS = ("--worker", "--master-host", MASTER_SERVICE)
 # Load parameters with the stack's defaults; the web UI may change each per run.
 LOCUST_TUNABLE_ENV = {
-    "LOCUST_THINK_TIME": "0",
-    "LOCUST_MESSAGE_SIZE": str(settings.BenchSettings.message_size),
-    "LOCUST_STEP_USERS": "10",
-    "LOCUST_STEP_SECONDS": "10",
+    **settings.defaults(settings.LocustSettings, "think_time", "message_size"),
+    **settings.defaults(settings.StepRampSettings, "step_users", "step_seconds"),
 }
 
 
 def locust_target_env() -> dict[str, str]:
     """Where each server is, fixed by the stack: its service name and container port."""
-    env = {}
+    env: dict[str, str] = {}
     for server in catalogue.SERVERS:
-        env[f"LOCUST_{server.env_name}_HOST"] = server.name
-        env[f"LOCUST_{server.env_name}_PORT"] = str(ports.SERVER)
+        host, port = server.locust_target
+        env |= {host.env: server.name, port.env: str(ports.SERVER)}
     return env
 
 
 LOCUST_FIXED_ENV = {
     **locust_target_env(),
-    "LOCUST_METRICS_PORT": str(ports.LOCUST_METRICS),
     # Locust's 3 s lose a worker that a busy machine starves for a moment: every container
     # here shares the same cores. A lost worker's users move a little later.
-    "LOCUST_WORKER_TIMEOUT": "6",
+    **settings.environment(settings.LocustSettings, metrics_port=ports.LOCUST_METRICS, worker_timeout=6.0),
 }
 
 

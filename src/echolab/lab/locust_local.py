@@ -48,7 +48,7 @@ class Ports:
 
 def choose_ports(server: Server, environ: dict[str, str]) -> Ports:
     """The ports ``server`` will use; SystemExit when a port asked for by name is taken."""
-    variable = f"LOCUST_{server.env_name}_PORT"
+    variable = server.locust_target[1].env
     if environ.get(variable):
         asked = int(environ[variable])
         if not bindable(asked):

@@ -1,16 +1,16 @@
 """Locust's arguments for the echo servers: what a locustfile's users read to find and load them.
 
-Each server of the catalogue has a target (``--<server>-host``, ``--<server>-port``); the
-others are load parameters. Importing this module does not import Locust.
+They are settings like every other (settings.LocustSettings, and each
+server's target, ``--<server>-host`` and ``--<server>-port``), registered on
+Locust's own parser. Importing this module does not import Locust.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .. import ports
 from ..catalogue import SERVERS, Server
-from ..settings import FRAMINGS, BenchSettings
+from ..settings import FRAMINGS, LocustSettings, Settings, argparse_type, options
 
 ALPHABET = b"abcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -20,63 +20,39 @@ def framings(server: Server) -> tuple[str, ...]:
     return ("http",) if server.transport == "http" else FRAMINGS
 
 
-def add_arguments(parser: Any) -> None:
-    """Register the custom arguments (a listener of ``events.init_command_line_parser``).
+def add_arguments(parser: Any, cls: type[Settings] = LocustSettings) -> None:
+    """Register the settings of ``cls`` on Locust's parser (a listener of ``init_command_line_parser``).
 
-    The web UI turns each into a form field and converts what is typed there
-    with ``type(default)``, so float settings need float defaults.
+    For :class:`LocustSettings`, each server's target too. Locust reads each
+    as a flag or its variable; those marked ``web_ui`` are fields of its web
+    UI, which converts what is typed there with ``type(default)``: a float
+    setting's default is a float. The rest are fixed by whoever starts Locust
+    (see :mod:`.locust_web`).
     """
+    targets = [o for server in SERVERS for o in server.locust_target] if cls is LocustSettings else []
     # Not an argument group: only the parser's own add_argument marks arguments for the web UI.
-
-    def add(flag: str, default: Any, text: str, **kwargs: Any) -> None:
-        env = "LOCUST_" + flag.lstrip("-").replace("-", "_").upper()
+    for option in (*targets, *options(cls)):
         parser.add_argument(
-            flag,
-            default=default,
-            env_var=env,
-            type=type(default),
-            help=f"{text} (env {env}; default {default!r})",
-            **kwargs,
+            option.flag,
+            dest=option.name,
+            default=option.default,
+            env_var=option.env,
+            type=argparse_type(option),
+            choices=option.spec.choices or None,
+            include_in_web_ui=option.spec.web_ui,
+            help=f"{option.spec.help} (env {option.env}; default {option.describe_default(option.default)})",
         )
 
-    # The targets are not web UI fields: whoever starts Locust fixes them (see locust_web).
-    for server in SERVERS:
-        add(f"--{server.name}-host", "127.0.0.1", f"{server.name} server's address", include_in_web_ui=False)
-        add(f"--{server.name}-port", server.port, f"{server.name} server's port", include_in_web_ui=False)
-    add(
-        "--framing",
-        "lines",
-        "TCP users: lines, one persistent connection per user; oneshot, a connection per request "
-        "(HTTP users keep one connection alive)",
-        choices=FRAMINGS,
-    )
-    add("--message-size", BenchSettings.message_size, "request size in bytes, newline excluded")
-    add("--think-time", 0.0, "seconds each user waits between requests")
-    add("--connect-timeout", 5.0, "seconds to wait for a connection")
-    add(
-        "--read-timeout",
-        BenchSettings.timeout,
-        "seconds a request may take to be answered (TCP users: connecting included; "
-        "HTTP users: each read, which for an echo is the wait for the reply)",
-    )
-    add("--metrics-host", "0.0.0.0", "address of this process's Prometheus /metrics", include_in_web_ui=False)
-    add(
-        "--metrics-port",
-        ports.LOCUST_METRICS,
-        "port of this process's Prometheus /metrics; if taken, the next free one (0: any free port)",
-        include_in_web_ui=False,
-    )
 
-
-def server_address(options: Any, server: str) -> tuple[str, int]:
+def server_address(options: Any, server: Server) -> tuple[str, int]:
     """The host and port the arguments give for ``server`` (``--threaded-http-host`` ...)."""
-    prefix = server.replace("-", "_")
-    return getattr(options, f"{prefix}_host"), getattr(options, f"{prefix}_port")
+    host, port = server.locust_target
+    return getattr(options, host.name), getattr(options, port.name)
 
 
 def target_url(options: Any, server: Server) -> str:
     """Where ``server``'s users send their requests, as a URL: ``tcp://async:9090``, ``http://...``."""
-    host, port = server_address(options, server.name)
+    host, port = server_address(options, server)
     scheme = "http" if server.transport == "http" else "tcp"
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 

@@ -14,6 +14,7 @@ import gevent
 from locust import User, task
 from locust.env import Environment
 
+from ..catalogue import server
 from .client import EchoClient, failure_kind
 from .locust_args import make_message, server_address
 from .locust_metrics import client_metrics
@@ -53,7 +54,7 @@ class EchoUser(User):
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
-        host, port = server_address(options, self.server)
+        host, port = server_address(options, server(self.server))
         framing = options.framing
         # No socket timeout for reads: gevent pays for one with a Timeout object per blocking read.
         # One timer per user, armed for each request, costs a fraction of that.

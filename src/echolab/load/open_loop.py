@@ -55,26 +55,6 @@ class NotSent(Exception):
     """An arrival the user could not send: its ``--max-inflight`` requests were all unanswered."""
 
 
-def add_arguments(parser: Any) -> None:
-    """``--target-rps`` and ``--max-inflight`` (a listener of ``events.init_command_line_parser``)."""
-    parser.add_argument(
-        "--target-rps",
-        type=float,
-        default=0.0,
-        env_var="LOCUST_TARGET_RPS",
-        help="open loop: requests/s in all, spread over the users, whatever the replies do (0: closed "
-        "loop, each user waits for its reply and --think-time) (env LOCUST_TARGET_RPS; default 0.0)",
-    )
-    parser.add_argument(
-        "--max-inflight",
-        type=int,
-        default=100,
-        env_var="LOCUST_MAX_INFLIGHT",
-        help="open loop: unanswered requests a user may have; an arrival beyond is a not_sent failure "
-        "(env LOCUST_MAX_INFLIGHT; default 100)",
-    )
-
-
 def rate_per_user(options: Any) -> float:
     """Requests/s each user sends; 0 in a closed loop."""
     if options is None or getattr(options, "target_rps", 0.0) <= 0:
@@ -122,7 +102,6 @@ def on_init(environment: Environment, runner: Runner, **_: Any) -> None:
 
 
 def setup(hooks: Any) -> None:
-    hooks.init_command_line_parser.add_listener(add_arguments)
     hooks.init.add_listener(on_init)
 
 
