@@ -15,6 +15,7 @@ so a new server gets a colour of its own without one being chosen for it.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,7 +25,40 @@ from . import settings
 from .settings import Option
 
 Family = Literal["threaded", "async"]
-Transport = Literal["tcp", "http"]
+
+
+class Transport(enum.StrEnum):
+    """What a server speaks, and what follows from it for its clients, the lab and the stack.
+
+    Everyone who needs to know asks these properties, never the name.
+    """
+
+    TCP = "tcp"  # the line protocol, on a server that owns its connections
+    HTTP = "http"  # POST /echo, on gunicorn: a master and its worker processes
+
+    @property
+    def framings(self) -> tuple[str, ...]:
+        """What its clients can speak, the default first."""
+        return ("http",) if self is Transport.HTTP else settings.FRAMINGS
+
+    @property
+    def health_path(self) -> str | None:
+        """The path its echo port answers 200 on once a worker serves; None: it serves once the port accepts.
+
+        (A gunicorn master binds the port before any worker can answer.)
+        """
+        return "/healthz" if self is Transport.HTTP else None
+
+    @property
+    def owns_connections(self) -> bool:
+        """Whether the server's own code holds its connections, and counts them (gunicorn holds HTTP's)."""
+        return self is Transport.TCP
+
+    @property
+    def worker_processes(self) -> bool:
+        """Whether it serves from worker processes under a master, whose metrics meet in files."""
+        return self is Transport.HTTP
+
 
 # Shades per family, in the order servers and lab variants take them.
 PALETTE: dict[Family, tuple[str, ...]] = {
@@ -49,7 +83,7 @@ class Server:
     @property
     def framing(self) -> str:
         """What a client speaks to it by default: the line protocol, or HTTP."""
-        return "http" if self.transport == "http" else "lines"
+        return self.transport.framings[0]
 
     @property
     def color(self) -> str:
@@ -84,7 +118,7 @@ SERVERS: tuple[Server, ...] = (
     Server(
         "threaded",
         "threaded",
-        "tcp",
+        Transport.TCP,
         "echolab.servers.threaded",
         settings.ThreadedSettings,
         9090,
@@ -94,7 +128,7 @@ SERVERS: tuple[Server, ...] = (
     Server(
         "async",
         "async",
-        "tcp",
+        Transport.TCP,
         "echolab.servers.async_tcp",
         settings.AsyncSettings,
         9091,
@@ -104,7 +138,7 @@ SERVERS: tuple[Server, ...] = (
     Server(
         "threaded-http",
         "threaded",
-        "http",
+        Transport.HTTP,
         "echolab.servers.gunicorn",
         settings.ThreadedHttpSettings,
         9092,
@@ -114,7 +148,7 @@ SERVERS: tuple[Server, ...] = (
     Server(
         "async-http",
         "async",
-        "http",
+        Transport.HTTP,
         "echolab.servers.gunicorn",
         settings.AsyncHttpSettings,
         9093,

@@ -40,7 +40,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from . import cgroup
 from .catalogue import SERVERS, Server
 from .runtime import RESOURCE_ERRNOS
-from .settings import OffloadSettings
+from .settings import AsyncSettings, OffloadSettings
 
 # Dense around the default 100 ms delay, where a healthy server answers, then
 # out to 10 s, where an overloaded one does; the low end is for delay 0.
@@ -78,15 +78,16 @@ def every_server(server: Server) -> bool:
 
 def tcp_servers(server: Server) -> bool:
     """The servers that own their connections (gunicorn owns the HTTP servers')."""
-    return server.transport == "tcp"
+    return server.transport.owns_connections
 
 
 def event_loop_servers(server: Server) -> bool:
-    return server.transport == "tcp" and server.family == "async"
+    """The servers with an event loop of their own to probe (uvicorn runs the HTTP one's)."""
+    return issubclass(server.settings, AsyncSettings)
 
 
 def gunicorn_servers(server: Server) -> bool:
-    return server.transport == "http"
+    return server.transport.worker_processes
 
 
 def offload_servers(server: Server) -> bool:

@@ -103,7 +103,8 @@ def health(server: Server) -> tuple[int, str]:
     (the master's /metrics comes first); a TCP server's /metrics once it
     listens.
     """
-    return (ports.SERVER, "/healthz") if server.transport == "http" else (ports.SERVER_METRICS, "/metrics")
+    path = server.transport.health_path
+    return (ports.SERVER, path) if path else (ports.SERVER_METRICS, "/metrics")
 
 
 def writable_paths(server: Server) -> tuple[str, ...]:
@@ -113,7 +114,7 @@ def writable_paths(server: Server) -> tuple[str, ...]:
     under $TMPDIR (/tmp) at each start, and each worker writes a file there.
     The workers' heartbeat files go to /dev/shm, which the runtime provides.
     """
-    return ("/tmp",) if server.transport == "http" else ()
+    return ("/tmp",) if server.transport.worker_processes else ()
 
 
 # --- Locust ---------------------------------------------------------------------

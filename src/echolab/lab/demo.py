@@ -56,9 +56,9 @@ class DemoError(Exception):
 
 
 def variants(settings: DemoSettings) -> list[Variant]:
-    """Every server as it is (the TCP ones in the demo's framing), then the article's serial baseline."""
+    """Every server as it is (those with a --framing in the demo's), then the article's serial baseline."""
     chosen = [
-        v if v.framing == "http" else dataclasses.replace(v, framing=settings.framing)
+        dataclasses.replace(v, framing=settings.framing) if v.reads("--framing") else v
         for v in SERVERS_AS_THEY_ARE
     ]
     chosen.append(SERIAL)

@@ -26,6 +26,10 @@ class Variant:
     options: tuple[str, ...] = ()
     reference: str = ""  # the bare reference's kind: uvloop | streams | threaded
 
+    def reads(self, flag: str) -> bool:
+        """Whether its server takes ``flag`` (a bare reference takes none)."""
+        return self.server is not None and flag in self.server.flags
+
     def process(self, delay_ms: float, options: Sequence[str] = ()) -> Process:
         """A process that serves this variant with ``delay_ms`` of simulated IO, not yet started.
 
@@ -40,7 +44,7 @@ class Variant:
             port = free_port()
             argv = [sys.executable, "-m", "echolab.servers.bare", self.reference, str(port), f"{delay_ms:g}"]
             return Process(argv, name=self.name, port=port)
-        framing = () if self.framing == "http" else ("--framing", self.framing)
+        framing = ("--framing", self.framing) if self.reads("--framing") else ()
         flags = (*framing, "--delay-ms", f"{delay_ms:g}", "--log-level", "warning", *self.options, *options)
         return ServerProcess(self.server, flags)
 

@@ -10,14 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..catalogue import SERVERS, Server
-from ..settings import FRAMINGS, LocustSettings, Settings, argparse_type, options
+from ..settings import LocustSettings, Settings, argparse_type, options
 
 ALPHABET = b"abcdefghijklmnopqrstuvwxyz0123456789"
-
-
-def framings(server: Server) -> tuple[str, ...]:
-    """What the users of ``server`` can speak."""
-    return ("http",) if server.transport == "http" else FRAMINGS
 
 
 def add_arguments(parser: Any, cls: type[Settings] = LocustSettings) -> None:
@@ -53,7 +48,7 @@ def server_address(options: Any, server: Server) -> tuple[str, int]:
 def target_url(options: Any, server: Server) -> str:
     """Where ``server``'s users send their requests, as a URL: ``tcp://async:9090``, ``http://...``."""
     host, port = server_address(options, server)
-    scheme = "http" if server.transport == "http" else "tcp"
+    scheme = server.transport.value
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 

@@ -28,7 +28,6 @@ from prometheus_client.registry import Collector
 
 from ..catalogue import SERVERS
 from ..metrics import DURATION_BUCKETS, FAILURE_KINDS, spec
-from .locust_args import framings
 
 METRICS_PORT_TRIES = 32  # then an ephemeral port
 BOUNDS = DURATION_BUCKETS
@@ -72,7 +71,7 @@ class ClientCollector(Collector):
     """What one Locust process saw, per server; names and labels from the metrics catalogue."""
 
     def __init__(self) -> None:
-        self.tallies = {server.name: Tally(framings(server)) for server in SERVERS}
+        self.tallies = {server.name: Tally(server.transport.framings) for server in SERVERS}
         self.role = "local"
         self.users_by_server: Callable[[], Mapping[str, int]] = dict
         self.think_time = 0.0

@@ -27,7 +27,7 @@ from locust import User, events
 from locust.env import Environment
 
 from .. import ports
-from ..catalogue import BY_NAME, SERVERS, Server
+from ..catalogue import BY_NAME, SERVERS, Server, Transport
 from . import locust_args, locust_cluster, locust_thresholds, locust_web, open_loop
 from .locust_args import target_url
 from .locust_http import HttpEchoUser
@@ -35,6 +35,7 @@ from .locust_metrics import client_metrics, role, serve_metrics, user_counter
 from .locust_tcp import EchoUser
 
 log = logging.getLogger("echolab.locust")
+USERS: dict[Transport, type[User]] = {Transport.TCP: EchoUser, Transport.HTTP: HttpEchoUser}
 
 
 def show_targets(environment: Environment) -> None:
@@ -79,7 +80,7 @@ def user_classes() -> dict[str, type[User]]:
     """One user class per server of the catalogue, by class name (a locustfile puts them in its globals)."""
     classes: dict[str, type[User]] = {}
     for server in SERVERS:
-        base: type[User] = HttpEchoUser if server.transport == "http" else EchoUser
+        base = USERS[server.transport]
         flag = f"--{server.name}-host/--{server.name}-port"
         doc = f"Loads the {server.name} server ({flag}): {server.summary}."
         classes[user_class_name(server)] = type(
