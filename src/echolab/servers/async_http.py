@@ -43,13 +43,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from uvicorn.server import ServerState
 from uvicorn_worker import UvicornWorker
 
-from ..runtime import sweep_interval
+from ..runtime import LINGER_BYTES, LINGER_SECONDS, sweep_interval
 from ..settings import HttpSettings
 
-# After an error reply, what the client still sends is read and dropped for this long, or this much
-# (gunicorn's close_graceful caps the same way), before the close.
-LINGER_SECONDS = 1.0
-LINGER_BYTES = 65536
 REASONS = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
 
 

@@ -24,7 +24,8 @@ from ..protocol import (
     MessageTooLarge,
     make_framer,
 )
-from .event_loop import HIGH_WATER, LINGER_SECONDS, LOW_WATER, LoopServer, count_connection_error
+from ..runtime import LINGER_SECONDS
+from .event_loop import HIGH_WATER, LOW_WATER, LoopServer, count_connection_error
 
 TICK = 0.001  # timer coalescing granularity, seconds
 

@@ -35,7 +35,8 @@ from ..protocol import (
     NEWLINE,
     make_framer,
 )
-from .event_loop import LINGER_SECONDS, LoopServer, count_connection_error
+from ..runtime import LINGER_SECONDS
+from .event_loop import LoopServer, count_connection_error
 
 RECV_SIZE = 65536
 

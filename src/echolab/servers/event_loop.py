@@ -33,7 +33,6 @@ from ..settings import AsyncSettings
 from . import work as work_module
 from .work import Work
 
-LINGER_SECONDS = 1.0
 # Backpressure, per connection: past HIGH_WATER bytes held (requests read and not yet answered,
 # replies not yet taken by the client), the server stops reading from it until they drain to
 # LOW_WATER. asyncio's and uvloop's own marks for a transport's write buffer, made explicit.

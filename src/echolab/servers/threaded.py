@@ -40,6 +40,7 @@ from ..protocol import (
 )
 from ..runtime import (
     IGNORED_SIGNALS,
+    LINGER_SECONDS,
     RESOURCE_ERRNOS,
     AcceptErrorLog,
     ignore_signal,
@@ -52,7 +53,6 @@ from . import work as work_module
 from .work import Work
 
 RECV_SIZE = 65536
-LINGER_SECONDS = 1.0
 ACCEPT_BACKOFF = 0.1  # seconds between accept() retries while out of descriptors: trio's choice
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and drops what is unsent
 

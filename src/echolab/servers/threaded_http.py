@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import math
 import selectors
 import socket
@@ -46,8 +47,11 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from ..settings import HttpSettings
 
-LINGER_SECONDS = 2.0  # gunicorn's close_graceful: how long, and how much, a closing socket is drained
-LINGER_BYTES = 65536
+# gunicorn's close_graceful, which linger() does in the poller: how long, and how much, a closing
+# socket is drained.
+_GRACEFUL = inspect.signature(util.close_graceful).parameters
+LINGER_SECONDS: float = _GRACEFUL["timeout"].default
+LINGER_BYTES: int = _GRACEFUL["max_drain"].default
 
 
 class RequestTimedOut(Exception):
