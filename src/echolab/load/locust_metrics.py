@@ -10,28 +10,17 @@ which. Importing this module imports Locust (see :mod:`.locust_plugin`).
 from __future__ import annotations
 
 import errno
-from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
-from itertools import accumulate
-from typing import Any
 
 from locust.env import Environment
 from locust.runners import MasterRunner, Runner, WorkerRunner
 from prometheus_client import REGISTRY, Metric, start_http_server
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    InfoMetricFamily,
-)
 from prometheus_client.registry import Collector
 
 from ..catalogue import SERVERS
-from ..metrics import DURATION_BUCKETS, FAILURE_KINDS, spec
+from ..metrics import DURATION_BUCKETS, FAILURE_KINDS, Buckets, spec
 
 METRICS_PORT_TRIES = 32  # then an ephemeral port
-BOUNDS = DURATION_BUCKETS
-BUCKET_LABELS = [*map(str, BOUNDS), "+Inf"]  # as prometheus_client writes "le"
 
 
 class Tally:
@@ -44,27 +33,19 @@ class Tally:
     metric families when Prometheus scrapes.
     """
 
-    __slots__ = ("buckets", "failures", "requests", "seconds")
+    __slots__ = ("duration", "failures", "requests")
 
     def __init__(self, framings: tuple[str, ...]) -> None:
         self.requests = dict.fromkeys(framings, 0)
         self.failures = dict.fromkeys(FAILURE_KINDS, 0)
-        # buckets[i]: requests that took at most BOUNDS[i] (and more than the bound before); the last: +Inf
-        self.buckets = [0] * (len(BOUNDS) + 1)
-        self.seconds = 0.0
+        self.duration = Buckets(DURATION_BUCKETS)
 
     def add(self, framing: str, elapsed: float, failure: str | None) -> None:
         """One request, done after ``elapsed`` seconds; ``failure`` is its kind, None if it succeeded."""
         self.requests[framing] += 1
-        self.buckets[bisect_left(BOUNDS, elapsed)] += 1
-        self.seconds += elapsed
+        self.duration.observe(elapsed)
         if failure is not None:
             self.failures[failure] += 1
-
-
-def _family(name: str, kind: type[Any]) -> Any:
-    metric = spec(name)
-    return kind(metric.name, metric.help, labels=metric.labels)
 
 
 class ClientCollector(Collector):
@@ -81,25 +62,14 @@ class ClientCollector(Collector):
         self.role, self.users_by_server, self.think_time = role, users_by_server, think_time
 
     def collect(self) -> Iterator[Metric]:
-        requests = _family("echo_client_requests", CounterMetricFamily)
-        failures = _family("echo_client_failures", CounterMetricFamily)
-        duration = _family("echo_client_request_duration_seconds", HistogramMetricFamily)
-        users = _family("echo_client_users", GaugeMetricFamily)
-        think = _family("echo_client_think_time_seconds", GaugeMetricFamily)
-        running = self.users_by_server()
-        for server, tally in self.tallies.items():
-            for framing, count in tally.requests.items():
-                requests.add_metric((server, framing), count)
-            for kind, count in tally.failures.items():
-                failures.add_metric((server, kind), count)
-            cumulative = list(accumulate(tally.buckets))
-            duration.add_metric((server,), list(zip(BUCKET_LABELS, cumulative, strict=True)), tally.seconds)
-            users.add_metric((server,), running.get(server, 0))
-            think.add_metric((server,), self.think_time)
-        yield from (requests, failures, duration, users, think)
-        info = InfoMetricFamily("echo_client", spec("echo_client").help)
-        info.add_metric((), {"role": self.role})
-        yield info
+        tallies, running = self.tallies, self.users_by_server()
+        yield spec("echo_client_requests").family({server: t.requests for server, t in tallies.items()})
+        yield spec("echo_client_failures").family({server: t.failures for server, t in tallies.items()})
+        duration = spec("echo_client_request_duration_seconds")
+        yield duration.family({server: t.duration for server, t in tallies.items()})
+        yield spec("echo_client_users").family({server: running.get(server, 0) for server in tallies})
+        yield spec("echo_client_think_time_seconds").family(dict.fromkeys(tallies, self.think_time))
+        yield spec("echo_client").family({"": {"role": self.role}})
 
 
 _collector: ClientCollector | None = None

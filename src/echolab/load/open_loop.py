@@ -41,7 +41,6 @@ from locust import User
 from locust.env import Environment
 from locust.runners import STATE_RUNNING, STATE_SPAWNING, Runner, WorkerRunner
 from prometheus_client import REGISTRY, Metric
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..metrics import spec
@@ -85,14 +84,11 @@ class RunCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         runner = self.environment.runner
         running = runner is not None and runner.state in (STATE_SPAWNING, STATE_RUNNING)
-        yield GaugeMetricFamily("echo_client_running", spec("echo_client_running").help, value=int(running))
+        yield spec("echo_client_running").family({"": int(running)})
         rate = rate_per_user(self.environment.parsed_options)
-        offered = GaugeMetricFamily(
-            "echo_client_offered_rate", spec("echo_client_offered_rate").help, labels=["server"]
+        yield spec("echo_client_offered_rate").family(
+            {server: users * rate for server, users in self.users().items()}
         )
-        for server, users in self.users().items():
-            offered.add_metric([server], users * rate)
-        yield offered
 
 
 def on_init(environment: Environment, runner: Runner, **_: Any) -> None:

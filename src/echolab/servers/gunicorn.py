@@ -37,11 +37,11 @@ import psutil
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from prometheus_client import CollectorRegistry, Counter, multiprocess, start_http_server, values
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..catalogue import Server
-from ..metrics import gauge, spec, watch_cgroup
+from ..metrics import family, watch_cgroup
 from ..runtime import log
 from ..settings import HttpSettings, ThreadedHttpSettings
 from . import work as work_module
@@ -111,9 +111,7 @@ class ServerInfo(Collector):
         self.server, self.info = server, info
 
     def collect(self) -> Iterator[Metric]:
-        family = InfoMetricFamily("echo_server", spec("echo_server").help, labels=["server"])
-        family.add_metric([self.server], self.info)
-        yield family
+        yield family("echo_server", self.server, self.info)
 
 
 class ProcessTree(Collector):
@@ -164,8 +162,8 @@ class ProcessTree(Collector):
             "Start time of the gunicorn master since the epoch, in seconds",
             value=self.master.create_time(),
         )
-        yield gauge("echo_threads", threads, self.server)
-        yield gauge("echo_http_workers", len(workers), self.server)
+        yield family("echo_threads", self.server, threads)
+        yield family("echo_http_workers", self.server, len(workers))
 
 
 def server_info(settings: HttpSettings) -> dict[str, str]:
@@ -310,7 +308,7 @@ class EchoApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is unt
         settings, server = self.settings, self.server
         if settings.metrics:
             export_garbage_collections()
-        instruments = Instruments(server.name, settings.metrics)
+        instruments = Instruments(server, settings.metrics)
         work = Work(settings, instruments.work, instruments.pool_changed)
         core = EchoCore(instruments, work, settings.max_message_bytes)
         return make_wsgi_app(core) if server.family == "threaded" else cut_quietly(make_asgi_app(core))

@@ -22,10 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 from wsgiref.types import StartResponse, WSGIEnvironment
 
-from prometheus_client import Counter, Gauge, Histogram
-
-from .. import catalogue
-from ..metrics import WORK_KINDS, offload_servers, spec
+from ..catalogue import Server
+from ..metrics import OUTCOMES, WORK_KINDS, Recorder, offload_servers, spec
 from ..protocol import ERROR_TOO_LARGE, transform
 from .work import Work
 
@@ -67,77 +65,55 @@ def route(method: str, path: str) -> Reply | None:
     return HEALTHY if path == HEALTH_PATH else None
 
 
-class _Null:
-    """An instrument that records nothing (``--no-metrics``)."""
-
-    def inc(self, amount: float = 1) -> None:
-        pass
-
-    def dec(self, amount: float = 1) -> None:
-        pass
-
-    def set(self, value: float) -> None:
-        pass
-
-    def observe(self, amount: float) -> None:
-        pass
-
-
-class Instruments:
+class Instruments(Recorder):
     """One worker's metrics, label children bound once: ``.labels()`` per request would cost a µs.
 
     Created in the worker process, after PROMETHEUS_MULTIPROC_DIR is set, and
     registered nowhere: the master's MultiProcessCollector reads the files.
     """
 
-    def __init__(self, server: str, enabled: bool = True) -> None:
-        if not enabled:
-            null: Any = _Null()
-            self.ok = self.too_large = self.aborted = self.duration = self.in_flight = null
-            self.received = self.sent = self.non_utf8 = self.offload_busy = self.offload_queued = null
-            self.work_seconds = dict.fromkeys(WORK_KINDS, null)
-            return
-        requests = spec("echo_requests")
-        outcomes = Counter(requests.name, requests.help, requests.labels, registry=None)
-        self.ok = outcomes.labels(server, "ok")
-        self.too_large = outcomes.labels(server, "too_large")
-        self.aborted = outcomes.labels(server, "aborted")
-        duration = spec("echo_request_duration_seconds")
-        self.duration = Histogram(
-            duration.name, duration.help, duration.labels, buckets=duration.buckets, registry=None
-        ).labels(server)
-        # livesum: the sum over the workers alive now; a dead worker's files are
-        # dropped by child_exit -> mark_process_dead.
-        in_flight = spec("echo_requests_in_flight")
-        self.in_flight = Gauge(
-            in_flight.name, in_flight.help, in_flight.labels, multiprocess_mode="livesum", registry=None
-        ).labels(server)
+    UPDATES = ("began", "ended", "answered", "not_answered", "non_utf8", "work", "pool_changed")
 
-        def counter(name: str) -> Any:
-            return Counter(name, spec(name).help, ["server"], registry=None).labels(server)
+    def __init__(self, server: Server, enabled: bool = True) -> None:
+        if enabled:
+            name = server.name
+            requests = spec("echo_requests").instrument()
+            self.outcomes = {outcome: requests.labels(name, outcome) for outcome in OUTCOMES}
+            self.ok = self.outcomes["ok"]
+            self.duration = spec("echo_request_duration_seconds").instrument().labels(name)
+            self.in_flight = spec("echo_requests_in_flight").instrument().labels(name)
+            self.received = spec("echo_received_bytes").instrument().labels(name)
+            self.sent = spec("echo_sent_bytes").instrument().labels(name)
+            self.non_utf8_requests = spec("echo_non_utf8_requests").instrument().labels(name)
+            work_seconds = spec("echo_work_seconds").instrument()
+            self.work_seconds = tuple(work_seconds.labels(name, kind) for kind in WORK_KINDS)
+            if offload_servers(server):  # the others have no pool to report on
+                self.offload_busy = spec("echo_offload_threads_busy").instrument().labels(name)
+                self.offload_queued = spec("echo_offload_tasks_queued").instrument().labels(name)
+        super().__init__(enabled)
 
-        self.received = counter("echo_received_bytes")
-        self.sent = counter("echo_sent_bytes")
-        self.non_utf8 = counter("echo_non_utf8_requests")
-        work = spec("echo_work_seconds")
-        work_seconds = Counter(work.name, work.help, work.labels, registry=None)
-        self.work_seconds = {kind: work_seconds.labels(server, kind) for kind in WORK_KINDS}
+    def began(self) -> None:
+        self.in_flight.inc()
 
-        def live_gauge(name: str) -> Any:
-            metric = spec(name)
-            gauge = Gauge(name, metric.help, ["server"], multiprocess_mode="livesum", registry=None)
-            return gauge.labels(server)
+    def ended(self) -> None:
+        self.in_flight.dec()
 
-        if offload_servers(catalogue.server(server)):
-            self.offload_busy = live_gauge("echo_offload_threads_busy")
-            self.offload_queued = live_gauge("echo_offload_tasks_queued")
-        else:
-            self.offload_busy = self.offload_queued = _Null()
+    def answered(self, duration: float, received: int, sent: int) -> None:
+        self.ok.inc()
+        self.duration.observe(duration)
+        self.received.inc(received)
+        self.sent.inc(sent)
+
+    def not_answered(self, outcome: str) -> None:
+        self.outcomes[outcome].inc()
+
+    def non_utf8(self) -> None:
+        self.non_utf8_requests.inc()
 
     def work(self, cpu: float, blocking: float, io: float) -> None:
-        for kind, seconds in (("cpu", cpu), ("blocking", blocking), ("io", io)):
+        for counter, seconds in zip(self.work_seconds, (cpu, blocking, io), strict=True):
             if seconds:
-                self.work_seconds[kind].inc(seconds)
+                counter.inc(seconds)
 
     def pool_changed(self, busy: int, queued: int) -> None:
         self.offload_busy.set(busy)
@@ -153,7 +129,7 @@ class EchoCore:
         self.max_bytes = max_message_bytes
 
     def too_large(self) -> Reply:
-        self.instruments.too_large.inc()
+        self.instruments.not_answered("too_large")
         return TOO_LARGE
 
     def declared_too_large(self, content_length: str | bytes | None) -> bool:
@@ -164,26 +140,23 @@ class EchoCore:
             return False
 
     def started(self) -> float:
-        self.instruments.in_flight.inc()
+        self.instruments.began()
         return time.perf_counter()
 
     def reply(self, body: bytes) -> Reply:
         payload, valid = transform(body)
         if not valid:
-            self.instruments.non_utf8.inc()
+            self.instruments.non_utf8()
         return Reply(200, payload, ECHO_TYPE)
 
     def finished(self, started: float, received: int, sent: int, written: bool) -> None:
         """Count a request once its reply is written, or could not be (client gone, worker stopped)."""
         instruments = self.instruments
-        instruments.in_flight.dec()
+        instruments.ended()
         if written:
-            instruments.ok.inc()
-            instruments.duration.observe(time.perf_counter() - started)
-            instruments.received.inc(received)
-            instruments.sent.inc(sent)
+            instruments.answered(time.perf_counter() - started, received, sent)
         else:
-            instruments.aborted.inc()
+            instruments.not_answered("aborted")
 
 
 # --- WSGI (gunicorn gthread: one worker thread per request) -------------------
