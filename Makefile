@@ -49,7 +49,7 @@ demo: install
 
 # Every server at the levels where they differ; prints a table, writes reports/bench-*.json.
 bench: install
-	$(BIN)/echolab benchmark $(BENCH_ARGS)
+	$(BIN)/echolab suite $(BENCH_ARGS)
 
 # Every server under a steady load for 10 minutes: RSS, fds and threads at start
 # and end; growth beyond noise exits 1. SOAK_ARGS="--duration 60" for a short one.

@@ -1,4 +1,4 @@
-"""The ``echolab`` command: serve, bench, demo, compare, benchmark, report, soak, config, scenario."""
+"""The ``echolab`` command: serve, bench, demo, compare, suite, report, soak, config, scenario."""
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ EXAMPLES = {
     "echolab demo --no-open-loop --other-levels 10,100",
     "compare": "echolab compare reports/demo-20260101-120000 reports/demo-20260102-120000\n"
     "echolab compare before.json after.json    two `echolab bench --json` results",
-    "benchmark": "echolab benchmark --only async --duration 3\n"
-    "echolab benchmark --scenario cpu,blocking,offload --duration 3",
+    "suite": "echolab suite --only async --duration 3\n"
+    "echolab suite --scenario cpu,blocking,offload --duration 3",
     "soak": "echolab soak --duration 60 --interval 10",
     "config": "echolab config --markdown > table.md",
     "scenario": "echolab scenario blocking\n"
@@ -48,6 +48,15 @@ EXAMPLES = {
     "report": "echolab report --since 15m                    the stack's Prometheus (make up)\n"
     f"echolab report --prometheus http://127.0.0.1:{ports.PROMETHEUS_HOST} --since 2h   the same, named",
 }
+
+
+# `echolab suite` was `echolab benchmark`, too close to `echolab bench`, the load client: the old
+# name still runs it, for one release.
+OLD_SUITE = "benchmark"
+OLD_SUITE_NOTICE = (
+    "echolab: `echolab benchmark` is now `echolab suite` (and ECHO_BENCHMARK_* is ECHO_SUITE_*); "
+    "the old name goes in the next release"
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -126,11 +135,12 @@ def build_parser() -> Parser:
     compare.add_argument("run_b", metavar="RUN_B", help="the second run (B), compared with A")
     settings.add_arguments(compare, settings.CompareSettings)
 
-    benchmark = commands.add_parser(
-        "benchmark", help="the full benchmark (make bench): every server, references, paired rounds",
-        epilog=examples("benchmark"), description="The full benchmark; writes reports/bench-<time>.json.",
+    suite = commands.add_parser(
+        "suite", aliases=[OLD_SUITE], epilog=examples("suite"),
+        help="the benchmark suite (make bench): every server, references, paired rounds",
+        description="The benchmark suite; writes reports/bench-<time>.json.",
     )  # fmt: skip
-    settings.add_arguments(benchmark, settings.BenchmarkSettings)
+    settings.add_arguments(suite, settings.SuiteSettings)
 
     report = commands.add_parser(
         "report", help="draw every dashboard panel from Prometheus into one HTML file",
@@ -222,11 +232,13 @@ def run(args: argparse.Namespace) -> int:
         from .lab import compare
 
         return compare.run(args.run_a, args.run_b, settings.from_namespace(settings.CompareSettings, args))
-    if args.command == "benchmark":
-        from .lab import benchmark
+    if args.command in ("suite", OLD_SUITE):
+        from .lab import suite
 
+        if args.command == OLD_SUITE:
+            print(OLD_SUITE_NOTICE, file=sys.stderr)
         raise_fd_limit()
-        return benchmark.run(settings.from_namespace(settings.BenchmarkSettings, args))
+        return suite.run(settings.from_namespace(settings.SuiteSettings, args))
     if args.command == "report":
         from .lab import stack_report
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from .catalogue import SERVERS
 from .metrics import METRICS
 from .settings import (
-    BenchmarkSettings,
     BenchSettings,
     CompareSettings,
     DemoSettings,
@@ -17,6 +16,7 @@ from .settings import (
     ReportSettings,
     Settings,
     SoakSettings,
+    SuiteSettings,
     options,
 )
 
@@ -24,7 +24,7 @@ LAB_COMMANDS: tuple[tuple[str, type[Settings]], ...] = (
     ("bench", BenchSettings),
     ("demo", DemoSettings),
     ("compare", CompareSettings),
-    ("benchmark", BenchmarkSettings),
+    ("suite", SuiteSettings),
     ("report", ReportSettings),
     ("soak", SoakSettings),
 )

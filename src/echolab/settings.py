@@ -554,10 +554,10 @@ class ReportSettings(Settings):
 
 
 @dataclass(frozen=True)
-class BenchmarkSettings(Settings):
-    """``echolab benchmark`` (``make bench``)."""
+class SuiteSettings(Settings):
+    """``echolab suite`` (``make bench``): the benchmark suite."""
 
-    PREFIX: ClassVar[str] = "ECHO_BENCHMARK_"
+    PREFIX: ClassVar[str] = "ECHO_SUITE_"
 
     duration: float = setting(5.0, "measured time per level", unit="s", check=above(0))
     warmup: float = setting(1.0, "load before measuring, per level", unit="s", check=at_least(0))

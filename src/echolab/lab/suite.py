@@ -1,4 +1,4 @@
-"""``echolab benchmark`` (``make bench``): every server, the levels where they differ, one run, one table.
+"""``echolab suite`` (``make bench``): every server, the levels where they differ, one run, one table.
 
 Run on a quiet machine; compare the rows of one run with each other (ratios),
 not with another machine's figures. Writes reports/bench-<time>.json.
@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import machine
 from ..scenarios import SCENARIOS, Scenario
-from ..settings import BenchmarkSettings
+from ..settings import SuiteSettings
 from .interrupt import Interrupted, interruptible
 from .report import require_extra
 from .results import Row, rich_table
@@ -128,7 +128,7 @@ def median_ratio(a: Sequence[float], b: Sequence[float]) -> tuple[float, list[fl
 
 
 def paired(
-    name: str, a: Variant, b: Variant, connections: int, delay: float, args: BenchmarkSettings
+    name: str, a: Variant, b: Variant, connections: int, delay: float, args: SuiteSettings
 ) -> dict[str, Any]:
     """Throughput and server CPU per request of ``a`` and ``b``, measured in alternating rounds."""
     throughputs: dict[str, list[float]] = {a.name: [], b.name: []}
@@ -181,7 +181,7 @@ def show_row(out: Any, r: Row, per_request: bool = False) -> None:
     )
 
 
-def run(args: BenchmarkSettings) -> int:
+def run(args: SuiteSettings) -> int:
     """The benchmark, or with ``--scenario`` the scenarios; Ctrl-C or SIGTERM keeps what was measured."""
     require_extra()
     out = console()
@@ -200,7 +200,7 @@ def run(args: BenchmarkSettings) -> int:
     return 128 + signal.Signals[record["partial"]["signal"]] if record.get("partial") else 0
 
 
-def measure_all(args: BenchmarkSettings, out: Any, record: dict[str, Any]) -> None:
+def measure_all(args: SuiteSettings, out: Any, record: dict[str, Any]) -> None:
     """The sweeps, the paired rounds and Locust's capacity, into ``record`` as they come."""
     rows: list[Row] = record.setdefault("rows", [])
     pairs: list[dict[str, Any]] = record.setdefault("pairs", [])
@@ -245,9 +245,7 @@ SCENARIO_LEVELS = (1, 10, 100, 1000)
 SCENARIO_VARIANTS = (THREADED, POOL, ASYNC_STREAMS, ASYNC_PROTOCOL, THREADED_HTTP, ASYNC_HTTP)
 
 
-def run_scenarios(
-    args: BenchmarkSettings, scenarios: list[Scenario], out: Any, record: dict[str, Any]
-) -> None:
+def run_scenarios(args: SuiteSettings, scenarios: list[Scenario], out: Any, record: dict[str, Any]) -> None:
     results: dict[str, list[dict[str, Any]]] = record.setdefault("scenarios", {})
     for scenario in scenarios:
         out.print(f"[bold]scenario {scenario.name}[/bold]: {scenario.summary}")
@@ -276,7 +274,7 @@ def run_scenarios(
         out.print(rich_table(title, rows))
 
 
-def write(out: Any, args: BenchmarkSettings, kind: str, record: dict[str, Any]) -> None:
+def write(out: Any, args: SuiteSettings, kind: str, record: dict[str, Any]) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     rows = record.get("rows")
