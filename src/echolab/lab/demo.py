@@ -26,11 +26,11 @@ from .. import machine
 from ..scenarios import SCENARIOS, Scenario
 from ..settings import DemoSettings
 from . import history, report
+from .contenders import SERIAL, SERVERS_AS_THEY_ARE, Contender
 from .interrupt import Interrupted, held, interruptible
 from .report import Section
 from .results import Row, by_server, rich_table
 from .sweep import measure
-from .variants import SERIAL, SERVERS_AS_THEY_ARE, Variant
 
 # --quick: the same sections and the levels where the servers differ (threads
 # break between 1,000 and 5,000 connections), each measured for less time.
@@ -46,7 +46,7 @@ class Step:
     """One server's sweep in one section."""
 
     section: Section
-    variant: Variant
+    contender: Contender
     levels: tuple[int, ...]
     duration: float
 
@@ -55,7 +55,7 @@ class DemoError(Exception):
     """A setting the demo cannot run with: one line, exit status 2."""
 
 
-def variants(settings: DemoSettings) -> list[Variant]:
+def contenders(settings: DemoSettings) -> list[Contender]:
     """Every server as it is (those with a --framing in the demo's), then the article's serial baseline."""
     chosen = [
         dataclasses.replace(v, framing=settings.framing) if v.reads("--framing") else v
@@ -98,17 +98,17 @@ def quick(settings: DemoSettings) -> DemoSettings:
 def plan(settings: DemoSettings) -> list[Step]:
     """Every server's sweep, section by section, in the order they run."""
     steps = []
-    servers = variants(settings)
+    servers = contenders(settings)
     for index, scenario in enumerate(scenarios(settings)):
         first = index == 0
         closed = Section(scenario.name, scenario.summary, "closed", scenario.delay_hint_ms, scenario.options)
         duration = settings.duration if first else settings.other_duration
-        for variant in servers:
+        for contender in servers:
             levels = settings.levels if first else settings.other_levels
-            if variant is SERIAL:  # the article's baseline belongs to the article's workload
+            if contender is SERIAL:  # the article's baseline belongs to the article's workload
                 levels = tuple(n for n in levels if n <= SERIAL_MAX_LEVEL) if first else ()
             if levels:
-                steps.append(Step(closed, with_options(variant, scenario), levels, duration))
+                steps.append(Step(closed, with_options(contender, scenario), levels, duration))
         if first and settings.open_loop:
             opened = dataclasses.replace(closed, mode="open")
             steps += [
@@ -119,11 +119,13 @@ def plan(settings: DemoSettings) -> list[Step]:
     return steps
 
 
-def with_options(variant: Variant, scenario: Scenario) -> Variant:
-    """The variant running the scenario's workload: the scenario's flags its server reads, after its own."""
-    if variant.server is None:  # a bare reference has no settings
-        return variant
-    return dataclasses.replace(variant, options=(*variant.options, *scenario.options_for(variant.server)))
+def with_options(contender: Contender, scenario: Scenario) -> Contender:
+    """The contender running the scenario's workload: the scenario's flags its server reads, after its own."""
+    if contender.server is None:  # a bare reference has no settings
+        return contender
+    return dataclasses.replace(
+        contender, options=(*contender.options, *scenario.options_for(contender.server))
+    )
 
 
 def sections(steps: Sequence[Step]) -> list[Section]:
@@ -188,7 +190,7 @@ def sweep(
             if step.section != current:
                 current = step.section
                 progress.console.print(f"[bold]{step.section.title}[/bold]: {step.section.summary}")
-            progress.update(task, description=f"{step.section.scenario:>8} {step.variant.name:>13}")
+            progress.update(task, description=f"{step.section.scenario:>8} {step.contender.name:>13}")
 
             def done(row: Row) -> None:
                 rows.append(row)
@@ -199,11 +201,11 @@ def sweep(
                     + (f"  [yellow]{row.problem}[/yellow]" if row.problem else "")
                 )
 
-            def failed(level: int, exc: RuntimeError, name: str = step.variant.name) -> None:
+            def failed(level: int, exc: RuntimeError, name: str = step.contender.name) -> None:
                 progress.console.print(f"  {name:>13} {level:>10,} [red]{exc}[/red]")
 
             measured = measure(
-                step.variant,
+                step.contender,
                 step.levels,
                 step.section.delay_ms,
                 step.duration,
@@ -218,7 +220,7 @@ def sweep(
             if note:
                 skipped.append(note)
                 progress.advance(task, len(note["levels"]))
-                progress.console.print(f"  {step.variant.name:>13} {note['why']}: higher levels skipped")
+                progress.console.print(f"  {step.contender.name:>13} {note['why']}: higher levels skipped")
 
 
 def skipped_levels(step: Step, measured: list[Row], stop_below: float) -> dict[str, Any] | None:
@@ -232,7 +234,7 @@ def skipped_levels(step: Step, measured: list[Row], stop_below: float) -> dict[s
         if low
         else "the client failed"
     )
-    return {"section": step.section.key, "server": step.variant.name, "why": why, "levels": list(rest)}
+    return {"section": step.section.key, "server": step.contender.name, "why": why, "levels": list(rest)}
 
 
 def summarise(console: Any, steps: Sequence[Step], rows: list[Row]) -> None:

@@ -22,7 +22,7 @@ HOLD_P99_FACTOR = 2.0
 
 @dataclass(frozen=True)
 class Row:
-    server: str  # the variant's name, as tables and charts show it
+    server: str  # the contender's name, as tables and charts show it
     framing: str
     connections: int
     connected: int
