@@ -393,7 +393,7 @@ class ServerMetrics(Recorder, Collector):
 
     UPDATES = (
         "answered",
-        "work",
+        "worked",
         "not_answered",
         "non_utf8",
         "connection_opened",
@@ -439,7 +439,7 @@ class ServerMetrics(Recorder, Collector):
         self.received_bytes += received
         self.sent_bytes += sent
 
-    def work(self, cpu: float, blocking: float, io: float) -> None:
+    def worked(self, cpu: float, blocking: float, io: float) -> None:
         self.cpu_seconds += cpu
         self.blocking_seconds += blocking
         self.io_seconds += io

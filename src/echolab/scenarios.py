@@ -1,6 +1,6 @@
 """The workloads the lab compares the servers under: one preset of server settings each.
 
-Every server runs a scenario with the same work model (servers/work.py), so
+Every server runs a scenario with the same work model (servers/work_model.py), so
 the only difference between two rows of a scenario is the server. ``io`` is
 the article's workload (awaited IO only); the others add the work that
 decides the answer for most services (see the README's "Scenarios: where

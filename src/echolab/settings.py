@@ -427,7 +427,7 @@ class OffloadSettings(ServeSettings):
     )  # fmt: skip
 
 
-# The settings of a request's simulated work (servers/work.py), which a scenario decides whole.
+# The settings of a request's simulated work (servers/work_model.py), which a scenario decides whole.
 WORK_MODEL = tuple(
     dict.fromkeys(o.name for c in (ServeSettings, OffloadSettings) for o in options(c) if o.spec.work_model)
 )

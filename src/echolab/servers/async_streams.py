@@ -3,7 +3,7 @@
 ``asyncio.start_server`` runs :func:`handle` as a task for each connection:
 it reads a request (``await reader.readuntil(b"\\n")``), does its work,
 ``await``-ing the IO exactly where a real handler awaits its database
-(:meth:`.work.Work.run_async`), writes the reply and reads the next. Nothing
+(:meth:`.work_model.Workload.run_async`), writes the reply and reads the next. Nothing
 is coalesced: a task per connection, a timer per request for its IO and
 one for the read's deadline (``asyncio.timeout_at``), the stream's own
 buffering and flow control. What that costs next to the tuned
@@ -154,7 +154,7 @@ class StreamConnection:
             started = time.perf_counter()
             server.in_flight += 1
             try:
-                await server.work.run_async()
+                await server.workload.run_async()
             except asyncio.CancelledError:  # cut by the drain timeout
                 metrics.not_answered("aborted")
                 raise

@@ -30,8 +30,8 @@ from ..runtime import (
     sweep_interval,
 )
 from ..settings import AsyncSettings
-from . import work as work_module
-from .work import Work
+from . import work_model
+from .work_model import Workload
 
 # Backpressure, per connection: past HIGH_WATER bytes held (requests read and not yet answered,
 # replies not yet taken by the client), the server stops reading from it until they drain to
@@ -67,8 +67,8 @@ class LoopServer:
         self.connections: set[Connection] = set()
         self.in_flight = 0
         self.closing = False
-        self.work = Work(settings, metrics.work)
-        pool = self.work.pool
+        self.workload = Workload(settings, metrics.worked)
+        pool = self.workload.pool
         if pool is not None:
             metrics.track_pool(lambda: (pool.busy, pool.queued))
         self._drained: asyncio.Future[None] | None = None
@@ -240,7 +240,7 @@ async def serve(
         settings.api,
         settings.loop,
         settings.framing,
-        work_module.describe(settings),
+        work_model.describe(settings),
         metrics_port or "off",
     )
     await stop.wait()
@@ -249,4 +249,4 @@ async def serve(
     server.close()
     cut = await state.shutdown(settings.drain_timeout)
     log_drain(in_flight, state.in_flight, cut, time.monotonic() - started)
-    state.work.shutdown()
+    state.workload.shutdown()

@@ -44,11 +44,11 @@ from ..catalogue import Server
 from ..metrics import family, watch_cgroup
 from ..runtime import log
 from ..settings import HttpSettings, ThreadedHttpSettings
-from . import work as work_module
+from . import work_model
 from .async_http import EchoUvicornWorker, cut_quietly, limits_for
 from .http_apps import EchoCore, Instruments, make_asgi_app, make_wsgi_app
 from .threaded_http import EchoThreadWorker
-from .work import Work
+from .work_model import Workload
 
 HEARTBEAT_TIMEOUT = 30  # gunicorn's `timeout`: a worker silent this long is killed and replaced
 # The master waits this much longer than the workers' drain before it SIGKILLs them: time to
@@ -167,7 +167,7 @@ class ProcessTree(Collector):
 
 
 def server_info(settings: HttpSettings) -> dict[str, str]:
-    common = {"workers": str(settings.workers), **work_module.info(settings)}
+    common = {"workers": str(settings.workers), **work_model.info(settings)}
     if isinstance(settings, ThreadedHttpSettings):
         return {"model": "gthread", "threads": str(settings.http_threads), **common}
     return {"loop": "uvloop", "http": "httptools", **common}
@@ -309,8 +309,8 @@ class EchoApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is unt
         if settings.metrics:
             export_garbage_collections()
         instruments = Instruments(server, settings.metrics)
-        work = Work(settings, instruments.work, instruments.pool_changed)
-        core = EchoCore(instruments, work, settings.max_message_bytes)
+        workload = Workload(settings, instruments.worked, instruments.pool_changed)
+        core = EchoCore(instruments, workload, settings.max_message_bytes)
         return make_wsgi_app(core) if server.family == "threaded" else cut_quietly(make_asgi_app(core))
 
 
@@ -338,7 +338,7 @@ def run(server: Server, settings: HttpSettings) -> int:
         settings.port,
         settings.workers,
         f" x {settings.http_threads} threads" if isinstance(settings, ThreadedHttpSettings) else "",
-        work_module.describe(settings),
+        work_model.describe(settings),
         settings.metrics_port if settings.metrics else "off",
     )
     EchoApplication(server, settings).run()  # the arbiter exits the process itself (0 after a graceful stop)

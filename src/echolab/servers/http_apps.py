@@ -1,7 +1,7 @@
 """The HTTP echo: one request-handling core, wrapped as a WSGI app and as an ASGI app.
 
 ``POST /echo`` answers 200 with the body transformed by ``protocol.transform``
-after the request's simulated work (:mod:`.work`: CPU, a blocking call, IO);
+after the request's simulated work (:mod:`.work_model`: CPU, a blocking call, IO);
 ``GET /healthz`` answers ``ok``; other paths get 404, other methods 405. A
 body over the size limit gets 413 and the protocol's own error line, without
 being read: the declared Content-Length is checked first, and a chunked body
@@ -25,7 +25,7 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 from ..catalogue import Server
 from ..metrics import OUTCOMES, WORK_KINDS, Recorder, offload_servers, spec
 from ..protocol import ERROR_TOO_LARGE, transform
-from .work import Work
+from .work_model import Workload
 
 ECHO_PATH = "/echo"
 HEALTH_PATH = "/healthz"
@@ -72,7 +72,7 @@ class Instruments(Recorder):
     registered nowhere: the master's MultiProcessCollector reads the files.
     """
 
-    UPDATES = ("began", "ended", "answered", "not_answered", "non_utf8", "work", "pool_changed")
+    UPDATES = ("began", "ended", "answered", "not_answered", "non_utf8", "worked", "pool_changed")
 
     def __init__(self, server: Server, enabled: bool = True) -> None:
         if enabled:
@@ -110,7 +110,7 @@ class Instruments(Recorder):
     def non_utf8(self) -> None:
         self.non_utf8_requests.inc()
 
-    def work(self, cpu: float, blocking: float, io: float) -> None:
+    def worked(self, cpu: float, blocking: float, io: float) -> None:
         for counter, seconds in zip(self.work_seconds, (cpu, blocking, io), strict=True):
             if seconds:
                 counter.inc(seconds)
@@ -123,9 +123,9 @@ class Instruments(Recorder):
 class EchoCore:
     """What both apps do with a request, minus how they read it, wait and write."""
 
-    def __init__(self, instruments: Instruments, work: Work, max_message_bytes: int) -> None:
+    def __init__(self, instruments: Instruments, workload: Workload, max_message_bytes: int) -> None:
         self.instruments = instruments
-        self.work = work
+        self.workload = workload
         self.max_bytes = max_message_bytes
 
     def too_large(self) -> Reply:
@@ -195,7 +195,7 @@ def make_wsgi_app(core: EchoCore) -> Callable[[WSGIEnvironment, StartResponse], 
                 else:
                     started = core.started()
                     try:
-                        core.work.run()
+                        core.workload.run()
                         reply = core.reply(body)
                     except BaseException:  # gunicorn's timeout abort is a SystemExit
                         core.finished(started, len(body), 0, written=False)
@@ -270,7 +270,7 @@ def make_asgi_app(core: EchoCore) -> Callable[[Scope, Receive, Send], Awaitable[
         started = core.started()
         sent, written = 0, False
         try:  # cancelled when the graceful timeout runs out: counted as aborted
-            await core.work.run_async()
+            await core.workload.run_async()
             reply = core.reply(bytes(body))
             await _send(send, reply)
             sent, written = len(reply.body), not _disconnected(receive)
