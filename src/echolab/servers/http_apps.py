@@ -225,16 +225,6 @@ async def _send(send: Send, reply: Reply, close: bool = False) -> None:
     await send({"type": "http.response.body", "body": reply.body})
 
 
-def _disconnected(receive: Receive) -> bool:
-    """Whether the client has gone: uvicorn drops the writes to it silently.
-
-    uvicorn's ``receive`` is a bound method of its request cycle, which keeps a
-    ``disconnected`` flag; reading it costs nothing, where watching for
-    ``http.disconnect`` would take a task per request.
-    """
-    return bool(getattr(getattr(receive, "__self__", None), "disconnected", False))
-
-
 async def _lifespan(receive: Receive, send: Send) -> None:
     while True:
         message = await receive()
@@ -245,7 +235,12 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def make_asgi_app(core: EchoCore) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+def make_asgi_app(
+    core: EchoCore, client_gone: Callable[[Receive], bool]
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The ASGI app; ``client_gone(receive)`` tells it, after its reply, whether the client had gone
+    (the server's word for it: async_http.client_gone for uvicorn)."""
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             return await _lifespan(receive, send)
@@ -273,7 +268,7 @@ def make_asgi_app(core: EchoCore) -> Callable[[Scope, Receive, Send], Awaitable[
             await core.workload.run_async()
             reply = core.reply(bytes(body))
             await _send(send, reply)
-            sent, written = len(reply.body), not _disconnected(receive)
+            sent, written = len(reply.body), not client_gone(receive)
         finally:
             core.finished(started, len(body), sent, written)
         return None
