@@ -29,7 +29,7 @@ from . import history, report
 from .contenders import SERIAL, SERVERS_AS_THEY_ARE, Contender
 from .interrupt import Interrupted, held, interruptible
 from .report import Section
-from .results import Row, by_server, rich_table
+from .results import Row, by_server, console, rich_table
 from .sweep import measure
 
 # --quick: the same sections and the levels where the servers differ (threads
@@ -140,10 +140,7 @@ def run(settings: DemoSettings) -> int:
     except DemoError as exc:
         print(f"echolab demo: error: {exc}", file=sys.stderr)
         return 2
-    from rich.console import Console
-
-    # Wide enough for the tables when the output goes to a file or a pipe.
-    console = Console(width=None if sys.stdout.isatty() else 130)
+    out = console()
     record: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "settings": {k: str(v) if k == "out" else v for k, v in dataclasses.asdict(settings).items()},
@@ -155,9 +152,9 @@ def run(settings: DemoSettings) -> int:
     began = time.monotonic()
     try:
         with interruptible():
-            sweep(steps, settings, rows, record["skipped"], console)
+            sweep(steps, settings, rows, record["skipped"], out)
     except Interrupted as exc:
-        console.print(f"[yellow]{exc}: servers stopped; writing the report of what was measured[/yellow]")
+        out.print(f"[yellow]{exc}: servers stopped; writing the report of what was measured[/yellow]")
         planned = sum(len(step.levels) for step in steps) - sum(len(s["levels"]) for s in record["skipped"])
         record["partial"] = {"signal": exc.name, "levels_done": len(rows), "levels_planned": planned}
         code = exc.exit_code
@@ -165,10 +162,10 @@ def run(settings: DemoSettings) -> int:
         code = 0
     record["seconds"] = round(time.monotonic() - began, 1)
     with held() as arrived:
-        summarise(console, steps, rows)
+        summarise(out, steps, rows)
         earlier = history.earlier(settings.out)
         index = report.write(history.new_folder(settings.out, "demo"), rows, record, sections(steps), earlier)
-        console.print(f"report: {index.resolve()}" + (" (partial)" if code else ""))
+        out.print(f"report: {index.resolve()}" + (" (partial)" if code else ""))
     return code or (128 + arrived[0] if arrived else 0)
 
 

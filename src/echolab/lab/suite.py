@@ -14,7 +14,6 @@ import dataclasses
 import json
 import signal
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -39,7 +38,7 @@ from .contenders import (
 )
 from .interrupt import Interrupted, interruptible
 from .report import require_extra
-from .results import Row, rich_table
+from .results import Row, console, rich_table
 from .sweep import measure
 
 THREADED, ASYNC, THREADED_HTTP, ASYNC_HTTP = SERVERS_AS_THEY_ARE
@@ -164,13 +163,6 @@ def locust_capacity(seconds: float) -> float:
 
     with running(ASYNC, delay_ms=0) as (port, _):
         return measure_capacity("127.0.0.1", port, seconds=seconds)
-
-
-def console() -> Any:
-    from rich.console import Console
-
-    # Wide enough for the table when the output goes to a file or a pipe.
-    return Console(width=None if sys.stdout.isatty() else 150)
 
 
 def show_row(out: Any, r: Row, per_request: bool = False) -> None:

@@ -43,7 +43,7 @@ import httptools
 import uvloop
 
 from .. import machine
-from ..protocol import NEWLINE, expected_reply, is_error, request_bytes
+from ..protocol import NEWLINE, expected_reply, is_error, request_bytes, sample_message
 from ..settings import BenchSettings
 from .bench_result import (
     FD_ADVICE,
@@ -65,7 +65,6 @@ PACE_TICK = 0.001
 PROGRESS_AFTER = 3.0  # seconds: shorter runs need no progress line
 FD_SPARE = 32  # descriptors the client needs besides its connections
 CLIENT_BUSY_PERCENT = 90.0  # a client near one core measures itself as much as the server
-SAMPLE = b"the quick brown fox jumps over the lazy dog "
 
 
 class CannotConnect(Exception):
@@ -90,7 +89,7 @@ class Run:
         self.host, self.port = host, port
         self.target = f"{host}:{port}"
         self.framing = args.framing
-        message = (SAMPLE * (args.message_size // len(SAMPLE) + 1))[: args.message_size]
+        message = sample_message(args.message_size)
         self.payload = request_bytes(message, self.framing)
         self.expected = expected_reply(message, self.framing)
         self.timeout = args.timeout

@@ -12,8 +12,6 @@ from typing import Any
 from ..catalogue import SERVERS, Server
 from ..settings import LocustSettings, Settings, argparse_type, options
 
-ALPHABET = b"abcdefghijklmnopqrstuvwxyz0123456789"
-
 
 def add_arguments(parser: Any, cls: type[Settings] = LocustSettings) -> None:
     """Register the settings of ``cls`` on Locust's parser (a listener of ``init_command_line_parser``).
@@ -50,8 +48,3 @@ def target_url(options: Any, server: Server) -> str:
     host, port = server_address(options, server)
     scheme = server.transport.value
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
-
-
-def make_message(size: int) -> bytes:
-    """A request of ``size`` bytes, lower case, so a server that does not transform it is caught."""
-    return (ALPHABET * (size // len(ALPHABET) + 1))[:size]

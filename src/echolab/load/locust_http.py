@@ -25,9 +25,9 @@ from locust.contrib.fasthttp import FastHttpUser, ResponseContextManager
 from locust.env import Environment
 
 from ..catalogue import BY_NAME
-from ..protocol import HTTP_PATH, expected_reply
+from ..protocol import HTTP_PATH, expected_reply, sample_message
 from .client import ServerError, WrongReply, failure_kind
-from .locust_args import make_message, target_url
+from .locust_args import target_url
 from .locust_metrics import client_metrics
 from .open_loop import Arrivals, rate_per_user
 
@@ -81,7 +81,7 @@ class HttpEchoUser(FastHttpUser):
             self.concurrency = options.max_inflight
         super().__init__(environment)
         self.think_time: float = options.think_time
-        self.message = make_message(options.message_size)
+        self.message = sample_message(options.message_size)
         self.expected = expected_reply(self.message, FRAMING)
         self._tally = client_metrics().tallies[self.server]
         self.arrivals = Arrivals.of(self, self.post, "POST", FRAMING)
