@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test prometheus-tools lint bench soak demo dashboards clean
+.PHONY: install test prometheus-tools lint docs bench soak demo dashboards clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,13 @@ lint: install
 	$(BIN)/ruff format --check src tests loadtest
 	$(BIN)/mypy src
 	$(BIN)/lint-imports --no-logo
+	@# Not --quiet: with it mkdocs 1.6 counts no warnings, and --strict passes a broken link.
+	$(BIN)/mkdocs build --strict
+
+# The manual (docs/, mkdocs.yml) as a site in site/; .venv/bin/mkdocs serve to browse it while editing.
+docs: install
+	$(BIN)/mkdocs build --strict
+	@echo "the manual: $(CURDIR)/site/index.html"
 
 # The Grafana dashboards, built with Grafana's Foundation SDK from src/echolab/dashboards/
 # into grafana/dashboards/*.json (committed: provisioning needs no build step).
@@ -71,7 +78,7 @@ LOADTEST_USERS ?= 200
 LOADTEST_TIME  ?= 60s
 STEP_USERS     ?= 20
 STEP_SECONDS   ?= 5
-# The run's exit status: 3 when more than this share of requests failed (see the README).
+# The run's exit status: 3 when more than this share of requests failed (docs/locust.md).
 LOADTEST_MAX_FAIL_RATIO ?= 0.01
 
 .PHONY: locust loadtest
@@ -191,4 +198,4 @@ k8s: install
 	@$(BIN)/python -m echolab.deploy.kustomize $(if $(filter base,$(OVERLAY)),deploy/kubernetes/base,deploy/kubernetes/overlays/$(OVERLAY))
 
 clean:
-	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache
+	rm -rf $(VENV) reports site .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache

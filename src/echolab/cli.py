@@ -159,9 +159,9 @@ def build_parser() -> Parser:
 
     config = commands.add_parser(
         "config", help="print every setting: flag, env var, default", epilog=examples("config"),
-        description="Print the table of every setting (the README's is generated from it).",
+        description="Print the table of every setting (docs/configuration.md's is generated from it).",
     )  # fmt: skip
-    config.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
+    config.add_argument("--markdown", action="store_true", help="as the manual's Markdown table")
     config.add_argument("--metrics", action="store_true", help="the metrics table instead")
 
     scenario = commands.add_parser(

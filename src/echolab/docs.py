@@ -1,7 +1,7 @@
-"""The README's generated tables: every setting, and every metric.
+"""The manual's generated tables: every setting (docs/configuration.md), and every metric (docs/metrics.md).
 
 ``echolab config --markdown`` and ``echolab config --metrics`` print them;
-a test keeps the README in step with what they print.
+a test keeps the manual in step with what they print.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 :data:`METRICS` names every metric once: type, help, labels, buckets, and
 which servers export it. The TCP servers' collector, the HTTP servers'
-multiprocess instruments, the Locust plugin, the README's metrics table and
+multiprocess instruments, the Locust plugin, the manual's metrics table and
 the dashboard tests all read it. Every metric carries ``server``, the
 catalogue's name of the server it is about, on the server's side and on the
 load generator's, so server and client series join without relabelling.

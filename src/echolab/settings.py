@@ -4,7 +4,7 @@ A field's default, help text, unit, choices and range check are declared
 once, with :func:`setting`; from that one declaration come its environment
 variable (the class's prefix plus the name in capitals), its flag
 (``--delay-ms``), the parsing and range check of both, and its row in the
-README's configuration table (``echolab config --markdown``).
+manual's configuration table (``echolab config --markdown``).
 
 Precedence, as in uvicorn and Locust: built-in default < environment < flag.
 A bad value, from either, is a one-line error and exit status 2.
@@ -566,7 +566,7 @@ class SuiteSettings(Settings):
     scenario: tuple[str, ...] = setting(
         (),
         "instead of the benchmark, run these scenarios (comma-separated, e.g. cpu,blocking; "
-        "the README lists them) on every server at a few levels",
+        "docs/scenarios.md lists them) on every server at a few levels",
         check=known_scenarios,
     )
     out: Path = setting(Path("reports"), "folder for the JSON")
