@@ -2,8 +2,11 @@
 
 :data:`METRICS` names every metric once: type, help, labels, buckets, and
 which servers export it. The TCP servers' collector, the HTTP servers'
-multiprocess instruments, the Locust plugin, the manual's metrics table and
-the dashboard tests all read it. Every metric carries ``server``, the
+multiprocess instruments, the Locust processes' collectors, the manual's
+metrics table, the dashboards and their tests all read it: an exporter makes
+each metric from its :class:`MetricSpec` (:meth:`MetricSpec.family`,
+:meth:`MetricSpec.instrument`), and a server records through a
+:class:`Recorder`. Every metric carries ``server``, the
 catalogue's name of the server it is about, on the server's side and on the
 load generator's, so server and client series join without relabelling.
 
@@ -362,6 +365,8 @@ def nowhere(*_: object) -> None:
 
 
 def holding(lock: threading.Lock, update: Callable[..., None]) -> Callable[..., None]:
+    """``update``, holding ``lock``."""
+
     def locked(*args: Any) -> None:
         with lock:
             update(*args)
@@ -373,8 +378,8 @@ class Recorder:
     """What a server records as it serves: one method per event, named in :attr:`UPDATES`.
 
     With metrics off the same object records nowhere: every update is
-    :func:`nowhere`, so the off switch leaves a request one call and nothing
-    else, which is what ``--no-metrics`` measures against. With a lock, every
+    :func:`nowhere`, so each costs a call and nothing else, which is what
+    ``--no-metrics`` measures against. With a lock, every
     update holds it: ``+=`` is not atomic across threads.
     """
 
