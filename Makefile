@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test prometheus-tools lint docs bench soak demo dashboards clean
+.PHONY: install test prometheus-tools postgresql lint docs bench soak demo dashboards clean
 
 install: $(VENV)/.installed
 
@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,loadtest,report,deploy]'
 	touch $@
 
-test: install prometheus-tools
+test: install prometheus-tools postgresql
 	$(BIN)/pytest
 
 # The monitoring tests run a real Prometheus and promtool. As root on Debian or
@@ -27,6 +27,17 @@ prometheus-tools:
 	    echo "make test needs prometheus and promtool on PATH: sudo apt-get install prometheus" \
 	      "(Debian/Ubuntu) or brew install prometheus (macOS)" >&2; exit 1; \
 	  fi; \
+	fi
+
+# The tests run a real PostgreSQL from the system's binaries (src/echolab/lab/postgres.py finds
+# them). As root on Debian or Ubuntu this installs the distribution's package; elsewhere it says what to do.
+postgresql: install
+	@if ! $(BIN)/python -m echolab.lab.postgres >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing PostgreSQL (Debian package postgresql)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  fi; \
+	  $(BIN)/python -m echolab.lab.postgres >/dev/null || exit 1; \
 	fi
 
 lint: install

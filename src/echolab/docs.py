@@ -12,6 +12,7 @@ from .settings import (
     BenchSettings,
     CompareSettings,
     DemoSettings,
+    DownstreamSettings,
     Option,
     ReportSettings,
     Settings,
@@ -21,6 +22,7 @@ from .settings import (
 )
 
 LAB_COMMANDS: tuple[tuple[str, type[Settings]], ...] = (
+    ("downstream", DownstreamSettings),
     ("bench", BenchSettings),
     ("demo", DemoSettings),
     ("compare", CompareSettings),
@@ -67,6 +69,8 @@ def metrics_table() -> str:
     for metric in METRICS:
         if metric.side == "client":
             by = "every Locust process"
+        elif metric.side == "downstream":
+            by = "echolab downstream"
         elif len(metric.servers) == len(SERVERS):
             by = "every server"
         else:
