@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
 
-from . import settings
+from . import protocol, settings
 from .settings import Option
 
 Family = Literal["threaded", "async"]
@@ -47,7 +47,7 @@ class Transport(enum.StrEnum):
 
         (A gunicorn master binds the port before any worker can answer.)
         """
-        return "/healthz" if self is Transport.HTTP else None
+        return protocol.HEALTH_PATH if self is Transport.HTTP else None
 
     @property
     def owns_connections(self) -> bool:
@@ -60,7 +60,7 @@ class Transport(enum.StrEnum):
         return self is Transport.HTTP
 
 
-# Shades per family, in the order servers and lab variants take them.
+# Shades per family, in the order servers and lab contenders take them.
 PALETTE: dict[Family, tuple[str, ...]] = {
     "threaded": ("#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#f7b6d2"),
     "async": ("#1f77b4", "#17becf", "#2ca02c", "#9467bd", "#7f7f7f", "#aec7e8", "#393b79", "#6b6ecf"),

@@ -174,6 +174,7 @@ def make_framer(framing: str, max_size: int) -> Framer:
 
 
 HTTP_PATH = "/echo"
+HEALTH_PATH = "/healthz"  # the HTTP servers' GET: ok once a worker serves
 # The article's message: lower case, so that a server that does not transform it is caught.
 SAMPLE = b"the quick brown fox jumps over the lazy dog "
 

@@ -24,12 +24,10 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 
 from ..catalogue import Server
 from ..metrics import OUTCOMES, WORK_KINDS, Recorder, offload_servers, spec
-from ..protocol import ERROR_TOO_LARGE, transform
+from ..protocol import ERROR_TOO_LARGE, HEALTH_PATH, HTTP_PATH, transform
 from .work_model import Workload
 
-ECHO_PATH = "/echo"
-HEALTH_PATH = "/healthz"
-ROUTES = {ECHO_PATH: "POST", HEALTH_PATH: "GET"}  # path -> the one method it takes
+ROUTES = {HTTP_PATH: "POST", HEALTH_PATH: "GET"}  # path -> the one method it takes
 # The echo reply is the request's bytes, upper-cased: UTF-8 only if the request was.
 ECHO_TYPE = "application/octet-stream"
 TEXT_TYPE = "text/plain; charset=utf-8"
