@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from support.postgres import ephemeral_postgres
-from support.servers import HTTP_SERVERS, VARIANTS, HttpTestServer, TestServer, Variant, make_server
+from support.servers import HTTP_SERVERS, VARIANTS, HttpTestServer, TcpVariant, TestServer, make_server
 
 from echolab.lab.postgres import PostgreSQL
 
@@ -66,7 +66,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., TestServer]]:
     """
     servers: list[TestServer] = []
 
-    def start(what: Variant | str, *flags: str, env: dict[str, str] | None = None) -> TestServer:
+    def start(what: TcpVariant | str, *flags: str, env: dict[str, str] | None = None) -> TestServer:
         servers.append(make_server(what, flags, env, tmp_path / f"server-{len(servers)}.log"))
         return servers[-1].start()
 
@@ -88,7 +88,7 @@ def checked(shared: TestServer) -> Iterator[TestServer]:
 
 
 @pytest.fixture(scope="module")
-def shared_tcp(variant: Variant, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServer]:
+def shared_tcp(variant: TcpVariant, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServer]:
     """One TCP server per variant and module, for the tests that need only the default settings."""
     server = make_server(variant, (), None, tmp_path_factory.mktemp(variant.id) / "server.log").start()
     yield server

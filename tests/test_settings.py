@@ -120,7 +120,7 @@ def test_every_setting_has_a_flag_an_env_var_and_a_checked_default() -> None:
     classes = {s.settings for s in catalogue.SERVERS} | {
         settings.BenchSettings,
         settings.DemoSettings,
-        settings.BenchmarkSettings,
+        settings.SuiteSettings,
     }
     for cls in classes:
         for option in settings.options(cls):

@@ -195,9 +195,10 @@ class ServerProcess(Process):
         self.metrics_port = 0
 
     def is_ready(self) -> bool:
-        """TCP: the echo port accepts. HTTP: a worker answers /healthz (gunicorn's master binds first)."""
-        if self.server.transport == "http":
-            return answers(f"http://{self.host}:{self.port}/healthz")
+        """The echo port accepts; for a server with a health path, that path answers."""
+        path = self.server.transport.health_path
+        if path:
+            return answers(f"http://{self.host}:{self.port}{path}")
         return accepts(self.host, self.port)
 
     def start(self, timeout: float = READY_TIMEOUT) -> ServerProcess:

@@ -21,6 +21,13 @@ log = logging.getLogger("echolab")
 # retrying at once would only spin, so the servers back off and log.
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
+# After an error reply the servers stop writing and read and drop what the client still sends,
+# for this long at most (and async-http this much), before they close: closing with unread input
+# makes the kernel reset the connection, which can destroy the error before the client reads it.
+# (threaded-http keeps gunicorn's own numbers.)
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 65536
+
 # Signals whose default action would kill the TCP servers mid-request (a `kill -HUP`, a closing
 # terminal, a log rotator's USR1). They have nothing to reload or reopen (settings are read at
 # start, logs go to stderr), so they are logged and ignored; SIGTERM and SIGINT stop the server.

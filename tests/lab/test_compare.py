@@ -9,7 +9,7 @@ from pathlib import Path
 from support.servers import run_command
 
 from echolab.catalogue import server
-from echolab.lab.variants import of, running
+from echolab.lab.contenders import of, running
 
 
 def test_two_demos_compared(demo_runs: tuple[Path, Path], tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ from ..protocol import (
     MessageTooLarge,
     make_framer,
 )
-from .event_loop import HIGH_WATER, LINGER_SECONDS, LOW_WATER, LoopServer, count_connection_error
+from ..runtime import LINGER_SECONDS
+from .event_loop import HIGH_WATER, LOW_WATER, LoopServer, count_connection_error
 
 TICK = 0.001  # timer coalescing granularity, seconds
 
@@ -92,7 +93,7 @@ class EchoProtocol(asyncio.Protocol):
         "transport",
         "unsent",
         "waiting",
-        "work",
+        "workload",
         "writing",
     )
 
@@ -100,7 +101,7 @@ class EchoProtocol(asyncio.Protocol):
         self.server = server
         self.delays = delays
         self.metrics = server.metrics
-        self.work = server.work
+        self.workload = server.workload
         self.framer = make_framer(server.settings.framing, server.settings.max_message_bytes)
         self.message: bytes | None = None  # the request in work
         self.started = self.io = 0.0
@@ -151,7 +152,7 @@ class EchoProtocol(asyncio.Protocol):
 
     def _next(self) -> None:
         """Work on the requests read, in order; those with nothing to wait for are answered here."""
-        work, framer = self.work, self.framer
+        workload, framer = self.workload, self.framer
         while True:
             try:
                 message = framer.next()
@@ -167,7 +168,7 @@ class EchoProtocol(asyncio.Protocol):
                 return
             self.message = message
             self.started = time.perf_counter()
-            if work.before_io and not work.start(self.server.loop, self._blocked):
+            if workload.before_io and not workload.start(self.server.loop, self._blocked):
                 return  # the blocking call is in the offload pool: _blocked goes on
             if not self._wait_io():
                 return  # io_done goes on
@@ -178,7 +179,7 @@ class EchoProtocol(asyncio.Protocol):
 
     def _wait_io(self) -> bool:
         """Start the request's IO timer; or, without IO, answer it now (True)."""
-        self.io = self.work.io()
+        self.io = self.workload.io()
         if self.io > 0:
             self.delays.add(self, self.io)
             return False
@@ -192,7 +193,7 @@ class EchoProtocol(asyncio.Protocol):
     def _reply(self, now: float) -> None:
         message, self.message = self.message, None
         assert message is not None
-        self.work.finish(self.io)
+        self.workload.finish(self.io)
         self.pending -= 1
         self.server.in_flight -= 1
         transport = self.transport

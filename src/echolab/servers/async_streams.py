@@ -3,7 +3,7 @@
 ``asyncio.start_server`` runs :func:`handle` as a task for each connection:
 it reads a request (``await reader.readuntil(b"\\n")``), does its work,
 ``await``-ing the IO exactly where a real handler awaits its database
-(:meth:`.work.Work.run_async`), writes the reply and reads the next. Nothing
+(:meth:`.work_model.Workload.run_async`), writes the reply and reads the next. Nothing
 is coalesced: a task per connection, a timer per request for its IO and
 one for the read's deadline (``asyncio.timeout_at``), the stream's own
 buffering and flow control. What that costs next to the tuned
@@ -35,7 +35,8 @@ from ..protocol import (
     NEWLINE,
     make_framer,
 )
-from .event_loop import LINGER_SECONDS, LoopServer, count_connection_error
+from ..runtime import LINGER_SECONDS
+from .event_loop import LoopServer, count_connection_error
 
 RECV_SIZE = 65536
 
@@ -157,7 +158,7 @@ class StreamConnection:
             started = time.perf_counter()
             server.in_flight += 1
             try:
-                await server.work.run_async()
+                await server.workload.run_async()
             except asyncio.CancelledError:  # cut by the drain timeout
                 metrics.not_answered("aborted")
                 raise

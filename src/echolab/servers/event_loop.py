@@ -31,10 +31,9 @@ from ..runtime import (
     sweep_interval,
 )
 from ..settings import AsyncSettings
-from . import work as work_module
-from .work import Work
+from . import work_model
+from .work_model import Workload
 
-LINGER_SECONDS = 1.0
 # Backpressure, per connection: past HIGH_WATER bytes held (requests read and not yet answered,
 # replies not yet taken by the client), the server stops reading from it until they drain to
 # LOW_WATER. asyncio's and uvloop's own marks for a transport's write buffer, made explicit.
@@ -69,8 +68,8 @@ class LoopServer:
         self.connections: set[Connection] = set()
         self.in_flight = 0
         self.closing = False
-        self.work = Work(settings, metrics.work)
-        pool = self.work.pool
+        self.workload = Workload(settings, metrics.worked)
+        pool = self.workload.pool
         if pool is not None:
             metrics.track_pool(lambda: (pool.busy, pool.queued))
         self._drained: asyncio.Future[None] | None = None
@@ -291,7 +290,7 @@ async def serve(
         settings.api,
         settings.loop,
         settings.framing,
-        work_module.describe(settings),
+        work_model.describe(settings),
         metrics_port or "off",
     )
     await stop.wait()
@@ -305,4 +304,4 @@ async def serve(
     server.close()
     cut = await state.shutdown()
     log_drain(state.in_flight_signalled, state.in_flight, cut, time.monotonic() - state.signalled)
-    state.work.shutdown()
+    state.workload.shutdown()

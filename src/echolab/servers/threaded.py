@@ -6,7 +6,7 @@
   a worker is free, so the rest wait in the kernel's accept queue.
 
 Each connection's thread blocks in ``recv``, then does each request's work
-(:mod:`.work`: CPU, a blocking call, IO slept through), then blocks in
+(:mod:`.work_model`: CPU, a blocking call, IO slept through), then blocks in
 ``sendall``: exactly the code a threaded service has. Pipelined requests
 are served one after another, as a thread serves them.
 """
@@ -38,6 +38,7 @@ from ..protocol import (
     make_framer,
 )
 from ..runtime import (
+    LINGER_SECONDS,
     RESOURCE_ERRNOS,
     AcceptErrorLog,
     StopWatch,
@@ -49,11 +50,10 @@ from ..runtime import (
     wait_for_stop,
 )
 from ..settings import ThreadedSettings
-from . import work as work_module
-from .work import Work
+from . import work_model
+from .work_model import Workload
 
 RECV_SIZE = 65536
-LINGER_SECONDS = 1.0
 ACCEPT_BACKOFF = 0.1  # seconds between accept() retries while out of descriptors: trio's choice
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and drops what is unsent
 
@@ -96,7 +96,7 @@ class EchoServer(socketserver.TCPServer):
         self.request_queue_size = settings.backlog
         self.settings = settings
         self.metrics = metrics
-        self.work = Work(settings, metrics.work)
+        self.workload = Workload(settings, metrics.worked)
         self.stopping = False
         self._connections: dict[socket.socket, Connection] = {}
         self._lock = threading.Lock()
@@ -203,7 +203,7 @@ class EchoServer(socketserver.TCPServer):
         started = time.perf_counter()
         conn.working = True
         try:
-            self.work.run()
+            self.workload.run()
         finally:
             # From here the reply is due: the client has the idle timeout to take it. Set before
             # the work ends, so the sweeper never sees the deadline of the wait before it.
@@ -419,7 +419,7 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
         "model": settings.model,
         "framing": settings.framing,
         "threads": str(settings.threads),
-        **work_module.info(settings),
+        **work_model.info(settings),
     }
     metrics, metrics_port = metrics_module.start(
         server_kind,
@@ -441,7 +441,7 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
         server.server_address[1],
         settings.model,
         settings.framing,
-        work_module.describe(settings),
+        work_model.describe(settings),
         metrics_port or "off",
     )
     signame = wait_for_stop()
