@@ -51,6 +51,7 @@ lint: install
 	$(BIN)/ruff check src tests loadtest
 	$(BIN)/ruff format --check src tests loadtest
 	$(BIN)/mypy src
+	$(BIN)/lint-imports --no-logo
 	@# Not --quiet: with it mkdocs 1.6 counts no warnings, and --strict passes a broken link.
 	$(BIN)/mkdocs build --strict
 
@@ -73,7 +74,7 @@ demo: install
 
 # Every server at the levels where they differ; prints a table, writes reports/bench-*.json.
 bench: install
-	$(BIN)/echolab benchmark $(BENCH_ARGS)
+	$(BIN)/echolab suite $(BENCH_ARGS)
 
 # Every server under a steady load for 10 minutes: RSS, fds and threads at start
 # and end; growth beyond noise exits 1. SOAK_ARGS="--duration 60" for a short one.
@@ -215,4 +216,4 @@ k8s: install
 	@$(BIN)/python -m echolab.deploy.kustomize $(if $(filter base,$(OVERLAY)),deploy/kubernetes/base,deploy/kubernetes/overlays/$(OVERLAY))
 
 clean:
-	rm -rf $(VENV) reports site .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) reports site .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache

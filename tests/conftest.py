@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 from support.postgres import ephemeral_postgres
-from support.servers import HOST, HTTP_SERVERS, VARIANTS, HttpTestServer, TestServer, Variant, make_server
+from support.servers import HOST, HTTP_SERVERS, VARIANTS, HttpTestServer, TcpVariant, TestServer, make_server
 
 from echolab.lab.postgres import PostgreSQL
 
@@ -97,7 +97,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., TestServer]]:
     """
     servers: list[TestServer] = []
 
-    def start(what: Variant | str, *flags: str, env: dict[str, str] | None = None) -> TestServer:
+    def start(what: TcpVariant | str, *flags: str, env: dict[str, str] | None = None) -> TestServer:
         servers.append(make_server(what, flags, env, tmp_path / f"server-{len(servers)}.log"))
         return servers[-1].start()
 
@@ -119,7 +119,7 @@ def checked(shared: TestServer) -> Iterator[TestServer]:
 
 
 # Servers that tests share, by what runs (a variant or a catalogue name) and the flags it runs with.
-Shared = dict[tuple[Variant | str, tuple[str, ...]], TestServer]
+Shared = dict[tuple[TcpVariant | str, tuple[str, ...]], TestServer]
 
 
 def shared_servers() -> Iterator[Shared]:
@@ -129,7 +129,7 @@ def shared_servers() -> Iterator[Shared]:
 
 
 @pytest.fixture(scope="module")
-def variant_servers(variant: Variant) -> Iterator[Shared]:
+def variant_servers(variant: TcpVariant) -> Iterator[Shared]:
     """The variant's servers that the module's tests share; stopped and checked after its last one."""
     yield from shared_servers()
 
@@ -146,9 +146,9 @@ def borrow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., T
     idle at the start of each test (they assert deltas), checked at its end like ``checked``."""
     checks: list[Iterator[TestServer]] = []
 
-    def get(servers: Shared, what: Variant | str, flags: tuple[str, ...]) -> TestServer:
+    def get(servers: Shared, what: TcpVariant | str, flags: tuple[str, ...]) -> TestServer:
         if (what, flags) not in servers:
-            log = tmp_path_factory.mktemp(what.id if isinstance(what, Variant) else what) / "server.log"
+            log = tmp_path_factory.mktemp(what.id if isinstance(what, TcpVariant) else what) / "server.log"
             servers[what, flags] = make_server(what, flags, None, log).start()
         checks.append(checked(servers[what, flags]))
         return next(checks[-1])
@@ -160,7 +160,7 @@ def borrow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., T
 
 @pytest.fixture
 def variant_server(
-    variant: Variant, variant_servers: Shared, borrow: Callable[..., TestServer]
+    variant: TcpVariant, variant_servers: Shared, borrow: Callable[..., TestServer]
 ) -> Callable[..., TestServer]:
     """``variant_server(*flags)``: the variant with a short delay and ``flags``, shared by the
     module's tests that ask for the same flags."""

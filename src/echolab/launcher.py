@@ -25,6 +25,7 @@ from pathlib import Path
 import psutil
 
 from .catalogue import Server
+from .runtime import STILL_STOPPING
 
 HOST = "127.0.0.1"
 READY_TIMEOUT = 30.0
@@ -163,8 +164,15 @@ class Process:
         except subprocess.TimeoutExpired:
             self.kill()
             raise LaunchError(
-                f"{self.name} did not exit within {timeout:g}s of signal {signum}; killed:\n{self.tail()}"
+                f"{self.name} did not exit within {timeout:g}s of {signal.Signals(signum).name}, "
+                f"killed; {self.last_word()}; its log: {self.log_path}\n{self.tail()}"
             ) from None
+
+    def last_word(self) -> str:
+        """What the log says it was doing: what a stop overdue waited for (StopWatch), or its last line."""
+        lines = self.log.splitlines()
+        said = [line for line in lines if STILL_STOPPING in line] or [line for line in lines if line.strip()]
+        return f"it logged: {said[-1].strip()}" if said else "its log is empty"
 
     def kill(self) -> None:
         """SIGKILL the process and everything it started (gunicorn's workers too)."""
@@ -201,12 +209,13 @@ class ServerProcess(Process):
 
     def is_ready(self) -> bool:
         """It listens on its port itself (a port free a moment ago can be another process's by the
-        time it binds: it then exits and start() tries others), and TCP: the port accepts; HTTP: a
-        worker answers /healthz (gunicorn's master binds first)."""
+        time it binds: it then exits and start() tries others), and the echo port accepts; for a
+        server with a health path, that path answers."""
         if not listens(self.pid, self.port):
             return False
-        if self.server.transport == "http":
-            return answers(f"http://{self.host}:{self.port}/healthz")
+        path = self.server.transport.health_path
+        if path:
+            return answers(f"http://{self.host}:{self.port}{path}")
         return accepts(self.host, self.port)
 
     def start(self, timeout: float = READY_TIMEOUT) -> ServerProcess:

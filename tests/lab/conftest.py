@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from echolab.lab import demo, scenarios
-from echolab.lab.scenarios import Scenario
+from echolab import scenarios
+from echolab.lab import demo
+from echolab.scenarios import Scenario
 from echolab.settings import DemoSettings
 
 # Scenarios of the test's own: adding one to SCENARIOS must be all it takes. Requests long

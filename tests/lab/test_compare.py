@@ -10,7 +10,7 @@ from support.parallel import with_demo_runs
 from support.servers import run_command
 
 from echolab.catalogue import server
-from echolab.lab.variants import of, running
+from echolab.lab.contenders import of, running
 
 
 @with_demo_runs

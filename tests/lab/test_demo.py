@@ -17,7 +17,8 @@ from support.parallel import with_demo_runs
 from support.servers import clean_environment
 from support.waiting import poll_until
 
-from echolab.lab import demo, scenarios
+from echolab import scenarios
+from echolab.lab import demo
 from echolab.settings import DemoSettings
 
 
@@ -71,7 +72,7 @@ def test_the_report_lists_earlier_runs(demo_runs: tuple[Path, Path]) -> None:
 
 def test_quick_reaches_the_levels_where_threads_break() -> None:
     steps = demo.plan(demo.quick(DemoSettings(quick=True)))
-    (threaded,) = [s for s in steps if s.section.key == "io-closed" and s.variant.name == "threaded"]
+    (threaded,) = [s for s in steps if s.section.key == "io-closed" and s.contender.name == "threaded"]
     assert {2000, 5000} <= set(threaded.levels)
     assert any(s.section.mode == "open" for s in steps)
     assert demo.quick(DemoSettings(quick=True)).duration < DemoSettings().duration

@@ -23,11 +23,11 @@ from support.servers import clean_environment, run_command
 from support.waiting import poll_until
 
 from echolab.catalogue import server
+from echolab.lab.contenders import Contender, of, running
 from echolab.lab.sweep import measure
-from echolab.lab.variants import Variant, of, running
 
 
-def variant(name: str, framing: str = "lines") -> Variant:
+def variant(name: str, framing: str = "lines") -> Contender:
     return dataclasses.replace(of(server(name)), framing=framing)
 
 

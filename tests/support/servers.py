@@ -41,7 +41,7 @@ HTTP_SERVERS = tuple(s.name for s in SERVERS if s.transport == "http")
 
 
 @dataclass(frozen=True)
-class Variant:
+class TcpVariant:
     """A TCP server as the behavioural suite runs it: server x implementation x framing."""
 
     server: str
@@ -73,7 +73,7 @@ IMPLEMENTATIONS = [("threaded", model, ("--model", model)) for model in THREADED
 # what differs between the loops (accepting, running out of descriptors) is the same in both
 # framings, and the protocol API covers asyncio's oneshot; one variant less keeps the suite shorter.
 VARIANTS = [
-    Variant(name, kind, framing, flags)
+    TcpVariant(name, kind, framing, flags)
     for name, kind, flags in IMPLEMENTATIONS
     for framing in ("oneshot", "lines")
     if (kind, framing) != ("streams-asyncio", "oneshot")
@@ -266,10 +266,10 @@ def settled(server: TestServer, before: Metrics, ok: int) -> Metrics:
 
 
 def make_server(
-    what: Variant | str, options: tuple[str, ...], env: dict[str, str] | None, log: Path
+    what: TcpVariant | str, options: tuple[str, ...], env: dict[str, str] | None, log: Path
 ) -> TestServer:
-    """A server, not started: a Variant (with the short delay), or a catalogue name with ``options`` only."""
-    if isinstance(what, Variant):
+    """A server, not started: a variant (with the short delay), or a catalogue name with ``options`` only."""
+    if isinstance(what, TcpVariant):
         argv = [*what.options(), *FAST_ARGS, *options]
         return TestServer(server(what.server), argv, log, what.framing, env or {})
     kind = server(what)

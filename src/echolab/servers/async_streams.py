@@ -3,7 +3,7 @@
 ``asyncio.start_server`` runs :func:`handle` as a task for each connection:
 it reads a request (``await reader.readuntil(b"\\n")``), does its work,
 ``await``-ing the IO exactly where a real handler awaits its database
-(:meth:`.work.Work.run_async`), writes the reply and reads the next. Nothing
+(:meth:`.work_model.Workload.run_async`), writes the reply and reads the next. Nothing
 is coalesced: a task per connection, a timer per request for its IO and
 one for the read's deadline (``asyncio.timeout_at``), the stream's own
 buffering and flow control. What that costs next to the tuned
@@ -35,7 +35,8 @@ from ..protocol import (
     NEWLINE,
     make_framer,
 )
-from .event_loop import LINGER_SECONDS, LoopServer, count_connection_error
+from ..runtime import LINGER_SECONDS
+from .event_loop import LoopServer, count_connection_error
 
 RECV_SIZE = 65536
 
@@ -150,10 +151,14 @@ class StreamConnection:
                     metrics.not_answered("too_large")
                     await end_with(reader, writer, ERROR_TOO_LARGE)
                     return
+            if server.overdue():  # the drain timeout passed while the loop was held up: cut, not started
+                metrics.not_answered("aborted")
+                writer.transport.abort()
+                return
             started = time.perf_counter()
             server.in_flight += 1
             try:
-                await server.work.run_async()
+                await server.workload.run_async()
             except asyncio.CancelledError:  # cut by the drain timeout
                 metrics.not_answered("aborted")
                 raise
@@ -176,8 +181,9 @@ class StreamConnection:
 async def end_with(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, error: bytes) -> None:
     """Send an error line and close without a reset (see threaded.send_error)."""
     writer.write(error)
-    if writer.can_write_eof():
-        writer.write_eof()
+    with contextlib.suppress(OSError):  # the client is gone already: asyncio's loop raises ENOTCONN
+        if writer.can_write_eof():
+            writer.write_eof()
     with contextlib.suppress(TimeoutError, OSError):
         async with asyncio.timeout(LINGER_SECONDS):
             while await reader.read(RECV_SIZE):

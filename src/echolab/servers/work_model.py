@@ -145,7 +145,7 @@ def _no_record(cpu: float, blocking: float, io: float) -> None:
     pass
 
 
-class Work:
+class Workload:
     """One request's work, as the settings say; ``record`` counts it once it is done.
 
     Three ways to run it, one per kind of server: :meth:`run` in a thread,
