@@ -13,8 +13,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,loadtest,report,deploy]'
 	touch $@
 
+# The suite mostly waits on servers and clients: more workers than cores
+# (tests/conftest.py says which tests run together, and the groups start in the
+# order of the files: the lab's long ones first). It starts Python hundreds of
+# times: each reuses the bytecode the first compiled, PYTHONDONTWRITEBYTECODE or not.
+# The 10 slowest tests close every run, so that a slow one shows.
+TEST_WORKERS ?= 6
 test: install prometheus-tools postgresql
-	$(BIN)/pytest
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder \
+	  --durations=10
 
 # The monitoring tests run a real Prometheus and promtool. As root on Debian or
 # Ubuntu this installs the distribution's package; elsewhere it says what to do.

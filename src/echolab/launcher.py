@@ -10,6 +10,7 @@ with SIGTERM, then SIGKILL after a timeout with an error that says so.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import signal
 import socket
@@ -20,6 +21,8 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+
+import psutil
 
 from .catalogue import Server
 from .runtime import STILL_STOPPING
@@ -48,12 +51,22 @@ def accepts(host: str, port: int) -> bool:
 
 
 def answers(url: str) -> bool:
-    """Whether ``url`` answers 200."""
+    """Whether ``url`` answers 200 (whatever else listens there, an echo server say: no)."""
     try:
         with urllib.request.urlopen(url, timeout=2.0) as response:
             return bool(response.status == 200)
-    except OSError:
+    except (OSError, http.client.HTTPException):
         return False
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself has a socket listening on ``port``."""
+    with contextlib.suppress(psutil.Error):
+        return any(
+            c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+            for c in psutil.Process(pid).net_connections(kind="tcp")
+        )
+    return False
 
 
 class Process:
@@ -195,7 +208,11 @@ class ServerProcess(Process):
         self.metrics_port = 0
 
     def is_ready(self) -> bool:
-        """The echo port accepts; for a server with a health path, that path answers."""
+        """It listens on its port itself (a port free a moment ago can be another process's by the
+        time it binds: it then exits and start() tries others), and the echo port accepts; for a
+        server with a health path, that path answers."""
+        if not listens(self.pid, self.port):
+            return False
         path = self.server.transport.health_path
         if path:
             return answers(f"http://{self.host}:{self.port}{path}")

@@ -19,6 +19,8 @@ from support.wire import framed
 from echolab.runtime import IGNORED_SIGNALS, STOP_SIGNALS, raise_fd_limit
 from echolab.settings import THREADED_MODELS
 
+pytestmark = pytest.mark.every_loop  # the loop closes its listener and its connections
+
 # The log line a server writes once it refuses new connections.
 SHUTTING_DOWN = "shutting down"
 

@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +31,10 @@ from echolab.launcher import LaunchError, ServerProcess
 from echolab.settings import ASYNC_APIS, LOOPS, THREADED_MODELS, add_arguments, from_namespace
 
 from .scrape import Metrics, scrape, wait_for
+from .waiting import TIMEOUT, poll_until
 from .wire import Connection, framed
 
 HOST = "127.0.0.1"
-TIMEOUT = 10.0  # generous: a broken server fails a test with a timeout instead of hanging it
 FAST_ARGS = ("--delay-ms", "20")  # most tests run with a short simulated IO wait
 TCP_SERVERS = tuple(s.name for s in SERVERS if s.transport == "tcp")
 HTTP_SERVERS = tuple(s.name for s in SERVERS if s.transport == "http")
@@ -57,6 +56,11 @@ class TcpVariant:
     @property
     def concurrent(self) -> bool:
         return self.kind != "serial"
+
+    @property
+    def loop(self) -> str:
+        """The async server's event loop; "" for the threaded one."""
+        return self.kind.rpartition("-")[2] if self.server == "async" else ""
 
     def options(self) -> list[str]:
         return [*self.flags, "--framing", self.framing]
@@ -161,11 +165,9 @@ class TestServer(ServerProcess):
     # --- the log and the end
 
     def wait_for_log(self, text: str, timeout: float = TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log:
-            if time.monotonic() > deadline:
-                pytest.fail(f"{text!r} not in the server log after {timeout}s:\n{self.log}")
-            time.sleep(0.02)
+        poll_until(
+            lambda: self.log, lambda log: text in log, what=f"{text!r} in the server log", timeout=timeout
+        )
 
     def sigterm(self) -> None:
         self.send()
