@@ -180,14 +180,12 @@ scale: .env
 # The servers recreated under a scenario's work model (`echolab scenario --help` lists them),
 # e.g. make scenario NAME=blocking; Locust, Prometheus and Grafana run on. The preset sets
 # the whole work model over .env's; NAME=io is the default workload, `make up` goes back to .env.
-# One server at a time, so each gets its own address back: recreated together, they would
-# swap addresses, and Docker's DNS, for a moment stale, would send Locust to the wrong one.
+# All at once: each server has a fixed address on the stack's network (src/echolab/deploy/stack.py),
+# so none can come back at another's.
 scenario: install .env
 	@environment=$$($(BIN)/echolab scenario $(NAME)) && services=$$($(BIN)/echolab scenario $(NAME) --services) \
 	  && echo "scenario $(NAME):" $$environment \
-	  && for service in $$services; do \
-	    env $$environment $(COMPOSE) up --detach --no-deps --force-recreate --wait $$service || exit 1; \
-	  done
+	  && env $$environment $(COMPOSE) up --detach --no-deps --force-recreate --wait $$services
 
 # Every dashboard panel drawn from the stack's Prometheus over the last REPORT_SINCE,
 # into reports/stack-<time>.html (no Grafana needed): attach it to a PR or a ticket.
