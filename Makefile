@@ -5,13 +5,17 @@ BIN    := $(VENV)/bin
 
 .PHONY: install test prometheus-tools postgresql lint docs bench soak demo dashboards clean
 
+# V=1 shows what the quiet targets (install, up) keep in their logs.
+V ?=
 install: $(VENV)/.installed
 
+# One line, and pip's log in .venv/install.log (its tail if it fails; V=1: on the terminal).
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,loadtest,report,deploy]'
-	touch $@
+	@echo "installing echolab and its tools (Locust, matplotlib, the linters) into $(VENV): once, about a minute"
+	@$(PYTHON) -m venv $(VENV) && { $(BIN)/pip install --upgrade pip \
+	  && $(BIN)/pip install -e '.[dev,loadtest,report,deploy]'; } $(if $(V),,> $(VENV)/install.log 2>&1) \
+	  || { $(if $(V),,tail -n 30 $(VENV)/install.log;) echo "make install failed (log: $(VENV)/install.log)" >&2; exit 1; }
+	@touch $@
 
 # The suite mostly waits on servers and clients: more workers than cores
 # (tests/conftest.py says which tests run together, and the groups start in the
@@ -150,8 +154,15 @@ check-env: .env
 	    "(or delete .env and make up writes one with a random password)" >&2; exit 1; \
 	fi
 
+# Quiet: the build's log goes to $(BUILD_LOG) (its tail if it fails; V=1: on the terminal), then
+# compose's progress while every service starts and turns healthy, then the URLs.
+BUILD_LOG ?= reports/build.log
 up: check-env
-	$(COMPOSE) up --detach --build --wait $(SERVICES)
+	@mkdir -p $(dir $(BUILD_LOG)) && echo "building the images$(if $(V),, (log: $(BUILD_LOG)))"
+	@$(COMPOSE) $(if $(V),,--progress plain) build $(SERVICES) $(if $(V),,> $(BUILD_LOG) 2>&1) \
+	  || { $(if $(V),,tail -n 30 $(BUILD_LOG);) echo "make up: the build failed (log: $(BUILD_LOG))" >&2; exit 1; }
+	@echo "starting the stack, waiting until every service is healthy"
+	@$(COMPOSE) up --detach --wait $(SERVICES)
 	@$(MAKE) --no-print-directory urls
 
 urls: .env
