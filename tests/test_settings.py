@@ -43,8 +43,7 @@ def test_flag_wins_over_environment(start_server):
         **IDLE_WORK,
         "delay_ms": "20",
         "cpu_ms": "3",
-        "offload": "none",
-        "offload_threads": "32",
+        "offload": "none",  # and no offload_threads: no pool to size
     }
     # The framing is not just a label: the server speaks lines.
     with server.connect() as conn:
@@ -58,8 +57,7 @@ def test_defaults_without_environment_or_flag(start_server):
     assert info == {
         "server": "threaded",
         "model": "thread-per-connection",
-        "framing": "lines",
-        "threads": "64",
+        "framing": "lines",  # and no threads: --threads sizes the pool model's
         **IDLE_WORK,
     }
 

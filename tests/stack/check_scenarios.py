@@ -68,6 +68,8 @@ def wait_for_work_model(stack: Compose, name: str) -> None:
         wanted[server.name] = {
             o.name: environment[o.env] for o in options(server.settings) if o.env in environment
         }
+        if environment.get("ECHO_OFFLOAD") == "none":  # no pool, no size shown
+            wanted[server.name]["offload_threads"] = None
 
     def shown() -> tuple[bool, Any]:
         seen = {
