@@ -198,13 +198,14 @@ scenario: install .env
 	  && echo "scenario $(NAME):" $$environment \
 	  && env $$environment $(COMPOSE) up --detach --no-deps --force-recreate --wait $$services
 
-# Every dashboard panel drawn from the stack's Prometheus over the last REPORT_SINCE,
-# into reports/stack-<time>.html (no Grafana needed): attach it to a PR or a ticket.
-REPORT_SINCE ?= 15m
+# Every dashboard panel drawn from the stack's Prometheus into reports/stack-<time>.html (no
+# Grafana needed): attach it to a PR or a ticket. The window: the last load-test run, and a
+# little around it; REPORT_SINCE=2h, the last two hours instead.
+REPORT_SINCE ?=
 report: install .env
 	@address=$$($(COMPOSE) port prometheus 9090 2>/dev/null) && [ -n "$$address" ] || \
 	  { echo "make report: the stack's Prometheus is not running (make up)" >&2; exit 1; }; \
-	$(BIN)/echolab report --prometheus "http://$$address" --since $(REPORT_SINCE)
+	$(BIN)/echolab report --prometheus "http://$$address" $(if $(REPORT_SINCE),--since $(REPORT_SINCE))
 
 # Builds and runs the stack (less Grafana) under its own project name and
 # free ports, loads it, checks Prometheus sees it all, switches the servers to

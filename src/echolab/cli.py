@@ -22,7 +22,7 @@ examples:
   echolab serve async                      the async server on 127.0.0.1:9091
   echolab bench 127.0.0.1:9091 --connections 1000
   echolab demo --quick                     every server, a sweep, an HTML report
-  echolab report --since 15m               the stack's dashboards drawn from Prometheus
+  echolab report                           the stack's dashboards over the last load-test run
   echolab compare reports/demo-A reports/demo-B   two runs in one report
   echolab config                           every setting, its env var and default
   echolab scenario blocking                the stack's servers' variables for a scenario
@@ -50,8 +50,9 @@ EXAMPLES = {
     "scenario": "echolab scenario blocking\n"
     "env $(echolab scenario blocking) docker compose up --detach --no-deps --force-recreate --wait \\\n"
     "  $(echolab scenario blocking --services)       what `make scenario NAME=blocking` runs",
-    "report": "echolab report --since 15m                    the stack's Prometheus (make up)\n"
-    f"echolab report --prometheus http://127.0.0.1:{ports.PROMETHEUS_HOST} --since 2h   the same, named",
+    "report": "echolab report                               the last load-test run, the stack's Prometheus\n"
+    "echolab report --since 15m                    the last 15 minutes instead\n"
+    f"echolab report --prometheus http://127.0.0.1:{ports.PROMETHEUS_HOST} --since 2h   named; the last two hours",
 }
 
 

@@ -588,7 +588,11 @@ class ReportSettings(Settings):
         f"http://127.0.0.1:{ports.PROMETHEUS_HOST}",
         "the Prometheus to ask (the stack's, on its host port by default)",
     )
-    since: str = setting("15m", "the window: this long until now (90s, 15m, 2h)", check=prometheus_duration)
+    since: str | None = setting(
+        None,
+        "the window: this long until now (90s, 15m, 2h); none: the last load-test run and a little around",
+        check=prometheus_duration,
+    )
     dashboards: Path = setting(Path("grafana/dashboards"), "the dashboards whose panels to draw")
     out: Path = setting(Path("reports"), "folder for the report")
 
