@@ -56,6 +56,48 @@ class Connection(Protocol):
         """End the connection if a deadline has passed (the sweep's visit, once a tick)."""
 
 
+class Deadlines:
+    """What the sweep knows of one connection: what it waits for, since when, having read how many.
+
+    A wait is seen to begin at the first visit after it did, and to last too
+    long at the first visit after that: deadlines are met to within two
+    ticks, never early. The connection says what it waits for at each visit:
+    ``idle`` (its first byte, or its next request), ``request_deadline`` (the
+    rest of a line begun) or ``work`` (the server's time: no deadline); and
+    a count that moves whenever a wait ends (requests read, replies written),
+    so that a wait that ended and began again between two visits is a new one.
+    """
+
+    __slots__ = ("seen", "since", "unsent", "waiting")
+
+    def __init__(self, now: float) -> None:
+        self.waiting, self.since, self.seen, self.unsent = "idle", now, 0, 0
+
+    def overdue(
+        self, now: float, settings: AsyncSettings, unsent: int, waiting: str, progress: int
+    ) -> str | None:
+        """The deadline that has passed (a reason of echo_connections_timed_out_total), or None.
+
+        ``unsent``, the replies the client has not taken, comes first: a reply
+        being written is not idle, but one the client takes none of for the
+        idle timeout ends the connection (``not_reading``).
+        """
+        if unsent:
+            if self.waiting != "not_reading" or unsent < self.unsent:
+                self.waiting, self.since = "not_reading", now
+            self.unsent = unsent
+            return "not_reading" if now - self.since > settings.idle_timeout else None
+        self.unsent = 0
+        if waiting != self.waiting or progress != self.seen:
+            self.waiting, self.seen, self.since = waiting, progress, now
+            return None
+        if waiting == "idle" and now - self.since > settings.idle_timeout:
+            return waiting
+        if waiting == "request_deadline" and now - self.since > settings.request_timeout:
+            return waiting
+        return None
+
+
 class LoopServer:
     """The state shared by all connections: limits, the work, probes, shutdown."""
 
