@@ -332,7 +332,7 @@ class ServeSettings(Settings):
         choices=DELAY_DISTRIBUTIONS,
     )
     cpu_ms: float = setting(
-        0.0, "pure-Python CPU work per request, holding the GIL (calibrated at start-up)",
+        0.0, "pure-Python CPU work per request, holding the GIL (by the thread's own CPU clock)",
         unit="ms", check=at_least(0),
     )  # fmt: skip
     blocking_ms: float = setting(
