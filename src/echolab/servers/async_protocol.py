@@ -164,21 +164,19 @@ class EchoProtocol(asyncio.Protocol):
             self.started = time.perf_counter()
             if work.before_io and not work.start(self.server.loop, self._blocked):
                 return  # the blocking call is in the offload pool: _blocked goes on
-            if not self._wait_io():
+            io = self.io = work.io()
+            if io > 0:
+                self.delays.add(self, io)
                 return  # io_done goes on
+            self._reply(time.perf_counter())
 
     def _blocked(self) -> None:
-        if self._wait_io():
-            self._next()
-
-    def _wait_io(self) -> bool:
-        """Start the request's IO timer; or, without IO, answer it now (True)."""
-        self.io = self.work.io()
-        if self.io > 0:
-            self.delays.add(self, self.io)
-            return False
-        self._reply(time.perf_counter())
-        return True
+        """The offloaded call is over: the request's IO, then the requests read behind it."""
+        io = self.io = self.work.io()
+        if io > 0:
+            self.delays.add(self, io)
+        else:
+            self.io_done(time.perf_counter())
 
     def io_done(self, now: float) -> None:
         self._reply(now)
