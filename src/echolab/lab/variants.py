@@ -8,12 +8,15 @@ colour: a catalogue server's own colour, or a further shade of its family's
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from ..catalogue import PALETTE, SERVERS, Family, Server, server
 from ..launcher import Process, ServerProcess, free_port
+from ..servers import protections
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class Variant:
     server: Server | None = None  # None: a bare reference (echolab.servers.bare)
     options: tuple[str, ...] = ()
     reference: str = ""  # the bare reference's kind: uvloop | streams | threaded
+    env: tuple[tuple[str, str], ...] = ()  # set in the server's environment
 
     def process(self, delay_ms: float, options: Sequence[str] = ()) -> Process:
         """A process that serves this variant with ``delay_ms`` of simulated IO, not yet started.
@@ -42,7 +46,7 @@ class Variant:
             return Process(argv, name=self.name, port=port)
         framing = () if self.framing == "http" else ("--framing", self.framing)
         flags = (*framing, "--delay-ms", f"{delay_ms:g}", "--log-level", "warning", *self.options, *options)
-        return ServerProcess(self.server, flags)
+        return ServerProcess(self.server, flags, env={**os.environ, **dict(self.env)})
 
 
 @contextlib.contextmanager
@@ -55,6 +59,18 @@ def running(variant: Variant, delay_ms: float, options: Sequence[str] = ()) -> I
     finally:
         if process.running():
             process.stop()
+
+
+def without(variant: Variant, *off: str) -> Variant:
+    """``variant`` with protections turned off (bench only): ``metrics``, or any of
+    :data:`.protections.PROTECTIONS`; named for what it lacks."""
+    switched = ",".join(name for name in off if name != "metrics")
+    return dataclasses.replace(
+        variant,
+        name=f"{variant.name} (no {', '.join(off)})",
+        options=(*variant.options, "--no-metrics") if "metrics" in off else variant.options,
+        env=((protections.ENV, switched),) if switched else (),
+    )
 
 
 def of(server_kind: Server) -> Variant:
@@ -79,10 +95,7 @@ ASYNC_STREAMS = Variant(
 ASYNC_PROTOCOL = Variant(
     "async protocol", "async", "lines", PALETTE["async"][4], server("async"), ("--api", "protocol")
 )
-ASYNC_NO_METRICS = Variant(
-    "async streams (no metrics)", "async", "lines", PALETTE["async"][2], server("async"),
-    ("--api", "streams", "--no-metrics"),
-)  # fmt: skip
+ASYNC_NO_METRICS = dataclasses.replace(without(ASYNC_STREAMS, "metrics"), color=PALETTE["async"][2])
 BARE_UVLOOP = Variant("bare uvloop", "async", "lines", PALETTE["async"][3], reference="uvloop")
 BARE_STREAMS = Variant("bare streams", "async", "lines", PALETTE["async"][5], reference="streams")
 BARE_THREADED = Variant("bare threaded", "threaded", "lines", PALETTE["threaded"][4], reference="threaded")

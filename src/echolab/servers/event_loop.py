@@ -30,8 +30,9 @@ from ..runtime import (
     sweep_interval,
 )
 from ..settings import AsyncSettings
+from . import protections
 from . import work as work_module
-from .work import Work
+from .work import IoOnly, Work
 
 LINGER_SECONDS = 1.0
 # Backpressure, per connection: past HIGH_WATER bytes held (requests read and not yet answered,
@@ -102,15 +103,20 @@ class LoopServer:
     """The state shared by all connections: limits, the work, probes, shutdown."""
 
     def __init__(
-        self, settings: AsyncSettings, metrics: ServerMetrics, loop: asyncio.AbstractEventLoop
+        self,
+        settings: AsyncSettings,
+        metrics: ServerMetrics,
+        loop: asyncio.AbstractEventLoop,
+        off: frozenset[str] = frozenset(),
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.loop = loop
+        self.off = off  # bench only: the protections turned off (.protections)
         self.connections: set[Connection] = set()
         self.in_flight = 0
         self.closing = False
-        self.work = Work(settings, metrics.work)
+        self.work = (IoOnly if "work" in off else Work)(settings, metrics.work)
         pool = self.work.pool
         if pool is not None:
             metrics.track_pool(lambda: (pool.busy, pool.queued))
@@ -264,7 +270,7 @@ async def serve(
             retry=f"retrying every {ASYNCIO_ACCEPT_RETRY_DELAY:g}s (asyncio's pause)"
         )
     loop.set_exception_handler(handle_loop_exception(accept_errors, metrics))
-    state = LoopServer(settings, metrics, loop)
+    state = LoopServer(settings, metrics, loop, protections.turned_off())
     server = await start(state, backlog=settings.backlog, **listen(settings))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -272,7 +278,8 @@ async def serve(
     for sig in IGNORED_SIGNALS:
         loop.add_signal_handler(sig, ignore_signal, sig)
     state.probe_lag()
-    state.sweep()
+    if "deadlines" not in state.off:
+        state.sweep()
     if settings.loop == "uvloop":
         state.probe_fds(server.sockets[0].fileno(), accept_errors)
     port = server.sockets[0].getsockname()[1]

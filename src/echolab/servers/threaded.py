@@ -48,8 +48,9 @@ from ..runtime import (
     sweep_interval,
 )
 from ..settings import ThreadedSettings
+from . import protections
 from . import work as work_module
-from .work import Work
+from .work import IoOnly, Work
 
 RECV_SIZE = 65536
 LINGER_SECONDS = 1.0
@@ -91,11 +92,13 @@ class EchoHandler(socketserver.BaseRequestHandler):
 class EchoServer(socketserver.TCPServer):
     allow_reuse_address = True
 
-    def __init__(self, settings: ThreadedSettings, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, settings: ThreadedSettings, metrics: ServerMetrics, off: frozenset[str] = frozenset()
+    ) -> None:
         self.request_queue_size = settings.backlog
         self.settings = settings
         self.metrics = metrics
-        self.work = Work(settings, metrics.work)
+        self.work = (IoOnly if "work" in off else Work)(settings, metrics.work)
         self.stopping = False
         self._connections: dict[socket.socket, Connection] = {}
         self._lock = threading.Lock()
@@ -104,7 +107,8 @@ class EchoServer(socketserver.TCPServer):
         # Before the bind: a failed bind calls server_close(), which sets it.
         self._closed = threading.Event()
         super().__init__((settings.host, settings.port), EchoHandler)
-        threading.Thread(target=self._sweep, name="deadline-sweeper", daemon=True).start()
+        if "deadlines" not in off:  # bench only (.protections)
+            threading.Thread(target=self._sweep, name="deadline-sweeper", daemon=True).start()
         metrics.track(
             active=lambda: len(self._connections),
             in_flight=lambda: sum(c.pending for c in list(self._connections.values())),
@@ -317,10 +321,12 @@ class ThreadPerConnectionServer(socketserver.ThreadingMixIn, EchoServer):
 class PoolServer(EchoServer):
     """A bounded pool: accept only when a worker is free."""
 
-    def __init__(self, settings: ThreadedSettings, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, settings: ThreadedSettings, metrics: ServerMetrics, off: frozenset[str] = frozenset()
+    ) -> None:
         self._free = threading.BoundedSemaphore(settings.threads)
         self._workers = ThreadPoolExecutor(settings.threads, thread_name_prefix="echo-worker")
-        super().__init__(settings, metrics)
+        super().__init__(settings, metrics, off)
 
     def get_request(self) -> tuple[Any, Any]:
         self._free.acquire()
@@ -407,7 +413,7 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
         thread_safe=True,
         cgroup_root=settings.cgroup_root,
     )
-    server = MODELS[settings.model](settings, metrics)
+    server = MODELS[settings.model](settings, metrics, protections.turned_off())
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

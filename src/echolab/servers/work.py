@@ -222,6 +222,20 @@ class Work:
             self.pool.shutdown()
 
 
+class IoOnly(Work):
+    """Bench only (:mod:`.protections`): the request's IO alone, uncounted, as a bare server has it."""
+
+    def __init__(self, settings: ServeSettings, record: Record = _no_record) -> None:
+        super().__init__(settings)  # records nothing
+        self.before_io = False
+
+    def run(self) -> None:
+        time.sleep(self.io())
+
+    async def run_async(self) -> None:
+        await asyncio.sleep(self.io())
+
+
 def describe(settings: ServeSettings) -> str:
     """The work model in one log line's words."""
     return " ".join(f"{name}={value}" for name, value in info(settings).items())
