@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test prometheus-tools lint bench soak demo dashboards clean
+.PHONY: install test prometheus-tools postgresql lint docs bench soak demo dashboards clean
 
 install: $(VENV)/.installed
 
@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,loadtest,report,deploy]'
 	touch $@
 
-test: install prometheus-tools
+test: install prometheus-tools postgresql
 	$(BIN)/pytest
 
 # The monitoring tests run a real Prometheus and promtool. As root on Debian or
@@ -29,10 +29,28 @@ prometheus-tools:
 	  fi; \
 	fi
 
+# The tests run a real PostgreSQL from the system's binaries (src/echolab/lab/postgres.py finds
+# them). As root on Debian or Ubuntu this installs the distribution's package; elsewhere it says what to do.
+postgresql: install
+	@if ! $(BIN)/python -m echolab.lab.postgres >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing PostgreSQL (Debian package postgresql)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  fi; \
+	  $(BIN)/python -m echolab.lab.postgres >/dev/null || exit 1; \
+	fi
+
 lint: install
 	$(BIN)/ruff check src tests loadtest
 	$(BIN)/ruff format --check src tests loadtest
 	$(BIN)/mypy src
+	@# Not --quiet: with it mkdocs 1.6 counts no warnings, and --strict passes a broken link.
+	$(BIN)/mkdocs build --strict
+
+# The manual (docs/, mkdocs.yml) as a site in site/; .venv/bin/mkdocs serve to browse it while editing.
+docs: install
+	$(BIN)/mkdocs build --strict
+	@echo "the manual: $(CURDIR)/site/index.html"
 
 # The Grafana dashboards, built with Grafana's Foundation SDK from src/echolab/dashboards/
 # into grafana/dashboards/*.json (committed: provisioning needs no build step).
@@ -70,7 +88,7 @@ LOADTEST_USERS ?= 200
 LOADTEST_TIME  ?= 60s
 STEP_USERS     ?= 20
 STEP_SECONDS   ?= 5
-# The run's exit status: 3 when more than this share of requests failed (see the README).
+# The run's exit status: 3 when more than this share of requests failed (docs/locust.md).
 LOADTEST_MAX_FAIL_RATIO ?= 0.01
 
 .PHONY: locust loadtest
@@ -190,4 +208,4 @@ k8s: install
 	@$(BIN)/python -m echolab.deploy.kustomize $(if $(filter base,$(OVERLAY)),deploy/kubernetes/base,deploy/kubernetes/overlays/$(OVERLAY))
 
 clean:
-	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) reports site .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -21,7 +21,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.postgres import ephemeral_postgres
 from support.servers import HTTP_SERVERS, VARIANTS, HttpTestServer, TestServer, Variant, make_server
+
+from echolab.lab.postgres import PostgreSQL
+
+# The session's PostgreSQL: its default, so that what the servers meet there is what users meet.
+POSTGRES_MAX_CONNECTIONS = 100
 
 HTTP_WORKERS = ("--workers", "2")  # two workers, so every count is a sum over processes
 
@@ -122,3 +128,14 @@ def start_http(start_server: Callable[..., TestServer]) -> Callable[..., HttpTes
         return server
 
     return start
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgreSQL]:
+    """A PostgreSQL of the session's own (``postgres.dsn``), from the system's binaries; gone afterwards.
+
+    Shared: a test that stops it, or changes what others read, starts one of its own
+    (``support.postgres.ephemeral_postgres``).
+    """
+    with ephemeral_postgres(POSTGRES_MAX_CONNECTIONS) as server:
+        yield server

@@ -1,4 +1,5 @@
-"""The ``echolab`` command: serve, bench, demo, compare, benchmark, report, soak, config, scenario."""
+"""The ``echolab`` command: serve, downstream, bench, demo, compare, benchmark, report, soak, config,
+scenario."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import importlib
 import sys
 import textwrap
+from collections.abc import Callable
 from typing import NoReturn
 
 from . import __version__, catalogue, settings
@@ -41,6 +43,8 @@ EXAMPLES = {
     "echolab benchmark --scenario cpu,blocking,offload --duration 3",
     "soak": "echolab soak --duration 60 --interval 10",
     "config": "echolab config --markdown > table.md",
+    "downstream": "echolab downstream                   GET /delay/<ms> on 127.0.0.1:9094, metrics on :8004\n"
+    "echolab bench 127.0.0.1:9094 --framing http --path /delay/100 --connections 2000",
     "scenario": "echolab scenario blocking\n"
     "env $(echolab scenario blocking) docker compose up --detach --no-deps --force-recreate --wait \\\n"
     "  $(echolab scenario blocking --services)       what `make scenario NAME=blocking` runs",
@@ -146,11 +150,21 @@ def build_parser() -> Parser:
     )  # fmt: skip
     settings.add_arguments(soak, settings.SoakSettings)
 
+    downstream = commands.add_parser(
+        "downstream", help="run the HTTP service the servers call as a dependency: GET /delay/<ms>",
+        epilog=examples("downstream"),
+        description=prose(
+            "Serve GET /delay/<ms>: answer ok after that many milliseconds of awaited sleep, standing for "
+            "a remote API. Exports the calls in progress and their peak on /metrics. SIGTERM drains."
+        ),
+    )  # fmt: skip
+    settings.add_arguments(downstream, settings.DownstreamSettings)
+
     config = commands.add_parser(
         "config", help="print every setting: flag, env var, default", epilog=examples("config"),
-        description="Print the table of every setting (the README's is generated from it).",
+        description="Print the table of every setting (docs/configuration.md's is generated from it).",
     )  # fmt: skip
-    config.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
+    config.add_argument("--markdown", action="store_true", help="as the manual's Markdown table")
     config.add_argument("--metrics", action="store_true", help="the metrics table instead")
 
     scenario = commands.add_parser(
@@ -183,15 +197,26 @@ def scenario_list() -> str:
 def serve(args: argparse.Namespace) -> int:
     server = catalogue.server(args.server)
     server_settings = settings.from_namespace(server.settings, args)
-    setup_logging(server_settings.log_level, server.name)
-    raise_fd_limit()
     module = importlib.import_module(server.module)
+    return started(server.name, server_settings.log_level, lambda: module.run(server, server_settings))
+
+
+def downstream(args: argparse.Namespace) -> int:
+    from .servers import downstream
+
+    service_settings = settings.from_namespace(settings.DownstreamSettings, args)
+    return started("downstream", service_settings.log_level, lambda: downstream.run(service_settings))
+
+
+def started(name: str, log_level: str, run: Callable[[], int]) -> int:
+    """A service's exit status: ``run``'s, or 2 with one line when it cannot start."""
+    setup_logging(log_level, name)
+    raise_fd_limit()
     try:
-        code: int = module.run(server, server_settings)
+        return run()
     except OSError as exc:  # a port in use, an address not on this host...
         log.error("cannot start: %s", exc.strerror or exc)
         return 2
-    return code
 
 
 def print_scenario(name: str, services: bool) -> int:
@@ -216,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return serve(args)
+    if args.command == "downstream":
+        return downstream(args)
     if args.command == "bench":
         from .load import bench
 

@@ -1,7 +1,7 @@
-"""The README's generated tables: every setting, and every metric.
+"""The manual's generated tables: every setting (docs/configuration.md), and every metric (docs/metrics.md).
 
 ``echolab config --markdown`` and ``echolab config --metrics`` print them;
-a test keeps the README in step with what they print.
+a test keeps the manual in step with what they print.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from .settings import (
     BenchSettings,
     CompareSettings,
     DemoSettings,
+    DownstreamSettings,
     Option,
     ReportSettings,
     Settings,
@@ -21,6 +22,7 @@ from .settings import (
 )
 
 LAB_COMMANDS: tuple[tuple[str, type[Settings]], ...] = (
+    ("downstream", DownstreamSettings),
     ("bench", BenchSettings),
     ("demo", DemoSettings),
     ("compare", CompareSettings),
@@ -67,6 +69,8 @@ def metrics_table() -> str:
     for metric in METRICS:
         if metric.side == "client":
             by = "every Locust process"
+        elif metric.side == "downstream":
+            by = "echolab downstream"
         elif len(metric.servers) == len(SERVERS):
             by = "every server"
         else:

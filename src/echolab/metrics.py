@@ -2,10 +2,11 @@
 
 :data:`METRICS` names every metric once: type, help, labels, buckets, and
 which servers export it. The TCP servers' collector, the HTTP servers'
-multiprocess instruments, the Locust plugin, the README's metrics table and
-the dashboard tests all read it. Every metric carries ``server``, the
-catalogue's name of the server it is about, on the server's side and on the
-load generator's, so server and client series join without relabelling.
+multiprocess instruments, the Locust plugin, the manual's metrics table and
+the dashboard tests all read it. Every metric of the servers and of the load
+generators carries ``server``, the catalogue's name of the server it is
+about, so server and client series join without relabelling; the downstream
+service's (``echolab downstream``) are about the calls of every server.
 
 The TCP servers count with plain attribute arithmetic, read by a custom
 collector when Prometheus scrapes (client_python's documented pattern for
@@ -76,6 +77,11 @@ def every_server(server: Server) -> bool:
     return True
 
 
+def no_server(server: Server) -> bool:
+    """The metrics of another process than the echo servers (the downstream service)."""
+    return False
+
+
 def tcp_servers(server: Server) -> bool:
     """The servers that own their connections (gunicorn owns the HTTP servers')."""
     return server.transport == "tcp"
@@ -104,7 +110,7 @@ class MetricSpec:
     labels: tuple[str, ...] = ("server",)
     buckets: tuple[float, ...] = ()
     exported_by: Callable[[Server], bool] = every_server
-    side: Literal["server", "client"] = "server"
+    side: Literal["server", "client", "downstream"] = "server"
     only_when: str = ""  # a condition without which the metric is absent
 
     @property
@@ -224,6 +230,32 @@ METRICS: tuple[MetricSpec, ...] = (
         "counter",
         "Time the cgroup's threads were held back by its CPU limit (cpu.stat throttled_usec)",
         only_when=CGROUP_CONDITION,
+    ),
+    # --- the downstream service (echolab downstream): the servers' dependency ---------
+    MetricSpec(
+        "echo_downstream_requests",
+        "counter",
+        "Requests answered, by HTTP status: 200 (slept and answered), 400 (not a delay in range), "
+        "404 (another path), 405 (another method)",
+        ("code",),
+        exported_by=no_server,
+        side="downstream",
+    ),
+    MetricSpec(
+        "echo_downstream_calls_in_progress",
+        "gauge",
+        "Calls sleeping now: as many as the callers' pools let through at once",
+        (),
+        exported_by=no_server,
+        side="downstream",
+    ),
+    MetricSpec(
+        "echo_downstream_calls_in_progress_peak",
+        "gauge",
+        "The most calls in progress at once since the service started",
+        (),
+        exported_by=no_server,
+        side="downstream",
     ),
     # --- the load generators' side (every Locust process) ----------------------------
     MetricSpec(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import resource
@@ -76,6 +77,16 @@ def sweep_interval(idle_timeout: float, request_timeout: float) -> float:
 def ignore_signal(signum: int, *_: object) -> None:
     """The handler of IGNORED_SIGNALS: say so, do nothing else."""
     log.info("%s ignored (nothing to reload or reopen); SIGTERM or SIGINT stops", signal.Signals(signum).name)
+
+
+def stop_event(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+    """An event that SIGTERM or SIGINT sets; IGNORED_SIGNALS are logged and ignored meanwhile."""
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    for sig in IGNORED_SIGNALS:
+        loop.add_signal_handler(sig, ignore_signal, sig)
+    return stop
 
 
 def log_drain(in_flight: int, unanswered: int, cut: int, seconds: float) -> None:

@@ -4,7 +4,7 @@ A field's default, help text, unit, choices and range check are declared
 once, with :func:`setting`; from that one declaration come its environment
 variable (the class's prefix plus the name in capitals), its flag
 (``--delay-ms``), the parsing and range check of both, and its row in the
-README's configuration table (``echolab config --markdown``).
+manual's configuration table (``echolab config --markdown``).
 
 Precedence, as in uvicorn and Locust: built-in default < environment < flag.
 A bad value, from either, is a one-line error and exit status 2.
@@ -55,6 +55,12 @@ def port_number(value: int) -> str | None:
 
 def positive_list(values: tuple[int, ...]) -> str | None:
     return None if values and all(v > 0 for v in values) else "needs one or more whole numbers above 0"
+
+
+def http_path(value: str) -> str | None:
+    if not value or (value.startswith("/") and value.isascii() and value.isprintable() and " " not in value):
+        return None
+    return "not a path: it starts with /, in printable ASCII without spaces"
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -441,6 +447,34 @@ class AsyncHttpSettings(HttpSettings, OffloadSettings):
     pass
 
 
+@dataclass(frozen=True)
+class DownstreamSettings(Settings):
+    """``echolab downstream``: the HTTP service the servers call as their dependency."""
+
+    PREFIX: ClassVar[str] = "ECHO_DOWNSTREAM_"
+
+    host: str = setting("127.0.0.1", "address the service and its metrics bind to (0.0.0.0: every interface)")
+    port: int = setting(9094, "port of GET /delay/<ms>", check=port_number)
+    metrics_port: int = setting(8004, "Prometheus /metrics port", check=port_number)
+    max_delay_ms: float = setting(
+        60000.0, "the longest delay a request may ask for; longer gets 400", unit="ms", check=above(0)
+    )
+    keep_alive: float = setting(
+        75.0, "how long an idle keep-alive connection stays open (longer than the callers' pools keep one)",
+        unit="s", check=above(0),
+    )  # fmt: skip
+    backlog: int = setting(
+        4096, "listen backlog (the kernel caps it at net.core.somaxconn)", check=at_least(1)
+    )
+    drain_timeout: float = setting(
+        5.0,
+        "on SIGTERM/SIGINT, how long the calls in progress may take to finish",
+        unit="s",
+        check=at_least(0),
+    )
+    log_level: str = setting("info", "log level", choices=LOG_LEVELS)
+
+
 # --- the load client and the lab -------------------------------------------------
 
 
@@ -470,6 +504,12 @@ class BenchSettings(Settings):
         100.0, "the server's delay, for the Little's-law bound", unit="ms", check=at_least(0)
     )
     timeout: float = setting(10.0, "per-request timeout", unit="s", check=above(0))
+    path: str = setting(
+        "",
+        "http only: GET this path instead of POST /echo, and count any 200 as a success "
+        "(e.g. /delay/100: echolab downstream)",
+        check=http_path,
+    )
 
 
 @dataclass(frozen=True)
@@ -546,7 +586,7 @@ class BenchmarkSettings(Settings):
     scenario: tuple[str, ...] = setting(
         (),
         "instead of the benchmark, run these scenarios (comma-separated, e.g. cpu,blocking; "
-        "the README lists them) on every server at a few levels",
+        "docs/scenarios.md lists them) on every server at a few levels",
         check=known_scenarios,
     )
     out: Path = setting(Path("reports"), "folder for the JSON")

@@ -6,7 +6,7 @@ collects by itself, so `make test` never runs them (they need Docker and
 minutes); pytest runs them when named on the command line. They fail, never
 skip, when Docker is missing: whoever asked for them asked for Docker.
 
-The load is the README's walkthrough, a step ramp, started the way a
+The load is the stack's walkthrough (docs/stack.md), a step ramp, started the way a
 headless client starts one: through the Locust master's HTTP API (POST
 /swarm, what the web UI's form sends). So the compose file runs exactly as
 `make up` runs it: no override file, no second master configuration.

@@ -33,7 +33,7 @@ SERVICES = [*SERVERS, "locust-master", "locust-worker", "prometheus"]
 DEADLINE = 120.0  # seconds for the scrapes to show what we expect
 WORKERS = 2
 USERS = 20  # 5 per server: Locust splits them between the four user classes
-# The README's walkthrough: a step ramp, started the way the web UI starts one (POST /swarm).
+# The stack's walkthrough (docs/stack.md): a step ramp, started the way the web UI starts one (POST /swarm).
 STEP = {"shape_class": "StepRamp", "step_users": USERS // 2, "step_seconds": 2}
 # An open loop (Locust's --target-rps, set in the form as a user would), so that every panel has
 # data, the open loop's "offered vs achieved" too: 100 requests/s in all, 25 per server, half of

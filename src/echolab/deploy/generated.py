@@ -1,7 +1,7 @@
 """Every file rendered from the code, by its path in the repository: `make generate` writes them all.
 
 A test renders each afresh and compares it with the committed file, as the
-README's tables are checked against the code.
+manual's tables are checked against the code.
 """
 
 from __future__ import annotations

@@ -647,7 +647,7 @@ FILES: dict[str, Callable[[Path], str]] = {
     f"{BASE}/prometheus.yml": prometheus_config,
     f"{BASE}/grafana.yaml": objects_file(
         header(
-            "Grafana. Its admin password is a Secret you create (see the README):",
+            "Grafana. Its admin password is a Secret you create (see docs/kubernetes.md):",
             f"  kubectl -n {NAMESPACE} create secret generic {GRAFANA_SECRET} --from-literal=password=...",
         ),
         grafana_objects,

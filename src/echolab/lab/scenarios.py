@@ -3,8 +3,8 @@
 Every server runs a scenario with the same work model (servers/work.py), so
 the only difference between two rows of a scenario is the server. ``io`` is
 the article's workload (awaited IO only); the others add the work that
-decides the answer for most services (see the README's "Scenarios: where
-each model breaks"):
+decides the answer for most services (see docs/scenarios.md, where
+each model breaks):
 
 * ``cpu``: 2 ms of pure-Python CPU per request and no IO. The GIL lets one
   thread compute at a time, so both models top out near one core:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import errno
 import os
-import signal
 import socket
 import time
 from asyncio.constants import ACCEPT_RETRY_DELAY as ASYNCIO_ACCEPT_RETRY_DELAY
@@ -21,12 +20,11 @@ from typing import Any, Protocol
 
 from ..metrics import ServerMetrics
 from ..runtime import (
-    IGNORED_SIGNALS,
     RESOURCE_ERRNOS,
     AcceptErrorLog,
-    ignore_signal,
     log,
     log_drain,
+    stop_event,
     sweep_interval,
 )
 from ..settings import AsyncSettings
@@ -272,11 +270,7 @@ async def serve(
     loop.set_exception_handler(handle_loop_exception(accept_errors, metrics))
     state = LoopServer(settings, metrics, loop, protections.turned_off())
     server = await start(state, backlog=settings.backlog, **listen(settings))
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    for sig in IGNORED_SIGNALS:
-        loop.add_signal_handler(sig, ignore_signal, sig)
+    stop = stop_event(loop)
     state.probe_lag()
     if "deadlines" not in state.off:
         state.sweep()
