@@ -223,17 +223,21 @@ class Work:
 
 
 class IoOnly(Work):
-    """Bench only (:mod:`.protections`): the request's IO alone, uncounted, as a bare server has it."""
+    """Bench only (:mod:`.protections`): the request's IO alone, uncounted: no CPU or blocking step."""
 
     def __init__(self, settings: ServeSettings, record: Record = _no_record) -> None:
         super().__init__(settings)  # records nothing
         self.before_io = False
 
     def run(self) -> None:
-        time.sleep(self.io())
+        io = self.io()
+        if io:
+            time.sleep(io)
 
     async def run_async(self) -> None:
-        await asyncio.sleep(self.io())
+        io = self.io()
+        if io:
+            await asyncio.sleep(io)
 
 
 def describe(settings: ServeSettings) -> str:
