@@ -28,7 +28,6 @@ from ..runtime import (
     sweep_interval,
 )
 from ..settings import AsyncSettings
-from . import protections
 from . import work as work_module
 from .work import IoOnly, Work
 
@@ -258,7 +257,11 @@ StartServer = Callable[..., Awaitable[asyncio.Server]]
 
 
 async def serve(
-    settings: AsyncSettings, metrics: ServerMetrics, metrics_port: int, start: StartServer
+    settings: AsyncSettings,
+    metrics: ServerMetrics,
+    metrics_port: int,
+    start: StartServer,
+    off: frozenset[str] = frozenset(),
 ) -> None:
     loop = asyncio.get_running_loop()
     if settings.loop == "uvloop":
@@ -268,7 +271,7 @@ async def serve(
             retry=f"retrying every {ASYNCIO_ACCEPT_RETRY_DELAY:g}s (asyncio's pause)"
         )
     loop.set_exception_handler(handle_loop_exception(accept_errors, metrics))
-    state = LoopServer(settings, metrics, loop, protections.turned_off())
+    state = LoopServer(settings, metrics, loop, off)
     server = await start(state, backlog=settings.backlog, **listen(settings))
     stop = stop_event(loop)
     state.probe_lag()

@@ -398,6 +398,7 @@ MODELS = {
 
 
 def run(server_kind: Server, settings: ThreadedSettings) -> int:
+    off = protections.turned_off()
     info = {
         "model": settings.model,
         "framing": settings.framing,
@@ -413,7 +414,7 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
         thread_safe=True,
         cgroup_root=settings.cgroup_root,
     )
-    server = MODELS[settings.model](settings, metrics, protections.turned_off())
+    server = MODELS[settings.model](settings, metrics, off)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
