@@ -13,8 +13,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,loadtest,report,deploy]'
 	touch $@
 
+# The suite mostly waits on servers and clients: more workers than cores
+# (tests/conftest.py says which tests run together, and the groups start in the
+# order of the files: the lab's long ones first). It starts Python hundreds of
+# times: each reuses the bytecode the first compiled, PYTHONDONTWRITEBYTECODE or not.
+# The 10 slowest tests close every run, so that a slow one shows.
+TEST_WORKERS ?= 6
 test: install prometheus-tools postgresql
-	$(BIN)/pytest
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder \
+	  --durations=10
 
 # The monitoring tests run a real Prometheus and promtool. As root on Debian or
 # Ubuntu this installs the distribution's package; elsewhere it says what to do.
@@ -44,6 +51,7 @@ lint: install
 	$(BIN)/ruff check src tests loadtest
 	$(BIN)/ruff format --check src tests loadtest
 	$(BIN)/mypy src
+	$(BIN)/lint-imports --no-logo
 	@# Not --quiet: with it mkdocs 1.6 counts no warnings, and --strict passes a broken link.
 	$(BIN)/mkdocs build --strict
 
@@ -66,7 +74,7 @@ demo: install
 
 # Every server at the levels where they differ; prints a table, writes reports/bench-*.json.
 bench: install
-	$(BIN)/echolab benchmark $(BENCH_ARGS)
+	$(BIN)/echolab suite $(BENCH_ARGS)
 
 # Every server under a steady load for 10 minutes: RSS, fds and threads at start
 # and end; growth beyond noise exits 1. SOAK_ARGS="--duration 60" for a short one.
@@ -208,4 +216,4 @@ k8s: install
 	@$(BIN)/python -m echolab.deploy.kustomize $(if $(filter base,$(OVERLAY)),deploy/kubernetes/base,deploy/kubernetes/overlays/$(OVERLAY))
 
 clean:
-	rm -rf $(VENV) reports site .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) reports site .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache

@@ -10,30 +10,10 @@ LOCUST_SPIKE_SECONDS). Users arrive and leave within a second.
 
 from locust import LoadTestShape, events
 
+from echolab.load.locust_args import add_arguments
+from echolab.settings import SpikeSettings
 
-@events.init_command_line_parser.add_listener
-def _(parser):
-    parser.add_argument(
-        "--spike-users",
-        type=int,
-        default=200,
-        env_var="LOCUST_SPIKE_USERS",
-        help="Spike: users added during the spike (default 200)",
-    )
-    parser.add_argument(
-        "--spike-at",
-        type=float,
-        default=30.0,
-        env_var="LOCUST_SPIKE_AT",
-        help="Spike: seconds after the start the spike begins (default 30)",
-    )
-    parser.add_argument(
-        "--spike-seconds",
-        type=float,
-        default=10.0,
-        env_var="LOCUST_SPIKE_SECONDS",
-        help="Spike: how long the spike lasts (default 10)",
-    )
+events.init_command_line_parser.add_listener(lambda parser: add_arguments(parser, SpikeSettings))
 
 
 class Spike(LoadTestShape):

@@ -10,23 +10,10 @@ LOCUST_STEP_SECONDS) shape the stairs. Each step arrives within a second, so
 
 from locust import LoadTestShape, events
 
+from echolab.load.locust_args import add_arguments
+from echolab.settings import StepRampSettings
 
-@events.init_command_line_parser.add_listener
-def _(parser):
-    parser.add_argument(
-        "--step-users",
-        type=int,
-        default=10,
-        env_var="LOCUST_STEP_USERS",
-        help="StepRamp: users added per step (default 10)",
-    )
-    parser.add_argument(
-        "--step-seconds",
-        type=float,
-        default=10.0,
-        env_var="LOCUST_STEP_SECONDS",
-        help="StepRamp: seconds between steps (default 10)",
-    )
+events.init_command_line_parser.add_listener(lambda parser: add_arguments(parser, StepRampSettings))
 
 
 class StepRamp(LoadTestShape):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from support.cgroup import write_cgroup
 from support.scrape import Metrics
 
 from echolab.catalogue import server
-from echolab.metrics import METRICS, NoMetrics, ServerMetrics, ThreadSafeMetrics, watch_cgroup
+from echolab.metrics import METRICS, ServerMetrics, nowhere, watch_cgroup
 
 UPDATES = [
     name
@@ -20,11 +21,16 @@ UPDATES = [
 ]
 
 
-@pytest.mark.parametrize("cls", [ThreadSafeMetrics, NoMetrics])
-def test_every_update_is_overridden(cls: type[ServerMetrics]) -> None:
+@pytest.mark.parametrize(
+    ("enabled", "lock"), [(True, threading.Lock()), (False, None)], ids=["locked", "off"]
+)
+def test_every_update_is_overridden(enabled: bool, lock: threading.Lock | None) -> None:
     """A new update method left out of the lock wrappers would silently race (or count when it must not)."""
-    missing = [name for name in UPDATES if name not in cls.__dict__]
-    assert not missing, f"{cls.__name__} does not override {missing}"
+    metrics = ServerMetrics(server("threaded"), {}, enabled, lock)
+    missing = [name for name in UPDATES if name not in vars(metrics)]
+    assert not missing, f"{'locked' if lock else 'metrics off'}: {missing} not overridden"
+    if not enabled:
+        assert all(vars(metrics)[name] is nowhere for name in UPDATES)
 
 
 @pytest.mark.parametrize("name", ["threaded", "async"])

@@ -21,7 +21,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,9 @@ from support.dashboards import (
     query_panels,
     wait_for_every_panel,
 )
+from support.parallel import MEASURING
 from support.servers import clean_environment
+from support.waiting import poll_until
 
 from echolab import catalogue
 from echolab.dashboards.panels import queries, resolve_variables, substitute
@@ -55,10 +58,11 @@ BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 SERVERS = catalogue.NAMES
 JOBS = {"echo-servers", "locust-master", "locust-workers", "prometheus"}
-# What the dashboards' Grafana variables become in the live test. 1 s scrapes,
-# so a 5 s window holds five samples.
-SCRAPE_INTERVAL = "1s"
-RATE_WINDOW = "5s"
+# What the dashboards' Grafana variables become in the live test: scrapes and rule
+# evaluations every 500 ms, so a 2 s window holds four samples, and data shows in a second.
+SCRAPE_INTERVAL = "500ms"
+POLL = 0.5  # seconds between two looks: Prometheus has nothing new sooner
+RATE_WINDOW = "2s"
 DATA_DEADLINE = 60.0  # seconds for every panel to show data
 IO_MS = 20
 # One server does every kind of work, its blocking calls in a pool: every kind of the work panel
@@ -256,13 +260,21 @@ class Stack:
         self.processes: list[Process] = []
         self.prometheus: Prometheus | None = None
 
-    def start(self, process: Process) -> Process:
-        self.processes.append(process)
+    def start(self, *processes: Process) -> None:
+        """Start them side by side: each waits for its own readiness."""
+        self.processes.extend(processes)
+        with ThreadPoolExecutor(len(processes)) as pool:
+            for process, error in zip(processes, pool.map(self._start, processes), strict=True):
+                if error:
+                    pytest.fail(f"{process.name}: {error}", pytrace=False)
+
+    @staticmethod
+    def _start(process: Process) -> str:
         try:
             process.start()
         except LaunchError as exc:
-            pytest.fail(str(exc), pytrace=False)
-        return process
+            return str(exc)
+        return ""
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -336,53 +348,84 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ]
             options += WORK.get(kind.name, [])
             log = workdir / f"{kind.name}.log"
-            servers[kind.name] = stack.start(ServerProcess(kind, options, log=log, env=clean_environment()))
+            servers[kind.name] = ServerProcess(kind, options, log=log, env=clean_environment())
+        stack.start(*servers.values())
         metrics = {name: server.metrics_port for name, server in servers.items()}
         locust_metrics = free_port()
         targets = [arg for name, server in servers.items() for arg in (
             f"--{name}-host", HOST, f"--{name}-port", str(server.port))]  # fmt: skip
         # Every user class, two users each, in an open loop (the offered-rate
-        # panel has data only then): 10 requests/s per user keeps the load light.
-        stack.start(HttpReady([
+        # panel has data only then): 2.5 requests/s per user keeps the load light, and still puts
+        # five requests a second through every server.
+        locust = HttpReady([
             str(BIN / "locust"), "-f", str(LOCUSTFILE), "--headless", "--users", "8", "--spawn-rate", "8",
             "--run-time", "5m", "--only-summary", "--loglevel", "WARNING", *targets,
-            "--metrics-host", HOST, "--metrics-port", str(locust_metrics), "--target-rps", "80",
-        ], name="locust", url=f"http://{HOST}:{locust_metrics}/metrics", workdir=workdir))  # fmt: skip
+            "--metrics-host", HOST, "--metrics-port", str(locust_metrics), "--target-rps", "20",
+        ], name="locust", url=f"http://{HOST}:{locust_metrics}/metrics", workdir=workdir)  # fmt: skip
         prometheus_port = free_port()
         config = local_config(metrics, locust_metrics, prometheus_port)
         (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
         stack.prometheus = Prometheus(f"http://{HOST}:{prometheus_port}")
-        stack.start(HttpReady([
+        prometheus = HttpReady([
             "prometheus", f"--config.file={workdir / 'prometheus.yml'}",
             f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address={HOST}:{prometheus_port}",
             "--log.level=warn",
-        ], name="prometheus", url=f"{stack.prometheus.url}/-/ready", workdir=workdir))  # fmt: skip
+        ], name="prometheus", url=f"{stack.prometheus.url}/-/ready", workdir=workdir)  # fmt: skip
+        stack.start(locust, prometheus)
         yield stack
     finally:
         stack.stop()
 
 
+@MEASURING
 @pytest.mark.parametrize("path", DASHBOARDS, ids=[p.name for p in DASHBOARDS])
 def test_every_panel_returns_data(stack: Stack, path: Path) -> None:
     assert stack.prometheus is not None
-    problems = wait_for_every_panel(
-        stack.prometheus, load_dashboard(path), RATE_WINDOW, DATA_DEADLINE, SERVERS
+    wait_for_every_panel(
+        stack.prometheus, load_dashboard(path), RATE_WINDOW, DATA_DEADLINE, SERVERS, POLL, stack.logs
     )
-    if problems:
-        pytest.fail(problems + "\n" + stack.logs())
 
 
+@MEASURING
+def test_work_and_offload_panels_show_the_work_in_force(stack: Stack) -> None:
+    """Work per request by kind is what each server was started with; the pool's gauges, who has one."""
+    assert stack.prometheus is not None
+    prometheus = stack.prometheus
+    dashboard = load_dashboard(DASHBOARDS[0].parent / "echolab-overview.json")
+    exprs = dict(queries(dashboard))
+    work = next(expr for name, expr in exprs.items() if "'Work per request by kind' A" in name)
+    pool = next(expr for name, expr in exprs.items() if "'Offload pool" in name and name.endswith(" A"))
+    expected = {**{(s, "io"): IO_MS / 1000 for s in SERVERS}, **WORK_PER_REQUEST}
+
+    def per_request() -> dict[tuple[str, str], float]:
+        result = prometheus.query(substitute(work, resolve_variables(prometheus, dashboard, RATE_WINDOW)))
+        return {(r["metric"]["server"], r["metric"]["kind"]): float(r["value"][1]) for r in result}
+
+    def near(seen: dict[tuple[str, str], float]) -> bool:
+        return set(seen) == set(expected) and all(abs(seen[k] / expected[k] - 1) < 0.1 for k in expected)
+
+    poll_until(per_request, near, what=f"work per request {expected}", timeout=DATA_DEADLINE, interval=POLL)
+    # The pool's gauges come from the servers with an event loop, offloading (async) or not (at 0).
+    result = prometheus.query(substitute(pool, resolve_variables(prometheus, dashboard, RATE_WINDOW)))
+    assert {r["metric"]["server"] for r in result} == {"async", "async-http"}
+
+
+@MEASURING
 def test_run_report_draws_every_panel(stack: Stack, tmp_path: Path) -> None:
     """``echolab report`` over the run: every panel of every dashboard drew data, the runs are shaded."""
     assert stack.prometheus is not None
-    deadline = time.monotonic() + DATA_DEADLINE
-    while True:  # until the run has lasted long enough for every panel's rate window
-        out = tmp_path / "report.html"
-        report = write_report(stack.prometheus.url, stack.started, time.time(), out, DASHBOARDS[0].parent)
-        if not report.empty or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert report.empty == [], report.empty
+    prometheus = stack.prometheus.url
+    # Until the run has lasted long enough for every panel's rate window. Each look draws every
+    # panel, seconds of CPU: this test comes last, after the cheaper waits above.
+    report = poll_until(
+        lambda: write_report(
+            prometheus, stack.started, time.time(), tmp_path / "report.html", DASHBOARDS[0].parent
+        ),
+        lambda report: report.empty == [],
+        what="a report with every panel drawn",
+        timeout=DATA_DEADLINE,
+        interval=POLL,
+    )
     drawn = {(p.dashboard, p.title) for p in report.panels}
     for path in DASHBOARDS:
         dashboard = load_dashboard(path)
@@ -396,36 +439,3 @@ def test_run_report_draws_every_panel(stack: Stack, tmp_path: Path) -> None:
     assert page.count("<svg") == sum(p.kind in ("timeseries", "heatmap") for p in report.panels)
     assert '<table class="data">' in page and "How to read this dashboard" in page
     print(f"run report: {report.path}")
-
-
-def test_work_and_offload_panels_show_the_work_in_force(stack: Stack) -> None:
-    """Work per request by kind is what each server was started with; the pool's gauges, who has one."""
-    assert stack.prometheus is not None
-    prometheus = stack.prometheus
-    dashboard = load_dashboard(DASHBOARDS[0].parent / "echolab-overview.json")
-    exprs = dict(queries(dashboard))
-    work = next(expr for name, expr in exprs.items() if "'Work per request by kind' A" in name)
-    pool = next(expr for name, expr in exprs.items() if "'Offload pool" in name and name.endswith(" A"))
-    expected = {**{(s, "io"): IO_MS / 1000 for s in SERVERS}, **WORK_PER_REQUEST}
-
-    def per_request() -> tuple[bool, dict[tuple[str, str], float]]:
-        result = prometheus.query(substitute(work, resolve_variables(prometheus, dashboard, RATE_WINDOW)))
-        seen = {(r["metric"]["server"], r["metric"]["kind"]): float(r["value"][1]) for r in result}
-        near = set(seen) == set(expected) and all(abs(seen[k] / expected[k] - 1) < 0.1 for k in expected)
-        return near, seen
-
-    wait_until(f"work per request {expected}", per_request, DATA_DEADLINE)
-    # The pool's gauges come from the servers with an event loop, offloading (async) or not (at 0).
-    result = prometheus.query(substitute(pool, resolve_variables(prometheus, dashboard, RATE_WINDOW)))
-    assert {r["metric"]["server"] for r in result} == {"async", "async-http"}
-
-
-def wait_until(what: str, check: Callable[[], tuple[bool, Any]], deadline: float) -> None:
-    end = time.monotonic() + deadline
-    while True:
-        ok, seen = check()
-        if ok:
-            return
-        if time.monotonic() > end:
-            pytest.fail(f"{what}: not after {deadline:.0f}s; last saw {seen}")
-        time.sleep(1)

@@ -15,21 +15,56 @@ so a new server gets a colour of its own without one being chosen for it.
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
-from . import settings
+from . import protocol, settings
+from .settings import Option
 
 Family = Literal["threaded", "async"]
-Transport = Literal["tcp", "http"]
 
-# Shades per family, in the order servers and lab variants take them.
+
+class Transport(enum.StrEnum):
+    """What a server speaks, and what follows from it for its clients, the lab and the stack.
+
+    Everyone who needs to know asks these properties, never the name.
+    """
+
+    TCP = "tcp"  # the line protocol, on a server that owns its connections
+    HTTP = "http"  # POST /echo, on gunicorn: a master and its worker processes
+
+    @property
+    def framings(self) -> tuple[str, ...]:
+        """What its clients can speak, the default first."""
+        return ("http",) if self is Transport.HTTP else settings.FRAMINGS
+
+    @property
+    def health_path(self) -> str | None:
+        """The path its echo port answers 200 on once a worker serves; None: it serves once the port accepts.
+
+        (A gunicorn master binds the port before any worker can answer.)
+        """
+        return protocol.HEALTH_PATH if self is Transport.HTTP else None
+
+    @property
+    def owns_connections(self) -> bool:
+        """Whether the server's own code holds its connections, and counts them (gunicorn holds HTTP's)."""
+        return self is Transport.TCP
+
+    @property
+    def worker_processes(self) -> bool:
+        """Whether it serves from worker processes under a master, whose metrics meet in files."""
+        return self is Transport.HTTP
+
+
+# Shades per family, in the order servers and lab contenders take them.
 PALETTE: dict[Family, tuple[str, ...]] = {
     "threaded": ("#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#f7b6d2"),
     "async": ("#1f77b4", "#17becf", "#2ca02c", "#9467bd", "#7f7f7f", "#aec7e8", "#393b79", "#6b6ecf"),
 }
-CONTAINER_PORT = 9090  # every server listens on this port inside its container
-CONTAINER_METRICS_PORT = 8000
 
 
 @dataclass(frozen=True)
@@ -41,14 +76,14 @@ class Server:
     transport: Transport
     module: str  # import path of the module whose run(server, settings) serves it
     settings: type[settings.ServeSettings]
-    port: int  # natively (make serve-NAME, make locust); in a container: CONTAINER_PORT
+    port: int  # natively (make serve-NAME, make locust); in a container: ports.SERVER
     metrics_port: int
     summary: str
 
     @property
     def framing(self) -> str:
         """What a client speaks to it by default: the line protocol, or HTTP."""
-        return "http" if self.transport == "http" else "lines"
+        return self.transport.framings[0]
 
     @property
     def color(self) -> str:
@@ -59,12 +94,31 @@ class Server:
         """The server's name in environment variables: ``threaded-http`` -> ``THREADED_HTTP``."""
         return self.name.replace("-", "_").upper()
 
+    @property
+    def locust_target(self) -> tuple[Option, Option]:
+        """Locust's ``--NAME-host`` and ``--NAME-port`` (LOCUST_NAME_HOST, _PORT): where its users send."""
+        return settings.target_options(self.name, self.port)
+
+    @cached_property
+    def flags(self) -> frozenset[str]:
+        """The ``echolab serve`` flags its settings read (a scenario's flags apply where they are read)."""
+        return frozenset(option.flag for option in settings.options(self.settings))
+
+    def work_environment(self, flags: Sequence[str]) -> dict[str, str]:
+        """The variables that give it the work model ``flags`` (flag, value...) set; the rest at defaults."""
+        given = dict(zip(flags[::2], flags[1::2], strict=True))
+        return {
+            option.env: given.get(option.flag, settings.as_text(option.default))
+            for option in settings.options(self.settings)
+            if option.spec.work_model
+        }
+
 
 SERVERS: tuple[Server, ...] = (
     Server(
         "threaded",
         "threaded",
-        "tcp",
+        Transport.TCP,
         "echolab.servers.threaded",
         settings.ThreadedSettings,
         9090,
@@ -74,7 +128,7 @@ SERVERS: tuple[Server, ...] = (
     Server(
         "async",
         "async",
-        "tcp",
+        Transport.TCP,
         "echolab.servers.async_tcp",
         settings.AsyncSettings,
         9091,
@@ -84,7 +138,7 @@ SERVERS: tuple[Server, ...] = (
     Server(
         "threaded-http",
         "threaded",
-        "http",
+        Transport.HTTP,
         "echolab.servers.gunicorn",
         settings.ThreadedHttpSettings,
         9092,
@@ -94,7 +148,7 @@ SERVERS: tuple[Server, ...] = (
     Server(
         "async-http",
         "async",
-        "http",
+        Transport.HTTP,
         "echolab.servers.gunicorn",
         settings.AsyncHttpSettings,
         9093,

@@ -1,4 +1,4 @@
-"""The ``echolab`` command: serve, downstream, bench, demo, compare, benchmark, report, soak, config,
+"""The ``echolab`` command: serve, downstream, bench, demo, compare, suite, report, soak, config,
 scenario."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import textwrap
 from collections.abc import Callable
 from typing import NoReturn
 
-from . import __version__, catalogue, settings
+from . import __version__, catalogue, ports, settings
 from .runtime import log, raise_fd_limit, setup_logging
+from .scenarios import SCENARIOS
 
 DESCRIPTION = """\
 Threads or asyncio, and where does each one break? Echo servers, a load
@@ -39,18 +40,28 @@ EXAMPLES = {
     "echolab demo --no-open-loop --other-levels 10,100",
     "compare": "echolab compare reports/demo-20260101-120000 reports/demo-20260102-120000\n"
     "echolab compare before.json after.json    two `echolab bench --json` results",
-    "benchmark": "echolab benchmark --only async --duration 3\n"
-    "echolab benchmark --scenario cpu,blocking,offload --duration 3",
+    "suite": "echolab suite --only async --duration 3\n"
+    "echolab suite --scenario cpu,blocking,offload --duration 3",
     "soak": "echolab soak --duration 60 --interval 10",
     "config": "echolab config --markdown > table.md",
-    "downstream": "echolab downstream                   GET /delay/<ms> on 127.0.0.1:9094, metrics on :8004\n"
-    "echolab bench 127.0.0.1:9094 --framing http --path /delay/100 --connections 2000",
+    "downstream": f"echolab downstream                   GET /delay/<ms> on 127.0.0.1:{ports.DOWNSTREAM}, "
+    f"metrics on :{ports.DOWNSTREAM_METRICS}\n"
+    f"echolab bench 127.0.0.1:{ports.DOWNSTREAM} --framing http --path /delay/100 --connections 2000",
     "scenario": "echolab scenario blocking\n"
     "env $(echolab scenario blocking) docker compose up --detach --no-deps --force-recreate --wait \\\n"
     "  $(echolab scenario blocking --services)       what `make scenario NAME=blocking` runs",
     "report": "echolab report --since 15m                    the stack's Prometheus (make up)\n"
-    "echolab report --prometheus http://127.0.0.1:9090 --since 2h",
+    f"echolab report --prometheus http://127.0.0.1:{ports.PROMETHEUS_HOST} --since 2h   the same, named",
 }
+
+
+# `echolab suite` was `echolab benchmark`, too close to `echolab bench`, the load client: the old
+# name still runs it, for one release.
+OLD_SUITE = "benchmark"
+OLD_SUITE_NOTICE = (
+    "echolab: `echolab benchmark` is now `echolab suite` (and ECHO_BENCHMARK_* is ECHO_SUITE_*); "
+    "the old name goes in the next release"
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -129,11 +140,12 @@ def build_parser() -> Parser:
     compare.add_argument("run_b", metavar="RUN_B", help="the second run (B), compared with A")
     settings.add_arguments(compare, settings.CompareSettings)
 
-    benchmark = commands.add_parser(
-        "benchmark", help="the full benchmark (make bench): every server, references, paired rounds",
-        epilog=examples("benchmark"), description="The full benchmark; writes reports/bench-<time>.json.",
+    suite = commands.add_parser(
+        "suite", aliases=[OLD_SUITE], epilog=examples("suite"),
+        help="the benchmark suite (make bench): every server, references, paired rounds",
+        description="The benchmark suite; writes reports/bench-<time>.json.",
     )  # fmt: skip
-    settings.add_arguments(benchmark, settings.BenchmarkSettings)
+    settings.add_arguments(suite, settings.SuiteSettings)
 
     report = commands.add_parser(
         "report", help="draw every dashboard panel from Prometheus into one HTML file",
@@ -176,20 +188,12 @@ def build_parser() -> Parser:
             "whatever .env sets. With --services, the compose services they are for."
         ),
     )  # fmt: skip
-    scenario.add_argument("name", metavar="NAME", choices=scenario_names(), help="the scenario")
+    scenario.add_argument("name", metavar="NAME", choices=list(SCENARIOS), help="the scenario")
     scenario.add_argument("--services", action="store_true", help="print the servers' compose services")
     return parser
 
 
-def scenario_names() -> list[str]:
-    from .lab.scenarios import SCENARIOS
-
-    return list(SCENARIOS)
-
-
 def scenario_list() -> str:
-    from .lab.scenarios import SCENARIOS
-
     rows = "\n".join(f"  {s.name:<10} {s.summary}" for s in SCENARIOS.values())
     return f"scenarios (--scenario):\n{rows}"
 
@@ -221,7 +225,6 @@ def started(name: str, log_level: str, run: Callable[[], int]) -> int:
 
 def print_scenario(name: str, services: bool) -> int:
     from .deploy.stack import scenario_environment
-    from .lab.scenarios import SCENARIOS
 
     if services:
         print("\n".join(catalogue.NAMES))
@@ -257,11 +260,13 @@ def run(args: argparse.Namespace) -> int:
         from .lab import compare
 
         return compare.run(args.run_a, args.run_b, settings.from_namespace(settings.CompareSettings, args))
-    if args.command == "benchmark":
-        from .lab import benchmark
+    if args.command in ("suite", OLD_SUITE):
+        from .lab import suite
 
+        if args.command == OLD_SUITE:
+            print(OLD_SUITE_NOTICE, file=sys.stderr)
         raise_fd_limit()
-        return benchmark.run(settings.from_namespace(settings.BenchmarkSettings, args))
+        return suite.run(settings.from_namespace(settings.SuiteSettings, args))
     if args.command == "report":
         from .lab import stack_report
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from .catalogue import SERVERS
 from .metrics import METRICS
 from .settings import (
-    BenchmarkSettings,
     BenchSettings,
     CompareSettings,
     DemoSettings,
@@ -18,6 +17,7 @@ from .settings import (
     ReportSettings,
     Settings,
     SoakSettings,
+    SuiteSettings,
     options,
 )
 
@@ -26,7 +26,7 @@ LAB_COMMANDS: tuple[tuple[str, type[Settings]], ...] = (
     ("bench", BenchSettings),
     ("demo", DemoSettings),
     ("compare", CompareSettings),
-    ("benchmark", BenchmarkSettings),
+    ("suite", SuiteSettings),
     ("report", ReportSettings),
     ("soak", SoakSettings),
 )

@@ -10,6 +10,7 @@ with SIGTERM, then SIGKILL after a timeout with an error that says so.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import signal
 import socket
@@ -21,7 +22,10 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+import psutil
+
 from .catalogue import Server
+from .runtime import STILL_STOPPING
 
 HOST = "127.0.0.1"
 READY_TIMEOUT = 30.0
@@ -47,12 +51,22 @@ def accepts(host: str, port: int) -> bool:
 
 
 def answers(url: str) -> bool:
-    """Whether ``url`` answers 200."""
+    """Whether ``url`` answers 200 (whatever else listens there, an echo server say: no)."""
     try:
         with urllib.request.urlopen(url, timeout=2.0) as response:
             return bool(response.status == 200)
-    except OSError:
+    except (OSError, http.client.HTTPException):
         return False
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself has a socket listening on ``port``."""
+    with contextlib.suppress(psutil.Error):
+        return any(
+            c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+            for c in psutil.Process(pid).net_connections(kind="tcp")
+        )
+    return False
 
 
 class Process:
@@ -150,8 +164,15 @@ class Process:
         except subprocess.TimeoutExpired:
             self.kill()
             raise LaunchError(
-                f"{self.name} did not exit within {timeout:g}s of signal {signum}; killed:\n{self.tail()}"
+                f"{self.name} did not exit within {timeout:g}s of {signal.Signals(signum).name}, "
+                f"killed; {self.last_word()}; its log: {self.log_path}\n{self.tail()}"
             ) from None
+
+    def last_word(self) -> str:
+        """What the log says it was doing: what a stop overdue waited for (StopWatch), or its last line."""
+        lines = self.log.splitlines()
+        said = [line for line in lines if STILL_STOPPING in line] or [line for line in lines if line.strip()]
+        return f"it logged: {said[-1].strip()}" if said else "its log is empty"
 
     def kill(self) -> None:
         """SIGKILL the process and everything it started (gunicorn's workers too)."""
@@ -187,9 +208,14 @@ class ServerProcess(Process):
         self.metrics_port = 0
 
     def is_ready(self) -> bool:
-        """TCP: the echo port accepts. HTTP: a worker answers /healthz (gunicorn's master binds first)."""
-        if self.server.transport == "http":
-            return answers(f"http://{self.host}:{self.port}/healthz")
+        """It listens on its port itself (a port free a moment ago can be another process's by the
+        time it binds: it then exits and start() tries others), and the echo port accepts; for a
+        server with a health path, that path answers."""
+        if not listens(self.pid, self.port):
+            return False
+        path = self.server.transport.health_path
+        if path:
+            return answers(f"http://{self.host}:{self.port}{path}")
         return accepts(self.host, self.port)
 
     def start(self, timeout: float = READY_TIMEOUT) -> ServerProcess:

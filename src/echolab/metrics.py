@@ -2,9 +2,12 @@
 
 :data:`METRICS` names every metric once: type, help, labels, buckets, and
 which servers export it. The TCP servers' collector, the HTTP servers'
-multiprocess instruments, the Locust plugin, the manual's metrics table and
-the dashboard tests all read it. Every metric of the servers and of the load
-generators carries ``server``, the catalogue's name of the server it is
+multiprocess instruments, the Locust processes' collectors, the downstream
+service, the manual's metrics table, the dashboards and their tests all read
+it: an exporter makes each metric from its :class:`MetricSpec`
+(:meth:`MetricSpec.family`, :meth:`MetricSpec.instrument`), and a server
+records through a :class:`Recorder`. Every metric of the servers and of the
+load generators carries ``server``, the catalogue's name of the server it is
 about, so server and client series join without relabelling; the downstream
 service's (``echolab downstream``) are about the calls of every server.
 
@@ -25,9 +28,9 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal, cast
 
-from prometheus_client import disable_created_metrics, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 from prometheus_client.core import (
     REGISTRY,
     CounterMetricFamily,
@@ -40,8 +43,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import cgroup
 from .catalogue import SERVERS, Server
-from .runtime import RESOURCE_ERRNOS
-from .settings import OffloadSettings
+from .runtime import RESOURCE_ERRNOS, binding
+from .settings import AsyncSettings, OffloadSettings
 
 # Dense around the default 100 ms delay, where a healthy server answers, then
 # out to 10 s, where an overloaded one does; the low end is for delay 0.
@@ -84,15 +87,16 @@ def no_server(server: Server) -> bool:
 
 def tcp_servers(server: Server) -> bool:
     """The servers that own their connections (gunicorn owns the HTTP servers')."""
-    return server.transport == "tcp"
+    return server.transport.owns_connections
 
 
 def event_loop_servers(server: Server) -> bool:
-    return server.transport == "tcp" and server.family == "async"
+    """The servers with an event loop of their own to probe (uvicorn runs the HTTP one's)."""
+    return issubclass(server.settings, AsyncSettings)
 
 
 def gunicorn_servers(server: Server) -> bool:
-    return server.transport == "http"
+    return server.transport.worker_processes
 
 
 def offload_servers(server: Server) -> bool:
@@ -121,6 +125,39 @@ class MetricSpec:
     @property
     def servers(self) -> tuple[str, ...]:
         return tuple(s.name for s in SERVERS if self.exported_by(s))
+
+    def instrument(self) -> Any:
+        """The metric as a prometheus_client instrument for a worker process, registered nowhere.
+
+        In multiprocess mode the worker's instruments write files, which the
+        master sums when scraped; a gauge counts the workers alive now.
+        """
+        options: dict[str, Any] = {"registry": None}
+        if self.buckets:
+            options["buckets"] = self.buckets
+        if self.kind == "gauge":
+            options["multiprocess_mode"] = "livesum"  # a dead worker's files are dropped (child_exit)
+        return INSTRUMENTS[self.kind](self.name, self.help, self.labels, **options)
+
+    def family(self, samples: Mapping[str, Sample]) -> Metric:
+        """The metric, for Prometheus to read, with a sample per value of its first label.
+
+        ``samples`` maps that value (the server's name, for most; "" for a
+        metric without labels) to its value: a number; a number per value of the second label
+        (``{"ok": 3, "aborted": 1}``); a histogram's :class:`Buckets`; an info
+        metric's labels.
+        """
+        family: Any = FAMILIES[self.kind](self.name, self.help, labels=self.labels)
+        for first, value in samples.items():
+            head = [first][: len(self.labels)]
+            if isinstance(value, Buckets):
+                family.add_metric(head, value.cumulative(), value.sum)
+            elif self.kind != "info" and isinstance(value, Mapping):
+                for second, number in value.items():
+                    family.add_metric([*head, second], number)
+            else:
+                family.add_metric(head, value)
+        return cast(Metric, family)
 
 
 CGROUP_CONDITION = "under a CPU limit (a container with cpus)"
@@ -308,6 +345,13 @@ METRICS: tuple[MetricSpec, ...] = (
     ),
 )
 BY_NAME = {spec.name: spec for spec in METRICS}
+INSTRUMENTS: dict[str, Callable[..., Any]] = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
+FAMILIES: dict[str, Callable[..., Metric]] = {
+    "counter": CounterMetricFamily,
+    "gauge": GaugeMetricFamily,
+    "histogram": HistogramMetricFamily,
+    "info": InfoMetricFamily,
+}
 
 
 def spec(name: str) -> MetricSpec:
@@ -339,37 +383,74 @@ class Buckets:
         return out
 
 
-def counter(name: str, labels: Mapping[str, float] | float, server: str) -> CounterMetricFamily:
-    """A counter family of ``server``: one value, or one per value of its second label."""
-    metric = spec(name)
-    family = CounterMetricFamily(name, metric.help, labels=metric.labels)
-    if isinstance(labels, int | float):
-        family.add_metric([server], labels)
-    else:
-        for key, value in labels.items():
-            family.add_metric([server, key], value)
-    return family
+# A sample of a metric: a number; a number per value of its second label; a histogram's; an info's labels.
+Sample = float | Mapping[str, float] | Mapping[str, str] | Buckets
 
 
-def gauge(name: str, value: float, server: str) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, spec(name).help, labels=["server"])
-    family.add_metric([server], value)
-    return family
+def family(name: str, server: str, value: Sample) -> Metric:
+    """The metric ``name`` with one server's sample (see :meth:`MetricSpec.family`)."""
+    return spec(name).family({server: value})
 
 
-def histogram(name: str, buckets: Buckets, server: str) -> HistogramMetricFamily:
-    family = HistogramMetricFamily(name, spec(name).help, labels=["server"])
-    family.add_metric([server], buckets.cumulative(), buckets.sum)
-    return family
+def nowhere(*_: object) -> None:
+    """Every update of a recorder whose metrics are off: it records nowhere."""
 
 
-class ServerMetrics(Collector):
-    """What one TCP server counts; exported under its ``server`` label."""
+def holding(lock: threading.Lock, update: Callable[..., None]) -> Callable[..., None]:
+    """``update``, holding ``lock``."""
 
-    def __init__(self, server: Server, info: Mapping[str, str]) -> None:
+    def locked(*args: Any) -> None:
+        with lock:
+            update(*args)
+
+    return locked
+
+
+class Recorder:
+    """What a server records as it serves: one method per event, named in :attr:`UPDATES`.
+
+    With metrics off the same object records nowhere: every update is
+    :func:`nowhere`, so each costs a call and nothing else, which is what
+    ``--no-metrics`` measures against. With a lock, every
+    update holds it: ``+=`` is not atomic across threads.
+    """
+
+    UPDATES: ClassVar[tuple[str, ...]]
+
+    def __init__(self, enabled: bool = True, lock: threading.Lock | None = None) -> None:
+        for name in self.UPDATES:
+            if not enabled:
+                setattr(self, name, nowhere)
+            elif lock is not None:
+                setattr(self, name, holding(lock, getattr(self, name)))
+
+
+class ServerMetrics(Recorder, Collector):
+    """What one TCP server counts, in plain attributes; exported under its ``server`` label when scraped."""
+
+    UPDATES = (
+        "answered",
+        "worked",
+        "not_answered",
+        "non_utf8",
+        "connection_opened",
+        "connection_refused",
+        "connection_timed_out",
+        "connection_error",
+        "accept_error",
+        "loop_lag",
+    )
+
+    def __init__(
+        self,
+        server: Server,
+        info: Mapping[str, str],
+        enabled: bool = True,
+        lock: threading.Lock | None = None,
+    ) -> None:
         self.server = server
         self.info = dict(info)
-        self.ok = self.too_large = self.aborted = 0
+        self.ok = self.too_large = self.aborted = 0  # the OUTCOMES
         self.duration = Buckets(DURATION_BUCKETS)
         self.non_utf8_requests = 0
         self.received_bytes = self.sent_bytes = 0
@@ -385,6 +466,7 @@ class ServerMetrics(Collector):
         self._active: Callable[[], int] = lambda: 0
         self._in_flight: Callable[[], int] = lambda: 0
         self._pool: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        super().__init__(enabled, lock)
 
     # --- updates (the hot ones first) --------------------------------------
 
@@ -394,16 +476,13 @@ class ServerMetrics(Collector):
         self.received_bytes += received
         self.sent_bytes += sent
 
-    def work(self, cpu: float, blocking: float, io: float) -> None:
+    def worked(self, cpu: float, blocking: float, io: float) -> None:
         self.cpu_seconds += cpu
         self.blocking_seconds += blocking
         self.io_seconds += io
 
     def not_answered(self, outcome: str, count: int = 1) -> None:
-        if outcome == "too_large":
-            self.too_large += count
-        else:
-            self.aborted += count
+        setattr(self, outcome, getattr(self, outcome) + count)
 
     def non_utf8(self, count: int = 1) -> None:
         self.non_utf8_requests += count
@@ -441,114 +520,28 @@ class ServerMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         name = self.server.name
-        info = InfoMetricFamily("echo_server", spec("echo_server").help, labels=["server"])
-        info.add_metric([name], self.info)
-        yield info
-        yield counter(
-            "echo_requests", {"ok": self.ok, "too_large": self.too_large, "aborted": self.aborted}, name
-        )
-        yield histogram("echo_request_duration_seconds", self.duration, name)
-        yield counter("echo_non_utf8_requests", self.non_utf8_requests, name)
-        yield counter("echo_received_bytes", self.received_bytes, name)
-        yield counter("echo_sent_bytes", self.sent_bytes, name)
-        yield counter("echo_connections_opened", self.opened, name)
-        yield counter("echo_connections_refused", self.refused, name)
-        yield counter("echo_connections_timed_out", self.timed_out, name)
-        yield counter("echo_connection_errors", self.errors, name)
-        yield counter("echo_accept_errors", dict(self.accept_errors), name)
-        yield gauge("echo_connections_active", self._active(), name)
-        yield gauge("echo_requests_in_flight", self._in_flight(), name)
-        yield gauge("echo_threads", threading.active_count(), name)
-        work = {"cpu": self.cpu_seconds, "blocking": self.blocking_seconds, "io": self.io_seconds}
-        yield counter("echo_work_seconds", work, name)
+        yield family("echo_server", name, self.info)
+        yield family("echo_requests", name, {outcome: getattr(self, outcome) for outcome in OUTCOMES})
+        yield family("echo_request_duration_seconds", name, self.duration)
+        yield family("echo_non_utf8_requests", name, self.non_utf8_requests)
+        yield family("echo_received_bytes", name, self.received_bytes)
+        yield family("echo_sent_bytes", name, self.sent_bytes)
+        yield family("echo_connections_opened", name, self.opened)
+        yield family("echo_connections_refused", name, self.refused)
+        yield family("echo_connections_timed_out", name, self.timed_out)
+        yield family("echo_connection_errors", name, self.errors)
+        yield family("echo_accept_errors", name, dict(self.accept_errors))
+        yield family("echo_connections_active", name, self._active())
+        yield family("echo_requests_in_flight", name, self._in_flight())
+        yield family("echo_threads", name, threading.active_count())
+        work = (self.cpu_seconds, self.blocking_seconds, self.io_seconds)
+        yield family("echo_work_seconds", name, dict(zip(WORK_KINDS, work, strict=True)))
         if offload_servers(self.server):
             busy, queued = self._pool()
-            yield gauge("echo_offload_threads_busy", busy, name)
-            yield gauge("echo_offload_tasks_queued", queued, name)
+            yield family("echo_offload_threads_busy", name, busy)
+            yield family("echo_offload_tasks_queued", name, queued)
         if event_loop_servers(self.server):
-            yield histogram("echo_event_loop_lag_seconds", self.lag, name)
-
-
-class ThreadSafeMetrics(ServerMetrics):
-    """For the threaded server: every update holds one lock (``+=`` is not atomic across threads)."""
-
-    def __init__(self, server: Server, info: Mapping[str, str]) -> None:
-        super().__init__(server, info)
-        self.lock = threading.Lock()
-
-    def answered(self, count: int, duration: float, received: int, sent: int) -> None:
-        with self.lock:
-            super().answered(count, duration, received, sent)
-
-    def not_answered(self, outcome: str, count: int = 1) -> None:
-        with self.lock:
-            super().not_answered(outcome, count)
-
-    def work(self, cpu: float, blocking: float, io: float) -> None:
-        with self.lock:
-            super().work(cpu, blocking, io)
-
-    def non_utf8(self, count: int = 1) -> None:
-        with self.lock:
-            super().non_utf8(count)
-
-    def connection_opened(self) -> None:
-        with self.lock:
-            super().connection_opened()
-
-    def connection_refused(self, reason: str) -> None:
-        with self.lock:
-            super().connection_refused(reason)
-
-    def connection_timed_out(self, reason: str) -> None:
-        with self.lock:
-            super().connection_timed_out(reason)
-
-    def connection_error(self, kind: str) -> None:
-        with self.lock:
-            super().connection_error(kind)
-
-    def accept_error(self, errno_name: str) -> None:
-        with self.lock:
-            super().accept_error(errno_name)
-
-    def loop_lag(self, seconds: float) -> None:
-        with self.lock:
-            super().loop_lag(seconds)
-
-
-class NoMetrics(ServerMetrics):
-    """Same interface, no instrumentation: the baseline for measuring its cost."""
-
-    def answered(self, count: int, duration: float, received: int, sent: int) -> None:
-        pass
-
-    def not_answered(self, outcome: str, count: int = 1) -> None:
-        pass
-
-    def work(self, cpu: float, blocking: float, io: float) -> None:
-        pass
-
-    def non_utf8(self, count: int = 1) -> None:
-        pass
-
-    def connection_opened(self) -> None:
-        pass
-
-    def connection_refused(self, reason: str) -> None:
-        pass
-
-    def connection_timed_out(self, reason: str) -> None:
-        pass
-
-    def connection_error(self, kind: str) -> None:
-        pass
-
-    def accept_error(self, errno_name: str) -> None:
-        pass
-
-    def loop_lag(self, seconds: float) -> None:
-        pass
+            yield family("echo_event_loop_lag_seconds", name, self.lag)
 
 
 class CgroupMetrics(Collector):
@@ -562,9 +555,9 @@ class CgroupMetrics(Collector):
         if now is None:  # the file went away: no numbers rather than wrong ones
             return
         name = self.server.name
-        yield counter("echo_cgroup_cpu_periods", now.periods, name)
-        yield counter("echo_cgroup_cpu_throttled_periods", now.throttled_periods, name)
-        yield counter("echo_cgroup_cpu_throttled_seconds", now.throttled_seconds, name)
+        yield family("echo_cgroup_cpu_periods", name, now.periods)
+        yield family("echo_cgroup_cpu_throttled_periods", name, now.throttled_periods)
+        yield family("echo_cgroup_cpu_throttled_seconds", name, now.throttled_seconds)
 
 
 def watch_cgroup(server: Server, root: Path, registry: CollectorRegistry) -> bool:
@@ -586,12 +579,13 @@ def start(
     cgroup_root: Path = cgroup.ROOT,
 ) -> tuple[ServerMetrics, int]:
     """Create the server's metrics and serve /metrics; return them and the port (0 asks for any free one)."""
+    metrics = ServerMetrics(server, info, enabled, threading.Lock() if thread_safe else None)
     if not enabled:
-        return NoMetrics(server, {}), 0
+        return metrics, 0
     # The *_created series double what Prometheus stores and no panel uses them.
     disable_created_metrics()  # type: ignore[no-untyped-call]
-    metrics = (ThreadSafeMetrics if thread_safe else ServerMetrics)(server, info)
     registry.register(metrics)
     watch_cgroup(server, cgroup_root, registry)
-    http_server, _ = start_http_server(port, addr=host, registry=registry)
+    with binding("metrics", host, port):
+        http_server, _ = start_http_server(port, addr=host, registry=registry)
     return metrics, int(http_server.server_port)

@@ -174,6 +174,14 @@ def make_framer(framing: str, max_size: int) -> Framer:
 
 
 HTTP_PATH = "/echo"
+HEALTH_PATH = "/healthz"  # the HTTP servers' GET: ok once a worker serves
+# The article's message: lower case, so that a server that does not transform it is caught.
+SAMPLE = b"the quick brown fox jumps over the lazy dog "
+
+
+def sample_message(size: int) -> bytes:
+    """The request a load generator sends: ``size`` bytes of :data:`SAMPLE`, repeated."""
+    return (SAMPLE * (size // len(SAMPLE) + 1))[:size]
 
 
 def request_bytes(message: bytes, framing: str) -> bytes:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import faulthandler
 import logging
+import os
 import resource
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 
 log = logging.getLogger("echolab")
 
@@ -16,10 +21,22 @@ log = logging.getLogger("echolab")
 # retrying at once would only spin, so the servers back off and log.
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
+# After an error reply the servers stop writing and read and drop what the client still sends,
+# for this long at most (and async-http this much), before they close: closing with unread input
+# makes the kernel reset the connection, which can destroy the error before the client reads it.
+# (threaded-http keeps gunicorn's own numbers.)
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 65536
+
 # Signals whose default action would kill the TCP servers mid-request (a `kill -HUP`, a closing
 # terminal, a log rotator's USR1). They have nothing to reload or reopen (settings are read at
 # start, logs go to stderr), so they are logged and ignored; SIGTERM and SIGINT stop the server.
 IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# After the drain timeout, what cutting the rest and exiting may take before a server that is still
+# there says what holds it up (StopWatch), in a line that begins so.
+STOP_MARGIN = 1.0
+STILL_STOPPING = "still stopping"
 
 
 def setup_logging(level: str, server: str) -> None:
@@ -28,6 +45,23 @@ def setup_logging(level: str, server: str) -> None:
         level=level.upper(),
         format=f"%(asctime)s %(levelname)s {server} %(message)s",
     )
+
+
+class CannotBind(OSError):
+    """A port the server cannot listen on; the message says which, where and why."""
+
+
+@contextlib.contextmanager
+def binding(what: str, host: str, port: int) -> Iterator[None]:
+    """Name the port in the error of a bind that fails: the echo port or the metrics port."""
+    try:
+        yield
+    except CannotBind:
+        raise
+    except OSError as exc:
+        # The errno's own words: uvloop's message repeats the address, in its own words.
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise CannotBind(f"the {what} port, {host}:{port}: {reason}") from exc
 
 
 def raise_fd_limit() -> int:
@@ -79,13 +113,103 @@ def ignore_signal(signum: int, *_: object) -> None:
     log.info("%s ignored (nothing to reload or reopen); SIGTERM or SIGINT stops", signal.Signals(signum).name)
 
 
-def stop_event(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
-    """An event that SIGTERM or SIGINT sets; IGNORED_SIGNALS are logged and ignored meanwhile."""
+def hold_signals() -> None:
+    """Block SIGTERM, SIGINT and IGNORED_SIGNALS in this thread and in every thread it starts.
+
+    Call it first, before any thread starts, then take the signals with :func:`wait_for_stop`.
+    Linux hands a signal sent to a process to any of its threads that does not block it, and CPython
+    runs a Python handler only in the main thread, once that thread next runs bytecode. A SIGTERM
+    taken by another thread (the acceptor, starting the thread of a new connection) left the main
+    thread asleep in an ``Event.wait()`` for ever: the server went on serving until it was killed.
+    Blocked in every thread, a signal waits for the one thread that asks for it.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, {*STOP_SIGNALS, *IGNORED_SIGNALS})
+
+
+@contextlib.contextmanager
+def no_signals_for_threads(signals: Iterable[int]) -> Iterator[None]:
+    """Threads started in the block (and theirs) never take ``signals``: the main thread gets them.
+
+    For a process whose main thread waits for its signals with a timeout (gunicorn's master): one
+    taken by another thread waited for that timeout. (See :func:`hold_signals`.)
+    """
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def wait_for_stop() -> str:
+    """Sleep until SIGTERM or SIGINT arrives (after :func:`hold_signals`); return its name.
+
+    IGNORED_SIGNALS that arrive meanwhile are logged and ignored.
+    """
+    while (signum := signal.sigwait({*STOP_SIGNALS, *IGNORED_SIGNALS})) in IGNORED_SIGNALS:
+        ignore_signal(signum)
+    return signal.Signals(signum).name
+
+
+class StopWatch:
+    """Says what a stopping server still waits for, if it is still there past its drain timeout.
+
+    A thread started with the server waits until :meth:`arm` (given the drain timeout), then for
+    that timeout and STOP_MARGIN: a server still there by then logs one line, what it waits for
+    (``waiting_for()``), followed by the stack of every thread, so that its log shows where it hangs.
+    :meth:`arm` does no more than set a float and an Event, so a signal handler may call it.
+    """
+
+    def __init__(self, waiting_for: Callable[[], str]) -> None:
+        self.waiting_for = waiting_for
+        self._armed = threading.Event()
+        self._since = self._due = 0.0
+        threading.Thread(target=self._watch, name="stop-watch", daemon=True).start()
+
+    def arm(self, drain_timeout: float) -> None:
+        self._since = time.monotonic()
+        self._due = self._since + drain_timeout + STOP_MARGIN
+        self._armed.set()
+
+    def _watch(self) -> None:
+        self._armed.wait()
+        while (left := self._due - time.monotonic()) > 0:
+            time.sleep(left)
+        log.error(
+            "%s %.1fs after the signal, past the drain timeout: waiting for %s; every thread's stack follows",
+            STILL_STOPPING,
+            time.monotonic() - self._since,
+            self.waiting_for(),
+        )
+        faulthandler.dump_traceback(sys.stderr, all_threads=True)
+
+
+def stop_event(
+    loop: asyncio.AbstractEventLoop, on_signal: Callable[[str], None] | None = None
+) -> asyncio.Event:
+    """An event that SIGTERM or SIGINT sets; IGNORED_SIGNALS are logged and ignored meanwhile.
+
+    The stop signals get a ``signal.signal`` handler, not the loop's: it runs between two bytecodes
+    of the loop's thread, even inside a callback that holds the loop up, where a handler of
+    ``loop.add_signal_handler`` waits for the loop. It calls ``on_signal`` with the signal's name,
+    once, which must do only what is safe in a signal handler, and sets the event through
+    ``call_soon_threadsafe``, which is. (add_signal_handler, for the others, also points the loop's
+    wakeup fd at its own pipe, as uvloop does anyway: a signal taken by another thread, an offload
+    pool's, still wakes the loop, so the handler runs.)
+    """
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    heard: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not heard:
+            heard.append(signum)
+            if on_signal is not None:
+                on_signal(signal.Signals(signum).name)
+            loop.call_soon_threadsafe(stop.set)
+
     for sig in IGNORED_SIGNALS:
         loop.add_signal_handler(sig, ignore_signal, sig)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
     return stop
 
 

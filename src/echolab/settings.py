@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from . import ports
+from .scenarios import SCENARIOS
+
 FRAMINGS = ("lines", "oneshot")
 THREADED_MODELS = ("thread-per-connection", "pool", "serial")
 LOOPS = ("uvloop", "asyncio")
@@ -32,7 +35,7 @@ ASYNC_APIS = ("streams", "protocol")
 DELAY_DISTRIBUTIONS = ("fixed", "exponential")
 OFFLOADS = ("none", "thread")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-BENCHMARK_PARTS = ("all", "sweep", "costs")
+SUITE_PARTS = ("all", "sweep", "costs")
 
 Check = Callable[[Any], str | None]  # the problem with a value, or None
 
@@ -82,9 +85,6 @@ def prometheus_duration(value: str) -> str | None:
 
 
 def known_scenarios(names: tuple[str, ...]) -> str | None:
-    # Imported when checked: the lab's scenarios are settings of the servers, and import this module.
-    from .lab.scenarios import SCENARIOS
-
     unknown = [name for name in names if name not in SCENARIOS]
     return f"no scenario {', '.join(unknown)}: choose from {', '.join(SCENARIOS)}" if unknown else None
 
@@ -137,6 +137,8 @@ class Spec:
     choices: tuple[str, ...] = ()
     check: Check | None = None
     per_server: bool = False  # the default is each server's own, from the catalogue
+    work_model: bool = False  # part of a request's simulated work, which a scenario decides whole
+    web_ui: bool = False  # Locust: a field of its web UI, which may change it for a run
 
 
 def setting(
@@ -147,9 +149,12 @@ def setting(
     choices: tuple[str, ...] = (),
     check: Check | None = None,
     per_server: bool = False,
+    work_model: bool = False,
+    web_ui: bool = False,
 ) -> Any:
     """A dataclass field that is a setting."""
-    return field(default=default, metadata={"spec": Spec(help, unit, choices, check, per_server)})
+    spec = Spec(help, unit, choices, check, per_server, work_model, web_ui)
+    return field(default=default, metadata={"spec": spec})
 
 
 @dataclass(frozen=True)
@@ -219,6 +224,18 @@ def options(cls: type[Settings]) -> Iterator[Option]:
             yield Option(f.name, hints[f.name], f.default, f.metadata["spec"], cls.PREFIX)
 
 
+def environment(cls: type[Settings], **values: Any) -> dict[str, str]:
+    """``values`` of settings of ``cls``, by name, as the environment gives them: {variable: text}."""
+    known = {option.name: option for option in options(cls)}
+    return {known[name].env: as_text(value) for name, value in values.items()}
+
+
+def defaults(cls: type[Settings], *names: str) -> dict[str, str]:
+    """The defaults of settings of ``cls``, by name, as the environment gives them: {variable: text}."""
+    known = {option.name: option for option in options(cls)}
+    return environment(cls, **{name: known[name].default for name in names})
+
+
 @dataclass(frozen=True)
 class Settings:
     """Base of the settings classes: the prefix of their environment variables."""
@@ -265,12 +282,14 @@ def add_arguments(
             parser.add_argument(option.flag, dest=option.name, default=default, action=action, help=text)
         else:
             parser.add_argument(
-                option.flag, dest=option.name, default=default, type=_argparse_type(option), help=text,
+                option.flag, dest=option.name, default=default, type=argparse_type(option), help=text,
                 metavar=option.metavar,
             )  # fmt: skip
 
 
-def _argparse_type(option: Option) -> Callable[[str], Any]:
+def argparse_type(option: Option) -> Callable[[str], Any]:
+    """``option``'s parser and check, as argparse takes a flag's ``type``."""
+
     def convert(raw: str) -> Any:
         try:
             return option.parse(raw)
@@ -330,17 +349,18 @@ class ServeSettings(Settings):
     metrics: bool = setting(True, "instrument the server (off: no metrics at all, to measure what they cost)")
     delay_ms: float = setting(
         100.0, "simulated IO per request: awaited on an event loop, slept through in a thread",
-        unit="ms", check=at_least(0),
+        unit="ms", check=at_least(0), work_model=True,
     )  # fmt: skip
     delay_distribution: str = setting(
         "fixed",
         "how each request's IO time is drawn: fixed (always --delay-ms), "
         "exponential (random, mean --delay-ms: the long tail of real IO)",
         choices=DELAY_DISTRIBUTIONS,
+        work_model=True,
     )
     cpu_ms: float = setting(
         0.0, "pure-Python CPU work per request, holding the GIL (by the thread's own CPU clock)",
-        unit="ms", check=at_least(0),
+        unit="ms", check=at_least(0), work_model=True,
     )  # fmt: skip
     blocking_ms: float = setting(
         0.0,
@@ -348,6 +368,7 @@ class ServeSettings(Settings):
         "a thread waits it out; an event loop stalls unless --offload thread",
         unit="ms",
         check=at_least(0),
+        work_model=True,
     )
     max_message_bytes: int = setting(
         65536, "longest request; longer gets an error line and a close", unit="bytes", check=at_least(1)
@@ -405,10 +426,18 @@ class OffloadSettings(ServeSettings):
         "where --blocking-ms runs: none (on the event loop, stalling it: the classic mistake), "
         "thread (in a pool of --offload-threads, as asyncio.to_thread does)",
         choices=OFFLOADS,
+        work_model=True,
     )
     offload_threads: int = setting(
-        32, "threads of the offload pool (asyncio's default: min(32, cores + 4))", check=at_least(1)
-    )
+        32, "threads of the offload pool (asyncio's default: min(32, cores + 4))", check=at_least(1),
+        work_model=True,
+    )  # fmt: skip
+
+
+# The settings of a request's simulated work (servers/work_model.py), which a scenario decides whole.
+WORK_MODEL = tuple(
+    dict.fromkeys(o.name for c in (ServeSettings, OffloadSettings) for o in options(c) if o.spec.work_model)
+)
 
 
 @dataclass(frozen=True)
@@ -454,8 +483,8 @@ class DownstreamSettings(Settings):
     PREFIX: ClassVar[str] = "ECHO_DOWNSTREAM_"
 
     host: str = setting("127.0.0.1", "address the service and its metrics bind to (0.0.0.0: every interface)")
-    port: int = setting(9094, "port of GET /delay/<ms>", check=port_number)
-    metrics_port: int = setting(8004, "Prometheus /metrics port", check=port_number)
+    port: int = setting(ports.DOWNSTREAM, "port of GET /delay/<ms>", check=port_number)
+    metrics_port: int = setting(ports.DOWNSTREAM_METRICS, "Prometheus /metrics port", check=port_number)
     max_delay_ms: float = setting(
         60000.0, "the longest delay a request may ask for; longer gets 400", unit="ms", check=above(0)
     )
@@ -557,7 +586,8 @@ class ReportSettings(Settings):
     PREFIX: ClassVar[str] = "ECHO_REPORT_"
 
     prometheus: str = setting(
-        "http://127.0.0.1:9099", "the Prometheus to ask (the stack's, on its host port by default)"
+        f"http://127.0.0.1:{ports.PROMETHEUS_HOST}",
+        "the Prometheus to ask (the stack's, on its host port by default)",
     )
     since: str = setting("15m", "the window: this long until now (90s, 15m, 2h)", check=prometheus_duration)
     dashboards: Path = setting(Path("grafana/dashboards"), "the dashboards whose panels to draw")
@@ -565,10 +595,10 @@ class ReportSettings(Settings):
 
 
 @dataclass(frozen=True)
-class BenchmarkSettings(Settings):
-    """``echolab benchmark`` (``make bench``)."""
+class SuiteSettings(Settings):
+    """``echolab suite`` (``make bench``): the benchmark suite."""
 
-    PREFIX: ClassVar[str] = "ECHO_BENCHMARK_"
+    PREFIX: ClassVar[str] = "ECHO_SUITE_"
 
     duration: float = setting(5.0, "measured time per level", unit="s", check=above(0))
     warmup: float = setting(1.0, "load before measuring, per level", unit="s", check=at_least(0))
@@ -577,7 +607,7 @@ class BenchmarkSettings(Settings):
         "all",
         "what to run: sweep (every server at every level, and the head-to-head pairs), "
         "costs (what each protection of each TCP server costs, against the bare servers), or all",
-        choices=BENCHMARK_PARTS,
+        choices=SUITE_PARTS,
     )
     rounds: int = setting(5, "alternating rounds of each head-to-head pair", check=at_least(1))
     cost_rounds: int = setting(
@@ -614,3 +644,102 @@ class CompareSettings(Settings):
     PREFIX: ClassVar[str] = "ECHO_COMPARE_"
 
     out: Path = setting(Path("reports"), "folder for the comparison's report")
+
+
+# --- Locust ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocustSettings(Settings):
+    """What echolab adds to Locust's arguments (``-f loadtest/locustfile.py``), with each server's target.
+
+    Locust parses them itself, with its own (``--users``, ``--run-time``...): as
+    flags, as LOCUST_* variables, or, for a setting marked ``web_ui``, from its
+    web UI's start form, for one run. The rest are fixed when Locust starts.
+    """
+
+    PREFIX: ClassVar[str] = "LOCUST_"
+
+    framing: str = setting(
+        "lines",
+        "TCP users: lines, one persistent connection per user; oneshot, a connection per request "
+        "(HTTP users keep one connection alive)",
+        choices=FRAMINGS,
+        web_ui=True,
+    )
+    message_size: int = setting(
+        BenchSettings.message_size, "request size in bytes, newline excluded", check=at_least(1), web_ui=True
+    )
+    think_time: float = setting(
+        0.0, "seconds each user waits between requests", check=at_least(0), web_ui=True
+    )
+    connect_timeout: float = setting(5.0, "seconds to wait for a connection", check=above(0), web_ui=True)
+    read_timeout: float = setting(
+        BenchSettings.timeout,
+        "seconds a request may take to be answered (TCP users: connecting included; "
+        "HTTP users: each read, which for an echo is the wait for the reply)",
+        check=above(0),
+        web_ui=True,
+    )
+    target_rps: float = setting(
+        0.0,
+        "open loop: requests/s in all, spread over the users, whatever the replies do (0: closed "
+        "loop, each user waits for its reply and --think-time)",
+        check=at_least(0),
+        web_ui=True,
+    )
+    max_inflight: int = setting(
+        100,
+        "open loop: unanswered requests a user may have; an arrival beyond is a not_sent failure",
+        check=at_least(1),
+        web_ui=True,
+    )
+    max_fail_ratio: float = setting(
+        -1.0,
+        "exit 3 if more than this share of requests failed, else 0 (-1: off, Locust's own rule: "
+        "any failure exits 1)",
+    )
+    max_p95_ms: float = setting(
+        0.0, "exit 4 if the 95th percentile response time was above this (0: off)", check=at_least(0)
+    )
+    worker_timeout: float | None = setting(
+        None,
+        "master: seconds without a heartbeat before a worker counts as lost (none: Locust's own, 3)",
+        check=above(0),
+    )
+    metrics_host: str = setting("0.0.0.0", "address of this process's Prometheus /metrics")
+    metrics_port: int = setting(
+        ports.LOCUST_METRICS,
+        "port of this process's Prometheus /metrics; if taken, the next free one (0: any free port)",
+        check=port_number,
+    )
+
+
+@dataclass(frozen=True)
+class StepRampSettings(Settings):
+    """The step ramp's (``-f loadtest/step_ramp.py``): +N users every M seconds up to ``--users``."""
+
+    PREFIX: ClassVar[str] = LocustSettings.PREFIX
+
+    step_users: int = setting(10, "StepRamp: users added per step", check=at_least(1), web_ui=True)
+    step_seconds: float = setting(10.0, "StepRamp: seconds between steps", check=above(0), web_ui=True)
+
+
+@dataclass(frozen=True)
+class SpikeSettings(Settings):
+    """The spike's (``-f loadtest/spike.py``): many more users at once for a while, over ``--users``."""
+
+    PREFIX: ClassVar[str] = LocustSettings.PREFIX
+
+    spike_users: int = setting(200, "Spike: users added during the spike", check=at_least(0), web_ui=True)
+    spike_at: float = setting(
+        30.0, "Spike: seconds after the start the spike begins", check=at_least(0), web_ui=True
+    )
+    spike_seconds: float = setting(10.0, "Spike: how long the spike lasts", check=at_least(0), web_ui=True)
+
+
+def target_options(server: str, port: int) -> tuple[Option, Option]:
+    """Locust's ``--SERVER-host`` and ``--SERVER-port`` (LOCUST_SERVER_HOST, _PORT): where that server is."""
+    name, prefix = server.replace("-", "_"), LocustSettings.PREFIX
+    host = Option(f"{name}_host", str, "127.0.0.1", Spec(f"{server} server's address"), prefix)
+    return host, Option(f"{name}_port", int, port, Spec(f"{server} server's port", check=port_number), prefix)

@@ -14,7 +14,8 @@ import yaml
 
 from echolab import catalogue, cli, settings
 from echolab.deploy import compose, generated, stack
-from echolab.lab.scenarios import SCENARIOS, WORK_MODEL, Scenario
+from echolab.scenarios import SCENARIOS, Scenario
+from echolab.settings import WORK_MODEL
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS = catalogue.NAMES

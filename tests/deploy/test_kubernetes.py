@@ -30,7 +30,7 @@ from support.kubernetes import (
     sd_problems,
 )
 
-from echolab import catalogue
+from echolab import catalogue, ports
 from echolab.deploy import kubernetes, stack
 from echolab.deploy.kustomize import KustomizeError, Object, containers, pod_specs, render
 
@@ -198,8 +198,8 @@ def test_compose_and_kubernetes_run_the_servers_alike(base: list[Object], servic
         assert container["args"] == composed["command"]
         fixed = {k: v for k, v in composed["environment"].items() if not v.startswith("${")}
         assert {e["name"]: e["value"] for e in container["env"]} == fixed, "the rest is .env's, unset here"
-        assert {p["containerPort"] for p in container["ports"]} == {stack.ECHO_PORT, stack.METRICS_PORT}
-        assert composed["ports"][0].endswith(f":{stack.ECHO_PORT}")
+        assert {p["containerPort"] for p in container["ports"]} == {ports.SERVER, ports.SERVER_METRICS}
+        assert composed["ports"][0].endswith(f":{ports.SERVER}")
         limits = {k: compose_default(v) for k, v in composed["deploy"]["resources"]["limits"].items()}
         assert float(limits["cpus"]) == cores(container["resources"]["limits"]["cpu"])
         assert as_mib(limits["memory"]) == as_mib(container["resources"]["limits"]["memory"])

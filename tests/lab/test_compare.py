@@ -6,12 +6,14 @@ import json
 import re
 from pathlib import Path
 
+from support.parallel import with_demo_runs
 from support.servers import run_command
 
 from echolab.catalogue import server
-from echolab.lab.variants import of, running
+from echolab.lab.contenders import of, running
 
 
+@with_demo_runs
 def test_two_demos_compared(demo_runs: tuple[Path, Path], tmp_path: Path) -> None:
     first, latest = demo_runs
     done = run_command(

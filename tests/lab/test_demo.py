@@ -9,17 +9,20 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+from support.parallel import with_demo_runs
 from support.servers import clean_environment
+from support.waiting import poll_until
 
-from echolab.lab import demo, scenarios
+from echolab import scenarios
+from echolab.lab import demo
 from echolab.settings import DemoSettings
 
 
+@with_demo_runs
 def test_every_scenario_is_a_section_with_every_server_and_level(demo_runs: tuple[Path, Path]) -> None:
     first, _ = demo_runs
     data = json.loads((first / "results.json").read_text())
@@ -39,7 +42,7 @@ def test_every_scenario_is_a_section_with_every_server_and_level(demo_runs: tupl
         | {("slower", "closed", s, 4) for s in ("threaded", "async")}
     )
     assert all(r["requests"] > 0 for r in data["rows"])
-    assert {r["delay_ms"] for r in data["rows"] if r["scenario"] == "slower"} == {30.0}
+    assert {r["delay_ms"] for r in data["rows"] if r["scenario"] == "slower"} == {120.0}
     assert data["partial"] is None
     assert data["skipped"] == [
         {
@@ -59,6 +62,7 @@ def test_every_scenario_is_a_section_with_every_server_and_level(demo_runs: tupl
     assert (first / "results.csv").read_text().count("\n") == len(data["rows"]) + 1
 
 
+@with_demo_runs
 def test_the_report_lists_earlier_runs(demo_runs: tuple[Path, Path]) -> None:
     first, latest = demo_runs
     page = (latest / "index.html").read_text()
@@ -68,7 +72,7 @@ def test_the_report_lists_earlier_runs(demo_runs: tuple[Path, Path]) -> None:
 
 def test_quick_reaches_the_levels_where_threads_break() -> None:
     steps = demo.plan(demo.quick(DemoSettings(quick=True)))
-    (threaded,) = [s for s in steps if s.section.key == "io-closed" and s.variant.name == "threaded"]
+    (threaded,) = [s for s in steps if s.section.key == "io-closed" and s.contender.name == "threaded"]
     assert {2000, 5000} <= set(threaded.levels)
     assert any(s.section.mode == "open" for s in steps)
     assert demo.quick(DemoSettings(quick=True)).duration < DemoSettings().duration
@@ -118,16 +122,19 @@ def test_an_interrupted_demo_stops_everything_and_keeps_a_partial_report(
     reader = threading.Thread(target=lambda: output.extend(run.stdout or []), daemon=True)
     reader.start()
     seen: dict[psutil.Process, str] = {}
+
+    def measuring_the_next_level() -> bool:
+        seen.update(descendants(run.pid))
+        running = [command for process, command in seen.items() if alive(process)]
+        return any("req/s" in line for line in output) and any(" bench " in c for c in running)
+
+    def ended() -> str:
+        return "" if run.poll() is None else "the demo ended before it could be interrupted"
+
     try:
         # Interrupt once a level is done and the next one's client is running against a server.
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and run.poll() is None:
-            seen |= descendants(run.pid)
-            running = [command for process, command in seen.items() if alive(process)]
-            if any("req/s" in line for line in output) and any(" bench " in c for c in running):
-                break
-            time.sleep(0.05)
-        assert run.poll() is None, "the demo ended before it could be interrupted"
+        poll_until(measuring_the_next_level, what="a level measured and the next one's client running",
+                   timeout=120, gone=ended)  # fmt: skip
         if signum == signal.SIGINT:
             os.killpg(run.pid, signum)
         else:

@@ -9,10 +9,11 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
+from support.parallel import CATALOGUE_PORTS
 from support.servers import clean_environment
+from support.waiting import poll_until
 
 from echolab.launcher import HOST, accepts, answers, free_port
 
@@ -28,6 +29,7 @@ def locust_local(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+@CATALOGUE_PORTS
 def test_loadtest_runs_the_servers_on_the_ports_asked_for_and_stops_them() -> None:
     port = free_port()
     run = locust_local("--headless", "-u", "2", "-r", "2", "-t", "3s", "--only-summary", "AsyncUser",
@@ -40,6 +42,7 @@ def test_loadtest_runs_the_servers_on_the_ports_asked_for_and_stops_them() -> No
         assert not accepts(line[0], int(line[1]))  # stopped with Locust
 
 
+@CATALOGUE_PORTS
 def test_the_web_ui_is_where_the_banner_says_and_ctrl_c_stops_it_all() -> None:
     web = free_port()
     run = locust_local("--class-picker", "--web-port", str(web), env={})
@@ -48,10 +51,13 @@ def test_the_web_ui_is_where_the_banner_says_and_ctrl_c_stops_it_all() -> None:
     reader.start()
     try:
         url = f"http://{HOST}:{web}"
-        deadline = time.monotonic() + 60
-        while not answers(url) and time.monotonic() < deadline and run.poll() is None:
-            time.sleep(0.1)
-        assert answers(url), "".join(lines)
+        poll_until(
+            lambda: answers(url),
+            what=f"the web UI answering at {url}",
+            timeout=60,
+            gone=lambda: "" if run.poll() is None else f"exited with {run.returncode}",
+            context=lambda: "".join(lines),
+        )
         assert f"Locust web UI: {url}  (Ctrl-C stops Locust and the servers)\n" in lines
         servers = [
             (h, int(p)) for line in lines for h, p in re.findall(r"echo server \S+: (\S+):(\d+),", line)

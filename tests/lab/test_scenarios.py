@@ -6,7 +6,8 @@ import pytest
 
 from echolab import catalogue, settings
 from echolab.cli import build_parser
-from echolab.lab.scenarios import SCENARIOS, WORK_MODEL, Scenario
+from echolab.scenarios import SCENARIOS, Scenario
+from echolab.settings import WORK_MODEL
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS)

@@ -14,7 +14,6 @@ import pytest
 from support.servers import clean_environment
 
 from echolab.lab.stack_report import format_value, legend_name, markdown, overrides, runs_of, table_html
-from echolab.launcher import free_port
 
 PANEL = {
     "fieldConfig": {
@@ -94,8 +93,8 @@ def test_table_columns_follow_the_organize_transformation() -> None:
         (["--dashboards", "{tmp}", "--since", "1m"], "no dashboards"),
     ],
 )
-def test_a_mistake_is_one_line(args: list[str], error: str, tmp_path: Path) -> None:
-    argv = [a.format(port=free_port(), tmp=tmp_path) for a in args]
+def test_a_mistake_is_one_line(args: list[str], error: str, tmp_path: Path, refused_port: int) -> None:
+    argv = [a.format(port=refused_port, tmp=tmp_path) for a in args]
     result = subprocess.run([sys.executable, "-m", "echolab", "report", *argv, "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=60, env=clean_environment())  # fmt: skip
     assert result.returncode == 2

@@ -20,14 +20,14 @@ from collections.abc import Callable, Iterator
 import psutil
 import pytest
 from support.servers import clean_environment, run_command
+from support.waiting import poll_until
 
 from echolab.catalogue import server
+from echolab.lab.contenders import Contender, of, running
 from echolab.lab.sweep import measure
-from echolab.lab.variants import Variant, of, running
-from echolab.launcher import free_port
 
 
-def variant(name: str, framing: str = "lines") -> Variant:
+def variant(name: str, framing: str = "lines") -> Contender:
     return dataclasses.replace(of(server(name)), framing=framing)
 
 
@@ -151,10 +151,8 @@ def test_open_loop_keeps_one_request_outstanding_per_connection() -> None:
             scripted.port, "--rate", "300", "--connections", "10", "--duration", "1.5",
             "--delay-hint-ms", "20",
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while len(scripted.loaded()) < 10 and time.monotonic() < deadline:
-            time.sleep(0.05)
-    assert len(scripted.loaded()) == 10
+        # Every connection's most outstanding is counted as it closes, maybe after the client exits.
+        poll_until(scripted.loaded, lambda loaded: len(loaded) == 10, what="the 10 connections closed")
     assert max(scripted.loaded()) == 1
     assert result["mode"] == "open"
     assert result["rate"] == 300
@@ -186,8 +184,8 @@ def test_open_loop_needs_persistent_connections() -> None:
 # --- failing clearly ----------------------------------------------------------------
 
 
-def test_nothing_listening_fails_at_once_in_one_line() -> None:
-    port = free_port()
+def test_nothing_listening_fails_at_once_in_one_line(refused_port: int) -> None:
+    port = refused_port
     done = run_command("bench", f"127.0.0.1:{port}", "--duration", "30", "--json", timeout=20)
     assert done.returncode == 1
     assert done.stdout == ""
@@ -281,9 +279,8 @@ def test_an_interrupted_bench_reports_what_it_measured_as_partial(signum: int, c
         )  # fmt: skip
         try:
             serving = psutil.Process(server_process.pid)
-            deadline = time.monotonic() + 30
-            while len(serving.net_connections()) < 6 and time.monotonic() < deadline:  # listener + 5
-                time.sleep(0.05)
+            poll_until(serving.net_connections, lambda held: len(held) >= 6,  # listener + 5
+                       what="the client's 5 connections open", timeout=30)  # fmt: skip
             client.send_signal(signum)
             out, err = client.communicate(timeout=30)
         finally:

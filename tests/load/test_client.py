@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from echolab.launcher import free_port
 from echolab.load.client import ClosedEarly, EchoClient, WrongReply, failure_kind
 
 Script = list[list[bytes]]
@@ -80,9 +79,9 @@ def test_a_server_out_of_reach_is_unreachable(error: OSError) -> None:
     assert failure_kind(error) == "unreachable"
 
 
-def test_a_client_resolves_again_after_a_failed_connect() -> None:
+def test_a_client_resolves_again_after_a_failed_connect(refused_port: int) -> None:
     """A server restarted at another address (a container's) is found again by name."""
-    client = EchoClient("localhost", free_port(), connect_timeout=1)  # nothing listens there
+    client = EchoClient("localhost", refused_port, connect_timeout=1)  # nothing listens there
     with pytest.raises(OSError):
         client.request(b"x")
     assert client._addresses is None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from support.locust import DEADLINE, TCP_USERS, LocustProcess
+from support.parallel import MEASURING
 from support.scrape import Metrics
 from support.servers import HOST, HTTP_SERVERS, TestServer
 
@@ -49,30 +50,41 @@ def requests(metrics: Metrics, target: str) -> float:
     return metrics.value("echo_client_requests_total", server=target)
 
 
-def http_servers(start_server: Callable[..., TestServer], *args: str) -> list[TestServer]:
+def http_servers(start: Callable[..., TestServer], *args: str) -> list[TestServer]:
     """Both HTTP servers, one gunicorn worker each (enough for a few users), 10 ms delay."""
-    return [start_server(name, "--workers", "1", "--delay-ms", "10", *args) for name in HTTP_SERVERS]
+    return [start(name, "--workers", "1", "--delay-ms", "10", *args) for name in HTTP_SERVERS]
 
 
-def echo_servers(start_server: Callable[..., TestServer], framing: str) -> list[str]:
-    """The pair of servers that speaks ``framing`` (``http``: the HTTP pair); Locust's arguments for them."""
+def echo_servers(module_server: Callable[..., TestServer], framing: str) -> list[str]:
+    """The pair of servers that speaks ``framing`` (``http``: the HTTP pair), shared by the module's
+    tests (each asserts what its own Locust run saw); Locust's arguments for them."""
     if framing == "http":
-        return targets(*(s.address for s in http_servers(start_server)), names=HTTP_SERVERS)
-    servers = [start_server(t, "--framing", framing, "--delay-ms", "10") for t in TARGETS]
+        return targets(*(s.address for s in http_servers(module_server)), names=HTTP_SERVERS)
+    servers = [module_server(t, "--framing", framing, "--delay-ms", "10") for t in TARGETS]
     return targets(*(s.address for s in servers))
+
+
+# Users that pause between requests: what a test counts (users, steps, reports) needs no more, and a
+# user that does not pause sends a hundred requests a second to a server of 10 ms.
+PACED = ("--think-time", "0.1")
+# The tests that share the servers of one kind: one pytest-xdist worker runs them one after the other.
+LINES_PAIR = pytest.mark.xdist_group("locust-lines")
+TIMED_RUNS = pytest.mark.xdist_group("locust-timed-runs")
+SLOW_SERVER = pytest.mark.xdist_group("locust-slow-server")
 
 
 # --- requests that succeed -----------------------------------------------------
 
 
+@LINES_PAIR
 @pytest.mark.parametrize("framing", list(PROTOCOLS))
 def test_requests_succeed_against_both_servers(
-    framing: str, start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
+    framing: str, module_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
 ) -> None:
     """Both TCP users in either framing, or both HTTP users (FastHttpUser), against real servers."""
     names, users, method = PROTOCOLS[framing]
     framing_args = [] if framing == "http" else ["--framing", framing]
-    run = locust(*headless(4, *echo_servers(start_server, framing), *framing_args), users=users)
+    run = locust(*headless(4, *echo_servers(module_server, framing), *framing_args), users=users)
     metrics = run.wait_metrics(
         lambda m: all(requests(m, t) >= 20 and m.value("echo_client_users", server=t) == 2 for t in names)
     )
@@ -96,8 +108,9 @@ def test_requests_succeed_against_both_servers(
         assert stats[target]["num_failures"] == 0
 
 
+@LINES_PAIR
 def test_each_request_gets_the_whole_read_timeout(
-    start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
+    module_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
 ) -> None:
     """Many quick requests add up to far more than one read timeout: none may time out.
 
@@ -105,9 +118,10 @@ def test_each_request_gets_the_whole_read_timeout(
     user that reused one that way failed every request after the first
     --read-timeout seconds of load.)
     """
-    run = locust(*headless(4, *echo_servers(start_server, "lines"), "--read-timeout", "0.3"))
-    # 2 users per target, 10 ms per request: 200 requests hold a timer armed for ~1 s each.
-    metrics = run.wait_metrics(lambda m: all(requests(m, t) >= 200 for t in TARGETS))
+    # A timeout no reply of 10 ms comes near, even on a machine the parallel suite keeps busy.
+    run = locust(*headless(4, *echo_servers(module_server, "lines"), "--read-timeout", "1"))
+    # 2 users per target, 10 ms per request: 600 requests hold a timer armed for ~3 s each.
+    metrics = run.wait_metrics(lambda m: all(requests(m, t) >= 600 for t in TARGETS))
     assert run.stop() == 0, run.log
     for target in TARGETS:
         assert metrics.value("echo_client_failures_total", server=target) == 0
@@ -190,11 +204,6 @@ def bad_server() -> Iterator[Callable[..., BadServer]]:
         server.close()
 
 
-def refused_address() -> tuple[str, int]:
-    """A port nothing listens on (free a moment ago; nothing here binds it)."""
-    return HOST, free_port()
-
-
 # A name that resolves nowhere (RFC 2606 reserves .invalid): as unreachable as a host with no route.
 UNREACHABLE_ADDRESS = ("no-such-host.invalid", 9)
 
@@ -227,14 +236,15 @@ def test_failures_become_locust_failures_of_their_kind(
     kinds: tuple[str, str],
     bad_server: Callable[..., BadServer],
     locust: Callable[..., LocustProcess],
+    refused_port: int,
 ) -> None:
     """The threaded (or threaded-http) user meets the first kind of failure, the async one the second."""
     names, users, method = PROTOCOLS[framing]
     http = framing == "http"
-    special = {"refused": refused_address, "unreachable": lambda: UNREACHABLE_ADDRESS}
-    addresses = [special[k]() if k in special else bad_server(k, http).address for k in kinds]
+    special = {"refused": (HOST, refused_port), "unreachable": UNREACHABLE_ADDRESS}
+    addresses = [special[k] if k in special else bad_server(k, http).address for k in kinds]
     run = locust(
-        *headless(2, *targets(*addresses, names=names), "--read-timeout", "0.3"), stats=False, users=users
+        *headless(2, *targets(*addresses, names=names), "--read-timeout", "1"), stats=False, users=users
     )
     expected = dict(zip(names, kinds, strict=True))
     metrics = run.wait_metrics(
@@ -283,16 +293,18 @@ def test_http_413_is_a_server_error(
 # --- distributed -----------------------------------------------------------------
 
 
+@LINES_PAIR
 def test_master_and_workers_each_serve_metrics(
-    start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess], tmp_path: Path
+    module_server: Callable[..., TestServer], locust: Callable[..., LocustProcess], tmp_path: Path
 ) -> None:
-    servers = echo_servers(start_server, "lines")
+    servers = echo_servers(module_server, "lines")
     port = str(free_port())
     master = locust(*headless(4, *servers, "--master", "--expect-workers", "2", "--master-bind-host", HOST,
-                              "--master-bind-port", port, "--csv", str(tmp_path / "master")),
+                              "--master-bind-port", port, "--csv", str(tmp_path / "master"), *PACED),
                     name="master")  # fmt: skip
     workers = [
-        locust("--worker", "--master-host", HOST, "--master-port", port, name=f"worker{i}") for i in range(2)
+        locust("--worker", "--master-host", HOST, "--master-port", port, *PACED, name=f"worker{i}")
+        for i in range(2)
     ]
     # Each worker runs the users of one class here (4 users, 2 classes, 2 workers).
     for worker in workers:
@@ -330,19 +342,23 @@ def shape_run(run: LocustProcess) -> tuple[list[int], list[int]]:
     return [int(n) for n in SHAPE_LOG.findall(log)], [int(n) for n in SPAWNED_LOG.findall(log)]
 
 
+@LINES_PAIR
 def test_step_ramp_adds_a_step_at_a_time_up_to_the_ceiling(
-    start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
+    module_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
 ) -> None:
-    args = ["--headless", "-u", "6", "-t", "5s", "--step-users", "2", "--step-seconds", "1", "--only-summary"]
-    run = locust(*args, *echo_servers(start_server, "lines"), files="locustfile.py,step_ramp.py")
+    # Steps at 0, 1 and 2 s (Locust asks the shape once a second), then 2 s to hold the last one.
+    args = ["--headless", "-u", "6", "-t", "4s", "--step-users", "2", "--step-seconds", "1", "--only-summary"]
+    args += PACED
+    run = locust(*args, *echo_servers(module_server, "lines"), files="locustfile.py,step_ramp.py")
     asked, running = shape_run(run)
     assert asked == [2, 4, 6], asked
     assert running == [2, 4, 6], running
     assert all(run.stats()[t]["num_failures"] == 0 for t in TARGETS)
 
 
+@LINES_PAIR
 def test_spike_goes_up_and_back_to_the_baseline(
-    start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
+    module_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
 ) -> None:
     args = [
         "--headless",
@@ -356,8 +372,9 @@ def test_spike_goes_up_and_back_to_the_baseline(
         "1",
         "--spike-seconds",
         "1",
+        *PACED,
     ]
-    run = locust(*args, *echo_servers(start_server, "lines"), files="locustfile.py,spike.py")
+    run = locust(*args, *echo_servers(module_server, "lines"), files="locustfile.py,spike.py")
     asked, running = shape_run(run)
     assert asked == [2, 6, 2], asked
     assert running == [2, 6, 2], running
@@ -367,6 +384,7 @@ def test_spike_goes_up_and_back_to_the_baseline(
 # --- the capacity measurement ------------------------------------------------------
 
 
+@MEASURING
 def test_measure_capacity_runs_locust_without_importing_it(
     start_server: Callable[..., TestServer],
 ) -> None:
@@ -392,17 +410,18 @@ OPEN_NAMES = {"lines": "async", "http": HTTP_SERVERS[1]}
 SLOW = ("--delay-ms", "300")  # a reply takes 300 ms: two closed-loop users keep at most 2 in flight
 
 
-def slow_server(start_server: Callable[..., TestServer], framing: str) -> tuple[TestServer, list[str]]:
+def slow_server(module_server: Callable[..., TestServer], framing: str) -> tuple[TestServer, list[str]]:
     name = OPEN_NAMES[framing]
-    server = start_server(name, *SLOW, *(["--workers", "1"] if framing == "http" else []))
+    server = module_server(name, *SLOW, *(["--workers", "1"] if framing == "http" else []))
     return server, targets(server.address, names=(name,))
 
 
+@SLOW_SERVER
 @pytest.mark.parametrize("framing", list(OPEN_USERS))
 def test_an_open_loop_keeps_more_in_flight_than_it_has_users(
-    framing: str, start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
+    framing: str, module_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
 ) -> None:
-    server, address = slow_server(start_server, framing)
+    server, address = slow_server(module_server, framing)
     name = OPEN_NAMES[framing]
     run = locust(*headless(2, *address, "--target-rps", "40"), users=OPEN_USERS[framing])
     # 40/s for 300 ms each: about 12 at once. Two users waiting for their replies would hold 2.
@@ -416,11 +435,12 @@ def test_an_open_loop_keeps_more_in_flight_than_it_has_users(
     assert run.stop() == 0, run.log
 
 
+@SLOW_SERVER
 @pytest.mark.parametrize("framing", list(OPEN_USERS))
 def test_an_arrival_over_the_inflight_limit_is_not_sent(
-    framing: str, start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
+    framing: str, module_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
 ) -> None:
-    server, address = slow_server(start_server, framing)
+    server, address = slow_server(module_server, framing)
     name = OPEN_NAMES[framing]
     limited = headless(1, *address, "--target-rps", "50", "--max-inflight", "3")
     run = locust(*limited, users=OPEN_USERS[framing], stats=False)
@@ -436,10 +456,11 @@ def test_an_arrival_over_the_inflight_limit_is_not_sent(
     assert any("--max-inflight" in line and "not sent" in line for line in run.error_report()), run.log
 
 
+@SLOW_SERVER
 def test_a_closed_loop_offers_nothing_and_keeps_one_request_per_user(
-    start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
+    module_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
 ) -> None:
-    server, address = slow_server(start_server, "lines")
+    server, address = slow_server(module_server, "lines")
     run = locust(*headless(2, *address), users=OPEN_USERS["lines"])
     metrics = run.wait_metrics(lambda m: m.value("echo_client_requests_total", server="async") >= 10)
     assert metrics.value("echo_client_offered_rate", server="async") == 0
@@ -447,11 +468,12 @@ def test_a_closed_loop_offers_nothing_and_keeps_one_request_per_user(
     assert run.stop() == 0, run.log
 
 
+@SLOW_SERVER
 def test_workers_get_their_share_from_the_master(
-    start_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
+    module_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
 ) -> None:
     """The master divides --target-rps by the users it starts; each worker learns its users' rate."""
-    server, address = slow_server(start_server, "lines")
+    server, address = slow_server(module_server, "lines")
     port = str(free_port())
     master = locust(*headless(2, *address, "--target-rps", "40", "--master", "--expect-workers", "2",
                               "--master-bind-host", HOST, "--master-bind-port", port),
@@ -474,25 +496,26 @@ def test_workers_get_their_share_from_the_master(
 THRESHOLD_RUNS = [
     # (how the async server answers: "ok", or "timeout" for never), thresholds, exit status
     ("ok", ("--max-fail-ratio", "0"), 0),
-    # A few requests time out (one per 0.2 s), many succeed (one per 10 ms): Locust alone exits 1.
+    # A few requests time out (one per 0.5 s), many succeed (one per 10 ms): Locust alone exits 1.
     ("timeout", ("--max-fail-ratio", "0.5"), 0),
     ("timeout", ("--max-fail-ratio", "0.01"), 3),
     ("ok", ("--max-p95-ms", "1"), 4),  # every reply takes the servers' 10 ms
 ]
 
 
+@TIMED_RUNS
 @pytest.mark.parametrize(("answers", "thresholds", "status"), THRESHOLD_RUNS)
 def test_a_timed_run_exits_with_the_thresholds_verdict(
     answers: str,
     thresholds: tuple[str, ...],
     status: int,
-    start_server: Callable[..., TestServer],
+    module_server: Callable[..., TestServer],
     bad_server: Callable[..., BadServer],
     locust: Callable[..., LocustProcess],
 ) -> None:
-    threaded = start_server("threaded", "--delay-ms", "10")
-    other = start_server("async", "--delay-ms", "10") if answers == "ok" else bad_server(answers)
-    args = [*targets(threaded.address, other.address), "--read-timeout", "0.2", *thresholds]
+    threaded = module_server("threaded", "--delay-ms", "10")
+    other = module_server("async", "--delay-ms", "10") if answers == "ok" else bad_server(answers)
+    args = [*targets(threaded.address, other.address), "--read-timeout", "0.5", *thresholds]
     run = locust("--headless", "-u", "2", "-r", "2", "-t", "3s", *args, stats=False)
     assert run.wait() == status, run.log
     assert f"exit {status}" in run.log, run.log

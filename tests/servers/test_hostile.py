@@ -21,13 +21,14 @@ from support.attack import (
     read_all,
     tree_rss,
     trickling,
-    wait_until,
 )
+from support.waiting import flag, poll_until, scaled
 
 LINE = b"f" * 1023 + b"\n"
 FLOODERS = 100
 
 
+@pytest.mark.every_loop  # the loop's transports buffer, and pause reading
 @pytest.mark.concurrent
 @pytest.mark.framing("lines")
 def test_clients_that_flood_and_never_read_cost_bounded_memory(start_server, variant):
@@ -54,17 +55,19 @@ def test_clients_that_flood_and_never_read_cost_bounded_memory(start_server, var
             sock.close()
 
 
+@pytest.mark.every_loop
 @pytest.mark.framing("lines")
 def test_clients_that_never_read_are_ended_after_the_idle_timeout_and_counted_once(start_server, variant):
     """Their replies fill the socket buffers, then wait in the server: for the idle timeout, then the
     connection is reset (a close would wait for ever for a reader that never comes)."""
-    server = start_server(variant, "--delay-ms", "0", "--idle-timeout", "1")
+    server = start_server(variant, "--delay-ms", "0", "--idle-timeout", flag(4))
     count = 5 if variant.concurrent else 1
     before = server.scrape()
     clients = [connect(server.port) for _ in range(count)]
     try:
         flood(clients, LINE * 64, budget=256 * MiB)  # until the server takes no more
-        wait_until(lambda: established(server.pid, server.port) == 0, "the clients that never read ended")
+        poll_until(lambda: established(server.pid, server.port), lambda held: held == 0,
+                   what="the clients that never read ended")  # fmt: skip
     finally:
         for sock in clients:
             sock.close()
@@ -79,13 +82,16 @@ def test_clients_that_never_read_are_ended_after_the_idle_timeout_and_counted_on
 @pytest.mark.framing("lines")
 def test_lines_sent_a_byte_at_a_time_are_cut_at_the_request_deadline(start_server, variant):
     """Slowloris: a byte every 0.25 s would keep a per-byte idle timer (4 s) from ever firing; the
-    request deadline, 2 s from a line's first byte, ends each such line with an error line."""
-    server = start_server(variant, "--idle-timeout", "4", "--request-timeout", "2")
+    request deadline, 2 s from a line's first byte, ends each such line with an error line (all
+    three scaled)."""
+    server = start_server(variant, "--idle-timeout", flag(4), "--request-timeout", flag(2))
     count = 10 if variant.concurrent else 1
     endless = b"s" * 1000 + b"\n"
     before = server.scrape()
     with contextlib.ExitStack() as stack:
-        trickles = [stack.enter_context(trickling(server.port, endless, every=0.25)) for _ in range(count)]
+        trickles = [
+            stack.enter_context(trickling(server.port, endless, every=scaled(0.25))) for _ in range(count)
+        ]
         if variant.concurrent:
             assert server.exchange(b"meanwhile") == b"MEANWHILE\n"
             assert all(is_open(t.sock) for t in trickles)  # answered while the attack is on
@@ -104,7 +110,7 @@ def test_lines_sent_a_byte_at_a_time_are_cut_at_the_request_deadline(start_serve
 def test_silent_clients_holding_every_pool_thread_are_cut_at_the_idle_timeout(start_server):
     """The pool takes a connection only when a thread is free: --threads clients that never send
     hold them all, and a newcomer waits in the backlog until the idle timeout frees a thread."""
-    server = start_server("threaded", "--model", "pool", "--threads", "2", "--idle-timeout", "1")
+    server = start_server("threaded", "--model", "pool", "--threads", "2", "--idle-timeout", flag(2))
     before = server.scrape()
     silent = [connect(server.port) for _ in range(2)]
     try:

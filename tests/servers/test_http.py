@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from support.scrape import Metrics
-from support.servers import HOST, HTTP_SERVERS, TIMEOUT, HttpTestServer, settled
+from support.servers import HOST, HTTP_SERVERS, HttpTestServer, settled
+from support.waiting import TIMEOUT
 
 SERVERS = list(HTTP_SERVERS)
 # Long enough that a scrape sees every request of a batch in flight at once,

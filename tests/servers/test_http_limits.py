@@ -25,10 +25,10 @@ from support.attack import (
     status,
     tree_rss,
     trickling,
-    wait_until,
     workers,
 )
-from support.servers import HTTP_SERVERS, TIMEOUT
+from support.servers import HTTP_SERVERS
+from support.waiting import TIMEOUT, flag, poll_until, scaled
 
 from echolab.servers.gunicorn import LIMIT_REQUEST_FIELD_SIZE, LIMIT_REQUEST_FIELDS, LIMIT_REQUEST_LINE
 
@@ -80,7 +80,7 @@ def test_an_endless_header_is_cut_at_the_head_limit(start_http, name):
 def test_silent_connections_hold_nothing_and_close_after_the_idle_timeout(start_http, name):
     """Ten connections that never send: a request is answered while they are open, then they are closed."""
     threads = ("--http-threads", "2") if name == "threaded-http" else ()
-    server = start_http(name, *ONE_WORKER, *threads, "--idle-timeout", "5")
+    server = start_http(name, *ONE_WORKER, *threads, "--idle-timeout", flag(8))
     silent = [connect(server.port) for _ in range(10)]
     try:
         assert server.echo(b"meanwhile") == b"MEANWHILE"
@@ -94,7 +94,7 @@ def test_silent_connections_hold_nothing_and_close_after_the_idle_timeout(start_
 
 @pytest.mark.parametrize("name", SERVERS)
 def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(start_http, name):
-    server = start_http(name, "--idle-timeout", "1")
+    server = start_http(name, "--idle-timeout", flag(4))
     with connect(server.port) as sock:
         sock.sendall(post(b"once"))
         assert read_response(sock) == (200, b"ONCE")
@@ -104,15 +104,15 @@ def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(start_http, na
 @pytest.mark.parametrize("name", SERVERS)
 def test_requests_that_do_not_arrive_in_time_get_408(start_http, name):
     """A stalled head, a stalled body, a head trickled a byte at a time: 408 at the request deadline."""
-    server = start_http(name, "--request-timeout", "2")
+    server = start_http(name, "--request-timeout", flag(4))
     before = server.scrape()
     stalled_head, stalled_body = connect(server.port), connect(server.port)
-    with stalled_head, stalled_body, trickling(server.port, post(b"t" * 100), every=0.05) as trickle:
+    with stalled_head, stalled_body, trickling(server.port, post(b"t" * 100), every=scaled(0.2)) as trickle:
         stalled_head.sendall(b"POST /echo HTTP/1.1\r\nHost: echolab\r\n")
         stalled_body.sendall(b"POST /echo HTTP/1.1\r\nHost: echolab\r\nContent-Length: 100\r\n\r\nabc")
         assert server.echo(b"meanwhile") == b"MEANWHILE"
         assert [status(s) for s in (stalled_head, stalled_body, trickle.sock)] == [408, 408, 408]
-        assert trickle.sent < len(post(b"t" * 100))  # cut while still sending, a byte every 50 ms
+        assert trickle.sent < len(post(b"t" * 100))  # cut while still sending
     delta = server.idle_metrics() - before
     assert delta.query("echo_requests_total") == 1  # the three were never requests
 
@@ -120,8 +120,9 @@ def test_requests_that_do_not_arrive_in_time_get_408(start_http, name):
 @pytest.mark.parametrize("name", SERVERS)
 def test_clients_that_pipeline_and_never_read_cost_bounded_memory(start_http, name):
     """50 clients pipeline 60 KB POSTs and read nothing: the server stops reading them, memory stays
-    bounded, everyone else is served, and each is ended after the idle timeout."""
-    server = start_http(name, *ONE_WORKER, "--idle-timeout", "3")
+    bounded, everyone else is served, and each is ended after the idle timeout. No delay: the
+    replies fill every buffer on the way as fast as the server can make them."""
+    server = start_http(name, *ONE_WORKER, "--idle-timeout", flag(12), "--delay-ms", "0")
     before = tree_rss(server.pid)
     clients = [connect(server.port) for _ in range(50)]
     try:
@@ -129,7 +130,8 @@ def test_clients_that_pipeline_and_never_read_cost_bounded_memory(start_http, na
         grown = tree_rss(server.pid) - before
         assert server.echo(b"meanwhile") == b"MEANWHILE"
         assert grown < 150 * MiB, f"RSS +{grown / MiB:.0f} MiB after 50 clients sent {taken / MiB:.0f} MiB"
-        wait_until(lambda: established(server.pid, server.port) == 0, "the non-reading clients ended")
+        poll_until(lambda: established(server.pid, server.port), lambda held: held == 0,
+                   what="the non-reading clients ended")  # fmt: skip
     finally:
         for sock in clients:
             sock.close()

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import os
 import resource
-import time
 
 import pytest
 from support.attack import trickling
+from support.waiting import flag, poll_until, scaled
 from support.wire import Connection, framed
 
+IDLE = ("--idle-timeout", flag(2))
+TWO_CONNECTIONS = ("--max-connections", "2")
 
-def test_silent_client_is_closed_after_the_idle_timeout(start_server, variant):
-    server = start_server(variant, "--idle-timeout", "0.5")
+
+def test_silent_client_is_closed_after_the_idle_timeout(variant_server, variant):
+    server = variant_server(*IDLE)
     before = server.scrape()
     with server.connect() as conn:
         assert conn.outcome() == b""  # closed, without a word
@@ -29,8 +32,8 @@ def test_silent_client_is_closed_after_the_idle_timeout(start_server, variant):
 
 
 @pytest.mark.framing("lines")
-def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(start_server, variant):
-    server = start_server(variant, "--idle-timeout", "0.5")
+def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(variant_server):
+    server = variant_server(*IDLE)
     before = server.scrape()
     with server.connect() as conn:
         conn.send(b"once\n")
@@ -44,7 +47,7 @@ def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(start_server, 
 @pytest.mark.framing("lines")
 def test_half_a_line_then_silence_gets_an_error_at_the_request_deadline(start_server, variant):
     """The request timeout, not the idle timeout (a minute here), ends a line that stops half-way."""
-    server = start_server(variant, "--idle-timeout", "60", "--request-timeout", "0.5")
+    server = start_server(variant, "--idle-timeout", "60", "--request-timeout", flag(2))
     before = server.scrape()
     with server.connect() as conn:
         conn.send(b"answered\nhalf a li")
@@ -64,15 +67,17 @@ def test_half_a_line_then_silence_gets_an_error_at_the_request_deadline(start_se
 @pytest.mark.framing("lines")
 def test_a_line_slower_than_the_idle_timeout_is_answered_within_the_request_timeout(start_server, variant):
     """The idle timeout is for waiting for a request; a line begun has the request timeout."""
-    server = start_server(variant, "--idle-timeout", "0.5", "--request-timeout", "10")
-    with trickling(server.port, b"slow line\n", every=0.2) as trickle:  # 2 s for the line
+    server = start_server(variant, *IDLE, "--request-timeout", flag(40))
+    # Twice the idle timeout for the line (10 bytes); a twentieth of the request timeout.
+    with trickling(server.port, b"slow line\n", every=scaled(0.4)) as trickle:
         assert Connection(trickle.sock).line() == b"SLOW LINE\n"
         assert trickle.sent == len(b"slow line\n")
 
 
 def test_a_request_in_work_is_never_timed_out(start_server, variant):
     """Its work is the server's time: a delay past both timeouts is waited out and answered."""
-    server = start_server(variant, "--delay-ms", "1500", "--idle-timeout", "0.5", "--request-timeout", "0.5")
+    twice_as_long = ("--delay-ms", f"{scaled(4) * 1000:g}")
+    server = start_server(variant, *twice_as_long, *IDLE, "--request-timeout", flag(2))
     before = server.scrape()
     assert server.exchange(b"slow") == framed(b"SLOW", variant.framing)
     delta = server.idle_metrics() - before
@@ -80,9 +85,10 @@ def test_a_request_in_work_is_never_timed_out(start_server, variant):
     assert delta.counts(expected) == expected
 
 
+@pytest.mark.every_loop  # refusing happens as the loop accepts
 @pytest.mark.concurrent
-def test_connections_over_the_limit_are_refused(start_server, variant):
-    server = start_server(variant, "--max-connections", "2")
+def test_connections_over_the_limit_are_refused(variant_server, variant):
+    server = variant_server(*TWO_CONNECTIONS)
     before = server.scrape()
     with server.connections(2) as held:
         server.wait_metrics(lambda m: m.value("echo_connections_active") == 2)
@@ -106,21 +112,24 @@ def test_connections_over_the_limit_are_refused(start_server, variant):
     assert delta.counts(expected) == expected
 
 
+@pytest.mark.every_loop
 @pytest.mark.concurrent
-def test_refused_clients_that_stay_connected_do_not_hold_up_accepting(start_server, variant):
+def test_refused_clients_that_stay_connected_do_not_hold_up_accepting(variant_server, variant):
     """Refusing is one write, then a close: 20 refused clients that neither send nor leave
     (a second each on the threaded server's acceptor, once) do not delay the next client."""
-    server = start_server(variant, "--max-connections", "2")
+    server = variant_server(*TWO_CONNECTIONS)
+    before = server.scrape()
     with server.connections(2) as held:
         server.wait_metrics(lambda m: m.value("echo_connections_active") == 2)
         with server.connections(20) as refused:
-            server.wait_metrics(lambda m: m.value("echo_connections_refused_total") == 20)
+            server.wait_metrics(lambda m: (m - before).value("echo_connections_refused_total") == 20)
             held[0].close()
             server.wait_metrics(lambda m: m.value("echo_connections_active") == 1)
             assert server.exchange(b"got in") == framed(b"GOT IN", variant.framing)
             assert [conn.line() for conn in refused] == [b"ERROR too many connections\n"] * 20
 
 
+@pytest.mark.every_loop  # how the loop's accept takes EMFILE
 @pytest.mark.concurrent
 @pytest.mark.framing("lines")
 def test_out_of_file_descriptors(start_server, variant):
@@ -168,10 +177,8 @@ def test_out_of_file_descriptors(start_server, variant):
     assert outcome in (b"HELLO %d\n" % len(held), b"")
     pending.close()
     # ...and once the server has closed its ends, new connections are accepted again.
-    deadline = time.monotonic() + 10
-    while len(os.listdir(f"/proc/{server.pid}/fd")) > open_fds:
-        assert time.monotonic() < deadline, "the server kept the closed connections' descriptors"
-        time.sleep(0.02)
+    poll_until(lambda: len(os.listdir(f"/proc/{server.pid}/fd")), lambda fds: fds <= open_fds,
+               what="the server closing the closed connections' descriptors")  # fmt: skip
     assert server.exchange(b"back") == b"BACK\n"
 
     delta = server.idle_metrics() - before

@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from support.parallel import MEASURING
 from support.scrape import Metrics
 from support.servers import TestServer, settled
 
@@ -48,6 +49,7 @@ def concurrently(server: TestServer, count: int) -> tuple[list[bytes], float]:
         return replies, time.perf_counter() - started
 
 
+@MEASURING
 @pytest.mark.parametrize("server_args", SERVERS, ids=ids(SERVERS))
 def test_cpu_work_costs_its_setting_in_process_cpu_time(start_server, server_args):
     cpu_ms, requests = 20, 40

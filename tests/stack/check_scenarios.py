@@ -30,8 +30,8 @@ from support.stack import OPEN_LOOP, SERVERS, TIMINGS, Compose, Load, by, stop_s
 from echolab import catalogue
 from echolab.dashboards.panels import queries, resolve_variables, substitute
 from echolab.dashboards.prometheus import Prometheus
-from echolab.lab.scenarios import SCENARIOS
 from echolab.metrics import spec
+from echolab.scenarios import SCENARIOS
 from echolab.settings import options
 
 BLOCKING_S = float(SCENARIOS["blocking"].environment(catalogue.SERVERS[0])["ECHO_BLOCKING_MS"]) / 1000

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import psutil
 
-from .servers import HOST, TIMEOUT
+from .servers import HOST
+from .waiting import TIMEOUT
 
 MiB = 1 << 20
 
@@ -68,24 +70,36 @@ def post(body: bytes, close: bool = False) -> bytes:
 def flood(socks: list[socket.socket], data: bytes, budget: int, stall: float = 1.0) -> int:
     """Write ``data`` again and again to every socket, never reading, until each has taken
     ``budget`` bytes or has taken nothing for ``stall`` seconds; return the bytes they took."""
-    for sock in socks:
-        sock.setblocking(False)
     sent = dict.fromkeys(socks, 0)
     progress = dict.fromkeys(socks, time.monotonic())
-    active = set(socks)
-    while active:
-        for sock in list(active):
-            try:
-                sent[sock] += sock.send(data)
-                progress[sock] = time.monotonic()
-            except BlockingIOError:
-                pass
-            except OSError:  # the server ended it
-                active.discard(sock)
-                continue
-            if sent[sock] >= budget or time.monotonic() - progress[sock] > stall:
-                active.discard(sock)
-        time.sleep(0.001)
+    with selectors.DefaultSelector() as selector:
+        for sock in socks:
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_WRITE)
+
+        def done(sock: socket.socket) -> None:
+            selector.unregister(sock)
+            del progress[sock]
+
+        while progress:
+            # Until a socket can take more, or the first stall is due: no spinning on full buffers.
+            wait = min(progress.values()) + stall - time.monotonic()
+            for key, _ in selector.select(max(0.0, wait)):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                try:
+                    sent[sock] += sock.send(data)
+                    progress[sock] = time.monotonic()
+                except BlockingIOError:
+                    pass
+                except OSError:  # the server ended it
+                    done(sock)
+                    continue
+                if sent[sock] >= budget:
+                    done(sock)
+            now = time.monotonic()
+            for sock in [s for s, last in progress.items() if now - last > stall]:
+                done(sock)
     return sum(sent.values())
 
 
@@ -118,18 +132,19 @@ def trickling(port: int, data: bytes, every: float = 0.1) -> Iterator[Trickle]:
 
 
 def read_response(sock: socket.socket) -> tuple[int, bytes]:
-    """One HTTP/1.1 response with a Content-Length: its status and body."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed after {data!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    fields = dict(line.lower().split(b":", 1) for line in head.split(b"\r\n")[1:])
+    """One HTTP/1.1 response with a Content-Length: its status and body. It reads nothing past
+    them, so a pipelined response that came in the same packet is left for the next call."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)  # a head is a few hundred bytes: one at a time is cheap enough here
+        if not byte:
+            raise ConnectionError(f"closed after {head!r}")
+        head += byte
+    fields = dict(line.lower().split(b":", 1) for line in head[:-4].split(b"\r\n")[1:])
     length = int(fields[b"content-length"])
+    body = b""
     while len(body) < length:
-        chunk = sock.recv(65536)
+        chunk = sock.recv(length - len(body))
         if not chunk:
             raise ConnectionError("closed mid-body")
         body += chunk
@@ -162,10 +177,3 @@ def established(pid: int, port: int) -> int:
                 if c.laddr and c.laddr.port == port and c.raddr and c.status == psutil.CONN_ESTABLISHED
             )
     return count
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not after {timeout:g}s"
-        time.sleep(0.05)

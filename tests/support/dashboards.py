@@ -12,7 +12,7 @@ Reading the JSON and resolving its variables is the package's
 from __future__ import annotations
 
 import re
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ from echolab.dashboards.panels import (
 from echolab.dashboards.panels import load as load_dashboard
 from echolab.dashboards.prometheus import Prometheus
 from echolab.metrics import METRICS
+
+from .waiting import poll_until
 
 __all__ = [
     "DASHBOARDS",
@@ -92,16 +94,16 @@ def wait_for_every_panel(
     window: str,
     deadline: float,
     servers: tuple[str, ...] = (),
-) -> str:
-    """Poll until every panel shows data, for each of ``servers`` it applies to; return '' or what is not."""
-    end = time.monotonic() + deadline
-    while True:
-        missing = panels_without_data(prometheus, dashboard, window, servers)
-        if not missing:
-            return ""
-        if time.monotonic() > end:
-            total = len(queries(dashboard))
-            return f"{len(missing)} of {total} queries returned no data after {deadline:.0f}s:\n" + "\n".join(
-                missing
-            )
-        time.sleep(1)
+    interval: float = 1.0,
+    context: Callable[[], str] = str,
+) -> None:
+    """Poll until every panel shows data, for each of ``servers`` it applies to; fail with the queries
+    that do not (and ``context()``, the logs behind them) after ``deadline`` seconds."""
+    poll_until(
+        lambda: "\n".join(panels_without_data(prometheus, dashboard, window, servers)),
+        lambda missing: not missing,
+        what=f"every one of the {len(queries(dashboard))} queries of {dashboard['title']!r} returning data",
+        timeout=deadline,
+        interval=interval,
+        context=context,
+    )

@@ -11,16 +11,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from .scrape import Metrics
 from .servers import HOST, clean_environment
+from .waiting import INTERVAL, poll_until
 
 DEADLINE = 30.0  # seconds any wait may take before the test fails
 LOADTEST = Path(__file__).resolve().parents[2] / "loadtest"
@@ -56,17 +54,36 @@ class LocustProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def exited(self) -> str:
+        """Why Locust cannot bring anything about any more (it exited; its log), or "" while it runs."""
+        if self.proc.poll() is None:
+            return ""
+        return f"locust exited with {self.proc.returncode}:\n{self.log}"
+
+    def poll(
+        self,
+        what: str,
+        probe: Callable[[], Any],
+        until: Callable[[Any], object] = bool,
+        interval: float = INTERVAL,
+    ) -> Any:
+        """``poll_until`` for up to DEADLINE, while Locust runs."""
+        return poll_until(
+            probe,
+            until,
+            what=what,
+            timeout=DEADLINE,
+            interval=interval,
+            gone=self.exited,
+            context=lambda: self.log,
+        )
+
     @property
     def metrics_url(self) -> str:
         """Found in the log: every process serves /metrics on a port of its own (here an ephemeral one)."""
-        deadline = time.monotonic() + DEADLINE
-        while self._metrics_url is None:
-            if match := METRICS_LOG.search(self.log):
-                self._metrics_url = f"http://{HOST}:{match.group(2)}/metrics"
-            elif self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"locust never served /metrics:\n{self.log}")
-            else:
-                time.sleep(0.05)
+        if self._metrics_url is None:
+            match = self.poll("locust serving /metrics", lambda: METRICS_LOG.search(self.log))
+            self._metrics_url = f"http://{HOST}:{match.group(2)}/metrics"
         return self._metrics_url
 
     def scrape(self) -> Metrics:
@@ -74,18 +91,8 @@ class LocustProcess:
             return Metrics.parse(response.read().decode())
 
     def wait_metrics(self, predicate: Callable[[Metrics], bool]) -> Metrics:
-        deadline = time.monotonic() + DEADLINE
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(
-                    f"locust exited with {self.proc.returncode} before its metrics matched:\n{self.log}"
-                )
-            metrics = self.scrape()
-            if predicate(metrics):
-                return metrics
-            if time.monotonic() > deadline:
-                pytest.fail(f"metrics never matched: {sorted(metrics.items())}\n{self.log}")
-            time.sleep(0.05)
+        metrics: Metrics = self.poll(f"locust's metrics matching {predicate}", self.scrape, predicate)
+        return metrics
 
     def stop(self) -> int:
         """SIGTERM: Locust stops its users, writes its stats and exits.
@@ -121,13 +128,11 @@ class LocustProcess:
 
     def wait_reported(self, names: tuple[str, ...], count: int) -> None:
         """Poll the ``--csv`` stats until each of ``names`` has ``count`` requests."""
-        deadline = time.monotonic() + DEADLINE
-        while not all(self.reported().get(name, 0) >= count for name in names):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"stats never showed {count} requests for each of {names}: {self.reported()}\n{self.log}"
-                )
-            time.sleep(0.1)
+        self.poll(
+            f"stats showing {count} requests for each of {names}",
+            self.reported,
+            lambda reported: all(reported.get(name, 0) >= count for name in names),
+        )
 
     def error_report(self) -> list[str]:
         """The lines of the error report Locust prints when it exits (without ``--json-file``)."""

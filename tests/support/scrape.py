@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import re
-import time
 import urllib.request
 from collections.abc import Callable, Iterable
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-TIMEOUT = 10.0
+from .waiting import TIMEOUT, poll_until
 
 
 class Metrics(dict[tuple[str, frozenset[tuple[str, str]]], float]):
@@ -49,6 +47,9 @@ class Metrics(dict[tuple[str, frozenset[tuple[str, str]]], float]):
     def __sub__(self, other: Metrics) -> Metrics:  # type: ignore[override]
         return Metrics({key: value - other.get(key, 0.0) for key, value in self.items()})
 
+    def __repr__(self) -> str:  # sorted, for the message of a wait that failed
+        return repr(sorted(self.items()))
+
 
 def scrape(url: str) -> Metrics:
     with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
@@ -63,13 +64,6 @@ def wait_for(
     ``alive()`` returns why the process behind ``url`` cannot get there any
     more (it exited), or "" while it can.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        if problem := alive():
-            pytest.fail(problem)
-        metrics = scrape(url)
-        if predicate(metrics):
-            return metrics
-        if time.monotonic() > deadline:
-            pytest.fail(f"metrics never matched {predicate}: {sorted(metrics.items())}")
-        time.sleep(0.02)
+    return poll_until(
+        lambda: scrape(url), predicate, what=f"metrics matching {predicate}", timeout=timeout, gone=alive
+    )

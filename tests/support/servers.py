@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +31,17 @@ from echolab.launcher import LaunchError, ServerProcess
 from echolab.settings import ASYNC_APIS, LOOPS, THREADED_MODELS, add_arguments, from_namespace
 
 from .scrape import Metrics, scrape, wait_for
+from .waiting import TIMEOUT, poll_until
 from .wire import Connection, framed
 
 HOST = "127.0.0.1"
-TIMEOUT = 10.0  # generous: a broken server fails a test with a timeout instead of hanging it
 FAST_ARGS = ("--delay-ms", "20")  # most tests run with a short simulated IO wait
 TCP_SERVERS = tuple(s.name for s in SERVERS if s.transport == "tcp")
 HTTP_SERVERS = tuple(s.name for s in SERVERS if s.transport == "http")
 
 
 @dataclass(frozen=True)
-class Variant:
+class TcpVariant:
     """A TCP server as the behavioural suite runs it: server x implementation x framing."""
 
     server: str
@@ -58,6 +57,11 @@ class Variant:
     def concurrent(self) -> bool:
         return self.kind != "serial"
 
+    @property
+    def loop(self) -> str:
+        """The async server's event loop; "" for the threaded one."""
+        return self.kind.rpartition("-")[2] if self.server == "async" else ""
+
     def options(self) -> list[str]:
         return [*self.flags, "--framing", self.framing]
 
@@ -69,7 +73,7 @@ IMPLEMENTATIONS = [("threaded", model, ("--model", model)) for model in THREADED
 # what differs between the loops (accepting, running out of descriptors) is the same in both
 # framings, and the protocol API covers asyncio's oneshot; one variant less keeps the suite shorter.
 VARIANTS = [
-    Variant(name, kind, framing, flags)
+    TcpVariant(name, kind, framing, flags)
     for name, kind, flags in IMPLEMENTATIONS
     for framing in ("oneshot", "lines")
     if (kind, framing) != ("streams-asyncio", "oneshot")
@@ -161,11 +165,9 @@ class TestServer(ServerProcess):
     # --- the log and the end
 
     def wait_for_log(self, text: str, timeout: float = TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log:
-            if time.monotonic() > deadline:
-                pytest.fail(f"{text!r} not in the server log after {timeout}s:\n{self.log}")
-            time.sleep(0.02)
+        poll_until(
+            lambda: self.log, lambda log: text in log, what=f"{text!r} in the server log", timeout=timeout
+        )
 
     def sigterm(self) -> None:
         self.send()
@@ -264,10 +266,10 @@ def settled(server: TestServer, before: Metrics, ok: int) -> Metrics:
 
 
 def make_server(
-    what: Variant | str, options: tuple[str, ...], env: dict[str, str] | None, log: Path
+    what: TcpVariant | str, options: tuple[str, ...], env: dict[str, str] | None, log: Path
 ) -> TestServer:
-    """A server, not started: a Variant (with the short delay), or a catalogue name with ``options`` only."""
-    if isinstance(what, Variant):
+    """A server, not started: a variant (with the short delay), or a catalogue name with ``options`` only."""
+    if isinstance(what, TcpVariant):
         argv = [*what.options(), *FAST_ARGS, *options]
         return TestServer(server(what.server), argv, log, what.framing, env or {})
     kind = server(what)

@@ -25,6 +25,8 @@ import pytest
 
 from echolab import catalogue
 
+from .waiting import poll_until
+
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "echolab-stacktest"
 SERVERS = catalogue.NAMES
@@ -184,13 +186,7 @@ def by_labels(result: list[dict[str, Any]], *labels: str) -> dict[tuple[str, ...
 
 
 def wait_for(what: str, check: Callable[[], tuple[bool, Any]], deadline: float = DEADLINE) -> Any:
-    """Poll ``check()`` (returning ``(ok, what it saw)``) until ok, and return what it saw; fail with
-    what it saw last."""
-    end = time.monotonic() + deadline
-    while True:
-        ok, seen = check()
-        if ok:
-            return seen
-        if time.monotonic() > end:
-            pytest.fail(f"{what}: not after {deadline:.0f}s; last saw {seen!r}")
-        time.sleep(1)
+    """Poll ``check()`` (returning ``(ok, what it saw)``) every second until ok, and return what it saw;
+    fail with what it saw last."""
+    ok_and_seen = poll_until(check, lambda result: result[0], what=what, timeout=deadline, interval=1.0)
+    return ok_and_seen[1]

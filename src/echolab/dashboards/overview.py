@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.models import dashboard as dm
 
+from .. import ports
 from ..catalogue import SERVERS
 from ..metrics import CGROUP_CONDITION, FAILURE_KINDS
 from .grafana import (
@@ -45,8 +46,8 @@ def _families() -> str:
 
 ABOUT = f"""\
 Four echo servers, each under the **same CPU and memory limits** (table on the right), loaded by \
-Locust (web UI on port 8089): {_families()}. Pick any of them with the **server** selector: every \
-panel follows it.
+Locust (web UI on port {ports.LOCUST_WEB}): {_families()}. Pick any of them with the **server** \
+selector: every panel follows it.
 
 * **Little's law**: with *N* users each waiting for a reply that takes the server's work *D* (its \
 CPU work, blocking call and IO per request), then thinking *Z*, throughput cannot exceed \

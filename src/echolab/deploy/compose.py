@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import catalogue
+from .. import catalogue, ports
 from ..catalogue import Server
 from . import stack
 from .yamltext import dump
@@ -33,10 +33,10 @@ GRAFANA_PASSWORD = "grafana-admin-password"
 RETENTION = "15d"
 # Host ports, each a HOST_PORT_<NAME> in .env; the servers' are their native ports.
 HOST_PORTS = {
-    "GRAFANA": stack.GRAFANA_PORT,
-    "LOCUST_UI": stack.LOCUST_WEB_PORT,
-    "LOCUST_MASTER": stack.LOCUST_MASTER_PORT,
-    "PROMETHEUS": 9099,  # 9090 to 9093 are the servers'
+    "GRAFANA": ports.GRAFANA,
+    "LOCUST_UI": ports.LOCUST_WEB,
+    "LOCUST_MASTER": ports.LOCUST_MASTER,
+    "PROMETHEUS": ports.PROMETHEUS_HOST,
     **{server.env_name: server.port for server in catalogue.SERVERS},
 }
 GRAFANA_PROFILE = "grafana"
@@ -117,7 +117,7 @@ def server_service(server: Server) -> dict[str, Any]:
         "ulimits": {"nofile": {"soft": NOFILE, "hard": NOFILE}},
         "stop_grace_period": f"{stack.STOP_GRACE_SECONDS}s",
         "healthcheck": healthcheck(stack.probe_command(port, path)),
-        "ports": [publish(server.env_name, stack.ECHO_PORT)],
+        "ports": [publish(server.env_name, ports.SERVER)],
     }
 
 
@@ -144,9 +144,9 @@ def locust_service(args: tuple[str, ...], probes: list[tuple[int, str]]) -> dict
 
 def services() -> dict[str, Any]:
     result = {server.name: server_service(server) for server in catalogue.SERVERS}
-    metrics = (stack.LOCUST_METRICS_PORT, "/metrics")
-    master = locust_service(stack.MASTER_ARGS, [(stack.LOCUST_WEB_PORT, "/"), metrics])
-    master["ports"] = [publish("LOCUST_UI", stack.LOCUST_WEB_PORT)]
+    metrics = (ports.LOCUST_METRICS, "/metrics")
+    master = locust_service(stack.MASTER_ARGS, [(ports.LOCUST_WEB, "/"), metrics])
+    master["ports"] = [publish("LOCUST_UI", ports.LOCUST_WEB)]
     worker = locust_service(stack.WORKER_ARGS, [metrics])
     worker["depends_on"] = {stack.MASTER_SERVICE: {"condition": "service_healthy"}}
     result[stack.MASTER_SERVICE] = master
@@ -163,8 +163,8 @@ def services() -> dict[str, Any]:
         "volumes": ["./prometheus:/etc/prometheus:ro", "prometheus-data:/prometheus"],
         "configs": [{"source": "echo-server-targets", "target": "/etc/prometheus-targets/echo-servers.json"}],
         **hardened(None, stack.MONITORING_PIDS),
-        "ports": [publish("PROMETHEUS", stack.PROMETHEUS_PORT)],
-        "healthcheck": healthcheck(wget(stack.PROMETHEUS_PORT, "/-/ready")),
+        "ports": [publish("PROMETHEUS", ports.PROMETHEUS)],
+        "healthcheck": healthcheck(wget(ports.PROMETHEUS, "/-/ready")),
     }
     result["grafana"] = {
         "image": stack.GRAFANA_IMAGE,
@@ -179,8 +179,8 @@ def services() -> dict[str, Any]:
             "grafana-data:/var/lib/grafana",
         ],
         **hardened(None, stack.MONITORING_PIDS),
-        "ports": [publish("GRAFANA", stack.GRAFANA_PORT)],
-        "healthcheck": healthcheck(wget(stack.GRAFANA_PORT, "/api/health"), "30s"),
+        "ports": [publish("GRAFANA", ports.GRAFANA)],
+        "healthcheck": healthcheck(wget(ports.GRAFANA, "/api/health"), "30s"),
         "depends_on": {"prometheus": {"condition": "service_healthy"}},
     }
     return result
@@ -193,7 +193,7 @@ def server_targets() -> str:
     force" table shows what each server really got.
     """
     lines = [
-        f'  {{"targets": ["{server.name}:{stack.METRICS_PORT}"], "labels": {{"server": "{server.name}", '
+        f'  {{"targets": ["{server.name}:{ports.SERVER_METRICS}"], "labels": {{"server": "{server.name}", '
         f'"cpus": "{SERVER_CPUS}", "memory": "{SERVER_MEMORY}"}}}}'
         for server in catalogue.SERVERS
     ]
@@ -248,6 +248,6 @@ REMOTE_WORKERS = """\
 
 
 def remote_workers_file() -> str:
-    port = publish("LOCUST_MASTER", stack.LOCUST_MASTER_PORT)
+    port = publish("LOCUST_MASTER", ports.LOCUST_MASTER)
     overlay = {"services": {stack.MASTER_SERVICE: {"ports": [port]}}}
     return REMOTE_WORKERS + "\n" + dump(overlay)

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from .. import __version__, catalogue
+from .. import __version__, catalogue, ports, settings
 from ..catalogue import Server
 from . import stack
 from .yamltext import dump, dump_all
@@ -179,7 +179,7 @@ def scraped() -> dict[str, str]:
 
 def server_objects(server: Server) -> list[Object]:
     port, path = stack.health(server)
-    probe_port = "echo" if port == stack.ECHO_PORT else "metrics"
+    probe_port = "echo" if port == ports.SERVER else "metrics"
     volumes, mounts = scratch(stack.writable_paths(server))
     container: Object = {
         "name": "server",  # the same in every server: one patch sets all their limits
@@ -188,8 +188,8 @@ def server_objects(server: Server) -> list[Object]:
         "args": ["serve", server.name],
         "env": env(stack.FIXED_SERVER_ENV),
         "ports": [
-            {"name": "echo", "containerPort": stack.ECHO_PORT},
-            {"name": "metrics", "containerPort": stack.METRICS_PORT},
+            {"name": "echo", "containerPort": ports.SERVER},
+            {"name": "metrics", "containerPort": ports.SERVER_METRICS},
         ],
         "resources": server_resources(stack.SERVER_LIMITS),
         "readinessProbe": http_probe(probe_port, path),
@@ -208,7 +208,7 @@ def server_objects(server: Server) -> list[Object]:
             volumes=volumes,
             terminationGracePeriodSeconds=stack.STOP_GRACE_SECONDS,
         ),
-        service(server.name, SERVER_COMPONENT, {"echo": stack.ECHO_PORT, "metrics": stack.METRICS_PORT}),
+        service(server.name, SERVER_COMPONENT, {"echo": ports.SERVER, "metrics": ports.SERVER_METRICS}),
     ]
 
 
@@ -240,9 +240,9 @@ def locust_container(args: tuple[str, ...], ports: dict[str, int], extra_env: di
 
 
 def locust_objects() -> list[Object]:
-    metrics = {"metrics": stack.LOCUST_METRICS_PORT}
+    metrics = {"metrics": ports.LOCUST_METRICS}
     master = locust_container(
-        stack.MASTER_ARGS, {"web": stack.LOCUST_WEB_PORT, "master": stack.LOCUST_MASTER_PORT, **metrics}, {}
+        stack.MASTER_ARGS, {"web": ports.LOCUST_WEB, "master": ports.LOCUST_MASTER, **metrics}, {}
     )
     # Ready once it takes workers: the Service they dial has no endpoint before.
     master["readinessProbe"] = {"tcpSocket": {"port": "master"}, "periodSeconds": 5}
@@ -256,7 +256,7 @@ def locust_objects() -> list[Object]:
         service(
             stack.MASTER_SERVICE,
             "locust-master",
-            {"web": stack.LOCUST_WEB_PORT, "master": stack.LOCUST_MASTER_PORT},
+            {"web": ports.LOCUST_WEB, "master": ports.LOCUST_MASTER},
         ),
         # The number of workers is the one knob for load: `kubectl scale deployment/locust-worker`.
         deployment(
@@ -296,7 +296,7 @@ def prometheus_objects() -> list[Object]:
             "--storage.tsdb.path=/prometheus",
             "--storage.tsdb.retention.time=15d",
         ],
-        "ports": [{"name": "web", "containerPort": stack.PROMETHEUS_PORT}],
+        "ports": [{"name": "web", "containerPort": ports.PROMETHEUS}],
         "resources": resources((0.25, 512), (1.0, 2048)),
         "readinessProbe": http_probe("web", "/-/ready"),
         "livenessProbe": http_probe("web", "/-/healthy", failures=6),
@@ -324,7 +324,7 @@ def prometheus_objects() -> list[Object]:
         role,
         binding,
         prometheus,
-        service("prometheus", "prometheus", {"web": stack.PROMETHEUS_PORT}),
+        service("prometheus", "prometheus", {"web": ports.PROMETHEUS}),
     ]
 
 
@@ -347,7 +347,7 @@ def grafana_objects() -> list[Object]:
         "name": "grafana",
         "image": stack.GRAFANA_IMAGE,
         "env": env(stack.GRAFANA_ENV),
-        "ports": [{"name": "web", "containerPort": stack.GRAFANA_PORT}],
+        "ports": [{"name": "web", "containerPort": ports.GRAFANA}],
         "resources": resources((0.1, 128), (0.5, 512)),
         "readinessProbe": http_probe("web", "/api/health"),
         "livenessProbe": http_probe("web", "/api/health", failures=6),
@@ -361,7 +361,7 @@ def grafana_objects() -> list[Object]:
     }
     return [
         deployment("grafana", "grafana", container, volumes=volumes),
-        service("grafana", "grafana", {"web": stack.GRAFANA_PORT}),
+        service("grafana", "grafana", {"web": ports.GRAFANA}),
     ]
 
 
@@ -447,21 +447,21 @@ def headless_objects() -> list[Object]:
         "LOCUST_USERS": "200",
         "LOCUST_SPAWN_RATE": "20",
         "LOCUST_RUN_TIME": f"{RUN_SECONDS}s",
-        "LOCUST_MAX_FAIL_RATIO": "0.01",
+        **settings.environment(settings.LocustSettings, max_fail_ratio=0.01),
     }
     master = locust_container(
         ("--master", "--headless", "--enable-rebalancing", "--only-summary"),
-        {"master": stack.LOCUST_MASTER_PORT, "metrics": stack.LOCUST_METRICS_PORT},
+        {"master": ports.LOCUST_MASTER, "metrics": ports.LOCUST_METRICS},
         run_env,
     )
     master["readinessProbe"] = {"tcpSocket": {"port": "master"}, "periodSeconds": 5}
-    worker = locust_container(("--worker", "--master-host", RUN), {"metrics": stack.LOCUST_METRICS_PORT}, {})
+    worker = locust_container(("--worker", "--master-host", RUN), {"metrics": ports.LOCUST_METRICS}, {})
     master_job = job(f"{RUN}-master", "locust-master", master, 1)
     workers_job = job(f"{RUN}-workers", "locust-worker", worker, RUN_WORKERS)
     master_service = service(
         f"{RUN}-master",
         "locust-master",
-        {"master": stack.LOCUST_MASTER_PORT},
+        {"master": ports.LOCUST_MASTER},
         clusterIP="None",
         publishNotReadyAddresses=True,
     )

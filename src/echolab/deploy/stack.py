@@ -13,20 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .. import catalogue, settings
+from .. import catalogue, ports, settings
 from ..catalogue import Server
-from ..lab.scenarios import Scenario
+from ..scenarios import Scenario
 
 NAME = "echolab"
 
-# Inside its container every server listens on the same two ports.
-ECHO_PORT = catalogue.CONTAINER_PORT
-METRICS_PORT = catalogue.CONTAINER_METRICS_PORT
-LOCUST_WEB_PORT = 8089
-LOCUST_MASTER_PORT = 5557
-LOCUST_METRICS_PORT = 9646
-PROMETHEUS_PORT = 9090
-GRAFANA_PORT = 3000
 UID = 10001  # the non-root user of both images (see the Dockerfile)
 
 PROMETHEUS_IMAGE = "prom/prometheus:v2.53.3"
@@ -78,8 +70,8 @@ MONITORING_PIDS = 512
 # listens inside the container, and the drain timeout (see above). The
 # image sets ECHO_HOST=0.0.0.0.
 FIXED_SERVER_ENV = {
-    "ECHO_PORT": str(ECHO_PORT),
-    "ECHO_METRICS_PORT": str(METRICS_PORT),
+    "ECHO_PORT": str(ports.SERVER),
+    "ECHO_METRICS_PORT": str(ports.SERVER_METRICS),
     "ECHO_DRAIN_TIMEOUT": f"{DRAIN_TIMEOUT:g}",
 }
 
@@ -111,7 +103,8 @@ def health(server: Server) -> tuple[int, str]:
     (the master's /metrics comes first); a TCP server's /metrics once it
     listens.
     """
-    return (ECHO_PORT, "/healthz") if server.transport == "http" else (METRICS_PORT, "/metrics")
+    path = server.transport.health_path
+    return (ports.SERVER, path) if path else (ports.SERVER_METRICS, "/metrics")
 
 
 def writable_paths(server: Server) -> tuple[str, ...]:
@@ -121,7 +114,7 @@ def writable_paths(server: Server) -> tuple[str, ...]:
     under $TMPDIR (/tmp) at each start, and each worker writes a file there.
     The workers' heartbeat files go to /dev/shm, which the runtime provides.
     """
-    return ("/tmp",) if server.transport == "http" else ()
+    return ("/tmp",) if server.transport.worker_processes else ()
 
 
 # --- Locust ---------------------------------------------------------------------
@@ -137,28 +130,25 @@ MASTER_ARGS = ("--master", "--class-picker", "--enable-rebalancing")
 WORKER_ARGS = ("--worker", "--master-host", MASTER_SERVICE)
 # Load parameters with the stack's defaults; the web UI may change each per run.
 LOCUST_TUNABLE_ENV = {
-    "LOCUST_THINK_TIME": "0",
-    "LOCUST_MESSAGE_SIZE": str(settings.BenchSettings.message_size),
-    "LOCUST_STEP_USERS": "10",
-    "LOCUST_STEP_SECONDS": "10",
+    **settings.defaults(settings.LocustSettings, "think_time", "message_size"),
+    **settings.defaults(settings.StepRampSettings, "step_users", "step_seconds"),
 }
 
 
 def locust_target_env() -> dict[str, str]:
     """Where each server is, fixed by the stack: its service name and container port."""
-    env = {}
+    env: dict[str, str] = {}
     for server in catalogue.SERVERS:
-        env[f"LOCUST_{server.env_name}_HOST"] = server.name
-        env[f"LOCUST_{server.env_name}_PORT"] = str(ECHO_PORT)
+        host, port = server.locust_target
+        env |= {host.env: server.name, port.env: str(ports.SERVER)}
     return env
 
 
 LOCUST_FIXED_ENV = {
     **locust_target_env(),
-    "LOCUST_METRICS_PORT": str(LOCUST_METRICS_PORT),
     # Locust's 3 s lose a worker that a busy machine starves for a moment: every container
     # here shares the same cores. A lost worker's users move a little later.
-    "LOCUST_WORKER_TIMEOUT": "6",
+    **settings.environment(settings.LocustSettings, metrics_port=ports.LOCUST_METRICS, worker_timeout=6.0),
 }
 
 

@@ -1,1 +1,1 @@
-"""The lab: run servers natively, measure them (sweep), and report (demo, benchmark)."""
+"""The lab: run servers natively, measure them (sweep), and report (demo, the benchmark suite)."""

@@ -1,7 +1,7 @@
 """The report's charts, as inline SVG: one function per figure, any number of series.
 
 A series is one server's rows in one run, drawn in the server's colour from
-the catalogue (:data:`echolab.lab.variants.COLORS`); ``echolab compare``
+the catalogue (:data:`echolab.lab.contenders.COLORS`); ``echolab compare``
 draws the second run's series dashed. Legends sit outside the plots, on the
 right; the bound (100%, or offered = achieved) is drawn above the data.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..load.bench_result import BUCKETS_PER_DECADE
+from .contenders import COLORS
 from .results import Row
-from .variants import COLORS
 
 # Distinct markers keep overlapping series (several servers on the bound) visible.
 MARKERS = ("o", "s", "D", "v", "^", "<", ">", "P", "X")

@@ -16,7 +16,7 @@ from ..settings import CompareSettings
 from . import charts
 from .history import NotARun, SavedRun, load, new_folder
 from .report import level_text, page, require_extra
-from .results import Row, by_server
+from .results import Row, by_server, console
 
 Key = tuple[str, str, str, float, float]  # scenario, mode, server, level, delay ms
 Group = tuple[str, str, float]  # scenario, mode, delay ms
@@ -150,8 +150,6 @@ def write(out: Path, a: SavedRun, b: SavedRun, pairs: list[tuple[Row, Row]]) -> 
 
 def run(run_a: str, run_b: str, settings: CompareSettings) -> int:
     require_extra()
-    from rich.console import Console
-
     try:
         a, b = load(Path(run_a)), load(Path(run_b))
     except NotARun as exc:
@@ -164,10 +162,10 @@ def run(run_a: str, run_b: str, settings: CompareSettings) -> int:
             file=sys.stderr,
         )
         return 1
-    console = Console(width=None if sys.stdout.isatty() else 130)
-    console.print(f"A: {a.path} ({a.label}): {a.machine_line}")
-    console.print(f"B: {b.path} ({b.label}): {b.machine_line}")
-    console.print(terminal_table(pairs))
+    out = console()
+    out.print(f"A: {a.path} ({a.label}): {a.machine_line}")
+    out.print(f"B: {b.path} ({b.label}): {b.machine_line}")
+    out.print(terminal_table(pairs))
     index = write(settings.out, a, b, pairs)
-    console.print(f"report: {index.resolve()}")
+    out.print(f"report: {index.resolve()}")
     return 0

@@ -5,9 +5,9 @@ Each family is one of echolab's TCP servers and its bare reference
 model): the server as it is, then without its deadlines, its metrics, its
 work model (:mod:`echolab.servers.protections`), and without all three,
 which leaves what is not a protection (a framer, a connection's
-bookkeeping). Every variant runs once per round at every level, in an order
+bookkeeping). Every contender runs once per round at every level, in an order
 that turns each round, so that all of them meet the same noise; a ratio is
-the median over rounds of the variant's figure over the bare server's in
+the median over rounds of the contender's figure over the bare server's in
 the same round. The figures: server CPU time per request, over the
 client's measured seconds (:class:`.sweep.Sampler`), and throughput.
 """
@@ -19,18 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..catalogue import server
-from .results import Row
-from .sweep import measure
-from .variants import (
+from .contenders import (
     ASYNC_PROTOCOL,
     ASYNC_STREAMS,
     BARE_STREAMS,
     BARE_THREADED,
     BARE_UVLOOP,
-    Variant,
+    Contender,
     of,
     without,
 )
+from .results import Row
+from .sweep import measure
 
 PROTECTIONS = ("deadlines", "metrics", "work")
 
@@ -53,7 +53,7 @@ class Level:
 # At delay 0 a request is all server cost: offered at a fixed rate every server carries, so that each
 # meets the same load (in a closed loop a faster server batches more per wake-up, and pays less per
 # request for it). With 100 ms of IO, the levels where the event loops run out of CPU. Threads
-# collapse past 1,000 connections (make bench's sweep): at 2,000 each threaded variant gave between
+# collapse past 1,000 connections (make bench's sweep): at 2,000 each threaded contender gave between
 # 1% and 30% of the bound from one round to the next, ratios of the scheduler's moods.
 AT_REST = Level(0.0, 10_000, open_loop=True)
 ASYNC_LEVELS = (AT_REST, Level(100.0, 2000), Level(100.0, 10000))
@@ -63,12 +63,12 @@ THREADED_LEVELS = (AT_REST, Level(100.0, 1000))
 @dataclass(frozen=True)
 class Family:
     name: str
-    bare: Variant
-    server: Variant
+    bare: Contender
+    server: Contender
     levels: tuple[Level, ...]
 
     @property
-    def variants(self) -> list[Variant]:
+    def contenders(self) -> list[Contender]:
         """The bare server, the server as it is, without each protection, without all."""
         off = [without(self.server, name) for name in PROTECTIONS]
         return [self.bare, self.server, *off, without(self.server, *PROTECTIONS)]
@@ -83,7 +83,7 @@ FAMILIES = (
 
 @dataclass
 class Cell:
-    """One variant at one level over the rounds: CPU µs per request and req/s, and their ratios to bare."""
+    """One contender at one level over the rounds: CPU µs per request and req/s, and their ratios to bare."""
 
     cpu_us: list[float] = field(default_factory=list)
     throughput: list[float] = field(default_factory=list)
@@ -115,26 +115,26 @@ def cpu_us_per_request(row: Row) -> float:
     return 10_000 * row.server_cpu_percent / row.throughput if row.throughput else 0.0
 
 
-Cells = dict[tuple[str, Level], Cell]  # (variant's name, level)
+Cells = dict[tuple[str, Level], Cell]  # (contender's name, level)
 
 
 def run_family(family: Family, rounds: int, duration: float, warmup: float, on_round: Any = None) -> Cells:
-    """Every variant of ``family`` at every level, ``rounds`` times, in an order that turns each round."""
-    variants = family.variants
+    """Every contender of ``family`` at every level, ``rounds`` times, in an order that turns each round."""
+    contenders = family.contenders
     cells: Cells = {}
-    # One server start per variant, delay and loop: the levels that share them run on it in turn.
+    # One server start per contender, delay and loop: the levels that share them run on it in turn.
     groups: dict[tuple[float, bool], list[Level]] = {}
     for level in family.levels:
         groups.setdefault((level.delay_ms, level.open_loop), []).append(level)
     for number in range(rounds):
-        turn = number % len(variants)
+        turn = number % len(contenders)
         rows: dict[tuple[str, Level], Row] = {}
-        for variant in variants[turn:] + variants[:turn]:
+        for contender in contenders[turn:] + contenders[:turn]:
             for (delay, open_loop), levels in groups.items():
                 loads = [level.load for level in levels]
-                measured = measure(variant, loads, delay, duration, warmup, open_loop=open_loop)
+                measured = measure(contender, loads, delay, duration, warmup, open_loop=open_loop)
                 for level, row in zip(levels, measured, strict=True):
-                    rows[variant.name, level] = row
+                    rows[contender.name, level] = row
         for (name, level), row in rows.items():
             bare = rows[family.bare.name, level]
             cell = cells.setdefault((name, level), Cell())
@@ -160,10 +160,10 @@ def rich_table(family: Family, cells: Cells, rounds: int) -> Any:
     for level in family.levels:
         table.add_column(f"CPU/req, {level.title}", justify="right")
         table.add_column("req/s" if level.open_loop else f"req/s, {level.title}", justify="right")
-    for variant in family.variants:
-        shown = [variant.name.removeprefix(family.server.name).strip() or variant.name]
+    for contender in family.contenders:
+        shown = [contender.name.removeprefix(family.server.name).strip() or contender.name]
         for level in family.levels:
-            cell = cells.get((variant.name, level))
+            cell = cells.get((contender.name, level))
             if cell is None:
                 shown += ["-", "-"]
                 continue

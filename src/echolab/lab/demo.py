@@ -1,6 +1,6 @@
 """``echolab demo`` (``make demo``): the comparison anyone can run with only Python.
 
-For each scenario of :data:`echolab.lab.scenarios.SCENARIOS` (the first at
+For each scenario of :data:`echolab.scenarios.SCENARIOS` (the first at
 ``--levels``, the others at ``--other-levels``) it starts every server
 natively on loopback with the scenario's flags, walks it through rising
 concurrency with the ``echolab bench`` client, and with ``--open-loop`` also
@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import machine
+from ..scenarios import SCENARIOS, Scenario
 from ..settings import DemoSettings
 from . import history, report
+from .contenders import SERIAL, SERVERS_AS_THEY_ARE, Contender
 from .interrupt import Interrupted, held, interruptible
 from .report import Section
-from .results import Row, by_server, rich_table
-from .scenarios import SCENARIOS, Scenario
+from .results import Row, by_server, console, rich_table
 from .sweep import measure
-from .variants import SERIAL, SERVERS_AS_THEY_ARE, Variant
 
 # --quick: the same sections and the levels where the servers differ (threads
 # break between 1,000 and 5,000 connections), each measured for less time.
@@ -46,7 +46,7 @@ class Step:
     """One server's sweep in one section."""
 
     section: Section
-    variant: Variant
+    contender: Contender
     levels: tuple[int, ...]
     duration: float
 
@@ -55,10 +55,10 @@ class DemoError(Exception):
     """A setting the demo cannot run with: one line, exit status 2."""
 
 
-def variants(settings: DemoSettings) -> list[Variant]:
-    """Every server as it is (the TCP ones in the demo's framing), then the article's serial baseline."""
+def contenders(settings: DemoSettings) -> list[Contender]:
+    """Every server as it is (those with a --framing in the demo's), then the article's serial baseline."""
     chosen = [
-        v if v.framing == "http" else dataclasses.replace(v, framing=settings.framing)
+        dataclasses.replace(v, framing=settings.framing) if v.reads("--framing") else v
         for v in SERVERS_AS_THEY_ARE
     ]
     chosen.append(SERIAL)
@@ -98,17 +98,17 @@ def quick(settings: DemoSettings) -> DemoSettings:
 def plan(settings: DemoSettings) -> list[Step]:
     """Every server's sweep, section by section, in the order they run."""
     steps = []
-    servers = variants(settings)
+    servers = contenders(settings)
     for index, scenario in enumerate(scenarios(settings)):
         first = index == 0
         closed = Section(scenario.name, scenario.summary, "closed", scenario.delay_hint_ms, scenario.options)
         duration = settings.duration if first else settings.other_duration
-        for variant in servers:
+        for contender in servers:
             levels = settings.levels if first else settings.other_levels
-            if variant is SERIAL:  # the article's baseline belongs to the article's workload
+            if contender is SERIAL:  # the article's baseline belongs to the article's workload
                 levels = tuple(n for n in levels if n <= SERIAL_MAX_LEVEL) if first else ()
             if levels:
-                steps.append(Step(closed, with_options(variant, scenario), levels, duration))
+                steps.append(Step(closed, with_options(contender, scenario), levels, duration))
         if first and settings.open_loop:
             opened = dataclasses.replace(closed, mode="open")
             steps += [
@@ -119,11 +119,13 @@ def plan(settings: DemoSettings) -> list[Step]:
     return steps
 
 
-def with_options(variant: Variant, scenario: Scenario) -> Variant:
-    """The variant running the scenario's workload: the scenario's flags its server reads, after its own."""
-    if variant.server is None:  # a bare reference has no settings
-        return variant
-    return dataclasses.replace(variant, options=(*variant.options, *scenario.options_for(variant.server)))
+def with_options(contender: Contender, scenario: Scenario) -> Contender:
+    """The contender running the scenario's workload: the scenario's flags its server reads, after its own."""
+    if contender.server is None:  # a bare reference has no settings
+        return contender
+    return dataclasses.replace(
+        contender, options=(*contender.options, *scenario.options_for(contender.server))
+    )
 
 
 def sections(steps: Sequence[Step]) -> list[Section]:
@@ -138,10 +140,7 @@ def run(settings: DemoSettings) -> int:
     except DemoError as exc:
         print(f"echolab demo: error: {exc}", file=sys.stderr)
         return 2
-    from rich.console import Console
-
-    # Wide enough for the tables when the output goes to a file or a pipe.
-    console = Console(width=None if sys.stdout.isatty() else 130)
+    out = console()
     record: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "settings": {k: str(v) if k == "out" else v for k, v in dataclasses.asdict(settings).items()},
@@ -153,9 +152,9 @@ def run(settings: DemoSettings) -> int:
     began = time.monotonic()
     try:
         with interruptible():
-            sweep(steps, settings, rows, record["skipped"], console)
+            sweep(steps, settings, rows, record["skipped"], out)
     except Interrupted as exc:
-        console.print(f"[yellow]{exc}: servers stopped; writing the report of what was measured[/yellow]")
+        out.print(f"[yellow]{exc}: servers stopped; writing the report of what was measured[/yellow]")
         planned = sum(len(step.levels) for step in steps) - sum(len(s["levels"]) for s in record["skipped"])
         record["partial"] = {"signal": exc.name, "levels_done": len(rows), "levels_planned": planned}
         code = exc.exit_code
@@ -163,10 +162,10 @@ def run(settings: DemoSettings) -> int:
         code = 0
     record["seconds"] = round(time.monotonic() - began, 1)
     with held() as arrived:
-        summarise(console, steps, rows)
+        summarise(out, steps, rows)
         earlier = history.earlier(settings.out)
         index = report.write(history.new_folder(settings.out, "demo"), rows, record, sections(steps), earlier)
-        console.print(f"report: {index.resolve()}" + (" (partial)" if code else ""))
+        out.print(f"report: {index.resolve()}" + (" (partial)" if code else ""))
     return code or (128 + arrived[0] if arrived else 0)
 
 
@@ -188,7 +187,7 @@ def sweep(
             if step.section != current:
                 current = step.section
                 progress.console.print(f"[bold]{step.section.title}[/bold]: {step.section.summary}")
-            progress.update(task, description=f"{step.section.scenario:>8} {step.variant.name:>13}")
+            progress.update(task, description=f"{step.section.scenario:>8} {step.contender.name:>13}")
 
             def done(row: Row) -> None:
                 rows.append(row)
@@ -199,11 +198,11 @@ def sweep(
                     + (f"  [yellow]{row.problem}[/yellow]" if row.problem else "")
                 )
 
-            def failed(level: int, exc: RuntimeError, name: str = step.variant.name) -> None:
+            def failed(level: int, exc: RuntimeError, name: str = step.contender.name) -> None:
                 progress.console.print(f"  {name:>13} {level:>10,} [red]{exc}[/red]")
 
             measured = measure(
-                step.variant,
+                step.contender,
                 step.levels,
                 step.section.delay_ms,
                 step.duration,
@@ -218,7 +217,7 @@ def sweep(
             if note:
                 skipped.append(note)
                 progress.advance(task, len(note["levels"]))
-                progress.console.print(f"  {step.variant.name:>13} {note['why']}: higher levels skipped")
+                progress.console.print(f"  {step.contender.name:>13} {note['why']}: higher levels skipped")
 
 
 def skipped_levels(step: Step, measured: list[Row], stop_below: float) -> dict[str, Any] | None:
@@ -232,7 +231,7 @@ def skipped_levels(step: Step, measured: list[Row], stop_below: float) -> dict[s
         if low
         else "the client failed"
     )
-    return {"section": step.section.key, "server": step.variant.name, "why": why, "levels": list(rest)}
+    return {"section": step.section.key, "server": step.contender.name, "why": why, "levels": list(rest)}
 
 
 def summarise(console: Any, steps: Sequence[Step], rows: list[Row]) -> None:

@@ -1,4 +1,4 @@
-"""The downstream service as the lab runs it: a process on free loopback ports, and a variant to measure.
+"""The downstream service as the lab runs it: a process on free loopback ports, and a contender to measure.
 
 ``measure(DOWNSTREAM, [2000, 5000], 100, duration, warmup, extra=delay_path(100))``
 (:func:`echolab.lab.sweep.measure`) loads it with ``echolab bench --framing
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..launcher import HOST, Process, free_port
+from .contenders import Contender
 from .sweep import measure
-from .variants import Variant
 
 
 class DownstreamProcess(Process):
@@ -53,8 +53,8 @@ def delay_path(delay_ms: float) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class Downstream(Variant):
-    """The downstream service as a variant of the sweep: the delay is in each request, not in the server."""
+class Downstream(Contender):
+    """The downstream service as a contender of the sweep: the delay is in each request, not in the server."""
 
     def process(self, delay_ms: float, options: Sequence[str] = ()) -> Process:
         return DownstreamProcess(("--log-level", "warning", *options))

@@ -23,10 +23,9 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .. import ports
 from ..catalogue import SERVERS, Server
 from ..launcher import HOST, LaunchError, Process, free_port, serve_argv
-
-DEFAULT_WEB_PORT = 8089
 
 
 def bindable(port: int) -> bool:
@@ -47,9 +46,9 @@ class Ports:
     moved: bool  # the catalogue's port was taken
 
 
-def ports(server: Server, environ: dict[str, str]) -> Ports:
+def choose_ports(server: Server, environ: dict[str, str]) -> Ports:
     """The ports ``server`` will use; SystemExit when a port asked for by name is taken."""
-    variable = f"LOCUST_{server.env_name}_PORT"
+    variable = server.locust_target[1].env
     if environ.get(variable):
         asked = int(environ[variable])
         if not bindable(asked):
@@ -66,7 +65,7 @@ def servers(environ: dict[str, str]) -> Iterator[list[tuple[Process, Ports]]]:
     started: list[tuple[Process, Ports]] = []
     try:
         for server in SERVERS:
-            chosen = ports(server, environ)
+            chosen = choose_ports(server, environ)
             argv = serve_argv(server.name, HOST, chosen.echo, chosen.metrics, ())
             process = Process(argv, name=server.name, port=chosen.echo)
             started.append((process, chosen))
@@ -85,7 +84,7 @@ def option(args: list[str], flag: str, default: str) -> str:
 
 
 def main(args: list[str]) -> int:
-    web_port = int(option(args, "--web-port", os.environ.get("LOCUST_WEB_PORT") or str(DEFAULT_WEB_PORT)))
+    web_port = int(option(args, "--web-port", os.environ.get("LOCUST_WEB_PORT") or str(ports.LOCUST_WEB)))
     headless = "--headless" in args
     if not headless and not bindable(web_port):
         raise SystemExit(f"{HOST}:{web_port} is in use: choose another port with LOCUST_WEB_PORT=PORT")

@@ -16,9 +16,9 @@ from typing import Any
 
 from ..machine import summary
 from . import charts
+from .contenders import ALL
 from .history import SavedRun
 from .results import HOLD_FRACTION, HOLD_P99_FACTOR, Row, by_server, columns
-from .variants import ALL
 
 FAMILIES = {v.name: v.family for v in ALL}
 CSV_FIELDS = (

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+CONSOLE_WIDTH = 150  # the widest table: the suite's, with its delay column
 HOLD_FRACTION = 0.9  # "holds" = at least 90% of the Little's-law bound (open loop: of the offered rate)...
 HOLD_ERROR_RATE = 0.01  # ...with under 1% of requests failing...
 # ...and, in an open loop, where a server can keep the rate while a queue grows,
@@ -22,7 +24,7 @@ HOLD_P99_FACTOR = 2.0
 
 @dataclass(frozen=True)
 class Row:
-    server: str  # the variant's name, as tables and charts show it
+    server: str  # the contender's name, as tables and charts show it
     framing: str
     connections: int
     connected: int
@@ -38,7 +40,7 @@ class Row:
     server_rss_mb: float = 0.0
     server_threads: int = 0
     client_cpu_percent: float = 0.0
-    scenario: str = ""  # the demo's workload (lab/scenarios.py); "" in the benchmark
+    scenario: str = ""  # the demo's workload (scenarios.py); "" in the benchmark
     mode: str = "closed"  # closed | open
     rate: float = 0.0  # open loop: offered requests/s
     histogram_ms: list[tuple[float, int]] = field(default_factory=list)
@@ -153,6 +155,13 @@ def by_server(rows: list[Row]) -> dict[str, list[Row]]:
     for series in grouped.values():
         series.sort(key=lambda r: r.level)
     return grouped
+
+
+def console() -> Any:
+    """The lab's rich Console: the terminal's width, or into a file or a pipe wide enough for the tables."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else CONSOLE_WIDTH)
 
 
 def rich_table(title: str, rows: list[Row], delay_column: bool = False) -> Any:

@@ -28,8 +28,8 @@ import psutil
 
 from ..launcher import HOST, Process
 from ..settings import SoakSettings
+from .contenders import SERVERS_AS_THEY_ARE, Contender, running
 from .sweep import tree
-from .variants import SERVERS_AS_THEY_ARE, Variant, running
 
 # Growth from the first loaded sample to the last that is still noise: the
 # allocator's arenas settle, a gunicorn worker's heap grows a little, a
@@ -85,10 +85,10 @@ def line(server: str, sample: Footprint) -> str:
     return f"{server} {sample.rss_mib:.0f} MiB {sample.fds} fds {sample.threads} threads"
 
 
-def client(variant: Variant, port: int, args: SoakSettings, seconds: float) -> subprocess.Popen[str]:
+def client(contender: Contender, port: int, args: SoakSettings, seconds: float) -> subprocess.Popen[str]:
     """``echolab bench --json`` at ``--rate`` for ``seconds``, in the background."""
     argv = [
-        sys.executable, "-m", "echolab", "bench", f"{HOST}:{port}", "--json", "--framing", variant.framing,
+        sys.executable, "-m", "echolab", "bench", f"{HOST}:{port}", "--json", "--framing", contender.framing,
         "--connections", str(args.connections), "--rate", f"{args.rate:g}", "--duration", f"{seconds:g}",
         "--warmup", "0", "--delay-hint-ms", f"{args.delay_ms:g}",
     ]  # fmt: skip
@@ -96,7 +96,7 @@ def client(variant: Variant, port: int, args: SoakSettings, seconds: float) -> s
 
 
 @contextlib.contextmanager
-def servers(delay_ms: float) -> Iterator[list[tuple[Variant, int, Process]]]:
+def servers(delay_ms: float) -> Iterator[list[tuple[Contender, int, Process]]]:
     with contextlib.ExitStack() as stack:
         yield [(v, *stack.enter_context(running(v, delay_ms))) for v in SERVERS_AS_THEY_ARE]
 

@@ -23,8 +23,8 @@ from typing import Any
 import psutil
 
 from ..load.bench import CONNECT_PHASE_SECONDS
+from .contenders import Contender, running
 from .results import Row
-from .variants import Variant, running
 
 # Open loop: connections for twice the in-flight requests the rate needs at the
 # simulated IO, so a server that slows down is not starved by the client.
@@ -150,7 +150,7 @@ def open_loop_connections(rate: float, delay_ms: float) -> int:
 
 
 def measure(
-    variant: Variant,
+    contender: Contender,
     levels: Sequence[int],
     delay_ms: float,
     duration: float,
@@ -164,7 +164,7 @@ def measure(
     scenario: str = "",
     stop_below: float = 0.0,
 ) -> list[Row]:
-    """Start ``variant`` once and run the client at each level; one row per level.
+    """Start ``contender`` once and run the client at each level; one row per level.
 
     A level is a number of connections (closed loop), or with ``open_loop``
     an offered rate in requests/s, carried by :func:`open_loop_connections`.
@@ -178,7 +178,7 @@ def measure(
     gives less than ``stop_below`` of the bound ends its sweep too.
     """
     rows: list[Row] = []
-    with running(variant, delay_ms, server_options) as (port, process):
+    with running(contender, delay_ms, server_options) as (port, process):
         for level in levels:
             connections = open_loop_connections(level, delay_ms) if open_loop else level
             options = (*extra, "--rate", str(level)) if open_loop else extra
@@ -186,7 +186,7 @@ def measure(
             sampler.start()
             result: dict[str, Any] = {}
             try:
-                result = bench_once(port, variant.framing, connections, duration, warmup, delay_ms, options)
+                result = bench_once(port, contender.framing, connections, duration, warmup, delay_ms, options)
             except RuntimeError as exc:
                 if on_error is None:
                     raise
@@ -198,7 +198,7 @@ def measure(
                 Row.from_dict(
                     {
                         **result,
-                        "server": variant.name,
+                        "server": contender.name,
                         "scenario": scenario,
                         "delay_ms": delay_ms,
                         "server_cpu_percent": usage.cpu_percent,

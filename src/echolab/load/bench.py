@@ -43,7 +43,7 @@ import httptools
 import uvloop
 
 from .. import machine
-from ..protocol import NEWLINE, expected_reply, is_error, request_bytes
+from ..protocol import NEWLINE, expected_reply, is_error, request_bytes, sample_message
 from ..settings import BenchSettings
 from .bench_result import (
     FD_ADVICE,
@@ -65,7 +65,6 @@ PACE_TICK = 0.001
 PROGRESS_AFTER = 3.0  # seconds: shorter runs need no progress line
 FD_SPARE = 32  # descriptors the client needs besides its connections
 CLIENT_BUSY_PERCENT = 90.0  # a client near one core measures itself as much as the server
-SAMPLE = b"the quick brown fox jumps over the lazy dog "
 
 
 class CannotConnect(Exception):
@@ -90,7 +89,7 @@ class Run:
         self.host, self.port = host, port
         self.target = f"{host}:{port}"
         self.framing = args.framing
-        message = (SAMPLE * (args.message_size // len(SAMPLE) + 1))[: args.message_size]
+        message = sample_message(args.message_size)
         self.payload = request_bytes(message, self.framing)
         # A reply to compare with; None (--path): any 200 answer is right.
         self.expected: bytes | None = expected_reply(message, self.framing)
@@ -102,7 +101,7 @@ class Run:
         self.measuring = False
         self.stopping = False
         self.phase = "connecting"
-        self.opened = 0  # users whose first connection opened
+        self.opened = 0  # callers whose first connection opened
         self.latencies: list[float] = []
         self.errors: collections.Counter[str] = collections.Counter()
         self.connect_errors: collections.Counter[str] = collections.Counter()
@@ -178,9 +177,9 @@ class Run:
 class LinesConnection(asyncio.Protocol):
     """A persistent connection with at most one request outstanding; ``sent`` holds its send (or due) time."""
 
-    def __init__(self, run: Run, user: User) -> None:
+    def __init__(self, run: Run, caller: Caller) -> None:
         self.run = run
-        self.user = user
+        self.caller = caller
         self.transport: Any = None
         self.partial = b""
         self.sent: collections.deque[float] = collections.deque()
@@ -191,7 +190,7 @@ class LinesConnection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.alive = True
-        self.user.opened(self)
+        self.caller.opened(self)
         self.run.free(self, perf_counter())
 
     def send(self, at: float) -> None:
@@ -239,15 +238,15 @@ class LinesConnection(asyncio.Protocol):
         if not run.stopping and not self.aborted:
             run.evidence.server_closes += 1
             run.evidence.closed_after_one += self.replies == 1
-        self.user.lost(self, exc)
+        self.caller.lost(self, exc)
 
 
 class OneshotConnection(asyncio.Protocol):
     """The article's protocol: one connection per request, the reply ends at EOF."""
 
-    def __init__(self, run: Run, user: User) -> None:
+    def __init__(self, run: Run, caller: Caller) -> None:
         self.run = run
-        self.user = user
+        self.caller = caller
         self.transport: Any = None
         self.chunks: list[bytes] = []
         self.sent: collections.deque[float] = collections.deque()
@@ -257,8 +256,8 @@ class OneshotConnection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.alive = True
-        self.user.opened(self)
-        self.sent.append(self.user.started)
+        self.caller.opened(self)
+        self.sent.append(self.caller.started)
         transport.write(self.run.payload)
 
     def data_received(self, data: bytes) -> None:
@@ -268,21 +267,21 @@ class OneshotConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.alive = False
         if exc is not None or not self.chunks or not self.sent:
-            self.user.lost(self, exc)
+            self.caller.lost(self, exc)
             return
         reply = b"".join(self.chunks)
         if reply == self.run.expected:
             self.run.record(perf_counter() - self.sent.popleft())
         else:
             self.run.wrong(reply)
-        self.user.again()
+        self.caller.again()
 
 
 class HttpConnection(LinesConnection):
     """HTTP/1.1 keep-alive: a POST per request, the response parsed by httptools."""
 
-    def __init__(self, run: Run, user: User) -> None:
-        super().__init__(run, user)
+    def __init__(self, run: Run, caller: Caller) -> None:
+        super().__init__(run, caller)
         self.parser = httptools.HttpResponseParser(self)
         self.body = b""
 
@@ -330,8 +329,11 @@ def connect_failure(exc: BaseException) -> str:
     return failure_kind(exc)
 
 
-class User:
-    """One simulated client: keeps a connection (or a request) going until the run stops."""
+class Caller:
+    """One simulated client: keeps a connection (or a request) going until the run stops.
+
+    (Not a "user": that is Locust's word, for its own class, which load/locust_*.py subclass.)
+    """
 
     def __init__(self, run: Run) -> None:
         self.run = run
@@ -396,7 +398,7 @@ async def pace(run: Run, rate: float) -> None:
         await asyncio.sleep(PACE_TICK)
 
 
-async def watch(run: Run, users: list[User]) -> None:
+async def watch(run: Run, callers: list[Caller]) -> None:
     """Abort connections whose request is past the timeout; end a --requests run."""
     tick = min(0.1, run.timeout / 2)
     while not run.stopping:
@@ -404,8 +406,8 @@ async def watch(run: Run, users: list[User]) -> None:
         if run.measuring and len(run.latencies) >= run.limit and not run.done.done():
             run.done.set_result(None)
         limit = perf_counter() - run.timeout
-        for user in users:
-            conn = user.conn
+        for caller in callers:
+            conn = caller.conn
             if conn is not None and conn.sent and conn.sent[0] < limit and conn.alive:
                 run.error("timeout")
                 conn.sent.clear()
@@ -470,21 +472,21 @@ async def bench(host: str, port: int, args: BenchSettings) -> BenchResult:
         return summarise(run, args, 0, 0.0)
     probing.result()  # CannotConnect: nothing listens
 
-    users = [User(run) for _ in range(args.connections)]
+    callers = [Caller(run) for _ in range(args.connections)]
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
-    async def connect(user: User) -> None:
+    async def connect(caller: Caller) -> None:
         async with gate:
-            await user.connect()
-            await asyncio.wait([user.ready], timeout=run.timeout)
+            await caller.connect()
+            await asyncio.wait([caller.ready], timeout=run.timeout)
 
     planned = 0.0 if args.requests else args.warmup + args.duration
-    run.start(watch(run, users))
-    run.start(progress(run, len(users), planned))
+    run.start(watch(run, callers))
+    run.start(progress(run, len(callers), planned))
     # A server that accepts slowly (thousands of threads) must not stall the
     # run: measure after CONNECT_PHASE_SECONDS with whoever got in; the rest
     # keep trying, and what they miss shows as fewer connections and errors.
-    connecting = [loop.create_task(connect(u)) for u in users]
+    connecting = [loop.create_task(connect(u)) for u in callers]
     run.tasks.update(connecting)
     all_tried = asyncio.gather(*connecting)
     elapsed = 0.0
@@ -517,9 +519,9 @@ async def bench(host: str, port: int, args: BenchSettings) -> BenchResult:
 
     all_tried.cancel()
     await run.stop()
-    for user in users:
-        if user.conn is not None and user.conn.transport is not None:
-            user.conn.transport.close()
+    for caller in callers:
+        if caller.conn is not None and caller.conn.transport is not None:
+            caller.conn.transport.close()
     result = summarise(run, args, connected, elapsed)
     if not result.partial:
         result.notes[:0] = [note for note in (explain_connections(result, still_connecting),) if note]

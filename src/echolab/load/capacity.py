@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..catalogue import server
 from ..launcher import serving
+from ..settings import LocustSettings
 
 # The repo's locustfile (an editable install); in the Locust image, LOCUST_LOCUSTFILE names it.
 LOCUSTFILE = Path(__file__).resolve().parents[3] / "loadtest" / "locustfile.py"
@@ -61,7 +62,7 @@ def measure_capacity(
             "--async-host", host, "--async-port", str(port), "--framing", framing,
             "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--loglevel", "WARNING", "AsyncUser",
         ]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(LocustSettings.PREFIX)}
         done = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=seconds + 60)
         try:
             with open(prefix + ".json") as stats:
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=50, help="concurrent users (connections)")
     parser.add_argument("--framing", choices=("lines", "oneshot"), default="lines")
     args = parser.parse_args(argv)
-    options = ("--delay-ms", "0", "--framing", args.framing, "--log-level", "warning")
+    options = ("--delay-ms", "0", "--framing", args.framing)
     with serving(server("async"), options) as echo:
         rate = measure_capacity(echo.host, echo.port, args.seconds, args.users, args.framing)
     print(

@@ -18,27 +18,14 @@ from typing import Any
 from locust import runners
 from locust.env import Environment
 
-DEFAULT = runners.HEARTBEAT_LIVENESS * runners.HEARTBEAT_INTERVAL
-
-
-def add_arguments(parser: Any) -> None:
-    parser.add_argument(
-        "--worker-timeout",
-        type=float,
-        default=float(DEFAULT),
-        env_var="LOCUST_WORKER_TIMEOUT",
-        include_in_web_ui=False,
-        help=f"master: seconds without a heartbeat before a worker counts as lost (default {DEFAULT}) "
-        "(env LOCUST_WORKER_TIMEOUT)",
-    )
-
 
 def on_init(environment: Environment, **_: Any) -> None:
     options = environment.parsed_options
-    if options is not None and isinstance(environment.runner, runners.MasterRunner):
+    if options is None or options.worker_timeout is None:
+        return  # Locust's own
+    if isinstance(environment.runner, runners.MasterRunner):
         runners.HEARTBEAT_LIVENESS = max(1, round(options.worker_timeout / runners.HEARTBEAT_INTERVAL))
 
 
 def setup(hooks: Any) -> None:
-    hooks.init_command_line_parser.add_listener(add_arguments)
     hooks.init.add_listener(on_init)

@@ -8,7 +8,7 @@ message over the server's limit, 503 over its concurrency limit, 5xx) one
 of kind ``server_error``; the network's errors keep the kinds the TCP user
 gives them (``timeout``, ``refused``, ``reset``, ``closed``). Every request
 lands in the same client-side metrics as the TCP user's
-(:mod:`echolab.load.locust_plugin`), with ``framing="http"``; Locust's own stats show
+(:mod:`echolab.load.locust_metrics`), with ``framing="http"``; Locust's own stats show
 it as ``POST <server>``.
 
 Importing this module imports Locust (see :mod:`echolab.load.locust_plugin`).
@@ -25,9 +25,10 @@ from locust.contrib.fasthttp import FastHttpUser, ResponseContextManager
 from locust.env import Environment
 
 from ..catalogue import BY_NAME
-from ..protocol import HTTP_PATH, expected_reply
+from ..protocol import HTTP_PATH, expected_reply, sample_message
 from .client import ServerError, WrongReply, failure_kind
-from .locust_plugin import client_metrics, make_message, target_url
+from .locust_args import target_url
+from .locust_metrics import client_metrics
 from .open_loop import Arrivals, rate_per_user
 
 FRAMING = "http"
@@ -80,7 +81,7 @@ class HttpEchoUser(FastHttpUser):
             self.concurrency = options.max_inflight
         super().__init__(environment)
         self.think_time: float = options.think_time
-        self.message = make_message(options.message_size)
+        self.message = sample_message(options.message_size)
         self.expected = expected_reply(self.message, FRAMING)
         self._tally = client_metrics().tallies[self.server]
         self.arrivals = Arrivals.of(self, self.post, "POST", FRAMING)

@@ -14,8 +14,11 @@ import gevent
 from locust import User, task
 from locust.env import Environment
 
+from ..catalogue import server
+from ..protocol import sample_message
 from .client import EchoClient, failure_kind
-from .locust_plugin import client_metrics, make_message, server_address
+from .locust_args import server_address
+from .locust_metrics import client_metrics
 from .open_loop import Arrivals
 
 
@@ -52,7 +55,7 @@ class EchoUser(User):
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
-        host, port = server_address(options, self.server)
+        host, port = server_address(options, server(self.server))
         framing = options.framing
         # No socket timeout for reads: gevent pays for one with a Timeout object per blocking read.
         # One timer per user, armed for each request, costs a fraction of that.
@@ -64,7 +67,7 @@ class EchoUser(User):
         self._deadline = gevent.get_hub().loop.timer(options.read_timeout, options.read_timeout)
         self._throw = gevent.getcurrent().throw  # on_start runs in the user's greenlet
         self.think_time = options.think_time
-        self.message = make_message(options.message_size)
+        self.message = sample_message(options.message_size)
         self._tally = client_metrics().tallies[self.server]
         self._fire = self.environment.events.request.fire
         self._framing = framing

@@ -29,27 +29,6 @@ log = logging.getLogger("echolab.locust")
 FAILED_RATIO, TOO_SLOW, NOTHING_SENT = 3, 4, 5
 
 
-def add_arguments(parser: Any) -> None:
-    """The threshold flags (a listener of ``events.init_command_line_parser``)."""
-    parser.add_argument(
-        "--max-fail-ratio",
-        type=float,
-        default=-1.0,
-        env_var="LOCUST_MAX_FAIL_RATIO",
-        include_in_web_ui=False,
-        help="exit 3 if more than this share of requests failed, else 0 (-1: off, Locust's own rule: "
-        "any failure exits 1) (env LOCUST_MAX_FAIL_RATIO)",
-    )
-    parser.add_argument(
-        "--max-p95-ms",
-        type=float,
-        default=0.0,
-        env_var="LOCUST_MAX_P95_MS",
-        include_in_web_ui=False,
-        help="exit 4 if the 95th percentile response time was above this (0: off) (env LOCUST_MAX_P95_MS)",
-    )
-
-
 def verdict(
     fail_ratio: float, p95_ms: float, requests: int, max_fail_ratio: float, max_p95_ms: float
 ) -> int | None:
@@ -82,5 +61,4 @@ def on_quitting(environment: Environment, **_: Any) -> None:
 
 
 def setup(hooks: Any) -> None:
-    hooks.init_command_line_parser.add_listener(add_arguments)
     hooks.quitting.add_listener(on_quitting)

@@ -41,11 +41,10 @@ from locust import User
 from locust.env import Environment
 from locust.runners import STATE_RUNNING, STATE_SPAWNING, Runner, WorkerRunner
 from prometheus_client import REGISTRY, Metric
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..metrics import spec
-from .locust_plugin import client_metrics, user_counter
+from .locust_metrics import client_metrics, user_counter
 
 RATE_KEY = "echo_rate_per_user"  # not one of Locust's own options: the master sends it to its workers
 NOT_SENT = "not_sent"
@@ -53,26 +52,6 @@ NOT_SENT = "not_sent"
 
 class NotSent(Exception):
     """An arrival the user could not send: its ``--max-inflight`` requests were all unanswered."""
-
-
-def add_arguments(parser: Any) -> None:
-    """``--target-rps`` and ``--max-inflight`` (a listener of ``events.init_command_line_parser``)."""
-    parser.add_argument(
-        "--target-rps",
-        type=float,
-        default=0.0,
-        env_var="LOCUST_TARGET_RPS",
-        help="open loop: requests/s in all, spread over the users, whatever the replies do (0: closed "
-        "loop, each user waits for its reply and --think-time) (env LOCUST_TARGET_RPS; default 0.0)",
-    )
-    parser.add_argument(
-        "--max-inflight",
-        type=int,
-        default=100,
-        env_var="LOCUST_MAX_INFLIGHT",
-        help="open loop: unanswered requests a user may have; an arrival beyond is a not_sent failure "
-        "(env LOCUST_MAX_INFLIGHT; default 100)",
-    )
 
 
 def rate_per_user(options: Any) -> float:
@@ -105,14 +84,11 @@ class RunCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         runner = self.environment.runner
         running = runner is not None and runner.state in (STATE_SPAWNING, STATE_RUNNING)
-        yield GaugeMetricFamily("echo_client_running", spec("echo_client_running").help, value=int(running))
+        yield spec("echo_client_running").family({"": int(running)})
         rate = rate_per_user(self.environment.parsed_options)
-        offered = GaugeMetricFamily(
-            "echo_client_offered_rate", spec("echo_client_offered_rate").help, labels=["server"]
+        yield spec("echo_client_offered_rate").family(
+            {server: users * rate for server, users in self.users().items()}
         )
-        for server, users in self.users().items():
-            offered.add_metric([server], users * rate)
-        yield offered
 
 
 def on_init(environment: Environment, runner: Runner, **_: Any) -> None:
@@ -122,7 +98,6 @@ def on_init(environment: Environment, runner: Runner, **_: Any) -> None:
 
 
 def setup(hooks: Any) -> None:
-    hooks.init_command_line_parser.add_listener(add_arguments)
     hooks.init.add_listener(on_init)
 
 

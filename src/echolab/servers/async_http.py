@@ -30,7 +30,6 @@ that leaves uvicorn's request handling as it is:
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -43,13 +42,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from uvicorn.server import ServerState
 from uvicorn_worker import UvicornWorker
 
-from ..runtime import sweep_interval
+from ..runtime import LINGER_BYTES, LINGER_SECONDS, sweep_interval
 from ..settings import HttpSettings
+from .hooks import Called, overrides
 
-# After an error reply, what the client still sends is read and dropped for this long, or this much
-# (gunicorn's close_graceful caps the same way), before the close.
-LINGER_SECONDS = 1.0
-LINGER_BYTES = 65536
 REASONS = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
 
 
@@ -80,19 +76,32 @@ class QueueFlowControl(FlowControl):
         super().__init__(transport)
         self._queue = queue
 
+    @overrides
     def resume_reading(self) -> None:
         if not self._queue:
             super().resume_reading()
 
+
+# uvicorn's methods called here without being overridden (tests/servers/test_hooks.py checks them).
+CALLED = (
+    Called(HttpToolsProtocol, "_unset_keepalive_if_required", ("self",)),
+    Called(HttpToolsProtocol, "_unsupported_upgrade_warning", ("self",)),
+    Called(HttpToolsProtocol, "send_400_response", ("self", "msg")),
+)
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 Phase = Literal["idle", "head", "body"]  # of the request being read
 
 
 class GuardedHttpTools(HttpToolsProtocol):
-    def __init__(self, *args: Any, limits: Limits, **kwargs: Any) -> None:
+    limits: ClassVar[Limits]  # set by configured(): uvicorn takes a protocol class
+
+    @classmethod
+    def configured(cls, limits: Limits) -> type[GuardedHttpTools]:
+        return type(cls.__name__, (cls,), {"limits": limits})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.limits = limits
         self.phase: Phase = "idle"
         self.head_bytes = 0  # read while the head was incomplete (counted per read, after parsing it)
         self.fields = 0
@@ -106,12 +115,14 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     # --- the connection -------------------------------------------------------
 
+    @overrides
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.flow = QueueFlowControl(transport, self.pipeline)
         self.due = self.loop.time() + self.limits.idle_timeout
         sweep_deadlines(self.loop, self.server_state, self.limits)
 
+    @overrides
     def data_received(self, data: bytes) -> None:
         if self.refused:  # lingering after an error reply: what the client still sends is dropped
             self.dropped += len(data)
@@ -141,21 +152,25 @@ class GuardedHttpTools(HttpToolsProtocol):
         elif self.phase == "idle" and not self._owed() and self.timeout_keep_alive_task is None:
             self.due = self.loop.time() + self.limits.idle_timeout  # bytes, but no request (blank lines)
 
+    @overrides
     def eof_received(self) -> bool:  # type: ignore[override]  # asyncio.Protocol returns a bool
         if self.phase != "idle" or not self._owed():
             return False  # nothing to answer, or half a request that can never be complete: close
         self.client_done = True
         return True  # keep writing: the replies owed go out, then on_response_complete closes
 
+    @overrides
     def pause_writing(self) -> None:
         super().pause_writing()
         self._cancel("stuck")
         self.stuck = self.loop.call_later(self.limits.idle_timeout, self.transport.abort)
 
+    @overrides
     def resume_writing(self) -> None:
         super().resume_writing()
         self._cancel("stuck")
 
+    @overrides
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel("stuck")
         self._cancel("linger")
@@ -170,23 +185,27 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     # --- parser callbacks ---------------------------------------------------
 
+    @overrides
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.phase, self.head_bytes, self.fields = "head", 0, 0
         self.due = self.loop.time() + self.limits.request_timeout
 
+    @overrides
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
         # The request line as gunicorn measures it: "METHOD target HTTP/1.1", without its CRLF.
         if len(self.parser.get_method()) + len(self.url) + 10 > self.limits.request_line:
             raise Refused(414)
 
+    @overrides
     def on_header(self, name: bytes, value: bytes) -> None:
         self.fields += 1
         if self.fields > self.limits.fields or len(name) + len(value) + 4 > self.limits.field_size:
             raise Refused(431)
         super().on_header(name, value)
 
+    @overrides
     def on_headers_complete(self) -> None:
         self.phase = "body"
         super().on_headers_complete()
@@ -195,18 +214,21 @@ class GuardedHttpTools(HttpToolsProtocol):
             # of its body is read, and timed, once it runs (_start_asgi_task).
             self.due = math.inf
 
+    @overrides
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self.phase, self.due = "idle", math.inf  # the request is in, within its deadline
 
     # --- requests and replies -------------------------------------------------
 
+    @overrides
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         self.running = cycle
         if cycle is self.cycle and self.phase == "body" and self.due == math.inf:
             self.due = self.loop.time() + self.limits.request_timeout  # was queued, see above
         super()._start_asgi_task(cycle, app)
 
+    @overrides
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self.transport.is_closing() or self.pipeline:
@@ -280,6 +302,16 @@ class GuardedHttpTools(HttpToolsProtocol):
             self.transport.close()
 
 
+def client_gone(receive: Any) -> bool:
+    """Whether the client has gone: uvicorn drops the writes to it silently.
+
+    uvicorn's ``receive`` is a bound method of its request cycle, which keeps a
+    ``disconnected`` flag; reading it costs nothing, where watching for
+    ``http.disconnect`` would take a task per request.
+    """
+    return bool(getattr(getattr(receive, "__self__", None), "disconnected", False))
+
+
 def cut_quietly(app: ASGIApp) -> ASGIApp:
     """``app``, cut without a traceback when the drain times out.
 
@@ -327,32 +359,30 @@ def sweep_deadlines(loop: asyncio.AbstractEventLoop, state: ServerState, limits:
 
 
 class EchoUvicornWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn_worker is untyped
-    """UvicornWorker pinned to uvloop and the guarded httptools protocol, with our settings.
+    """UvicornWorker on uvloop and the guarded httptools protocol, with our settings.
 
     uvicorn-worker passes gunicorn's keepalive, backlog and timeout on to
     uvicorn, but not worker_connections nor graceful_timeout: they go to
-    uvicorn's ``limit_concurrency`` (over it: 503) and
-    ``timeout_graceful_shutdown`` here.
+    uvicorn's own settings ``limit_concurrency`` (over it: 503) and
+    ``timeout_graceful_shutdown``, through uvicorn-worker's CONFIG_KWARGS.
     """
 
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "uvloop", "http": "httptools", "ws": "none"}
-    settings: ClassVar[HttpSettings]
-    limits: ClassVar[Limits]
 
     @classmethod
-    def configured(cls, settings: HttpSettings, limits: Limits) -> type[EchoUvicornWorker]:
-        """This worker class, bound to one server start's settings (gunicorn takes a class)."""
-        return type(cls.__name__, (cls,), {"settings": settings, "limits": limits})
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        config = self.config
-        config.http = functools.partial(GuardedHttpTools, limits=self.limits)
-        # uvicorn answers 503 once connections >= the limit, the new one included: +1 admits exactly
-        # worker_connections at once.
-        config.limit_concurrency = self.cfg.worker_connections + 1
-        # The workers' own drain; the master waits a little longer (gunicorn.EXIT_MARGIN) for them.
-        config.timeout_graceful_shutdown = self.settings.drain_timeout
+    def configured(cls, settings: HttpSettings, limits: Limits, connections: int) -> type[EchoUvicornWorker]:
+        """This worker class, for one server start's settings and ``connections`` at once (gunicorn takes a
+        class)."""
+        config = {
+            **cls.CONFIG_KWARGS,
+            "http": GuardedHttpTools.configured(limits),
+            # uvicorn answers 503 once connections >= the limit, the new one included: +1 admits
+            # exactly ``connections`` at once.
+            "limit_concurrency": connections + 1,
+            # The workers' own drain; the master waits a little longer (gunicorn.EXIT_MARGIN) for them.
+            "timeout_graceful_shutdown": settings.drain_timeout,
+        }
+        return type(cls.__name__, (cls,), {"CONFIG_KWARGS": config})
 
 
 def head_limit(request_line: int, fields: int, field_size: int) -> int:

@@ -12,6 +12,7 @@ after another, each with its own due time, so replies keep their order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from typing import Any
@@ -24,14 +25,8 @@ from ..protocol import (
     MessageTooLarge,
     make_framer,
 )
-from .event_loop import (
-    HIGH_WATER,
-    LINGER_SECONDS,
-    LOW_WATER,
-    Deadlines,
-    LoopServer,
-    count_connection_error,
-)
+from ..runtime import LINGER_SECONDS
+from .event_loop import HIGH_WATER, LOW_WATER, Deadlines, LoopServer, count_connection_error
 
 TICK = 0.001  # timer coalescing granularity, seconds
 
@@ -95,7 +90,7 @@ class EchoProtocol(asyncio.Protocol):
         "started",
         "timed_out",
         "transport",
-        "work",
+        "workload",
         "writing",
     )
 
@@ -103,7 +98,7 @@ class EchoProtocol(asyncio.Protocol):
         self.server = server
         self.delays = delays
         self.metrics = server.metrics
-        self.work = server.work
+        self.workload = server.workload
         self.framer = make_framer(server.settings.framing, server.settings.max_message_bytes)
         self.message: bytes | None = None  # the request in work
         self.started = self.io = 0.0
@@ -151,7 +146,7 @@ class EchoProtocol(asyncio.Protocol):
 
     def _next(self) -> None:
         """Work on the requests read, in order; those with nothing to wait for are answered here."""
-        work, framer = self.work, self.framer
+        workload, framer = self.workload, self.framer
         while True:
             try:
                 message = framer.next()
@@ -160,11 +155,16 @@ class EchoProtocol(asyncio.Protocol):
                 return
             if message is None:
                 return
+            if self.server.overdue():  # the drain timeout passed while the loop was held up
+                self.metrics.not_answered("aborted", self.pending)
+                self._drop_pending()
+                self.transport.abort()
+                return
             self.message = message
             self.started = time.perf_counter()
-            if work.before_io and not work.start(self.server.loop, self._blocked):
+            if workload.before_io and not workload.start(self.server.loop, self._blocked):
                 return  # the blocking call is in the offload pool: _blocked goes on
-            io = self.io = work.io()
+            io = self.io = workload.io()
             if io > 0:
                 self.delays.add(self, io)
                 return  # io_done goes on
@@ -172,7 +172,7 @@ class EchoProtocol(asyncio.Protocol):
 
     def _blocked(self) -> None:
         """The offloaded call is over: the request's IO, then the requests read behind it."""
-        io = self.io = self.work.io()
+        io = self.io = self.workload.io()
         if io > 0:
             self.delays.add(self, io)
         else:
@@ -185,7 +185,7 @@ class EchoProtocol(asyncio.Protocol):
     def _reply(self, now: float) -> None:
         message, self.message = self.message, None
         assert message is not None
-        self.work.finish(self.io)
+        self.workload.finish(self.io)
         self.pending -= 1
         self.server.in_flight -= 1
         transport = self.transport
@@ -296,8 +296,9 @@ class EchoProtocol(asyncio.Protocol):
         self.ending = True
         transport = self.transport
         transport.write(error)
-        if transport.can_write_eof():
-            transport.write_eof()
+        with contextlib.suppress(OSError):  # the client is gone already: asyncio's loop raises ENOTCONN
+            if transport.can_write_eof():
+                transport.write_eof()
         # Read again (oneshot and backpressure pause reading) so that the lingering
         # discards what the client still sends and sees its EOF (then the transport
         # closes at once) instead of holding the connection for the whole linger.

@@ -3,18 +3,19 @@
 ``asyncio.start_server`` runs :func:`handle` as a task for each connection:
 it reads a request (``await reader.readuntil(b"\\n")``, one call a line),
 does its work, ``await``-ing the IO exactly where a real handler awaits its
-database (:meth:`.work.Work.run_async`), writes the reply, drains it and
-reads the next. Nothing is coalesced: a task per connection, a timer per
-request for its IO, the stream's own buffering and flow control. What that
-costs next to the tuned :mod:`.async_protocol` is what ``make bench``
+database (:meth:`.work_model.Workload.run_async`), writes the reply, drains
+it and reads the next. Nothing is coalesced: a task per connection, a timer
+per request for its IO, the stream's own buffering and flow control. What
+that costs next to the tuned :mod:`.async_protocol` is what ``make bench``
 measures.
 
 The deadlines cost a request two attribute updates, not a timer: the sweep
 (:meth:`.LoopServer.sweep`) visits every connection once a tick and sees
 what it waits for, as the protocol API's does (:class:`.event_loop.Deadlines`).
 An ``asyncio.timeout_at`` around each read, as applications often write
-it, made a uvloop timer per request: 1.2 to 1.4 times the CPU per request
-of the whole server at delay 0 (README, "What each protection costs").
+it, made a uvloop timer per request, and with a first byte read on its own
+the server cost 1.6 to 1.9 times a bare streams server's CPU per request
+(docs/results.md, "What each protection costs").
 Past a deadline the sweep closes an idle connection, resets one whose
 client takes none of its replies, and cancels the read of a line not whole
 in time, which :meth:`StreamConnection.serve` answers with the error line.
@@ -40,7 +41,8 @@ from ..protocol import (
     NEWLINE,
     make_framer,
 )
-from .event_loop import LINGER_SECONDS, Deadlines, LoopServer, count_connection_error
+from ..runtime import LINGER_SECONDS
+from .event_loop import Deadlines, LoopServer, count_connection_error
 
 RECV_SIZE = 65536
 
@@ -107,8 +109,9 @@ class StreamConnection:
         self.busy = True
         reader, writer = self.reader, self.writer
         writer.write(error)
-        if writer.can_write_eof():
-            writer.write_eof()
+        with contextlib.suppress(OSError):  # the client is gone already: asyncio's loop raises ENOTCONN
+            if writer.can_write_eof():
+                writer.write_eof()
         with contextlib.suppress(TimeoutError, OSError):
             async with asyncio.timeout(LINGER_SECONDS):
                 while await reader.read(RECV_SIZE):
@@ -117,7 +120,7 @@ class StreamConnection:
 
     async def serve(self) -> None:
         server, metrics, reader, writer = self.server, self.server.metrics, self.reader, self.writer
-        settings, work, transport = server.settings, server.work, writer.transport
+        settings, workload, transport = server.settings, server.workload, writer.transport
         framer = make_framer(settings.framing, settings.max_message_bytes)
         lines = settings.framing == "lines"
         first_read = settings.max_message_bytes + 1  # oneshot: the first read is the message
@@ -153,12 +156,16 @@ class StreamConnection:
                 metrics.not_answered("too_large")
                 await self.end_with(ERROR_TOO_LARGE)
                 return
+            if server.overdue():  # the drain timeout passed while the loop was held up: cut, not started
+                metrics.not_answered("aborted")
+                writer.transport.abort()
+                return
             self.busy = True
             self.requests += 1
             started = time.perf_counter()
             server.in_flight += 1
             try:
-                await work.run_async()
+                await workload.run_async()
             except asyncio.CancelledError:  # cut by the drain timeout
                 metrics.not_answered("aborted")
                 raise

@@ -17,8 +17,7 @@ import logging
 from .. import metrics as metrics_module
 from ..catalogue import Server
 from ..settings import AsyncSettings
-from . import async_protocol, async_streams, protections
-from . import work as work_module
+from . import async_protocol, async_streams, protections, work_model
 from .event_loop import StartServer, serve
 
 APIS: dict[str, StartServer] = {"streams": async_streams.start, "protocol": async_protocol.start}
@@ -30,7 +29,7 @@ def run(server: Server, settings: AsyncSettings) -> int:
         "api": settings.api,
         "loop": settings.loop,
         "framing": settings.framing,
-        **work_module.info(settings),
+        **work_model.info(settings),
     }
     metrics, metrics_port = metrics_module.start(
         server, info, settings.metrics, settings.host, settings.metrics_port, cgroup_root=settings.cgroup_root

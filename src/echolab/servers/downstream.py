@@ -38,7 +38,7 @@ from typing import Any
 import httptools
 import uvloop
 from prometheus_client import REGISTRY, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from ..metrics import spec
@@ -133,16 +133,10 @@ class Service(Collector):
         return cut
 
     def collect(self) -> Iterator[Metric]:
-        requests = spec("echo_downstream_requests")
-        family = CounterMetricFamily(requests.name, requests.help, labels=requests.labels)
-        for code, count in self.answered.items():
-            family.add_metric([str(code)], count)
-        yield family
-        for name, value in (
-            ("echo_downstream_calls_in_progress", self.in_progress),
-            ("echo_downstream_calls_in_progress_peak", self.peak),
-        ):
-            yield GaugeMetricFamily(name, spec(name).help, value=value)
+        answered = {str(code): count for code, count in self.answered.items()}
+        yield spec("echo_downstream_requests").family(answered)  # by its one label, the status code
+        yield spec("echo_downstream_calls_in_progress").family({"": self.in_progress})
+        yield spec("echo_downstream_calls_in_progress_peak").family({"": self.peak})
 
 
 class Connection(asyncio.Protocol):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import math
 import os
 import socket
 import time
@@ -22,16 +23,17 @@ from ..metrics import ServerMetrics
 from ..runtime import (
     RESOURCE_ERRNOS,
     AcceptErrorLog,
+    StopWatch,
+    binding,
     log,
     log_drain,
     stop_event,
     sweep_interval,
 )
 from ..settings import AsyncSettings
-from . import work as work_module
-from .work import IoOnly, Work
+from . import work_model
+from .work_model import IoOnly, Workload
 
-LINGER_SECONDS = 1.0
 # Backpressure, per connection: past HIGH_WATER bytes held (requests read and not yet answered,
 # replies not yet taken by the client), the server stops reading from it until they drain to
 # LOW_WATER. asyncio's and uvloop's own marks for a transport's write buffer, made explicit.
@@ -113,12 +115,41 @@ class LoopServer:
         self.connections: set[Connection] = set()
         self.in_flight = 0
         self.closing = False
-        self.work = (IoOnly if "work" in off else Work)(settings, metrics.work)
-        pool = self.work.pool
+        self.workload = (IoOnly if "work" in off else Workload)(settings, metrics.worked)
+        pool = self.workload.pool
         if pool is not None:
             metrics.track_pool(lambda: (pool.busy, pool.queued))
         self._drained: asyncio.Future[None] | None = None
+        self.signalled = math.inf  # when a stop signal came (time.monotonic())
+        self.in_flight_signalled = 0  # the requests in flight then
+        self.drain_due = math.inf  # after this, no request starts its work
+        self.cut = 0  # connections cut by the drain timeout
+        self.probed = time.monotonic()  # when the lag probe last ran: the loop's last sign of life
         metrics.track(active=lambda: len(self.connections), in_flight=lambda: self.in_flight)
+
+    def stop_requested(self) -> None:
+        """A stop signal came: refuse newcomers, and start no request's work past the drain timeout.
+
+        Called by the signal handler, wherever the loop's thread is: the loop
+        may be running a callback that blocks it (a blocking call on the
+        loop, a thousand connections' worth queued: 20 s before the loop
+        would read its signal pipe). Requests already read are worked on
+        until the drain timeout; past it, each is cut instead, so the loop
+        comes back to the shutdown by then, however much work was queued.
+        """
+        if self.signalled == math.inf:
+            self.closing = True
+            self.in_flight_signalled = self.in_flight
+            self.signalled = time.monotonic()
+            self.drain_due = self.signalled + self.settings.drain_timeout
+
+    def overdue(self) -> bool:
+        """Whether the drain timeout is over: a request not yet in work is then cut, not started
+        (its caller aborts the connection, counted here among those the drain cut)."""
+        if time.monotonic() <= self.drain_due:
+            return False
+        self.cut += 1
+        return True
 
     def admit(self, conn: Connection) -> str | None:
         """Take ``conn`` in, or say why not (it is then refused, with an error line)."""
@@ -174,24 +205,37 @@ class LoopServer:
         self.loop.call_later(FD_PROBE_INTERVAL, self.probe_fds, fd, accept_errors)
 
     def probe_lag(self, expected: float | None = None) -> None:
-        now = time.monotonic()
+        now = self.probed = time.monotonic()
         if expected is not None:
             self.metrics.loop_lag(max(0.0, now - expected))
         self.loop.call_later(LAG_PROBE_INTERVAL, self.probe_lag, now + LAG_PROBE_INTERVAL)
 
-    async def shutdown(self, timeout: float) -> int:
-        """Stop taking requests, let in-flight ones finish; return how many connections were cut."""
+    async def shutdown(self) -> int:
+        """Stop taking requests, let in-flight ones finish until the drain timeout; return how many
+        connections were cut."""
         self.closing = True
         for conn in list(self.connections):
             conn.close_if_idle()
         if self.connections:
             self._drained = self.loop.create_future()
             with contextlib.suppress(TimeoutError):
+                timeout = max(0.0, self.drain_due - time.monotonic())
                 await asyncio.wait_for(asyncio.shield(self._drained), timeout)
         left = list(self.connections)
         for conn in left:
             conn.abort()
-        return len(left)
+        self.cut += len(left)
+        return self.cut
+
+    def still_open(self) -> str:
+        """What the stop waits for (for the StopWatch)."""
+        quiet = time.monotonic() - self.probed
+        loop = (
+            f"the event loop, held for {quiet:.1f}s by one callback (work on the loop?)"
+            if quiet > 1.0
+            else "the event loop"
+        )
+        return f"{loop}; {len(self.connections)} connection(s) open, {self.in_flight} request(s) in work"
 
 
 def count_connection_error(metrics: ServerMetrics, exc: BaseException | None) -> None:
@@ -272,8 +316,19 @@ async def serve(
         )
     loop.set_exception_handler(handle_loop_exception(accept_errors, metrics))
     state = LoopServer(settings, metrics, loop, off)
-    server = await start(state, backlog=settings.backlog, **listen(settings))
-    stop = stop_event(loop)
+    with binding("echo", settings.host, settings.port):
+        server = await start(state, backlog=settings.backlog, **listen(settings))
+    watch = StopWatch(state.still_open)
+    names: list[str] = []
+
+    def on_signal(name: str) -> None:
+        # In the signal handler, wherever the loop's thread is (see LoopServer.stop_requested):
+        # values set, and the watch armed (a float and an Event).
+        names.append(name)
+        state.stop_requested()
+        watch.arm(settings.drain_timeout)
+
+    stop = stop_event(loop, on_signal)
     state.probe_lag()
     if "deadlines" not in state.off:
         state.sweep()
@@ -287,13 +342,18 @@ async def serve(
         settings.api,
         settings.loop,
         settings.framing,
-        work_module.describe(settings),
+        work_model.describe(settings),
         metrics_port or "off",
     )
     await stop.wait()
-    started, in_flight = time.monotonic(), state.in_flight
-    log.info("shutting down: no new connections, draining for up to %gs", settings.drain_timeout)
+    late = time.monotonic() - state.signalled
+    log.info(
+        "shutting down on %s: no new connections, draining for up to %gs%s",
+        names[0],
+        settings.drain_timeout,
+        f" (the loop was busy for {late:.1f}s after the signal)" if late > LAG_PROBE_INTERVAL else "",
+    )
     server.close()
-    cut = await state.shutdown(settings.drain_timeout)
-    log_drain(in_flight, state.in_flight, cut, time.monotonic() - started)
-    state.work.shutdown()
+    cut = await state.shutdown()
+    log_drain(state.in_flight_signalled, state.in_flight, cut, time.monotonic() - state.signalled)
+    state.workload.shutdown()

@@ -25,6 +25,7 @@ import glob
 import math
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -37,19 +38,26 @@ import psutil
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from prometheus_client import CollectorRegistry, Counter, multiprocess, start_http_server, values
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..catalogue import Server
-from ..metrics import gauge, spec, watch_cgroup
-from ..runtime import log
+from ..metrics import family, watch_cgroup
+from ..runtime import STILL_STOPPING, binding, log, no_signals_for_threads
 from ..settings import HttpSettings, ThreadedHttpSettings
-from . import work as work_module
-from .async_http import EchoUvicornWorker, cut_quietly, limits_for
+from . import work_model
+from .async_http import EchoUvicornWorker, client_gone, cut_quietly, limits_for
+from .hooks import Called, overrides
 from .http_apps import EchoCore, Instruments, make_asgi_app, make_wsgi_app
 from .threaded_http import EchoThreadWorker
-from .work import Work
+from .work_model import Workload
 
+# prometheus_client's multiprocess functions called here (tests/servers/test_hooks.py checks them).
+CALLED = (
+    Called(multiprocess.MultiProcessCollector, "merge", ("files", "accumulate")),
+    Called(multiprocess, "mark_process_dead", ("pid", "path")),
+    Called(values, "get_value_class", ()),
+)
 HEARTBEAT_TIMEOUT = 30  # gunicorn's `timeout`: a worker silent this long is killed and replaced
 # The master waits this much longer than the workers' drain before it SIGKILLs them: time to
 # cut what is left and exit (equal deadlines raced, and gunicorn logged "Perhaps out of memory?").
@@ -68,17 +76,18 @@ def gunicorn_options(server: Server, settings: HttpSettings) -> dict[str, Any]:
     The worker class follows the server's family: threads (gthread) or an event loop (uvicorn).
     """
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    # max_connections is for the whole server, as for the TCP servers; each worker takes its share.
+    connections = max(1, math.ceil(settings.max_connections / settings.workers))
     if server.family == "threaded":
         worker: type = EchoThreadWorker.configured(settings)
     else:
         limits = limits_for(settings, LIMIT_REQUEST_LINE, LIMIT_REQUEST_FIELDS, LIMIT_REQUEST_FIELD_SIZE)
-        worker = EchoUvicornWorker.configured(settings, limits)
+        worker = EchoUvicornWorker.configured(settings, limits, connections)
     options: dict[str, Any] = {
         "bind": [f"{host}:{settings.port}"],
         "workers": settings.workers,
         "worker_class": worker,
-        # max_connections is for the whole server, as for the TCP servers; each worker takes its share.
-        "worker_connections": max(1, math.ceil(settings.max_connections / settings.workers)),
+        "worker_connections": connections,
         "backlog": settings.backlog,
         # gunicorn takes whole seconds; round up so no wait is shorter than asked.
         "keepalive": math.ceil(settings.idle_timeout),
@@ -111,9 +120,7 @@ class ServerInfo(Collector):
         self.server, self.info = server, info
 
     def collect(self) -> Iterator[Metric]:
-        family = InfoMetricFamily("echo_server", spec("echo_server").help, labels=["server"])
-        family.add_metric([self.server], self.info)
-        yield family
+        yield family("echo_server", self.server, self.info)
 
 
 class ProcessTree(Collector):
@@ -164,12 +171,12 @@ class ProcessTree(Collector):
             "Start time of the gunicorn master since the epoch, in seconds",
             value=self.master.create_time(),
         )
-        yield gauge("echo_threads", threads, self.server)
-        yield gauge("echo_http_workers", len(workers), self.server)
+        yield family("echo_threads", self.server, threads)
+        yield family("echo_http_workers", self.server, len(workers))
 
 
 def server_info(settings: HttpSettings) -> dict[str, str]:
-    common = {"workers": str(settings.workers), **work_module.info(settings)}
+    common = {"workers": str(settings.workers), **work_model.info(settings)}
     if isinstance(settings, ThreadedHttpSettings):
         return {"model": "gthread", "threads": str(settings.http_threads), **common}
     return {"loop": "uvloop", "http": "httptools", **common}
@@ -183,6 +190,7 @@ class SettledFilesCollector(multiprocess.MultiProcessCollector):
     CI). Such a file holds no samples yet, so leaving it out loses nothing.
     """
 
+    @overrides
     def collect(self) -> Any:
         files = []
         for path in glob.glob(os.path.join(self._path, "*.db")):
@@ -249,8 +257,12 @@ class MultiprocessMetrics:
         registry.register(ServerInfo(name, server_info(settings)))
         registry.register(ProcessTree(name))
         watch_cgroup(self.server, settings.cgroup_root, registry)
+        # The metrics server's threads leave the master's signals to the master's main thread.
+        signals = [*arbiter.SIGNALS, signal.SIGCHLD]
+        host, port = settings.host, settings.metrics_port
         try:
-            http_server, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+            with binding("metrics", host, port), no_signals_for_threads(signals):
+                http_server, _ = start_http_server(port, addr=host, registry=registry)
         except OSError:  # the port is taken: gunicorn exits without calling on_exit
             self.on_exit(arbiter)
             raise
@@ -274,8 +286,21 @@ class EchoArbiter(Arbiter):  # type: ignore[misc]  # gunicorn is untyped
     container. So USR2 is logged and ignored: nothing is lost.
     """
 
+    @overrides
     def handle_usr2(self) -> None:
         self.log.warning("USR2 ignored: no binary upgrade (the metrics port cannot be handed over)")
+
+    def kill_workers(self, sig: int) -> None:
+        # gunicorn's stop() ends with a SIGKILL to the workers still there past graceful_timeout,
+        # and then calls it "Perhaps out of memory?": say what the stop was waiting for instead.
+        if sig == signal.SIGKILL and self.WORKERS:
+            self.log.error(
+                "%s %ss after the signal, past the drain timeout: waiting for worker(s) %s; killing them",
+                STILL_STOPPING,
+                self.cfg.graceful_timeout,
+                ", ".join(str(pid) for pid in self.WORKERS),
+            )
+        super().kill_workers(sig)
 
 
 class EchoApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is untyped
@@ -285,6 +310,7 @@ class EchoApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is unt
         self.hooks = MultiprocessMetrics(server, settings) if settings.metrics else None
         super().__init__(prog=f"echolab serve {server.name}")
 
+    @overrides
     def load_config(self) -> None:
         options = gunicorn_options(self.server, self.settings)
         if self.hooks is not None:
@@ -297,6 +323,7 @@ class EchoApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is unt
         for key, value in options.items():
             self.cfg.set(key, value)
 
+    @overrides
     def run(self) -> None:
         """BaseApplication.run, with our master."""
         try:
@@ -305,15 +332,18 @@ class EchoApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is unt
             log.error("cannot start: %s", exc)
             sys.exit(2)
 
+    @overrides
     def load(self) -> Any:
         """Runs in each worker, after the fork: its instruments write that worker's files."""
         settings, server = self.settings, self.server
         if settings.metrics:
             export_garbage_collections()
-        instruments = Instruments(server.name, settings.metrics)
-        work = Work(settings, instruments.work, instruments.pool_changed)
-        core = EchoCore(instruments, work, settings.max_message_bytes)
-        return make_wsgi_app(core) if server.family == "threaded" else cut_quietly(make_asgi_app(core))
+        instruments = Instruments(server, settings.metrics)
+        workload = Workload(settings, instruments.worked, instruments.pool_changed)
+        core = EchoCore(instruments, workload, settings.max_message_bytes)
+        if server.family == "threaded":
+            return make_wsgi_app(core)
+        return cut_quietly(make_asgi_app(core, client_gone))
 
 
 def check_free(host: str, port: int) -> None:
@@ -330,9 +360,11 @@ def check_free(host: str, port: int) -> None:
 
 
 def run(server: Server, settings: HttpSettings) -> int:
-    check_free(settings.host, settings.port)
+    with binding("echo", settings.host, settings.port):
+        check_free(settings.host, settings.port)
     if settings.metrics:
-        check_free(settings.host, settings.metrics_port)
+        with binding("metrics", settings.host, settings.metrics_port):
+            check_free(settings.host, settings.metrics_port)
     log.info(
         "starting gunicorn: %s on %s:%d, %d worker(s)%s, %s metrics=%s",
         server.name,
@@ -340,7 +372,7 @@ def run(server: Server, settings: HttpSettings) -> int:
         settings.port,
         settings.workers,
         f" x {settings.http_threads} threads" if isinstance(settings, ThreadedHttpSettings) else "",
-        work_module.describe(settings),
+        work_model.describe(settings),
         settings.metrics_port if settings.metrics else "off",
     )
     EchoApplication(server, settings).run()  # the arbiter exits the process itself (0 after a graceful stop)

@@ -1,7 +1,7 @@
 """The HTTP echo: one request-handling core, wrapped as a WSGI app and as an ASGI app.
 
 ``POST /echo`` answers 200 with the body transformed by ``protocol.transform``
-after the request's simulated work (:mod:`.work`: CPU, a blocking call, IO);
+after the request's simulated work (:mod:`.work_model`: CPU, a blocking call, IO);
 ``GET /healthz`` answers ``ok``; other paths get 404, other methods 405. A
 body over the size limit gets 413 and the protocol's own error line, without
 being read: the declared Content-Length is checked first, and a chunked body
@@ -22,16 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 from wsgiref.types import StartResponse, WSGIEnvironment
 
-from prometheus_client import Counter, Gauge, Histogram
+from ..catalogue import Server
+from ..metrics import OUTCOMES, WORK_KINDS, Recorder, offload_servers, spec
+from ..protocol import ERROR_TOO_LARGE, HEALTH_PATH, HTTP_PATH, transform
+from .work_model import Workload
 
-from .. import catalogue
-from ..metrics import WORK_KINDS, offload_servers, spec
-from ..protocol import ERROR_TOO_LARGE, transform
-from .work import Work
-
-ECHO_PATH = "/echo"
-HEALTH_PATH = "/healthz"
-ROUTES = {ECHO_PATH: "POST", HEALTH_PATH: "GET"}  # path -> the one method it takes
+ROUTES = {HTTP_PATH: "POST", HEALTH_PATH: "GET"}  # path -> the one method it takes
 # The echo reply is the request's bytes, upper-cased: UTF-8 only if the request was.
 ECHO_TYPE = "application/octet-stream"
 TEXT_TYPE = "text/plain; charset=utf-8"
@@ -67,77 +63,55 @@ def route(method: str, path: str) -> Reply | None:
     return HEALTHY if path == HEALTH_PATH else None
 
 
-class _Null:
-    """An instrument that records nothing (``--no-metrics``)."""
-
-    def inc(self, amount: float = 1) -> None:
-        pass
-
-    def dec(self, amount: float = 1) -> None:
-        pass
-
-    def set(self, value: float) -> None:
-        pass
-
-    def observe(self, amount: float) -> None:
-        pass
-
-
-class Instruments:
+class Instruments(Recorder):
     """One worker's metrics, label children bound once: ``.labels()`` per request would cost a µs.
 
     Created in the worker process, after PROMETHEUS_MULTIPROC_DIR is set, and
     registered nowhere: the master's MultiProcessCollector reads the files.
     """
 
-    def __init__(self, server: str, enabled: bool = True) -> None:
-        if not enabled:
-            null: Any = _Null()
-            self.ok = self.too_large = self.aborted = self.duration = self.in_flight = null
-            self.received = self.sent = self.non_utf8 = self.offload_busy = self.offload_queued = null
-            self.work_seconds = dict.fromkeys(WORK_KINDS, null)
-            return
-        requests = spec("echo_requests")
-        outcomes = Counter(requests.name, requests.help, requests.labels, registry=None)
-        self.ok = outcomes.labels(server, "ok")
-        self.too_large = outcomes.labels(server, "too_large")
-        self.aborted = outcomes.labels(server, "aborted")
-        duration = spec("echo_request_duration_seconds")
-        self.duration = Histogram(
-            duration.name, duration.help, duration.labels, buckets=duration.buckets, registry=None
-        ).labels(server)
-        # livesum: the sum over the workers alive now; a dead worker's files are
-        # dropped by child_exit -> mark_process_dead.
-        in_flight = spec("echo_requests_in_flight")
-        self.in_flight = Gauge(
-            in_flight.name, in_flight.help, in_flight.labels, multiprocess_mode="livesum", registry=None
-        ).labels(server)
+    UPDATES = ("began", "ended", "answered", "not_answered", "non_utf8", "worked", "pool_changed")
 
-        def counter(name: str) -> Any:
-            return Counter(name, spec(name).help, ["server"], registry=None).labels(server)
+    def __init__(self, server: Server, enabled: bool = True) -> None:
+        if enabled:
+            name = server.name
+            requests = spec("echo_requests").instrument()
+            self.outcomes = {outcome: requests.labels(name, outcome) for outcome in OUTCOMES}
+            self.ok = self.outcomes["ok"]
+            self.duration = spec("echo_request_duration_seconds").instrument().labels(name)
+            self.in_flight = spec("echo_requests_in_flight").instrument().labels(name)
+            self.received = spec("echo_received_bytes").instrument().labels(name)
+            self.sent = spec("echo_sent_bytes").instrument().labels(name)
+            self.non_utf8_requests = spec("echo_non_utf8_requests").instrument().labels(name)
+            work_seconds = spec("echo_work_seconds").instrument()
+            self.work_seconds = tuple(work_seconds.labels(name, kind) for kind in WORK_KINDS)
+            if offload_servers(server):  # the others have no pool to report on
+                self.offload_busy = spec("echo_offload_threads_busy").instrument().labels(name)
+                self.offload_queued = spec("echo_offload_tasks_queued").instrument().labels(name)
+        super().__init__(enabled)
 
-        self.received = counter("echo_received_bytes")
-        self.sent = counter("echo_sent_bytes")
-        self.non_utf8 = counter("echo_non_utf8_requests")
-        work = spec("echo_work_seconds")
-        work_seconds = Counter(work.name, work.help, work.labels, registry=None)
-        self.work_seconds = {kind: work_seconds.labels(server, kind) for kind in WORK_KINDS}
+    def began(self) -> None:
+        self.in_flight.inc()
 
-        def live_gauge(name: str) -> Any:
-            metric = spec(name)
-            gauge = Gauge(name, metric.help, ["server"], multiprocess_mode="livesum", registry=None)
-            return gauge.labels(server)
+    def ended(self) -> None:
+        self.in_flight.dec()
 
-        if offload_servers(catalogue.server(server)):
-            self.offload_busy = live_gauge("echo_offload_threads_busy")
-            self.offload_queued = live_gauge("echo_offload_tasks_queued")
-        else:
-            self.offload_busy = self.offload_queued = _Null()
+    def answered(self, duration: float, received: int, sent: int) -> None:
+        self.ok.inc()
+        self.duration.observe(duration)
+        self.received.inc(received)
+        self.sent.inc(sent)
 
-    def work(self, cpu: float, blocking: float, io: float) -> None:
-        for kind, seconds in (("cpu", cpu), ("blocking", blocking), ("io", io)):
+    def not_answered(self, outcome: str) -> None:
+        self.outcomes[outcome].inc()
+
+    def non_utf8(self) -> None:
+        self.non_utf8_requests.inc()
+
+    def worked(self, cpu: float, blocking: float, io: float) -> None:
+        for counter, seconds in zip(self.work_seconds, (cpu, blocking, io), strict=True):
             if seconds:
-                self.work_seconds[kind].inc(seconds)
+                counter.inc(seconds)
 
     def pool_changed(self, busy: int, queued: int) -> None:
         self.offload_busy.set(busy)
@@ -147,13 +121,13 @@ class Instruments:
 class EchoCore:
     """What both apps do with a request, minus how they read it, wait and write."""
 
-    def __init__(self, instruments: Instruments, work: Work, max_message_bytes: int) -> None:
+    def __init__(self, instruments: Instruments, workload: Workload, max_message_bytes: int) -> None:
         self.instruments = instruments
-        self.work = work
+        self.workload = workload
         self.max_bytes = max_message_bytes
 
     def too_large(self) -> Reply:
-        self.instruments.too_large.inc()
+        self.instruments.not_answered("too_large")
         return TOO_LARGE
 
     def declared_too_large(self, content_length: str | bytes | None) -> bool:
@@ -164,26 +138,23 @@ class EchoCore:
             return False
 
     def started(self) -> float:
-        self.instruments.in_flight.inc()
+        self.instruments.began()
         return time.perf_counter()
 
     def reply(self, body: bytes) -> Reply:
         payload, valid = transform(body)
         if not valid:
-            self.instruments.non_utf8.inc()
+            self.instruments.non_utf8()
         return Reply(200, payload, ECHO_TYPE)
 
     def finished(self, started: float, received: int, sent: int, written: bool) -> None:
         """Count a request once its reply is written, or could not be (client gone, worker stopped)."""
         instruments = self.instruments
-        instruments.in_flight.dec()
+        instruments.ended()
         if written:
-            instruments.ok.inc()
-            instruments.duration.observe(time.perf_counter() - started)
-            instruments.received.inc(received)
-            instruments.sent.inc(sent)
+            instruments.answered(time.perf_counter() - started, received, sent)
         else:
-            instruments.aborted.inc()
+            instruments.not_answered("aborted")
 
 
 # --- WSGI (gunicorn gthread: one worker thread per request) -------------------
@@ -222,7 +193,7 @@ def make_wsgi_app(core: EchoCore) -> Callable[[WSGIEnvironment, StartResponse], 
                 else:
                     started = core.started()
                     try:
-                        core.work.run()
+                        core.workload.run()
                         reply = core.reply(body)
                     except BaseException:  # gunicorn's timeout abort is a SystemExit
                         core.finished(started, len(body), 0, written=False)
@@ -252,16 +223,6 @@ async def _send(send: Send, reply: Reply, close: bool = False) -> None:
     await send({"type": "http.response.body", "body": reply.body})
 
 
-def _disconnected(receive: Receive) -> bool:
-    """Whether the client has gone: uvicorn drops the writes to it silently.
-
-    uvicorn's ``receive`` is a bound method of its request cycle, which keeps a
-    ``disconnected`` flag; reading it costs nothing, where watching for
-    ``http.disconnect`` would take a task per request.
-    """
-    return bool(getattr(getattr(receive, "__self__", None), "disconnected", False))
-
-
 async def _lifespan(receive: Receive, send: Send) -> None:
     while True:
         message = await receive()
@@ -272,7 +233,12 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def make_asgi_app(core: EchoCore) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+def make_asgi_app(
+    core: EchoCore, client_gone: Callable[[Receive], bool]
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The ASGI app; ``client_gone(receive)`` tells it, after its reply, whether the client had gone
+    (the server's word for it: async_http.client_gone for uvicorn)."""
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             return await _lifespan(receive, send)
@@ -297,10 +263,10 @@ def make_asgi_app(core: EchoCore) -> Callable[[Scope, Receive, Send], Awaitable[
         started = core.started()
         sent, written = 0, False
         try:  # cancelled when the graceful timeout runs out: counted as aborted
-            await core.work.run_async()
+            await core.workload.run_async()
             reply = core.reply(bytes(body))
             await _send(send, reply)
-            sent, written = len(reply.body), not _disconnected(receive)
+            sent, written = len(reply.body), not client_gone(receive)
         finally:
             core.finished(started, len(body), sent, written)
         return None

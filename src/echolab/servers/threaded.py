@@ -6,7 +6,7 @@
   a worker is free, so the rest wait in the kernel's accept queue.
 
 Each connection's thread blocks in ``recv``, then does each request's work
-(:mod:`.work`: CPU, a blocking call, IO slept through), then blocks in
+(:mod:`.work_model`: CPU, a blocking call, IO slept through), then blocks in
 ``sendall``: exactly the code a threaded service has. Pipelined requests
 are served one after another, as a thread serves them.
 """
@@ -17,13 +17,12 @@ import contextlib
 import errno
 import logging
 import math
-import signal
+import queue
 import socket
 import socketserver
 import struct
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import metrics as metrics_module
@@ -39,21 +38,22 @@ from ..protocol import (
     make_framer,
 )
 from ..runtime import (
-    IGNORED_SIGNALS,
+    LINGER_SECONDS,
     RESOURCE_ERRNOS,
     AcceptErrorLog,
-    ignore_signal,
+    StopWatch,
+    binding,
+    hold_signals,
     log,
     log_drain,
     sweep_interval,
+    wait_for_stop,
 )
 from ..settings import ThreadedSettings
-from . import protections
-from . import work as work_module
-from .work import IoOnly, Work
+from . import protections, work_model
+from .work_model import IoOnly, Workload
 
 RECV_SIZE = 65536
-LINGER_SECONDS = 1.0
 ACCEPT_BACKOFF = 0.1  # seconds between accept() retries while out of descriptors: trio's choice
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and drops what is unsent
 
@@ -98,7 +98,7 @@ class EchoServer(socketserver.TCPServer):
         self.request_queue_size = settings.backlog
         self.settings = settings
         self.metrics = metrics
-        self.work = (IoOnly if "work" in off else Work)(settings, metrics.work)
+        self.workload = (IoOnly if "work" in off else Workload)(settings, metrics.worked)
         self.stopping = False
         self._connections: dict[socket.socket, Connection] = {}
         self._lock = threading.Lock()
@@ -206,7 +206,7 @@ class EchoServer(socketserver.TCPServer):
         started = time.perf_counter()
         conn.working = True
         try:
-            self.work.run()
+            self.workload.run()
         finally:
             # From here the reply is due: the client has the idle timeout to take it. Set before
             # the work ends, so the sweeper never sees the deadline of the wait before it.
@@ -293,14 +293,25 @@ class EchoServer(socketserver.TCPServer):
             self._changed.wait_for(lambda: not self._connections, timeout)
             return len(self._connections)
 
+    def still_open(self) -> str:
+        """What the threads of the connections still open are doing (for the StopWatch)."""
+        with self._lock:
+            conns = list(self._connections.values())
+        if not conns:
+            return "no connection: the process's exit itself"
+        working = sum(1 for c in conns if c.working)
+        return (
+            f"{len(conns)} connection thread(s) to end, {working} of them in a request's work "
+            "(a thread cannot be interrupted there), the others in recv or sendall on a socket shut down"
+        )
+
     def cut(self) -> None:
         """End the connections still open after the drain timeout.
 
-        A thread cannot be cancelled, but a thread blocked in recv() or
-        sendall() (a client not reading its replies) returns once its socket
-        is shut down, so none holds up the exit past its current delay: the
-        pool's workers are joined at exit, and the serial model's only thread
-        must return before serve_forever() can stop.
+        A thread blocked in recv() or sendall() (a client not reading its
+        replies) returns once its socket is shut down. One in a request's
+        work cannot be interrupted; every connection's thread is a daemon, so
+        it does not hold up the exit either.
         """
         with self._lock:
             socks = list(self._connections)
@@ -319,13 +330,20 @@ class ThreadPerConnectionServer(socketserver.ThreadingMixIn, EchoServer):
 
 
 class PoolServer(EchoServer):
-    """A bounded pool: accept only when a worker is free."""
+    """A bounded pool: accept only when a worker is free.
+
+    The workers are daemon threads, started as connections come, up to
+    ``--threads``: a ThreadPoolExecutor's are joined at exit, so one still
+    in a request's work after the drain timeout held up the exit until that
+    work was over, however long.
+    """
 
     def __init__(
         self, settings: ThreadedSettings, metrics: ServerMetrics, off: frozenset[str] = frozenset()
     ) -> None:
         self._free = threading.BoundedSemaphore(settings.threads)
-        self._workers = ThreadPoolExecutor(settings.threads, thread_name_prefix="echo-worker")
+        self._requests: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
+        self._workers = 0
         super().__init__(settings, metrics, off)
 
     def get_request(self) -> tuple[Any, Any]:
@@ -337,23 +355,26 @@ class PoolServer(EchoServer):
             raise
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        self._workers.submit(self._work, request, client_address)
+        # Only the acceptor runs this: the count needs no lock.
+        if self._workers < self.settings.threads:
+            self._workers += 1
+            name = f"echo-worker-{self._workers}"
+            threading.Thread(target=self._work, name=name, daemon=True).start()
+        self._requests.put((request, client_address))
 
-    def _work(self, request: Any, client_address: Any) -> None:
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
+    def _work(self) -> None:
+        while True:
+            request, client_address = self._requests.get()
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
 
     def close_request(self, request: Any) -> None:
         super().close_request(request)
         self._free.release()
-
-    def server_close(self) -> None:
-        super().server_close()
-        self._workers.shutdown(wait=False)
 
 
 def shut(sock: socket.socket, how: int) -> None:
@@ -398,12 +419,13 @@ MODELS = {
 
 
 def run(server_kind: Server, settings: ThreadedSettings) -> int:
+    hold_signals()  # before any thread starts: every thread inherits it, and the main one takes them
     off = protections.turned_off()
     info = {
         "model": settings.model,
         "framing": settings.framing,
         "threads": str(settings.threads),
-        **work_module.info(settings),
+        **work_model.info(settings),
     }
     metrics, metrics_port = metrics_module.start(
         server_kind,
@@ -414,12 +436,9 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
         thread_safe=True,
         cgroup_root=settings.cgroup_root,
     )
-    server = MODELS[settings.model](settings, metrics, off)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    for sig in IGNORED_SIGNALS:
-        signal.signal(sig, ignore_signal)
+    with binding("echo", settings.host, settings.port):
+        server = MODELS[settings.model](settings, metrics, off)
+    watch = StopWatch(server.still_open)
     acceptor = threading.Thread(target=server.serve_forever, name="acceptor", daemon=True)
     acceptor.start()
     log.info(
@@ -428,15 +447,18 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
         server.server_address[1],
         settings.model,
         settings.framing,
-        work_module.describe(settings),
+        work_model.describe(settings),
         metrics_port or "off",
     )
-    stop.wait()
+    signame = wait_for_stop()
     started = time.monotonic()
+    watch.arm(settings.drain_timeout)
     # Refuse first, then say so: a client that sees the log line is refused.
     server.begin_shutdown()
     in_flight = metrics.requests_in_flight
-    log.info("shutting down: no new connections, draining for up to %gs", settings.drain_timeout)
+    log.info(
+        "shutting down on %s: no new connections, draining for up to %gs", signame, settings.drain_timeout
+    )
     if settings.model != "serial":
         server.shutdown()  # the listener closes first: the kernel refuses newcomers
         server.server_close()
@@ -449,7 +471,10 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
     if left:
         server.cut()
     log_drain(in_flight, unanswered, left, time.monotonic() - started)
-    server.shutdown()
-    server.server_close()
+    if not left:
+        server.shutdown()
+        server.server_close()
+    # Else the serial model's one connection may still be in its work, inside serve_forever():
+    # stopping that would wait for the work. Its thread is a daemon, and the exit closes the listener.
     logging.shutdown()
     return 0

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import math
+import os
 import selectors
 import socket
 import time
@@ -44,10 +46,22 @@ from gunicorn import util
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from ..runtime import StopWatch
 from ..settings import HttpSettings
+from .hooks import Called, overrides
 
-LINGER_SECONDS = 2.0  # gunicorn's close_graceful: how long, and how much, a closing socket is drained
-LINGER_BYTES = 65536
+# gunicorn's functions and methods called here without being overridden (tests/servers/test_hooks.py).
+CALLED = (
+    Called(ThreadWorker, "on_pending_socket_readable", ("self", "conn", "client")),
+    Called(util, "write_error", ("sock", "status_int", "reason", "mesg")),
+    Called(util, "close", ("sock",)),
+    Called(util, "close_graceful", ("sock", "timeout", "max_drain")),
+)
+# gunicorn's close_graceful, which linger() does in the poller: how long, and how much, a closing
+# socket is drained.
+_GRACEFUL = inspect.signature(util.close_graceful).parameters
+LINGER_SECONDS: float = _GRACEFUL["timeout"].default
+LINGER_BYTES: int = _GRACEFUL["max_drain"].default
 
 
 class RequestTimedOut(Exception):
@@ -65,6 +79,7 @@ class DeadlineUnreader(SocketUnreader):  # type: ignore[misc]  # gunicorn is unt
         super().__init__(conn.sock)
         self.conn = conn
 
+    @overrides
     def chunk(self, size_hint: int | None = None) -> bytes:
         conn = self.conn
         left = conn.deadline - time.monotonic()
@@ -92,12 +107,14 @@ class EchoConn(TConn):  # type: ignore[misc]
         self.write_timeout = worker.settings.idle_timeout
         self.drained = 0  # bytes dropped while lingering
 
+    @overrides
     def init(self) -> None:
         fresh = self.parser is None
         super().init()
         if fresh:
             self.parser.unreader = DeadlineUnreader(self)
 
+    @overrides
     def close(self, graceful: bool = False) -> None:
         if graceful:
             self.worker.linger(self)
@@ -118,15 +135,28 @@ class EchoThreadWorker(ThreadWorker):  # type: ignore[misc]
         self.busy: set[EchoConn] = set()  # on a thread now
         self.lingering: deque[EchoConn] = deque()  # closing, in deadline order
 
+    @overrides
     def init_process(self) -> None:
         # The worker's own drain, to the fraction of a second (gunicorn's setting holds whole
         # seconds, and the master's copy is longer: gunicorn.EXIT_MARGIN). This is the
         # worker's copy of the configuration, after the fork.
         self.cfg.settings["graceful_timeout"].value = self.settings.drain_timeout
+        self.watch = StopWatch(self.still_busy)
         super().init_process()
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)  # gunicorn's: the loop ends, the drain begins
+        self.watch.arm(self.settings.drain_timeout)
+
+    def still_busy(self) -> str:
+        return (
+            f"{len(self.busy)} request(s) on this worker's threads, in a request's work or writing "
+            "to a socket shut down (a thread cannot be interrupted)"
+        )
 
     # --- connections ---------------------------------------------------------
 
+    @overrides
     def accept(self, listener: socket.socket) -> None:
         """A new connection waits for its first byte in the poller, not on a thread."""
         try:
@@ -141,6 +171,7 @@ class EchoThreadWorker(ThreadWorker):  # type: ignore[misc]
         self.pending_conns.append(conn)
         self.poller.register(sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn))
 
+    @overrides
     def handle(self, conn: EchoConn) -> Any:
         # The poller saw the request's first byte: its deadline starts now.
         conn.deadline = time.monotonic() + self.settings.request_timeout
@@ -151,10 +182,12 @@ class EchoThreadWorker(ThreadWorker):  # type: ignore[misc]
             self.busy.discard(conn)
             conn.deadline = math.inf
 
+    @overrides
     def _keepalive_after(self, conn: EchoConn, keepalive: bool) -> bool:
         conn.deadline = math.inf  # replied: what is left of the body is gunicorn's drain, with its own limit
         return bool(super()._keepalive_after(conn, keepalive))
 
+    @overrides
     def handle_request(self, req: Any, conn: EchoConn) -> bool:
         try:
             return bool(super().handle_request(req, conn))
@@ -162,6 +195,7 @@ class EchoThreadWorker(ThreadWorker):  # type: ignore[misc]
             self.log.debug("Client not reading its reply for %gs: closing", conn.write_timeout)
             return False
 
+    @overrides
     def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
         if not isinstance(exc, RequestTimedOut):
             super().handle_error(req, client, addr, exc)
@@ -171,6 +205,12 @@ class EchoThreadWorker(ThreadWorker):  # type: ignore[misc]
             util.write_error(client, 408, "Request Timeout", "")
         except OSError:
             self.log.debug("Failed to send error message.")
+
+    @staticmethod
+    def _woken(pipe: int) -> None:
+        """A signal came: drop its wakeup bytes; the poll returning is all it was for."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(pipe, 4096)
 
     # --- closing ---------------------------------------------------------------
 
@@ -205,25 +245,34 @@ class EchoThreadWorker(ThreadWorker):  # type: ignore[misc]
             pass
         util.close(conn.sock)
 
+    @overrides
     def murder_pending(self) -> None:
         super().murder_pending()
         now = time.monotonic()
         while self.lingering and self.lingering[0].timeout <= now:
             self._end_linger(self.lingering[0])
 
+    @overrides
     def _cap_keepalive(self, deadline: float) -> None:
         # Stopping: connections still waiting for their first byte get the kept-alive ones' grace.
         super()._cap_keepalive(deadline)
         for conn in self.pending_conns:
             conn.timeout = min(conn.timeout, deadline)
 
+    @overrides
     def run(self) -> None:
+        # gunicorn points the signals' wakeup fd at PIPE[1], but gthread does not poll PIPE[0]: a
+        # SIGTERM was seen at the poll's next timeout, up to a second later (Python retries an
+        # interrupted poll), and never sooner if one of the pool's threads took it.
+        self.poller.register(self.PIPE[0], selectors.EVENT_READ, self._woken)
         # gunicorn logs "Booting worker" before the worker takes signals; from here a SIGTERM drains it
         # (uvicorn's worker says so with "Application startup complete.").
         self.log.info("Worker ready (pid: %s)", self.pid)
         super().run()
-        # The drain is over: cut the requests still on a thread (a client stalled mid-request, or
-        # not reading its reply), so that every thread ends and the process exits now.
+        # The drain is over: drop the requests still queued for a thread (gunicorn's shutdown leaves
+        # them to run as the process exits), and cut those on a thread (a client stalled mid-request,
+        # or not reading its reply), so that every thread ends and the process exits now.
+        self.tpool.shutdown(wait=False, cancel_futures=True)
         for conn in list(self.busy):
             with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_RDWR)

@@ -134,7 +134,7 @@ def _no_record(cpu: float, blocking: float, io: float) -> None:
     pass
 
 
-class Work:
+class Workload:
     """One request's work, as the settings say; ``record`` counts it once it is done.
 
     Three ways to run it, one per kind of server: :meth:`run` in a thread,
@@ -222,7 +222,7 @@ class Work:
             self.pool.shutdown()
 
 
-class IoOnly(Work):
+class IoOnly(Workload):
     """Bench only (:mod:`.protections`): the request's IO alone, uncounted: no CPU or blocking step."""
 
     def __init__(self, settings: ServeSettings, record: Record = _no_record) -> None:

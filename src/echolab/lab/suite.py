@@ -1,4 +1,4 @@
-"""``echolab benchmark`` (``make bench``): every server, the levels where they differ, one run, one table.
+"""``echolab suite`` (``make bench``): every server, the levels where they differ, one run, one table.
 
 Run on a quiet machine; compare the rows of one run with each other (ratios),
 not with another machine's figures. Then what each protection of each TCP
@@ -6,7 +6,7 @@ server costs, against the bare servers (:mod:`.costs`). Writes
 reports/bench-<time>.json.
 
 With ``--scenario``, it runs the lab's scenarios instead (cpu, blocking,
-offload, mixed, io: :mod:`.scenarios`) on every server at a few levels, and
+offload, mixed, io: :mod:`echolab.scenarios`) on every server at a few levels, and
 adds each server's CPU time per request: writes reports/scenarios-<time>.json.
 """
 
@@ -16,20 +16,15 @@ import dataclasses
 import json
 import signal
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from .. import machine
-from ..settings import BenchmarkSettings
+from ..scenarios import SCENARIOS, Scenario
+from ..settings import SuiteSettings
 from . import costs
-from .interrupt import Interrupted, interruptible
-from .report import require_extra
-from .results import Row, rich_table
-from .scenarios import SCENARIOS, Scenario
-from .sweep import measure
-from .variants import (
+from .contenders import (
     ASYNC_HTTP_BARE_ALIKE,
     ASYNC_NO_METRICS,
     ASYNC_PROTOCOL,
@@ -42,15 +37,19 @@ from .variants import (
     POOL,
     SERIAL,
     SERVERS_AS_THEY_ARE,
-    Variant,
+    Contender,
 )
+from .interrupt import Interrupted, interruptible
+from .report import require_extra
+from .results import Row, console, rich_table
+from .sweep import measure
 
 THREADED, ASYNC, THREADED_HTTP, ASYNC_HTTP = SERVERS_AS_THEY_ARE
 
 LEVELS = (100, 1000, 5000, 10000)
 
 
-def plan() -> list[tuple[str, Variant, tuple[int, ...], float]]:
+def plan() -> list[tuple[str, Contender, tuple[int, ...], float]]:
     """(section, server, connection levels, delay ms), in the order they run."""
     delay_100 = (
         ASYNC_STREAMS, ASYNC_PROTOCOL, BARE_STREAMS, BARE_UVLOOP, THREADED, BARE_THREADED, POOL,
@@ -61,9 +60,9 @@ def plan() -> list[tuple[str, Variant, tuple[int, ...], float]]:
         BARE_THREADED, POOL, THREADED_HTTP, ASYNC_HTTP,
     )  # fmt: skip
     return [
-        *(("delay 100 ms", variant, LEVELS, 100) for variant in delay_100),
+        *(("delay 100 ms", contender, LEVELS, 100) for contender in delay_100),
         ("delay 100 ms", SERIAL, (10,), 100),
-        *(("delay 0", variant, (10, 100), 0) for variant in delay_0),
+        *(("delay 0", contender, (10, 100), 0) for contender in delay_0),
         ("delay 0", SERIAL, (10,), 0),
     ]
 
@@ -78,13 +77,13 @@ def targets(rows: list[Row], pairs: list[dict[str, Any]]) -> list[tuple[str, boo
         )
 
     checks = []
-    for variant in (ASYNC_STREAMS, ASYNC_PROTOCOL):
+    for contender in (ASYNC_STREAMS, ASYNC_PROTOCOL):
         for level in (1000, 5000):
-            r = row(variant.name, 100, level)
+            r = row(contender.name, 100, level)
             if r and r.bound_fraction is not None:
                 checks.append(
                     (
-                        f"{variant.name} >= 95% of the bound at {level}",
+                        f"{contender.name} >= 95% of the bound at {level}",
                         r.bound_fraction >= 0.95,
                         f"{r.bound_fraction:.1%}",
                     )
@@ -128,16 +127,16 @@ def median_ratio(a: Sequence[float], b: Sequence[float]) -> tuple[float, list[fl
 
 
 def paired(
-    name: str, a: Variant, b: Variant, connections: int, delay: float, args: BenchmarkSettings
+    name: str, a: Contender, b: Contender, connections: int, delay: float, args: SuiteSettings
 ) -> dict[str, Any]:
     """Throughput and server CPU per request of ``a`` and ``b``, measured in alternating rounds."""
     throughputs: dict[str, list[float]] = {a.name: [], b.name: []}
     cpu: dict[str, list[float]] = {a.name: [], b.name: []}  # server CPU ms per request
     for _ in range(args.rounds):
-        for variant in (a, b):
-            (row,) = measure(variant, [connections], delay, args.duration, args.warmup)
-            throughputs[variant.name].append(row.throughput)
-            cpu[variant.name].append(cpu_ms_per_request(row))
+        for contender in (a, b):
+            (row,) = measure(contender, [connections], delay, args.duration, args.warmup)
+            throughputs[contender.name].append(row.throughput)
+            cpu[contender.name].append(cpu_ms_per_request(row))
     ratio, ratios = median_ratio(throughputs[a.name], throughputs[b.name])
     cpu_ratio, _ = median_ratio(cpu[a.name], cpu[b.name])
     return {
@@ -160,17 +159,10 @@ def cpu_ms_per_request(row: Row) -> float:
 def locust_capacity(seconds: float) -> float:
     """Requests/s one Locust process generates with our TCP user (see echolab.load.capacity)."""
     from ..load.capacity import measure_capacity
-    from .variants import running
+    from .contenders import running
 
     with running(ASYNC, delay_ms=0) as (port, _):
         return measure_capacity("127.0.0.1", port, seconds=seconds)
-
-
-def console() -> Any:
-    from rich.console import Console
-
-    # Wide enough for the table when the output goes to a file or a pipe.
-    return Console(width=None if sys.stdout.isatty() else 150)
 
 
 def show_row(out: Any, r: Row, per_request: bool = False) -> None:
@@ -181,7 +173,7 @@ def show_row(out: Any, r: Row, per_request: bool = False) -> None:
     )
 
 
-def run(args: BenchmarkSettings) -> int:
+def run(args: SuiteSettings) -> int:
     """The benchmark, or with ``--scenario`` the scenarios; Ctrl-C or SIGTERM keeps what was measured."""
     require_extra()
     out = console()
@@ -203,22 +195,22 @@ def run(args: BenchmarkSettings) -> int:
     return 128 + signal.Signals[record["partial"]["signal"]] if record.get("partial") else 0
 
 
-def measure_all(args: BenchmarkSettings, out: Any, record: dict[str, Any]) -> None:
+def measure_all(args: SuiteSettings, out: Any, record: dict[str, Any]) -> None:
     """The sweeps, the paired rounds and Locust's capacity, into ``record`` as they come."""
     rows: list[Row] = record.setdefault("rows", [])
     pairs: list[dict[str, Any]] = record.setdefault("pairs", [])
-    for _section, variant, levels, delay in plan():
-        if args.only and args.only not in variant.name:
+    for _section, contender, levels, delay in plan():
+        if args.only and args.only not in contender.name:
             continue
 
         def done(r: Row) -> None:
             rows.append(r)
             show_row(out, r)
 
-        def failed(connections: int, exc: RuntimeError, name: str = variant.name) -> None:
+        def failed(connections: int, exc: RuntimeError, name: str = contender.name) -> None:
             out.print(f"  {name:<26} {connections:>6} conns  [red]client failed: {exc}[/red]")
 
-        measure(variant, levels, delay, args.duration, args.warmup, on_level=done, on_error=failed)
+        measure(contender, levels, delay, args.duration, args.warmup, on_level=done, on_error=failed)
 
     out.print(rich_table("echolab bench (closed loop; bound = connections / delay)", rows, delay_column=True))
     for name, a, b, connections, delay, target in PAIRS:
@@ -241,7 +233,7 @@ def measure_all(args: BenchmarkSettings, out: Any, record: dict[str, Any]) -> No
     record.setdefault("targets", []).extend({"target": n, "met": ok, "measured": d} for n, ok, d in checks)
 
 
-def measure_costs(args: BenchmarkSettings, out: Any, record: dict[str, Any]) -> None:
+def measure_costs(args: SuiteSettings, out: Any, record: dict[str, Any]) -> None:
     """What each protection of each TCP server costs (.costs), into ``record`` family by family."""
     results: dict[str, Any] = record.setdefault("costs", {})
     measured: dict[str, costs.Cells] = {}
@@ -250,7 +242,7 @@ def measure_costs(args: BenchmarkSettings, out: Any, record: dict[str, Any]) -> 
             continue
         out.print(
             f"[bold]what each protection costs: {family.name}[/bold] "
-            f"({len(family.variants)} servers, {args.cost_rounds} rounds)"
+            f"({len(family.contenders)} servers, {args.cost_rounds} rounds)"
         )
         cells = costs.run_family(
             family, args.cost_rounds, args.duration, args.warmup,
@@ -272,21 +264,19 @@ def measure_costs(args: BenchmarkSettings, out: Any, record: dict[str, Any]) -> 
 
 SCENARIO_LEVELS = (1, 10, 100, 1000)
 # Every server as it is, the async server in its other API, and the bounded pool of threads.
-SCENARIO_VARIANTS = (THREADED, POOL, ASYNC_STREAMS, ASYNC_PROTOCOL, THREADED_HTTP, ASYNC_HTTP)
+SCENARIO_CONTENDERS = (THREADED, POOL, ASYNC_STREAMS, ASYNC_PROTOCOL, THREADED_HTTP, ASYNC_HTTP)
 
 
-def run_scenarios(
-    args: BenchmarkSettings, scenarios: list[Scenario], out: Any, record: dict[str, Any]
-) -> None:
+def run_scenarios(args: SuiteSettings, scenarios: list[Scenario], out: Any, record: dict[str, Any]) -> None:
     results: dict[str, list[dict[str, Any]]] = record.setdefault("scenarios", {})
     for scenario in scenarios:
         out.print(f"[bold]scenario {scenario.name}[/bold]: {scenario.summary}")
         rows: list[Row] = []
         results[scenario.name] = []
-        for variant in SCENARIO_VARIANTS:
-            if args.only and args.only not in variant.name:
+        for contender in SCENARIO_CONTENDERS:
+            if args.only and args.only not in contender.name:
                 continue
-            assert variant.server is not None
+            assert contender.server is not None
 
             def done(r: Row, name: str = scenario.name, rows: list[Row] = rows) -> None:
                 rows.append(r)
@@ -295,18 +285,18 @@ def run_scenarios(
                 )
                 show_row(out, r, per_request=True)
 
-            def failed(connections: int, exc: RuntimeError, name: str = variant.name) -> None:
+            def failed(connections: int, exc: RuntimeError, name: str = contender.name) -> None:
                 out.print(f"  {name:<26} {connections:>6} conns  [red]client failed: {exc}[/red]")
 
             measure(
-                variant, SCENARIO_LEVELS, scenario.delay_hint_ms, args.duration, args.warmup,
-                on_level=done, on_error=failed, server_options=scenario.options_for(variant.server),
+                contender, SCENARIO_LEVELS, scenario.delay_hint_ms, args.duration, args.warmup,
+                on_level=done, on_error=failed, server_options=scenario.options_for(contender.server),
             )  # fmt: skip
         title = f"scenario {scenario.name} (closed loop; bound = connections / {scenario.delay_hint_ms:g} ms)"
         out.print(rich_table(title, rows))
 
 
-def write(out: Any, args: BenchmarkSettings, kind: str, record: dict[str, Any]) -> None:
+def write(out: Any, args: SuiteSettings, kind: str, record: dict[str, Any]) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     rows = record.get("rows")

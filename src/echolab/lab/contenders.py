@@ -1,6 +1,6 @@
-"""The servers as the lab runs them: each a catalogue server with options, or a bare reference.
+"""The contenders: the servers as the lab runs them, a catalogue server with options or a bare reference.
 
-A variant has a name (what tables and charts call it), a framing, and a
+A contender has a name (what tables and charts call it), a framing, and a
 colour: a catalogue server's own colour, or a further shade of its family's
 (threaded warm, async cool; see :mod:`echolab.catalogue`).
 """
@@ -20,7 +20,7 @@ from ..servers import protections
 
 
 @dataclass(frozen=True)
-class Variant:
+class Contender:
     name: str
     family: Family
     framing: str
@@ -30,8 +30,12 @@ class Variant:
     reference: str = ""  # the bare reference's kind: uvloop | streams | threaded
     env: tuple[tuple[str, str], ...] = ()  # set in the server's environment
 
+    def reads(self, flag: str) -> bool:
+        """Whether its server takes ``flag`` (a bare reference takes none)."""
+        return self.server is not None and flag in self.server.flags
+
     def process(self, delay_ms: float, options: Sequence[str] = ()) -> Process:
-        """A process that serves this variant with ``delay_ms`` of simulated IO, not yet started.
+        """A process that serves this contender with ``delay_ms`` of simulated IO, not yet started.
 
         ``options``, `echolab serve` flags (a scenario's), come last: theirs win,
         ``--delay-ms`` too. A bare reference takes none.
@@ -44,15 +48,18 @@ class Variant:
             port = free_port()
             argv = [sys.executable, "-m", "echolab.servers.bare", self.reference, str(port), f"{delay_ms:g}"]
             return Process(argv, name=self.name, port=port)
-        framing = () if self.framing == "http" else ("--framing", self.framing)
-        flags = (*framing, "--delay-ms", f"{delay_ms:g}", "--log-level", "warning", *self.options, *options)
+        framing = ("--framing", self.framing) if self.reads("--framing") else ()
+        # At the default log level, info: a server that fails to stop has said what it was doing.
+        flags = (*framing, "--delay-ms", f"{delay_ms:g}", *self.options, *options)
         return ServerProcess(self.server, flags, env={**os.environ, **dict(self.env)})
 
 
 @contextlib.contextmanager
-def running(variant: Variant, delay_ms: float, options: Sequence[str] = ()) -> Iterator[tuple[int, Process]]:
-    """Start the variant on a free loopback port, yield (port, process), stop it with SIGTERM."""
-    process = variant.process(delay_ms, options)
+def running(
+    contender: Contender, delay_ms: float, options: Sequence[str] = ()
+) -> Iterator[tuple[int, Process]]:
+    """Start the contender on a free loopback port, yield (port, process), stop it with SIGTERM."""
+    process = contender.process(delay_ms, options)
     try:
         process.start()
         yield process.port, process
@@ -61,51 +68,53 @@ def running(variant: Variant, delay_ms: float, options: Sequence[str] = ()) -> I
             process.stop()
 
 
-def without(variant: Variant, *off: str) -> Variant:
-    """``variant`` with protections turned off (bench only): ``metrics``, or any of
+def without(contender: Contender, *off: str) -> Contender:
+    """``contender`` with protections turned off (bench only): ``metrics``, or any of
     :data:`.protections.PROTECTIONS`; named for what it lacks."""
     switched = ",".join(name for name in off if name != "metrics")
     return dataclasses.replace(
-        variant,
-        name=f"{variant.name} (no {', '.join(off)})",
-        options=(*variant.options, "--no-metrics") if "metrics" in off else variant.options,
+        contender,
+        name=f"{contender.name} (no {', '.join(off)})",
+        options=(*contender.options, "--no-metrics") if "metrics" in off else contender.options,
         env=((protections.ENV, switched),) if switched else (),
     )
 
 
-def of(server_kind: Server) -> Variant:
+def of(server_kind: Server) -> Contender:
     """A catalogue server as it is, in its own colour."""
-    return Variant(server_kind.name, server_kind.family, server_kind.framing, server_kind.color, server_kind)
+    return Contender(
+        server_kind.name, server_kind.family, server_kind.framing, server_kind.color, server_kind
+    )
 
 
 SERVERS_AS_THEY_ARE = tuple(of(s) for s in SERVERS)
 # The article's baseline speaks its own protocol: with persistent
 # connections, a serial server would serve its first client forever.
-SERIAL = Variant(
+SERIAL = Contender(
     "serial", "threaded", "oneshot", PALETTE["threaded"][2], server("threaded"), ("--model", "serial")
 )
-POOL = Variant(
+POOL = Contender(
     "pool (64 threads)", "threaded", "lines", PALETTE["threaded"][3], server("threaded"),
     ("--model", "pool", "--threads", "64"),
 )  # fmt: skip
 # The async server in each API, named for it whichever is the default.
-ASYNC_STREAMS = Variant(
+ASYNC_STREAMS = Contender(
     "async streams", "async", "lines", PALETTE["async"][0], server("async"), ("--api", "streams")
 )
-ASYNC_PROTOCOL = Variant(
+ASYNC_PROTOCOL = Contender(
     "async protocol", "async", "lines", PALETTE["async"][4], server("async"), ("--api", "protocol")
 )
 ASYNC_NO_METRICS = dataclasses.replace(without(ASYNC_STREAMS, "metrics"), color=PALETTE["async"][2])
-BARE_UVLOOP = Variant("bare uvloop", "async", "lines", PALETTE["async"][3], reference="uvloop")
-BARE_STREAMS = Variant("bare streams", "async", "lines", PALETTE["async"][5], reference="streams")
-BARE_THREADED = Variant("bare threaded", "threaded", "lines", PALETTE["threaded"][4], reference="threaded")
+BARE_UVLOOP = Contender("bare uvloop", "async", "lines", PALETTE["async"][3], reference="uvloop")
+BARE_STREAMS = Contender("bare streams", "async", "lines", PALETTE["async"][5], reference="streams")
+BARE_THREADED = Contender("bare threaded", "threaded", "lines", PALETTE["threaded"][4], reference="threaded")
 # async-http's parser choice (docs/server-behavior.md): its hardening against bare uvicorn, and h11.
-ASYNC_HTTP_BARE_ALIKE = Variant(
+ASYNC_HTTP_BARE_ALIKE = Contender(
     "async-http (1 worker, no metrics)", "async", "http", server("async-http").color, server("async-http"),
     ("--workers", "1", "--no-metrics"),
 )  # fmt: skip
-BARE_HTTPTOOLS = Variant("bare httptools", "async", "http", PALETTE["async"][6], reference="httptools")
-BARE_H11 = Variant("bare h11", "async", "http", PALETTE["async"][7], reference="h11")
+BARE_HTTPTOOLS = Contender("bare httptools", "async", "http", PALETTE["async"][6], reference="httptools")
+BARE_H11 = Contender("bare h11", "async", "http", PALETTE["async"][7], reference="h11")
 ALL = (
     *SERVERS_AS_THEY_ARE, SERIAL, POOL, ASYNC_STREAMS, ASYNC_PROTOCOL, ASYNC_NO_METRICS,
     BARE_UVLOOP, BARE_STREAMS, BARE_THREADED, ASYNC_HTTP_BARE_ALIKE, BARE_HTTPTOOLS, BARE_H11,

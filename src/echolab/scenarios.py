@@ -1,6 +1,6 @@
 """The workloads the lab compares the servers under: one preset of server settings each.
 
-Every server runs a scenario with the same work model (servers/work.py), so
+Every server runs a scenario with the same work model (servers/work_model.py), so
 the only difference between two rows of a scenario is the server. ``io`` is
 the article's workload (awaited IO only); the others add the work that
 decides the answer for most services (see docs/scenarios.md, where
@@ -23,21 +23,36 @@ A flag applies to the servers that read it: ``--offload`` and
 (``async``, ``async-http``); a threaded server has nothing to offload, its
 blocking call is already in a thread, and runs the scenario without them.
 
-A scenario decides the whole work model (:data:`WORK_MODEL`): what its
-preset does not name runs at its default. So in the stack, where
-``make scenario`` puts every server under a preset over what ``.env`` set
-(:meth:`Scenario.environment`), a scenario means what it means in the demo.
+A scenario decides the whole work model (the settings marked ``work_model``
+in settings.py): what its preset does not name runs at its default. So in the
+stack, where ``make scenario`` puts every server under a preset over what
+``.env`` set (:meth:`Scenario.environment`), a scenario means what it means
+in the demo.
+
+Scenarios are data, beside the catalogue of servers: the settings check
+``--scenario`` against them, the lab runs them, the stack's ``make scenario``
+renders them. This module imports nothing of echolab's; what a scenario needs
+to know of a server is :class:`Reader`, which the catalogue's servers are.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from ..catalogue import Server
-from ..settings import as_text, options
 
-# The settings of a server's work (servers/work.py) that a scenario decides.
-WORK_MODEL = ("delay_ms", "delay_distribution", "cpu_ms", "blocking_ms", "offload", "offload_threads")
+class Reader(Protocol):
+    """A server as a scenario sees it: the flags it reads, and the variables that set its work model."""
+
+    @property
+    def flags(self) -> frozenset[str]:
+        """The ``echolab serve`` flags the server's settings read."""
+        ...
+
+    def work_environment(self, flags: Sequence[str]) -> dict[str, str]:
+        """The variables that give the server the work model ``flags`` set, the rest at its defaults."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -51,21 +66,15 @@ class Scenario:
         """Requests/s a closed loop of ``connections`` cannot exceed."""
         return connections / (self.delay_hint_ms / 1000) if self.delay_hint_ms > 0 else None
 
-    def options_for(self, server: Server) -> tuple[str, ...]:
+    def options_for(self, server: Reader) -> tuple[str, ...]:
         """The scenario's flags that ``server``'s settings read, in order."""
-        read = {option.flag for option in options(server.settings)}
+        read = server.flags
         pairs = zip(self.options[::2], self.options[1::2], strict=True)
         return tuple(part for flag, value in pairs if flag in read for part in (flag, value))
 
-    def environment(self, server: Server) -> dict[str, str]:
+    def environment(self, server: Reader) -> dict[str, str]:
         """The variables that give ``server`` the scenario's work model: its flags, the rest at defaults."""
-        flags = self.options_for(server)
-        given = dict(zip(flags[::2], flags[1::2], strict=True))
-        return {
-            option.env: given.get(option.flag, as_text(option.default))
-            for option in options(server.settings)
-            if option.name in WORK_MODEL
-        }
+        return server.work_environment(self.options_for(server))
 
 
 IO = Scenario("io", "100 ms of awaited IO per request, nothing else", ("--delay-ms", "100"), 100.0)
