@@ -155,7 +155,9 @@ class EchoProtocol(asyncio.Protocol):
                 return
             if message is None:
                 return
-            if self.server.overdue():  # the drain timeout passed while the loop was held up
+            # Past the drain timeout (the loop was held up): cut, not started. `closing` first: a
+            # stop signal sets it, and until then no request pays for a look at the clock.
+            if self.server.closing and self.server.overdue():
                 self.metrics.not_answered("aborted", self.pending)
                 self._drop_pending()
                 self.transport.abort()

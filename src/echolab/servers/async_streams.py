@@ -156,7 +156,9 @@ class StreamConnection:
                 metrics.not_answered("too_large")
                 await self.end_with(ERROR_TOO_LARGE)
                 return
-            if server.overdue():  # the drain timeout passed while the loop was held up: cut, not started
+            # Past the drain timeout (the loop was held up): cut, not started. `closing` first: a
+            # stop signal sets it, and until then no request pays for a look at the clock.
+            if server.closing and server.overdue():
                 metrics.not_answered("aborted")
                 writer.transport.abort()
                 return
