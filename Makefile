@@ -110,15 +110,17 @@ locust: install
 	$(BIN)/python -m echolab.lab.locust_local -f $(LOCUSTFILES) --class-picker --web-port $(LOCUST_WEB_PORT)
 
 # Headless step ramp (+STEP_USERS every STEP_SECONDS up to LOADTEST_USERS, shared
-# by the four servers' users) for LOADTEST_TIME. With the defaults every server
-# holds: 50 users each stay far below the threaded knee (1,000-2,000
-# connections), which one Locust process on the servers' own cores cannot reach.
+# by the four servers' users, each step started within a second: -r) for
+# LOADTEST_TIME. With the defaults every server holds: 50 users each stay far
+# below the threaded knee (1,000-2,000 connections), which one Locust process on
+# the servers' own cores cannot reach.
 # It shows Locust's view of a healthy ramp; `make demo` shows the knees. It ends by itself,
 # exiting 0 or with the thresholds' verdict.
 loadtest: install
 	mkdir -p reports
 	$(BIN)/python -m echolab.lab.locust_local -f loadtest/locustfile.py,loadtest/step_ramp.py --headless \
-	  -u $(LOADTEST_USERS) -t $(LOADTEST_TIME) --step-users $(STEP_USERS) --step-seconds $(STEP_SECONDS) \
+	  -u $(LOADTEST_USERS) -r $(STEP_USERS) -t $(LOADTEST_TIME) \
+	  --step-users $(STEP_USERS) --step-seconds $(STEP_SECONDS) \
 	  --max-fail-ratio $(LOADTEST_MAX_FAIL_RATIO) --html reports/locust.html --csv reports/locust --only-summary
 	@echo "Locust report: $(CURDIR)/reports/locust.html (stats: reports/locust_stats.csv)"
 	@echo "$(LOADTEST_USERS) users shared by the four servers' user classes; the threaded server's knee is at" \

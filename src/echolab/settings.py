@@ -660,19 +660,20 @@ class LocustSettings(Settings):
     Locust parses them itself, with its own (``--users``, ``--run-time``...): as
     flags, as LOCUST_* variables, or, for a setting marked ``web_ui``, from its
     web UI's start form, for one run. The rest are fixed when Locust starts.
+    The form shows a ``web_ui`` setting's help beside its name, in one line: a
+    few words, the detail in docs/locust.md.
     """
 
     PREFIX: ClassVar[str] = "LOCUST_"
 
     framing: str = setting(
         "lines",
-        "TCP users: lines, one persistent connection per user; oneshot, a connection per request "
-        "(HTTP users keep one connection alive)",
+        "lines: a connection per user; oneshot: per request",
         choices=FRAMINGS,
         web_ui=True,
     )
     message_size: int = setting(
-        BenchSettings.message_size, "request size in bytes, newline excluded", check=at_least(1), web_ui=True
+        BenchSettings.message_size, "request bytes, newline excluded", check=at_least(1), web_ui=True
     )
     think_time: float = setting(
         0.0, "seconds each user waits between requests", check=at_least(0), web_ui=True
@@ -680,21 +681,19 @@ class LocustSettings(Settings):
     connect_timeout: float = setting(5.0, "seconds to wait for a connection", check=above(0), web_ui=True)
     read_timeout: float = setting(
         BenchSettings.timeout,
-        "seconds a request may take to be answered (TCP users: connecting included; "
-        "HTTP users: each read, which for an echo is the wait for the reply)",
+        "seconds to wait for a reply",
         check=above(0),
         web_ui=True,
     )
     target_rps: float = setting(
         0.0,
-        "open loop: requests/s in all, spread over the users, whatever the replies do (0: closed "
-        "loop, each user waits for its reply and --think-time)",
+        "open loop: requests/s in all (0: closed loop)",
         check=at_least(0),
         web_ui=True,
     )
     max_inflight: int = setting(
         100,
-        "open loop: unanswered requests a user may have; an arrival beyond is a not_sent failure",
+        "open loop: unanswered requests per user",
         check=at_least(1),
         web_ui=True,
     )
@@ -725,7 +724,7 @@ class StepRampSettings(Settings):
 
     PREFIX: ClassVar[str] = LocustSettings.PREFIX
 
-    step_users: int = setting(10, "StepRamp: users added per step", check=at_least(1), web_ui=True)
+    step_users: int = setting(10, "StepRamp: users added each step", check=at_least(1), web_ui=True)
     step_seconds: float = setting(10.0, "StepRamp: seconds between steps", check=above(0), web_ui=True)
 
 
@@ -735,11 +734,9 @@ class SpikeSettings(Settings):
 
     PREFIX: ClassVar[str] = LocustSettings.PREFIX
 
-    spike_users: int = setting(200, "Spike: users added during the spike", check=at_least(0), web_ui=True)
-    spike_at: float = setting(
-        30.0, "Spike: seconds after the start the spike begins", check=at_least(0), web_ui=True
-    )
-    spike_seconds: float = setting(10.0, "Spike: how long the spike lasts", check=at_least(0), web_ui=True)
+    spike_users: int = setting(200, "Spike: users added for the spike", check=at_least(0), web_ui=True)
+    spike_at: float = setting(30.0, "Spike: its start, seconds into the run", check=at_least(0), web_ui=True)
+    spike_seconds: float = setting(10.0, "Spike: its length in seconds", check=at_least(0), web_ui=True)
 
 
 def target_options(server: str, port: int) -> tuple[Option, Option]:
