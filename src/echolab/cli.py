@@ -52,7 +52,7 @@ EXAMPLES = {
     "  $(echolab scenario blocking --services)       what `make scenario NAME=blocking` runs",
     "report": "echolab report                               the last load-test run, the stack's Prometheus\n"
     "echolab report --since 15m                    the last 15 minutes instead\n"
-    f"echolab report --prometheus http://127.0.0.1:{ports.PROMETHEUS_HOST} --since 2h   named; the last two hours",
+    f"echolab report --prometheus http://127.0.0.1:{ports.PROMETHEUS_HOST} --since 2h   named; the last 2 h",
 }
 
 

@@ -82,8 +82,8 @@ def header() -> Row:
         "work, then its blocking call, then its IO (ECHO_CPU_MS, ECHO_BLOCKING_MS, ECHO_DELAY_MS, or a "
         "preset of `make scenario`); offload: where an event-loop server runs the blocking call. cpus "
         "and memory are the container limits (SERVER_CPUS, SERVER_MEMORY) docker compose gave every "
-        "server. workers: gunicorn worker processes of the HTTP servers. An empty cell is a setting that "
-        "does not apply to that server: threads size the threaded server's pool model only, offload "
+        "server. workers: gunicorn worker processes of the HTTP servers. An empty cell (n/a in `make "
+        "report`) is a setting that does not apply to that server: threads size the threaded server's pool model only, offload "
         "threads the pool of `offload thread`.",
         Query(f"{info}{{{SERVER}}}", "{{server}}"),
         columns=[
