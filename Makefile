@@ -209,13 +209,15 @@ report: install .env
 	  { echo "make report: the stack's Prometheus is not running (make up)" >&2; exit 1; }; \
 	$(BIN)/echolab report --prometheus "http://$$address" $(if $(REPORT_SINCE),--since $(REPORT_SINCE))
 
-# Builds and runs the stack (less Grafana) under its own project name and
-# free ports, loads it, checks Prometheus sees it all, switches the servers to
-# the blocking scenario and back (make scenario), then faults under load
-# (servers killed, a worker lost, servers stopped); always tears it down.
+# Builds and runs the stack (less Grafana) under its own project name, free
+# ports and network, loads it, checks Prometheus sees it all, switches the
+# servers to the blocking scenario and back (make scenario), recreates all four
+# twice and counts each one's users, then faults under load (servers killed, a
+# worker lost, servers stopped); always tears it down.
 # Needs Docker: fails, never skips, without it.
 test-stack: install
-	$(BIN)/pytest tests/stack/check_stack.py tests/stack/check_scenarios.py tests/stack/check_chaos.py \
+	$(BIN)/pytest tests/stack/check_stack.py tests/stack/check_scenarios.py tests/stack/check_recreate.py \
+	  tests/stack/check_chaos.py \
 	  --timeout=1800 -s
 
 # --- Kubernetes: deploy/kubernetes (rendered by `make generate`) -------------------
