@@ -83,8 +83,8 @@ def header() -> Row:
         "preset of `make scenario`); offload: where an event-loop server runs the blocking call. cpus "
         "and memory are the container limits (SERVER_CPUS, SERVER_MEMORY) docker compose gave every "
         "server. workers: gunicorn worker processes of the HTTP servers. An empty cell (n/a in `make "
-        "report`) is a setting that does not apply to that server: threads size the threaded server's pool model only, offload "
-        "threads the pool of `offload thread`.",
+        "report`) is a setting that does not apply to that server: threads size the threaded "
+        "server's pool model only, offload threads the pool of `offload thread`.",
         Query(f"{info}{{{SERVER}}}", "{{server}}"),
         columns=[
             "server",
