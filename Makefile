@@ -158,10 +158,16 @@ check-env: .env
 
 # Quiet: the build's log goes to $(BUILD_LOG) (its tail if it fails; V=1: on the terminal), then
 # compose's progress while every service starts and turns healthy, then the URLs.
+# One service builds each image: compose labels an image with the service that built it, so the
+# four servers building echolab-server left a new image each time, and every make up, changed or
+# not, recreated the servers under their users.
 BUILD_LOG ?= reports/build.log
+ONE_PER_IMAGE := import json, sys; s = json.load(sys.stdin)["services"]; \
+  print(*sorted({v["image"]: k for k, v in sorted(s.items(), reverse=True) if "build" in v}.values()))
 up: check-env
 	@mkdir -p $(dir $(BUILD_LOG)) && echo "building the images$(if $(V),, (log: $(BUILD_LOG)))"
-	@$(COMPOSE) $(if $(V),,--progress plain) build $(SERVICES) $(if $(V),,> $(BUILD_LOG) 2>&1) \
+	@builders=$$($(COMPOSE) config --format json $(SERVICES) | $(PYTHON) -c '$(ONE_PER_IMAGE)') \
+	  && $(COMPOSE) $(if $(V),,--progress plain) build $$builders $(if $(V),,> $(BUILD_LOG) 2>&1) \
 	  || { $(if $(V),,tail -n 30 $(BUILD_LOG);) echo "make up: the build failed (log: $(BUILD_LOG))" >&2; exit 1; }
 	@echo "starting the stack, waiting until every service is healthy"
 	@$(COMPOSE) up --detach --wait $(SERVICES)
