@@ -183,9 +183,11 @@ class Process:
         self.proc.wait()
 
 
-def serve_argv(name: str, host: str, port: int, metrics_port: int, options: Sequence[str]) -> list[str]:
+def serve_argv(
+    name: str, host: str, port: int, metrics_port: int, options: Sequence[str], python: str = sys.executable
+) -> list[str]:
     return [
-        sys.executable, "-m", "echolab", "serve", name,
+        python, "-m", "echolab", "serve", name,
         "--host", host, "--port", str(port), "--metrics-port", str(metrics_port), *options,
     ]  # fmt: skip
 
@@ -201,10 +203,12 @@ class ServerProcess(Process):
         log: Path | None = None,
         env: Mapping[str, str] | None = None,
         host: str = HOST,
+        python: str = sys.executable,
     ) -> None:
         super().__init__([], name=server.name, log=log, env=env, host=host)
         self.server = server
         self.options = list(options)
+        self.python = python  # the interpreter it runs under: another's venv's (echolab.interpreters)
         self.metrics_port = 0
 
     def is_ready(self) -> bool:
@@ -221,7 +225,9 @@ class ServerProcess(Process):
     def start(self, timeout: float = READY_TIMEOUT) -> ServerProcess:
         for _attempt in range(PORT_ATTEMPTS):
             self.port, self.metrics_port = free_port(self.host), free_port(self.host)
-            self.argv = serve_argv(self.server.name, self.host, self.port, self.metrics_port, self.options)
+            self.argv = serve_argv(
+                self.server.name, self.host, self.port, self.metrics_port, self.options, self.python
+            )
             self.spawn()
             if self.wait_ready(self.is_ready, timeout):
                 return self

@@ -398,6 +398,11 @@ class ServeSettings(Settings):
         5.0, "on SIGTERM/SIGINT, how long in-flight requests may take to finish", unit="s", check=at_least(0)
     )
     log_level: str = setting("info", "log level; per-request lines only at debug", choices=LOG_LEVELS)
+    python: str = setting(
+        "",
+        "run under this CPython instead (a path, python3.13, 3.14t), from a venv of its own made on "
+        "first use (.venv-<version>); none: this one",
+    )
     cgroup_root: Path = setting(
         Path("/sys/fs/cgroup"),
         "where the cgroup filesystem is mounted; if the cgroup there (in a container: its own) has a CPU "
@@ -576,6 +581,12 @@ class DemoSettings(Settings):
         check=at_least(0),
     )  # fmt: skip
     servers: tuple[str, ...] = setting((), "run only these (comma-separated names; none: all)")
+    python: str = setting(
+        "", "run the servers under this CPython (a path, python3.13, 3.14t; see echolab serve --python)"
+    )
+    pythons: tuple[str, ...] = setting(
+        (), "also run each server under these (comma-separated, e.g. python3.12,3.14t): a row each"
+    )
     out: Path = setting(Path("reports"), "folder for the reports")
 
 
@@ -618,6 +629,9 @@ class SuiteSettings(Settings):
         "instead of the benchmark, run these scenarios (comma-separated, e.g. cpu,blocking; "
         "docs/scenarios.md lists them) on every server at a few levels",
         check=known_scenarios,
+    )
+    python: str = setting(
+        "", "run the servers under this CPython (a path, python3.13, 3.14t; see echolab serve --python)"
     )
     out: Path = setting(Path("reports"), "folder for the JSON")
 

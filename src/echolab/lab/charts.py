@@ -50,9 +50,16 @@ class Series:
 
 
 def series_of(grouped: dict[str, list[Row]], suffix: str = "", dashed: bool = False) -> list[Series]:
-    """A series per server, in its catalogue colour and a marker of its own."""
+    """A series per server, in its catalogue colour and a marker of its own; a server under another
+    interpreter (``threaded@3.13``) in its colour too, dashed."""
     return [
-        Series(name + suffix, rows, COLORS.get(name), MARKERS[i % len(MARKERS)], dashed)
+        Series(
+            name + suffix,
+            rows,
+            COLORS.get(name.split("@")[0]),
+            MARKERS[i % len(MARKERS)],
+            dashed or "@" in name,
+        )
         for i, (name, rows) in enumerate(grouped.items())
     ]
 

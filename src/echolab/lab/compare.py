@@ -16,7 +16,7 @@ from ..settings import CompareSettings
 from . import charts
 from .history import NotARun, SavedRun, load, new_folder
 from .report import level_text, page, require_extra
-from .results import Row, by_server, console
+from .results import Row, by_server, console, interpreters
 
 Key = tuple[str, str, str, float, float]  # scenario, mode, server, level, delay ms
 Group = tuple[str, str, float]  # scenario, mode, delay ms
@@ -79,10 +79,11 @@ def terminal_table(pairs: list[tuple[Row, Row]]) -> Any:
 
 def machine_table(a: SavedRun, b: SavedRun) -> str:
     """The two runs' machine facts side by side; the ones that differ in bold."""
-    facts = sorted(set(a.machine) | set(b.machine))
+    left_facts = {**a.machine, "servers": interpreters(a.rows)}
+    right_facts = {**b.machine, "servers": interpreters(b.rows)}
     rows = []
-    for fact in facts:
-        left, right = a.machine.get(fact), b.machine.get(fact)
+    for fact in sorted(set(left_facts) | set(right_facts)):
+        left, right = left_facts.get(fact), right_facts.get(fact)
         mark = ' style="font-weight:bold"' if left != right else ""
         rows.append(
             f'<tr{mark}><td class="l">{html.escape(fact)}</td><td class="l">{html.escape(str(left))}</td>'

@@ -16,13 +16,14 @@ what was measured so far, marked partial, and exits 130 or 143.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import machine
+from .. import interpreters, machine
 from ..scenarios import SCENARIOS, Scenario
 from ..settings import DemoSettings
 from . import history, report
@@ -55,8 +56,13 @@ class DemoError(Exception):
     """A setting the demo cannot run with: one line, exit status 2."""
 
 
-def contenders(settings: DemoSettings) -> list[Contender]:
-    """Every server as it is (those with a --framing in the demo's), then the article's serial baseline."""
+def contenders(
+    settings: DemoSettings,
+    main: interpreters.Venv | None = None,
+    others: Sequence[interpreters.Venv] = (),
+) -> list[Contender]:
+    """Every server as it is (those with a --framing in the demo's), then the article's serial baseline;
+    each under ``main``'s interpreter (None: the lab's own), then under each of ``others``."""
     chosen = [
         dataclasses.replace(v, framing=settings.framing) if v.reads("--framing") else v
         for v in SERVERS_AS_THEY_ARE
@@ -68,7 +74,7 @@ def contenders(settings: DemoSettings) -> list[Contender]:
             names = ", ".join(v.name for v in chosen)
             raise DemoError(f"no server {', '.join(sorted(unknown))}: choose from {names}")
         chosen = [v for v in chosen if v.name in settings.servers]
-    return chosen
+    return [under for v in chosen for under in (v.under(main), *(v.under(other) for other in others))]
 
 
 def scenarios(settings: DemoSettings) -> list[Scenario]:
@@ -95,17 +101,19 @@ def quick(settings: DemoSettings) -> DemoSettings:
     )
 
 
-def plan(settings: DemoSettings) -> list[Step]:
+def plan(
+    settings: DemoSettings, main: interpreters.Venv | None = None, others: Sequence[interpreters.Venv] = ()
+) -> list[Step]:
     """Every server's sweep, section by section, in the order they run."""
     steps = []
-    servers = contenders(settings)
+    servers = contenders(settings, main, others)
     for index, scenario in enumerate(scenarios(settings)):
         first = index == 0
         closed = Section(scenario.name, scenario.summary, "closed", scenario.delay_hint_ms, scenario.options)
         duration = settings.duration if first else settings.other_duration
         for contender in servers:
             levels = settings.levels if first else settings.other_levels
-            if contender is SERIAL:  # the article's baseline belongs to the article's workload
+            if contender.name.split("@")[0] == SERIAL.name:  # the article's baseline: the article's workload
                 levels = tuple(n for n in levels if n <= SERIAL_MAX_LEVEL) if first else ()
             if levels:
                 steps.append(Step(closed, with_options(contender, scenario), levels, duration))
@@ -134,13 +142,16 @@ def sections(steps: Sequence[Step]) -> list[Section]:
 
 def run(settings: DemoSettings) -> int:
     report.require_extra()
+    out = console()
     try:
         settings = quick(settings)
-        steps = plan(settings)
-    except DemoError as exc:
+        python = settings.python or os.environ.get("ECHO_PYTHON", "")
+        main = interpreters.prepared(python, out.print) if python else None
+        others = [interpreters.prepared(spec, out.print) for spec in settings.pythons]
+        steps = plan(settings, main, others)
+    except (DemoError, interpreters.InterpreterError) as exc:
         print(f"echolab demo: error: {exc}", file=sys.stderr)
         return 2
-    out = console()
     record: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "settings": {k: str(v) if k == "out" else v for k, v in dataclasses.asdict(settings).items()},
@@ -148,6 +159,7 @@ def run(settings: DemoSettings) -> int:
         "partial": None,
         "skipped": [],
     }
+    steps = runnable(steps, record["skipped"], out)
     rows: list[Row] = []
     began = time.monotonic()
     try:
@@ -218,6 +230,26 @@ def sweep(
                 skipped.append(note)
                 progress.advance(task, len(note["levels"]))
                 progress.console.print(f"  {step.contender.name:>13} {note['why']}: higher levels skipped")
+
+
+def runnable(steps: Sequence[Step], skipped: list[dict[str, Any]], out: Any) -> list[Step]:
+    """The steps whose interpreter can run them; each other one is said in one line and recorded."""
+    kept = []
+    for step in steps:
+        refused = step.contender.refused()
+        if refused is None:
+            kept.append(step)
+            continue
+        out.print(f"[yellow]{step.contender.name}, {step.section.title}: {refused}[/yellow]")
+        skipped.append(
+            {
+                "section": step.section.key,
+                "server": step.contender.name,
+                "why": refused,
+                "levels": list(step.levels),
+            }
+        )
+    return kept
 
 
 def skipped_levels(step: Step, measured: list[Row], stop_below: float) -> dict[str, Any] | None:

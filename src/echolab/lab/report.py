@@ -18,7 +18,7 @@ from ..machine import summary
 from . import charts
 from .contenders import ALL
 from .history import SavedRun
-from .results import HOLD_FRACTION, HOLD_P99_FACTOR, Row, by_server, columns
+from .results import HOLD_FRACTION, HOLD_P99_FACTOR, Row, by_server, columns, interpreters
 
 FAMILIES = {v.name: v.family for v in ALL}
 CSV_FIELDS = (
@@ -294,7 +294,7 @@ def write(
     (folder / "results.json").write_text(json.dumps(data, indent=1, allow_nan=False))
     (folder / "results.csv").write_text(csv_text(rows))
     settings = record["settings"]
-    machine_line = summary(record.get("machine", {}))
+    machine_line = f"{summary(record.get('machine', {}))}; {interpreters(rows)}"
     head = f"""<h1>Threads or asyncio: where does each one break?</h1>
 <p class="meta">{html.escape(record["started"])} &middot; {html.escape(machine_line)}</p>
 {partial_banner(record.get("partial"))}

@@ -47,6 +47,9 @@ class Row:
     connect_errors: dict[str, int] = field(default_factory=dict)
     problem: str | None = None
     notes: list[str] = field(default_factory=list)
+    python: str = ""  # the server's interpreter: 3.13.0, 3.14.0t ("" in results from before)
+    gil: str = ""  # on | off, at run time
+    loop: str = ""  # uvloop | asyncio | none (threads)
 
     @property
     def level(self) -> float:
@@ -115,11 +118,13 @@ class Column:
     left: bool = False
     wide: bool = False  # only where there is room: the HTML report
     mode: str | None = None  # only in tables of this mode's rows
+    varies: bool = False  # only in tables whose rows differ in it
 
 
 COLUMNS: tuple[Column, ...] = (
     Column("server", lambda r: r.server, left=True),
     Column("framing", lambda r: r.framing, left=True),
+    Column("python", lambda r: r.python + (" (no GIL)" if r.gil == "off" else ""), left=True, varies=True),
     Column("offered req/s", lambda r: f"{r.rate:,.0f}", mode="open"),
     Column("conns", lambda r: f"{r.connections:,}"),
     Column("req/s", lambda r: f"{r.throughput:,.0f}"),
@@ -144,7 +149,19 @@ COLUMNS: tuple[Column, ...] = (
 def columns(rows: list[Row], wide: bool = False) -> list[Column]:
     """The columns for a table of ``rows``: the modes present, the wide ones only if asked."""
     modes = {r.mode for r in rows}
-    return [c for c in COLUMNS if (wide or not c.wide) and (c.mode is None or c.mode in modes)]
+    return [
+        c
+        for c in COLUMNS
+        if (wide or not c.wide)
+        and (c.mode is None or c.mode in modes)
+        and (not c.varies or len({c.cell(r) for r in rows}) > 1)
+    ]
+
+
+def interpreters(rows: list[Row]) -> str:
+    """The servers' interpreters, for a run's header: ``Python 3.11.7 (GIL on), 3.14.0t (GIL off)``."""
+    seen = dict.fromkeys(f"{r.python} (GIL {r.gil})" for r in rows if r.python)
+    return f"servers on Python {', '.join(seen)}" if seen else "servers' Python not recorded"
 
 
 def by_server(rows: list[Row]) -> dict[str, list[Row]]:

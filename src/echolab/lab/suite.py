@@ -16,11 +16,13 @@ import dataclasses
 import json
 import signal
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from .. import machine
+from .. import interpreters, machine
+from ..interpreters import Venv
 from ..scenarios import SCENARIOS, Scenario
 from ..settings import SuiteSettings
 from . import costs
@@ -127,9 +129,16 @@ def median_ratio(a: Sequence[float], b: Sequence[float]) -> tuple[float, list[fl
 
 
 def paired(
-    name: str, a: Contender, b: Contender, connections: int, delay: float, args: SuiteSettings
+    name: str,
+    a: Contender,
+    b: Contender,
+    connections: int,
+    delay: float,
+    args: SuiteSettings,
+    venv: Venv | None = None,
 ) -> dict[str, Any]:
     """Throughput and server CPU per request of ``a`` and ``b``, measured in alternating rounds."""
+    a, b = a.under(venv, named=False), b.under(venv, named=False)
     throughputs: dict[str, list[float]] = {a.name: [], b.name: []}
     cpu: dict[str, list[float]] = {a.name: [], b.name: []}  # server CPU ms per request
     for _ in range(args.rounds):
@@ -180,14 +189,19 @@ def run(args: SuiteSettings) -> int:
     record: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine.facts()}
     scenarios = [SCENARIOS[name] for name in args.scenario]
     try:
+        venv = interpreters.prepared(args.python, out.print) if args.python else None
+    except interpreters.InterpreterError as exc:
+        print(f"echolab suite: error: {exc}", file=sys.stderr)
+        return 2
+    try:
         with interruptible():
             if scenarios:
-                run_scenarios(args, scenarios, out, record)
+                run_scenarios(args, scenarios, out, record, venv)
             else:
                 if args.part in ("all", "sweep"):
-                    measure_all(args, out, record)
+                    measure_all(args, out, record, venv)
                 if args.part in ("all", "costs"):
-                    measure_costs(args, out, record)
+                    measure_costs(args, out, record, venv)
     except Interrupted as exc:
         out.print(f"[yellow]{exc}: servers stopped; writing what was measured[/yellow]")
         record["partial"] = {"signal": exc.name}
@@ -195,8 +209,9 @@ def run(args: SuiteSettings) -> int:
     return 128 + signal.Signals[record["partial"]["signal"]] if record.get("partial") else 0
 
 
-def measure_all(args: SuiteSettings, out: Any, record: dict[str, Any]) -> None:
-    """The sweeps, the paired rounds and Locust's capacity, into ``record`` as they come."""
+def measure_all(args: SuiteSettings, out: Any, record: dict[str, Any], venv: Venv | None = None) -> None:
+    """The sweeps, the paired rounds and Locust's capacity, into ``record`` as they come; every
+    server under ``venv``'s interpreter if given."""
     rows: list[Row] = record.setdefault("rows", [])
     pairs: list[dict[str, Any]] = record.setdefault("pairs", [])
     for _section, contender, levels, delay in plan():
@@ -210,13 +225,16 @@ def measure_all(args: SuiteSettings, out: Any, record: dict[str, Any]) -> None:
         def failed(connections: int, exc: RuntimeError, name: str = contender.name) -> None:
             out.print(f"  {name:<26} {connections:>6} conns  [red]client failed: {exc}[/red]")
 
-        measure(contender, levels, delay, args.duration, args.warmup, on_level=done, on_error=failed)
+        measure(
+            contender.under(venv, named=False), levels, delay, args.duration, args.warmup,
+            on_level=done, on_error=failed,
+        )  # fmt: skip
 
     out.print(rich_table("echolab bench (closed loop; bound = connections / delay)", rows, delay_column=True))
     for name, a, b, connections, delay, target in PAIRS:
         if args.only and args.only not in a.name:
             continue
-        pair = {**paired(name, a, b, connections, delay, args), "target": target}
+        pair = {**paired(name, a, b, connections, delay, args, venv), "target": target}
         out.print(
             f"{name}: median ratio {pair['median_ratio']:.2f} "
             f"({min(pair['ratios']):.2f}-{max(pair['ratios']):.2f}), "
@@ -233,7 +251,7 @@ def measure_all(args: SuiteSettings, out: Any, record: dict[str, Any]) -> None:
     record.setdefault("targets", []).extend({"target": n, "met": ok, "measured": d} for n, ok, d in checks)
 
 
-def measure_costs(args: SuiteSettings, out: Any, record: dict[str, Any]) -> None:
+def measure_costs(args: SuiteSettings, out: Any, record: dict[str, Any], venv: Venv | None = None) -> None:
     """What each protection of each TCP server costs (.costs), into ``record`` family by family."""
     results: dict[str, Any] = record.setdefault("costs", {})
     measured: dict[str, costs.Cells] = {}
@@ -245,7 +263,7 @@ def measure_costs(args: SuiteSettings, out: Any, record: dict[str, Any]) -> None
             f"({len(family.contenders)} servers, {args.cost_rounds} rounds)"
         )
         cells = costs.run_family(
-            family, args.cost_rounds, args.duration, args.warmup,
+            family, args.cost_rounds, args.duration, args.warmup, venv,
             on_round=lambda f, n: out.print(f"  {f.name}: round {n} of {args.cost_rounds} done"),
         )  # fmt: skip
         measured[family.name] = cells
@@ -267,7 +285,9 @@ SCENARIO_LEVELS = (1, 10, 100, 1000)
 SCENARIO_CONTENDERS = (THREADED, POOL, ASYNC_STREAMS, ASYNC_PROTOCOL, THREADED_HTTP, ASYNC_HTTP)
 
 
-def run_scenarios(args: SuiteSettings, scenarios: list[Scenario], out: Any, record: dict[str, Any]) -> None:
+def run_scenarios(
+    args: SuiteSettings, scenarios: list[Scenario], out: Any, record: dict[str, Any], venv: Venv | None = None
+) -> None:
     results: dict[str, list[dict[str, Any]]] = record.setdefault("scenarios", {})
     for scenario in scenarios:
         out.print(f"[bold]scenario {scenario.name}[/bold]: {scenario.summary}")
@@ -289,7 +309,8 @@ def run_scenarios(args: SuiteSettings, scenarios: list[Scenario], out: Any, reco
                 out.print(f"  {name:<26} {connections:>6} conns  [red]client failed: {exc}[/red]")
 
             measure(
-                contender, SCENARIO_LEVELS, scenario.delay_hint_ms, args.duration, args.warmup,
+                contender.under(venv, named=False), SCENARIO_LEVELS, scenario.delay_hint_ms,
+                args.duration, args.warmup,
                 on_level=done, on_error=failed, server_options=scenario.options_for(contender.server),
             )  # fmt: skip
         title = f"scenario {scenario.name} (closed loop; bound = connections / {scenario.delay_hint_ms:g} ms)"

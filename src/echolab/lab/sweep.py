@@ -199,6 +199,7 @@ def measure(
                     {
                         **result,
                         "server": contender.name,
+                        **contender.runtime(),
                         "scenario": scenario,
                         "delay_ms": delay_ms,
                         "server_cpu_percent": usage.cpu_percent,
