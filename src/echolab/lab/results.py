@@ -124,7 +124,7 @@ class Column:
 COLUMNS: tuple[Column, ...] = (
     Column("server", lambda r: r.server, left=True),
     Column("framing", lambda r: r.framing, left=True),
-    Column("python", lambda r: r.python + (" (no GIL)" if r.gil == "off" else ""), left=True, varies=True),
+    Column("python", lambda r: f"{r.python}, GIL {r.gil}" if r.python else "", left=True, varies=True),
     Column("offered req/s", lambda r: f"{r.rate:,.0f}", mode="open"),
     Column("conns", lambda r: f"{r.connections:,}"),
     Column("req/s", lambda r: f"{r.throughput:,.0f}"),
