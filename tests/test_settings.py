@@ -12,6 +12,7 @@ import pytest
 from support.servers import run_command
 
 from echolab import catalogue, settings
+from echolab.servers import protections
 
 # The work model's labels of echo_server_info, at their defaults: 100 ms of IO and nothing else.
 IDLE_WORK = {"delay_ms": "100", "delay_distribution": "fixed", "cpu_ms": "0", "blocking_ms": "0"}
@@ -93,6 +94,14 @@ def test_a_bad_environment_value_names_the_variable(variable: str) -> None:
     done = run_command("serve", "async", env={name: value}, timeout=30)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and name in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("name", ["threaded", "async"])
+def test_an_unknown_protection_to_turn_off_is_one_line_and_exit_2(name: str) -> None:
+    """The benchmark's switch (servers/protections.py) is checked like a setting."""
+    done = run_command("serve", name, "--port", "0", env={protections.ENV: "deadlines,limits"}, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "limits" in done.stderr, done.stderr
 
 
 def test_a_bad_variable_of_another_command_is_no_error() -> None:

@@ -35,6 +35,7 @@ ASYNC_APIS = ("streams", "protocol")
 DELAY_DISTRIBUTIONS = ("fixed", "exponential")
 OFFLOADS = ("none", "thread")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+SUITE_PARTS = ("all", "sweep", "costs")
 
 Check = Callable[[Any], str | None]  # the problem with a value, or None
 
@@ -358,7 +359,7 @@ class ServeSettings(Settings):
         work_model=True,
     )
     cpu_ms: float = setting(
-        0.0, "pure-Python CPU work per request, holding the GIL (calibrated at start-up)",
+        0.0, "pure-Python CPU work per request, holding the GIL (by the thread's own CPU clock)",
         unit="ms", check=at_least(0), work_model=True,
     )  # fmt: skip
     blocking_ms: float = setting(
@@ -602,7 +603,16 @@ class SuiteSettings(Settings):
     duration: float = setting(5.0, "measured time per level", unit="s", check=above(0))
     warmup: float = setting(1.0, "load before measuring, per level", unit="s", check=at_least(0))
     only: str = setting("", "run only the servers whose name contains this")
+    part: str = setting(
+        "all",
+        "what to run: sweep (every server at every level, and the head-to-head pairs), "
+        "costs (what each protection of each TCP server costs, against the bare servers), or all",
+        choices=SUITE_PARTS,
+    )
     rounds: int = setting(5, "alternating rounds of each head-to-head pair", check=at_least(1))
+    cost_rounds: int = setting(
+        3, "alternating rounds of the table of what each protection costs", check=at_least(1)
+    )
     scenario: tuple[str, ...] = setting(
         (),
         "instead of the benchmark, run these scenarios (comma-separated, e.g. cpu,blocking; "

@@ -1,7 +1,7 @@
 """The work model: CPU, blocking calls and IO per request, on every server, and what each model does with it.
 
-No test asserts a speed. CPU is checked as CPU time per request within a
-loose factor; concurrency as overlap and order: requests in work at once
+No test asserts a speed. CPU is checked as CPU time per request, within
+10% of the setting; concurrency as overlap and order: requests in work at once
 (the in-flight gauge, the offload pool's gauges), and whether the server's
 own request intervals could have overlapped at all (their durations summed
 against the wall time that contains them).
@@ -51,10 +51,9 @@ def concurrently(server: TestServer, count: int) -> tuple[list[bytes], float]:
 
 @MEASURING
 @pytest.mark.parametrize("server_args", SERVERS, ids=ids(SERVERS))
-def test_cpu_work_costs_about_its_setting_in_process_cpu_time(start_server, server_args):
-    cpu_ms, requests = 10, 50
+def test_cpu_work_costs_its_setting_in_process_cpu_time(start_server, server_args):
+    cpu_ms, requests = 20, 40
     server = start_server(*server_args, "--cpu-ms", str(cpu_ms), "--delay-ms", "0")
-    assert "cpu work:" in server.log and "calibrated" in server.log  # how it was calibrated, logged
     before = server.scrape()
     for i in range(requests):
         assert echo(server, b"spin %d" % i) == b"SPIN %d" % i
@@ -63,9 +62,10 @@ def test_cpu_work_costs_about_its_setting_in_process_cpu_time(start_server, serv
     assert delta.counts(expected) == expected
     assert delta.query('echo_work_seconds_total{kind="cpu"}') == pytest.approx(requests * cpu_ms / 1000)
     per_request_ms = 1000 * delta.value("process_cpu_seconds_total") / requests
-    # Loose: the server's own cost per request (accepting, parsing, metrics) comes on top, and
-    # on a loaded machine the same instructions take more CPU time than when calibrated.
-    assert 0.5 * cpu_ms < per_request_ms < 2.5 * cpu_ms, per_request_ms
+    # The work runs until the thread's own CPU clock has moved by the setting; the server's own
+    # cost per request (a connection, parsing, metrics, the scrapes: up to about 1 ms for the HTTP
+    # servers on a busy machine) comes on top, within a tenth of it.
+    assert 0.9 * cpu_ms < per_request_ms < 1.1 * cpu_ms, per_request_ms
 
 
 @pytest.mark.parametrize("server_args", ASYNC_APIS, ids=ids(ASYNC_APIS))

@@ -8,12 +8,15 @@ colour: a catalogue server's own colour, or a further shade of its family's
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from ..catalogue import PALETTE, SERVERS, Family, Server, server
 from ..launcher import Process, ServerProcess, free_port
+from ..servers import protections
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class Contender:
     server: Server | None = None  # None: a bare reference (echolab.servers.bare)
     options: tuple[str, ...] = ()
     reference: str = ""  # the bare reference's kind: uvloop | streams | threaded
+    env: tuple[tuple[str, str], ...] = ()  # set in the server's environment
 
     def reads(self, flag: str) -> bool:
         """Whether its server takes ``flag`` (a bare reference takes none)."""
@@ -47,7 +51,7 @@ class Contender:
         framing = ("--framing", self.framing) if self.reads("--framing") else ()
         # At the default log level, info: a server that fails to stop has said what it was doing.
         flags = (*framing, "--delay-ms", f"{delay_ms:g}", *self.options, *options)
-        return ServerProcess(self.server, flags)
+        return ServerProcess(self.server, flags, env={**os.environ, **dict(self.env)})
 
 
 @contextlib.contextmanager
@@ -62,6 +66,18 @@ def running(
     finally:
         if process.running():
             process.stop()
+
+
+def without(contender: Contender, *off: str) -> Contender:
+    """``contender`` with protections turned off (bench only): ``metrics``, or any of
+    :data:`.protections.PROTECTIONS`; named for what it lacks."""
+    switched = ",".join(name for name in off if name != "metrics")
+    return dataclasses.replace(
+        contender,
+        name=f"{contender.name} (no {', '.join(off)})",
+        options=(*contender.options, "--no-metrics") if "metrics" in off else contender.options,
+        env=((protections.ENV, switched),) if switched else (),
+    )
 
 
 def of(server_kind: Server) -> Contender:
@@ -88,10 +104,7 @@ ASYNC_STREAMS = Contender(
 ASYNC_PROTOCOL = Contender(
     "async protocol", "async", "lines", PALETTE["async"][4], server("async"), ("--api", "protocol")
 )
-ASYNC_NO_METRICS = Contender(
-    "async streams (no metrics)", "async", "lines", PALETTE["async"][2], server("async"),
-    ("--api", "streams", "--no-metrics"),
-)  # fmt: skip
+ASYNC_NO_METRICS = dataclasses.replace(without(ASYNC_STREAMS, "metrics"), color=PALETTE["async"][2])
 BARE_UVLOOP = Contender("bare uvloop", "async", "lines", PALETTE["async"][3], reference="uvloop")
 BARE_STREAMS = Contender("bare streams", "async", "lines", PALETTE["async"][5], reference="streams")
 BARE_THREADED = Contender("bare threaded", "threaded", "lines", PALETTE["threaded"][4], reference="threaded")

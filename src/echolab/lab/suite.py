@@ -1,7 +1,9 @@
 """``echolab suite`` (``make bench``): every server, the levels where they differ, one run, one table.
 
 Run on a quiet machine; compare the rows of one run with each other (ratios),
-not with another machine's figures. Writes reports/bench-<time>.json.
+not with another machine's figures. Then what each protection of each TCP
+server costs, against the bare servers (:mod:`.costs`). Writes
+reports/bench-<time>.json.
 
 With ``--scenario``, it runs the lab's scenarios instead (cpu, blocking,
 offload, mixed, io: :mod:`echolab.scenarios`) on every server at a few levels, and
@@ -21,6 +23,7 @@ from typing import Any
 from .. import machine
 from ..scenarios import SCENARIOS, Scenario
 from ..settings import SuiteSettings
+from . import costs
 from .contenders import (
     ASYNC_HTTP_BARE_ALIKE,
     ASYNC_NO_METRICS,
@@ -109,12 +112,9 @@ PAIRS = (
         for n in (100, 1000, 5000, 10000)
     ),
     ("streams / protocol at delay 0", ASYNC_STREAMS, ASYNC_PROTOCOL, 100, 0, None),
-    # Code as people write it, both ways, where threads break.
+    # Code as people write it, both ways, where threads break. (Each server against its bare
+    # reference, and without each of its protections: the cost table, .costs.)
     ("streams / threaded at 5000", ASYNC_STREAMS, THREADED, 5000, 100, None),
-    ("protocol / bare uvloop at 10000", ASYNC_PROTOCOL, BARE_UVLOOP, 10000, 100, 1.0),
-    ("streams / bare streams at 10000", ASYNC_STREAMS, BARE_STREAMS, 10000, 100, None),
-    ("delay 0: metrics on / off", ASYNC_STREAMS, ASYNC_NO_METRICS, 100, 0, 0.8),
-    ("threaded / bare threaded at 1000", THREADED, BARE_THREADED, 1000, 100, None),
     # async-http's parser choice (docs/server-behavior.md): its hardening against bare uvicorn, and h11.
     ("delay 0: async-http hardened / bare uvicorn", ASYNC_HTTP_BARE_ALIKE, BARE_HTTPTOOLS, 100, 0, None),
     ("delay 0: uvicorn h11 / httptools", BARE_H11, BARE_HTTPTOOLS, 100, 0, None),
@@ -184,7 +184,10 @@ def run(args: SuiteSettings) -> int:
             if scenarios:
                 run_scenarios(args, scenarios, out, record)
             else:
-                measure_all(args, out, record)
+                if args.part in ("all", "sweep"):
+                    measure_all(args, out, record)
+                if args.part in ("all", "costs"):
+                    measure_costs(args, out, record)
     except Interrupted as exc:
         out.print(f"[yellow]{exc}: servers stopped; writing what was measured[/yellow]")
         record["partial"] = {"signal": exc.name}
@@ -227,7 +230,34 @@ def measure_all(args: SuiteSettings, out: Any, record: dict[str, Any]) -> None:
     checks = targets(rows, pairs)
     for name, ok, detail in checks:
         out.print(f"{'PASS' if ok else 'MISS'}  {name}: {detail}")
-    record["targets"] = [{"target": n, "met": ok, "measured": d} for n, ok, d in checks]
+    record.setdefault("targets", []).extend({"target": n, "met": ok, "measured": d} for n, ok, d in checks)
+
+
+def measure_costs(args: SuiteSettings, out: Any, record: dict[str, Any]) -> None:
+    """What each protection of each TCP server costs (.costs), into ``record`` family by family."""
+    results: dict[str, Any] = record.setdefault("costs", {})
+    measured: dict[str, costs.Cells] = {}
+    for family in costs.FAMILIES:
+        if args.only and args.only not in family.server.name:
+            continue
+        out.print(
+            f"[bold]what each protection costs: {family.name}[/bold] "
+            f"({len(family.contenders)} servers, {args.cost_rounds} rounds)"
+        )
+        cells = costs.run_family(
+            family, args.cost_rounds, args.duration, args.warmup,
+            on_round=lambda f, n: out.print(f"  {f.name}: round {n} of {args.cost_rounds} done"),
+        )  # fmt: skip
+        measured[family.name] = cells
+        results[family.name] = [
+            {"server": name, **dataclasses.asdict(level), **cell.summary()}
+            for (name, level), cell in cells.items()
+        ]
+        out.print(costs.rich_table(family, cells, args.cost_rounds))
+    checks = costs.targets(measured)
+    for name, ok, detail in checks:
+        out.print(f"{'PASS' if ok else 'MISS'}  {name}: {detail}")
+    record.setdefault("targets", []).extend({"target": n, "met": ok, "measured": d} for n, ok, d in checks)
 
 
 # --- scenarios -------------------------------------------------------------------

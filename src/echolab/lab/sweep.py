@@ -50,20 +50,22 @@ def tree(process: psutil.Process) -> list[psutil.Process]:
 
 
 class Sampler(threading.Thread):
-    """Samples a server's RSS and threads (summed over its processes) and its CPU time.
+    """Samples a server's CPU time, RSS and threads (summed over its processes).
 
     CPU time counts children that have exited too (``children_*``), so a
-    gunicorn worker restarted mid-run still counts.
+    gunicorn worker restarted mid-run still counts. Its rate is taken over
+    the client's measured window when :meth:`finish` is given it: the client's
+    start-up, connecting and warm-up, and its teardown, are not the load it
+    reports.
     """
 
-    def __init__(self, process: psutil.Process, every: float = 0.25) -> None:
+    def __init__(self, process: psutil.Process, every: float = 0.1) -> None:
         super().__init__(daemon=True)
         self.process = process
         self.every = every
         self.stop = threading.Event()
         self.usage = Usage()
-        self._cpu0 = self._cpu()
-        self._t0 = time.monotonic()
+        self.cpu_samples = [(time.monotonic(), self._cpu())]
 
     def _cpu(self) -> float:
         total = 0.0
@@ -80,15 +82,25 @@ class Sampler(threading.Thread):
                 with contextlib.suppress(psutil.Error):
                     rss += proc.memory_info().rss / 2**20
                     threads += proc.num_threads()
-            self.usage.samples.append((time.monotonic() - self._t0, rss, threads))
+            now = time.monotonic()
+            self.cpu_samples.append((now, self._cpu()))
+            self.usage.samples.append((now - self.cpu_samples[0][0], rss, threads))
 
-    def finish(self) -> Usage:
+    def finish(self, window: tuple[float, float] | None = None) -> Usage:
+        """Stop; the CPU rate over ``window`` (time.monotonic), or over the whole run without one."""
         self.stop.set()
         self.join()
-        elapsed = time.monotonic() - self._t0
+        self.cpu_samples.append((time.monotonic(), self._cpu()))
+        inside = self.cpu_samples
+        if window is not None:
+            # The samples within the window (at least two): its CPU rate, not its edges'.
+            within = [s for s in inside if window[0] <= s[0] <= window[1]]
+            if len(within) >= 2:
+                inside = within
+        (t0, cpu0), (t1, cpu1) = inside[0], inside[-1]
         usage = self.usage
-        with contextlib.suppress(psutil.Error):
-            usage.cpu_percent = round(100 * (self._cpu() - self._cpu0) / elapsed, 1)
+        if t1 > t0:
+            usage.cpu_percent = round(100 * (cpu1 - cpu0) / (t1 - t0), 1)
         if usage.samples:
             usage.rss_mb = round(max(s[1] for s in usage.samples), 1)
             usage.threads = max(s[2] for s in usage.samples)
@@ -124,6 +136,12 @@ def bench_once(
         raise RuntimeError(f"bench failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def measured_window(result: dict[str, Any]) -> tuple[float, float] | None:
+    """The client's measured window, time.monotonic(); None if it measured nothing."""
+    window = (result.get("measured_from", 0.0), result.get("measured_until", 0.0))
+    return window if window[1] > window[0] else None
 
 
 def open_loop_connections(rate: float, delay_ms: float) -> int:
@@ -166,6 +184,7 @@ def measure(
             options = (*extra, "--rate", str(level)) if open_loop else extra
             sampler = Sampler(psutil.Process(process.pid))
             sampler.start()
+            result: dict[str, Any] = {}
             try:
                 result = bench_once(port, contender.framing, connections, duration, warmup, delay_ms, options)
             except RuntimeError as exc:
@@ -174,7 +193,7 @@ def measure(
                 on_error(level, exc)
                 break
             finally:
-                usage = sampler.finish()
+                usage = sampler.finish(measured_window(result))
             rows.append(
                 Row.from_dict(
                     {

@@ -36,7 +36,7 @@ import socket
 import sys
 from collections.abc import Coroutine
 from dataclasses import asdict
-from time import perf_counter, process_time
+from time import monotonic, perf_counter, process_time
 from typing import Any
 
 import httptools
@@ -114,6 +114,7 @@ class Run:
         self.interrupted: asyncio.Future[int] = loop.create_future()
         self.tasks: set[asyncio.Task[None]] = set()
         self.cpu_percent = 0.0  # this process's CPU while measuring, % of one core
+        self.window = (0.0, 0.0)  # the measurement's start and end, time.monotonic()
 
     def record(self, latency: float) -> None:
         if self.measuring:
@@ -504,12 +505,13 @@ async def bench(host: str, port: int, args: BenchSettings) -> BenchResult:
         if await run.wait(0 if args.requests else args.warmup):
             run.phase = "measuring"
             run.measuring = True
-            started, cpu = perf_counter(), process_time()
+            started, cpu, began = perf_counter(), process_time(), monotonic()
             await run.wait(
                 None if args.requests else args.duration, until=run.done if args.requests else None
             )
             run.measuring = False
             elapsed = perf_counter() - started
+            run.window = (began, monotonic())
             run.cpu_percent = 100 * (process_time() - cpu) / elapsed if elapsed else 0.0
         gc.enable()
     else:
@@ -568,6 +570,8 @@ def summarise(run: Run, args: BenchSettings, connected: int, elapsed: float) -> 
         bound_fraction=round(throughput / bound, 4) if bound else None,
         unsent=len(run.backlog),
         client_cpu_percent=round(run.cpu_percent, 1),
+        measured_from=run.window[0],
+        measured_until=run.window[1],
         notes=notes,
         partial=run.interrupted.done(),
         interrupted=signal.Signals(run.interrupted.result()).name if run.interrupted.done() else None,

@@ -48,6 +48,10 @@ class BenchResult:
     bound_fraction: float | None = None
     unsent: int = 0  # open loop: requests due but still waiting for a free connection at the end
     client_cpu_percent: float = 0.0  # this client's CPU while measuring, % of one core
+    # The measured window on the system's monotonic clock (time.monotonic, the same in every
+    # process here), so whoever samples the server can take its CPU over the same seconds.
+    measured_from: float = 0.0
+    measured_until: float = 0.0
     problem: str | None = None
     notes: list[str] = field(default_factory=list)
     partial: bool = False  # interrupted: the figures cover the time measured until then

@@ -26,7 +26,7 @@ from ..protocol import (
     make_framer,
 )
 from ..runtime import LINGER_SECONDS
-from .event_loop import HIGH_WATER, LOW_WATER, LoopServer, count_connection_error
+from .event_loop import HIGH_WATER, LOW_WATER, Deadlines, LoopServer, count_connection_error
 
 TICK = 0.001  # timer coalescing granularity, seconds
 
@@ -76,6 +76,7 @@ class EchoProtocol(asyncio.Protocol):
     __slots__ = (
         "answered",
         "client_done",
+        "deadlines",
         "delays",
         "ending",
         "framer",
@@ -85,14 +86,10 @@ class EchoProtocol(asyncio.Protocol):
         "pending",
         "reading",
         "refused",
-        "seen",
         "server",
-        "since",
         "started",
         "timed_out",
         "transport",
-        "unsent",
-        "waiting",
         "workload",
         "writing",
     )
@@ -111,10 +108,8 @@ class EchoProtocol(asyncio.Protocol):
         self.refused = False
         self.client_done = False
         self.answered = 0  # replies written
-        # The sweep's view: what the connection waits for, since when, having answered how many;
-        # the replies it has not taken. Ended on a deadline: counted once.
-        self.waiting, self.since, self.seen, self.unsent = "idle", 0.0, 0, 0
-        self.timed_out = False
+        self.deadlines = Deadlines(server.loop.time())  # the sweep's view, from its first byte on
+        self.timed_out = False  # ended on a deadline
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -124,7 +119,6 @@ class EchoProtocol(asyncio.Protocol):
             self.refused = True
             self._end_with(ERROR_SHUTTING_DOWN if reason == "shutdown" else ERROR_BUSY)
             return
-        self.since = self.server.loop.time()  # the wait for its first byte
 
     def data_received(self, data: bytes) -> None:
         if self.ending:
@@ -161,7 +155,9 @@ class EchoProtocol(asyncio.Protocol):
                 return
             if message is None:
                 return
-            if self.server.overdue():  # the drain timeout passed while the loop was held up
+            # Past the drain timeout (the loop was held up): cut, not started. `closing` first: a
+            # stop signal sets it, and until then no request pays for a look at the clock.
+            if self.server.closing and self.server.overdue():
                 self.metrics.not_answered("aborted", self.pending)
                 self._drop_pending()
                 self.transport.abort()
@@ -170,21 +166,19 @@ class EchoProtocol(asyncio.Protocol):
             self.started = time.perf_counter()
             if workload.before_io and not workload.start(self.server.loop, self._blocked):
                 return  # the blocking call is in the offload pool: _blocked goes on
-            if not self._wait_io():
+            io = self.io = workload.io()
+            if io > 0:
+                self.delays.add(self, io)
                 return  # io_done goes on
+            self._reply(time.perf_counter())
 
     def _blocked(self) -> None:
-        if self._wait_io():
-            self._next()
-
-    def _wait_io(self) -> bool:
-        """Start the request's IO timer; or, without IO, answer it now (True)."""
-        self.io = self.workload.io()
-        if self.io > 0:
-            self.delays.add(self, self.io)
-            return False
-        self._reply(time.perf_counter())
-        return True
+        """The offloaded call is over: the request's IO, then the requests read behind it."""
+        io = self.io = self.workload.io()
+        if io > 0:
+            self.delays.add(self, io)
+        else:
+            self.io_done(time.perf_counter())
 
     def io_done(self, now: float) -> None:
         self._reply(now)
@@ -270,47 +264,29 @@ class EchoProtocol(asyncio.Protocol):
     # --- deadlines and errors -------------------------------------------------
 
     def check(self, now: float) -> None:
-        """The sweep's visit: end the connection if what it waits for has lasted too long.
-
-        A wait is seen to begin at the first visit after it did, and to last
-        too long at the first visit after that: deadlines are met to within
-        two ticks, never early.
-        """
-        settings = self.server.settings
-        idle_timeout, request_timeout = settings.idle_timeout, settings.request_timeout
-        unsent = self.transport.get_write_buffer_size()
-        if unsent:
-            # A reply being written is not idle; but one the client takes none of for the idle
-            # timeout ends the connection, with abort(): close() would wait for it for ever.
-            if self.waiting != "not_reading" or unsent < self.unsent:
-                self.waiting, self.since = "not_reading", now
-            self.unsent = unsent
-            if now - self.since > idle_timeout:
-                self._time_out("not_reading")
-                self.transport.abort()
+        """The sweep's visit: end the connection if what it waits for has lasted too long."""
+        if self.timed_out:
             return
-        self.unsent = 0
         if self.pending or self.ending:
             waiting = "work"  # the server's time; or an error line's linger, bounded on its own
         elif self.framer.buffered:
             waiting = "request_deadline"  # the rest of a line begun
         else:
             waiting = "idle"
-        if waiting != self.waiting or self.answered != self.seen:
-            # A new wait began since the last visit (a reply went out, a line began).
-            self.waiting, self.seen, self.since = waiting, self.answered, now
+        transport = self.transport
+        reason = self.deadlines.overdue(
+            now, self.server.settings, transport.get_write_buffer_size(), waiting, self.answered
+        )
+        if reason is None:
             return
-        if waiting == "idle" and now - self.since > idle_timeout:
-            self._time_out("idle")
-            self.transport.close()
-        elif waiting == "request_deadline" and now - self.since > request_timeout:
-            self._time_out("request_deadline")
+        self.timed_out = True
+        self.metrics.connection_timed_out(reason)
+        if reason == "not_reading":
+            transport.abort()  # close() would wait for ever for a client that takes nothing
+        elif reason == "idle":
+            transport.close()
+        else:
             self._end_with(ERROR_REQUEST_TIMEOUT)
-
-    def _time_out(self, reason: str) -> None:
-        if not self.timed_out:
-            self.timed_out = True
-            self.metrics.connection_timed_out(reason)
 
     def _fail_too_large(self) -> None:
         self.metrics.not_answered("too_large")

@@ -17,13 +17,14 @@ import logging
 from .. import metrics as metrics_module
 from ..catalogue import Server
 from ..settings import AsyncSettings
-from . import async_protocol, async_streams, work_model
+from . import async_protocol, async_streams, protections, work_model
 from .event_loop import StartServer, serve
 
 APIS: dict[str, StartServer] = {"streams": async_streams.start, "protocol": async_protocol.start}
 
 
 def run(server: Server, settings: AsyncSettings) -> int:
+    off = protections.turned_off()
     info = {
         "api": settings.api,
         "loop": settings.loop,
@@ -33,7 +34,7 @@ def run(server: Server, settings: AsyncSettings) -> int:
     metrics, metrics_port = metrics_module.start(
         server, info, settings.metrics, settings.host, settings.metrics_port, cgroup_root=settings.cgroup_root
     )
-    main = serve(settings, metrics, metrics_port, APIS[settings.api])
+    main = serve(settings, metrics, metrics_port, APIS[settings.api], off)
     if settings.loop == "uvloop":
         import uvloop
 

@@ -32,7 +32,7 @@ from ..runtime import (
 )
 from ..settings import AsyncSettings
 from . import work_model
-from .work_model import Workload
+from .work_model import IoOnly, Workload
 
 # Backpressure, per connection: past HIGH_WATER bytes held (requests read and not yet answered,
 # replies not yet taken by the client), the server stops reading from it until they drain to
@@ -56,19 +56,66 @@ class Connection(Protocol):
         """End the connection if a deadline has passed (the sweep's visit, once a tick)."""
 
 
+class Deadlines:
+    """What the sweep knows of one connection: what it waits for, since when, having read how many.
+
+    A wait is seen to begin at the first visit after it did, and to last too
+    long at the first visit after that: deadlines are met to within two
+    ticks, never early. The connection says what it waits for at each visit:
+    ``idle`` (its first byte, or its next request), ``request_deadline`` (the
+    rest of a line begun) or ``work`` (the server's time: no deadline); and
+    a count that moves whenever a wait ends (requests read, replies written),
+    so that a wait that ended and began again between two visits is a new one.
+    """
+
+    __slots__ = ("seen", "since", "unsent", "waiting")
+
+    def __init__(self, now: float) -> None:
+        self.waiting, self.since, self.seen, self.unsent = "idle", now, 0, 0
+
+    def overdue(
+        self, now: float, settings: AsyncSettings, unsent: int, waiting: str, progress: int
+    ) -> str | None:
+        """The deadline that has passed (a reason of echo_connections_timed_out_total), or None.
+
+        ``unsent``, the replies the client has not taken, comes first: a reply
+        being written is not idle, but one the client takes none of for the
+        idle timeout ends the connection (``not_reading``).
+        """
+        if unsent:
+            if self.waiting != "not_reading" or unsent < self.unsent:
+                self.waiting, self.since = "not_reading", now
+            self.unsent = unsent
+            return "not_reading" if now - self.since > settings.idle_timeout else None
+        self.unsent = 0
+        if waiting != self.waiting or progress != self.seen:
+            self.waiting, self.seen, self.since = waiting, progress, now
+            return None
+        if waiting == "idle" and now - self.since > settings.idle_timeout:
+            return waiting
+        if waiting == "request_deadline" and now - self.since > settings.request_timeout:
+            return waiting
+        return None
+
+
 class LoopServer:
     """The state shared by all connections: limits, the work, probes, shutdown."""
 
     def __init__(
-        self, settings: AsyncSettings, metrics: ServerMetrics, loop: asyncio.AbstractEventLoop
+        self,
+        settings: AsyncSettings,
+        metrics: ServerMetrics,
+        loop: asyncio.AbstractEventLoop,
+        off: frozenset[str] = frozenset(),
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.loop = loop
+        self.off = off  # bench only: the protections turned off (.protections)
         self.connections: set[Connection] = set()
         self.in_flight = 0
         self.closing = False
-        self.workload = Workload(settings, metrics.worked)
+        self.workload = (IoOnly if "work" in off else Workload)(settings, metrics.worked)
         pool = self.workload.pool
         if pool is not None:
             metrics.track_pool(lambda: (pool.busy, pool.queued))
@@ -254,7 +301,11 @@ StartServer = Callable[..., Awaitable[asyncio.Server]]
 
 
 async def serve(
-    settings: AsyncSettings, metrics: ServerMetrics, metrics_port: int, start: StartServer
+    settings: AsyncSettings,
+    metrics: ServerMetrics,
+    metrics_port: int,
+    start: StartServer,
+    off: frozenset[str] = frozenset(),
 ) -> None:
     loop = asyncio.get_running_loop()
     if settings.loop == "uvloop":
@@ -264,7 +315,7 @@ async def serve(
             retry=f"retrying every {ASYNCIO_ACCEPT_RETRY_DELAY:g}s (asyncio's pause)"
         )
     loop.set_exception_handler(handle_loop_exception(accept_errors, metrics))
-    state = LoopServer(settings, metrics, loop)
+    state = LoopServer(settings, metrics, loop, off)
     with binding("echo", settings.host, settings.port):
         server = await start(state, backlog=settings.backlog, **listen(settings))
     watch = StopWatch(state.still_open)
@@ -279,7 +330,8 @@ async def serve(
 
     stop = stop_event(loop, on_signal)
     state.probe_lag()
-    state.sweep()
+    if "deadlines" not in state.off:
+        state.sweep()
     if settings.loop == "uvloop":
         state.probe_fds(server.sockets[0].fileno(), accept_errors)
     port = server.sockets[0].getsockname()[1]

@@ -50,8 +50,8 @@ from ..runtime import (
     wait_for_stop,
 )
 from ..settings import ThreadedSettings
-from . import work_model
-from .work_model import Workload
+from . import protections, work_model
+from .work_model import IoOnly, Workload
 
 RECV_SIZE = 65536
 ACCEPT_BACKOFF = 0.1  # seconds between accept() retries while out of descriptors: trio's choice
@@ -92,11 +92,13 @@ class EchoHandler(socketserver.BaseRequestHandler):
 class EchoServer(socketserver.TCPServer):
     allow_reuse_address = True
 
-    def __init__(self, settings: ThreadedSettings, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, settings: ThreadedSettings, metrics: ServerMetrics, off: frozenset[str] = frozenset()
+    ) -> None:
         self.request_queue_size = settings.backlog
         self.settings = settings
         self.metrics = metrics
-        self.workload = Workload(settings, metrics.worked)
+        self.workload = (IoOnly if "work" in off else Workload)(settings, metrics.worked)
         self.stopping = False
         self._connections: dict[socket.socket, Connection] = {}
         self._lock = threading.Lock()
@@ -105,7 +107,8 @@ class EchoServer(socketserver.TCPServer):
         # Before the bind: a failed bind calls server_close(), which sets it.
         self._closed = threading.Event()
         super().__init__((settings.host, settings.port), EchoHandler)
-        threading.Thread(target=self._sweep, name="deadline-sweeper", daemon=True).start()
+        if "deadlines" not in off:  # bench only (.protections)
+            threading.Thread(target=self._sweep, name="deadline-sweeper", daemon=True).start()
         metrics.track(
             active=lambda: len(self._connections),
             in_flight=lambda: sum(c.pending for c in list(self._connections.values())),
@@ -335,11 +338,13 @@ class PoolServer(EchoServer):
     work was over, however long.
     """
 
-    def __init__(self, settings: ThreadedSettings, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, settings: ThreadedSettings, metrics: ServerMetrics, off: frozenset[str] = frozenset()
+    ) -> None:
         self._free = threading.BoundedSemaphore(settings.threads)
         self._requests: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
         self._workers = 0
-        super().__init__(settings, metrics)
+        super().__init__(settings, metrics, off)
 
     def get_request(self) -> tuple[Any, Any]:
         self._free.acquire()
@@ -415,6 +420,7 @@ MODELS = {
 
 def run(server_kind: Server, settings: ThreadedSettings) -> int:
     hold_signals()  # before any thread starts: every thread inherits it, and the main one takes them
+    off = protections.turned_off()
     info = {
         "model": settings.model,
         "framing": settings.framing,
@@ -431,7 +437,7 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
         cgroup_root=settings.cgroup_root,
     )
     with binding("echo", settings.host, settings.port):
-        server = MODELS[settings.model](settings, metrics)
+        server = MODELS[settings.model](settings, metrics, off)
     watch = StopWatch(server.still_open)
     acceptor = threading.Thread(target=server.serve_forever, name="acceptor", daemon=True)
     acceptor.start()

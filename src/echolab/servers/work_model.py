@@ -1,17 +1,16 @@
 """The simulated work of one request, the same in every server: CPU, then a blocking call, then IO.
 
 * **CPU** (``--cpu-ms``): a pure-Python loop that holds the GIL, as parsing,
-  templating and serialising do. It runs a number of iterations of a fixed
-  kernel, calibrated once at start-up: the kernel is timed with
-  ``time.thread_time`` (this thread's CPU time, so preemption by other
-  processes does not count) over :data:`CALIBRATION_ROUNDS` rounds of at
-  least :data:`CALIBRATION_ROUND_SECONDS` each, and the fastest round sets
-  the iterations per request. The fastest, not the median: a core shared
-  with a busy neighbour (a hyperthread sibling, a noisy machine) runs the
-  same instructions up to twice as slowly, and a server calibrated in such a
-  moment would do too little work once it passed. So ``--cpu-ms`` is what
-  the work costs on a core of its own; on a loaded machine it costs more, as
-  real work does. The log says what it found.
+  templating and serialising do. It runs a fixed kernel in small chunks
+  (:data:`CHUNK_ITERATIONS`, some tens of microseconds) until this thread's
+  own CPU clock (``time.thread_time``) has advanced by the setting, so a
+  request's work costs the setting by construction, on a quiet core as on
+  one shared with a busy neighbour: a neighbour slows the loop (a
+  hyperthread sibling up to twice), which then does fewer iterations in the
+  same CPU time. A fixed number of iterations, calibrated once at start-up
+  when nothing else ran, cost 30% more than the setting under load. Time
+  the thread spends preempted or waiting for the GIL is not its CPU time
+  and does not count.
 * **Blocking** (``--blocking-ms``): ``time.sleep``, standing for a call into a
   sync driver. A thread waits it out, as it waits out IO. An event loop
   either stalls through it (``--offload none``, the classic mistake) or hands
@@ -33,18 +32,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import math
 import random
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from ..runtime import log
 from ..settings import OffloadSettings, ServeSettings
 
-CALIBRATION_ROUNDS = 10
-CALIBRATION_ROUND_SECONDS = 0.01
+# Iterations of the kernel between two looks at the clock: about 10-30 us here, so the work
+# overshoots its setting by half that on average, and reading the clock (a system call, under
+# 1 us) is a few percent of the work.
+CHUNK_ITERATIONS = 200
 
 
 def spin(iterations: int) -> int:
@@ -55,22 +54,12 @@ def spin(iterations: int) -> int:
     return x
 
 
-@functools.cache
-def iterations_per_second() -> float:
-    """How many kernel iterations this interpreter runs per second of its thread's CPU time."""
-    iterations = 1000
-    while True:  # grow a round until it is long enough to time
-        started = time.thread_time()
-        spin(iterations)
-        if time.thread_time() - started >= CALIBRATION_ROUND_SECONDS:
-            break
-        iterations *= 2
-    fastest = math.inf
-    for _ in range(CALIBRATION_ROUNDS):
-        started = time.thread_time()
-        spin(iterations)
-        fastest = min(fastest, time.thread_time() - started)
-    return iterations / fastest
+def burn(seconds: float) -> None:
+    """Run the kernel until this thread has used ``seconds`` of CPU time."""
+    clock = time.thread_time
+    until = clock() + seconds
+    while clock() < until:
+        spin(CHUNK_ITERATIONS)
 
 
 PoolChanged = Callable[[int, int], None]  # (threads busy, tasks queued)
@@ -149,7 +138,7 @@ class Workload:
     """One request's work, as the settings say; ``record`` counts it once it is done.
 
     Three ways to run it, one per kind of server: :meth:`run` in a thread,
-    :meth:`run_async` in a coroutine, and :meth:`start` then :meth:`finish` in
+    :meth:`run_async` in a coroutine, and :meth:`start` then ``finish`` in
     callbacks (the protocol server, whose IO is its own coalesced timer).
     """
 
@@ -160,20 +149,13 @@ class Workload:
         self.blocking = settings.blocking_ms / 1000.0
         self.io_mean = settings.delay_ms / 1000.0
         self.exponential = settings.delay_distribution == "exponential" and self.io_mean > 0
-        self.record = record
+        # Counts a request whose IO of ``io`` seconds is over; the partial makes the one call into
+        # ``record`` from C, a Python call less per request.
+        self.finish: Callable[[float], None] = functools.partial(record, self.cpu_seconds, self.blocking)
         self.pool: OffloadPool | None = None
         if isinstance(settings, OffloadSettings) and settings.offload == "thread" and self.blocking:
             self.pool = OffloadPool(settings.offload_threads, on_pool_change)
-        self.iterations = 0
         self.before_io = bool(self.cpu_seconds or self.blocking)  # anything to do before the IO
-        if self.cpu_seconds:
-            rate = iterations_per_second()
-            self.iterations = max(1, round(rate * self.cpu_seconds))
-            log.info(
-                "cpu work: %d iterations per request for %gms (calibrated: %.0f iterations per ms "
-                "of thread CPU time, the fastest of %d rounds)",
-                self.iterations, settings.cpu_ms, rate / 1000, CALIBRATION_ROUNDS,
-            )  # fmt: skip
 
     @property
     def offloaded(self) -> bool:
@@ -184,8 +166,8 @@ class Workload:
         return random.expovariate(1.0 / self.io_mean) if self.exponential else self.io_mean
 
     def cpu(self) -> None:
-        if self.iterations:
-            spin(self.iterations)
+        if self.cpu_seconds:
+            burn(self.cpu_seconds)
 
     def _block_here(self) -> None:
         if self.blocking:
@@ -195,26 +177,28 @@ class Workload:
 
     def run(self) -> None:
         """All of it in the calling thread: compute, block, sleep through the IO."""
-        self.cpu()
-        self._block_here()
+        if self.before_io:
+            self.cpu()
+            self._block_here()
         io = self.io()
         if io:
             time.sleep(io)
-        self.record(self.cpu_seconds, self.blocking, io)
+        self.finish(io)
 
     # --- in a coroutine -----------------------------------------------------
 
     async def run_async(self) -> None:
         """On an event loop: compute, block (on the loop, or in the pool), await the IO."""
-        self.cpu()
-        if self.pool is not None:
-            await asyncio.wrap_future(self.pool.submit(self.blocking))
-        else:
-            self._block_here()
+        if self.before_io:
+            self.cpu()
+            if self.pool is not None:
+                await asyncio.wrap_future(self.pool.submit(self.blocking))
+            else:
+                self._block_here()
         io = self.io()
         if io:
             await asyncio.sleep(io)
-        self.record(self.cpu_seconds, self.blocking, io)
+        self.finish(io)
 
     # --- in callbacks -------------------------------------------------------
 
@@ -233,13 +217,27 @@ class Workload:
         self.pool.submit(self.blocking).add_done_callback(done)
         return False
 
-    def finish(self, io: float) -> None:
-        """Count a request whose IO of ``io`` seconds is over."""
-        self.record(self.cpu_seconds, self.blocking, io)
-
     def shutdown(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
+
+
+class IoOnly(Workload):
+    """Bench only (:mod:`.protections`): the request's IO alone, uncounted: no CPU or blocking step."""
+
+    def __init__(self, settings: ServeSettings, record: Record = _no_record) -> None:
+        super().__init__(settings)  # records nothing
+        self.before_io = False
+
+    def run(self) -> None:
+        io = self.io()
+        if io:
+            time.sleep(io)
+
+    async def run_async(self) -> None:
+        io = self.io()
+        if io:
+            await asyncio.sleep(io)
 
 
 def describe(settings: ServeSettings) -> str:
