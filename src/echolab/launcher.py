@@ -26,10 +26,10 @@ import psutil
 
 from .catalogue import Server
 from .runtime import STILL_STOPPING
+from .settings import STOP_TIMEOUT
 
 HOST = "127.0.0.1"
 READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 20.0
 PORT_ATTEMPTS = 3  # a free port can be taken by another process before the child binds it
 LOG_TAIL = 3000
 
@@ -149,7 +149,9 @@ class Process:
             if not self.running():
                 return False
             if time.monotonic() > deadline:
-                raise LaunchError(f"{self.name} not ready after {timeout:g}s:\n{self.tail()}")
+                raise LaunchError(
+                    f"{self.name} not ready after {timeout:g}s; {self.last_word()}\n{self.tail()}"
+                )
             time.sleep(0.02)
         return True
 

@@ -20,7 +20,7 @@ from typing import Any
 BUCKETS_PER_DECADE = 100
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
 FD_ADVICE = "raise the limit with ulimit -n"
-UNMEASURED = "–"  # what every table and line of the lab shows for a figure that was not measured
+UNMEASURED = "\N{EN DASH}"  # what every table and line of the lab shows for a figure that was not measured
 
 
 def shown(value: float | None, spec: str = ",.1f") -> str:
