@@ -135,4 +135,9 @@ def test_an_interrupted_demo_stops_everything_and_keeps_a_partial_report(
     assert data["partial"]["signal"] == signal.Signals(signum).name
     assert 0 < data["partial"]["levels_done"] < data["partial"]["levels_planned"]
     assert len(data["rows"]) == data["partial"]["levels_done"]
-    assert "Partial run" in (folder / "index.html").read_text()
+    page = (folder / "index.html").read_text()
+    assert "Partial run" in page
+    # The sweep under way when the signal came is noted as cut off, with the levels it did not reach.
+    (cut,) = [s for s in data["skipped"] if s["cut"]]
+    assert cut["why"] == f"cut off by {signal.Signals(signum).name}" and cut["levels"]
+    assert f"{cut['server']}: {cut['why']}; not measured: " in page

@@ -227,10 +227,9 @@ def sweep(
                     stop_below=settings.stop_below,
                     stop_timeout=settings.stop_timeout,
                 )
-            except Interrupted as exc:
-                if measured:  # a sweep under way: its verdict speaks of the levels before the signal
-                    rest = list(step.levels[len(measured) :])
-                    record["skipped"].append(skip(step, f"cut off by {exc.name}", rest, cut=True))
+            except Interrupted as exc:  # the sweep under way: its verdict speaks of the levels before
+                rest = list(step.levels[len(measured) :])
+                record["skipped"].append(skip(step, f"cut off by {exc.name}", rest, cut=True))
                 raise
             note = skipped_levels(step, measured, settings.stop_below)
             if note:

@@ -50,16 +50,15 @@ def spread(values: Sequence[float]) -> str:
 
 
 def held_text(draws: Sequence[Draw]) -> str:
-    """The median of the highest levels held, and the range, in the level's own words."""
-    held = sorted((d.held for d in draws if d.held is not None), key=lambda r: r.level)
-    if not held:
-        return "none"
-    median, low, high = held[(len(held) - 1) // 2], held[0], held[-1]
-    text = level_text(median)
-    if low.level != high.level:
-        text += f" ({low.level:,.0f}\N{EN DASH}{high.level:,.0f})"
-    missing = len(draws) - len(held)
-    return text + (f"; none in {missing}" if missing else "")
+    """The median of the highest levels held (a run that held none counts lowest), and the range."""
+    ordered = sorted(draws, key=lambda d: -1.0 if d.held is None else d.held.level)
+    median, low, high = ordered[(len(ordered) - 1) // 2], ordered[0], ordered[-1]
+
+    def level(d: Draw) -> str:
+        return "none" if d.held is None else f"{d.held.level:,.0f}"
+
+    text = "none" if median.held is None else level_text(median.held)
+    return text + (f" ({level(low)}\N{EN DASH}{level(high)})" if level(low) != level(high) else "")
 
 
 def table(runs: Sequence[SavedRun]) -> str:
