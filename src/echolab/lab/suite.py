@@ -209,6 +209,9 @@ def run(args: SuiteSettings) -> int:
     require_extra()
     out = console()
     record: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine.facts()}
+    busy = machine.busy(record["machine"])
+    if busy:
+        out.print(f"[yellow]{busy}[/yellow]")
     scenarios = [SCENARIOS[name] for name in args.scenario]
     try:
         with interruptible():
