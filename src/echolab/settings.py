@@ -36,6 +36,8 @@ DELAY_DISTRIBUTIONS = ("fixed", "exponential")
 OFFLOADS = ("none", "thread")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SUITE_PARTS = ("all", "sweep", "costs")
+# How long a server the lab started may take to exit after SIGTERM before it is killed.
+STOP_TIMEOUT = 20.0
 
 Check = Callable[[Any], str | None]  # the problem with a value, or None
 
@@ -579,6 +581,10 @@ class DemoSettings(Settings):
     stop_below: float = setting(
         0.5, "skip a server's higher levels once it gives less than this share of the bound (0: never)",
         check=at_least(0),
+    )  # fmt: skip
+    stop_timeout: float = setting(
+        STOP_TIMEOUT, "a server not gone this long after SIGTERM is killed, and its sweep marked failed",
+        unit="s", check=above(0),
     )  # fmt: skip
     servers: tuple[str, ...] = setting((), "run only these (comma-separated names; none: all)")
     python: str = setting(

@@ -11,13 +11,14 @@ import contextlib
 import dataclasses
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .. import interpreters
 from ..catalogue import PALETTE, SERVERS, Family, Server, server
-from ..launcher import Process, ServerProcess, free_port
+from ..launcher import LaunchError, Process, ServerProcess, free_port
 from ..servers import protections
+from ..settings import STOP_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -89,16 +90,34 @@ class Contender:
 
 @contextlib.contextmanager
 def running(
-    contender: Contender, delay_ms: float, options: Sequence[str] = ()
+    contender: Contender,
+    delay_ms: float,
+    options: Sequence[str] = (),
+    *,
+    stop_timeout: float = STOP_TIMEOUT,
+    on_stop_error: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[int, Process]]:
-    """Start the contender on a free loopback port, yield (port, process), stop it with SIGTERM."""
+    """Start the contender on a free loopback port, yield (port, process), stop it with SIGTERM.
+
+    A server that has not exited ``stop_timeout`` seconds after SIGTERM is killed with all it
+    started, and the LaunchError's one line goes to ``on_stop_error`` (raised without it); one
+    that has died already leaves nothing behind either (a gunicorn master's workers).
+    """
     process = contender.process(delay_ms, options)
+    process.stop_timeout = stop_timeout
     try:
         process.start()
         yield process.port, process
     finally:
-        if process.running():
+        if not process.running():
+            process.kill()
+        elif on_stop_error is None:
             process.stop()
+        else:
+            try:
+                process.stop()
+            except LaunchError as exc:
+                on_stop_error(exc.summary)
 
 
 def without(contender: Contender, *off: str) -> Contender:
