@@ -11,11 +11,15 @@ import socket
 import pytest
 from support.servers import run_command
 
-from echolab import catalogue, settings
+from echolab import catalogue, interpreters, settings
 from echolab.servers import protections
 
 # The work model's labels of echo_server_info, at their defaults: 100 ms of IO and nothing else.
-IDLE_WORK = {"delay_ms": "100", "delay_distribution": "fixed", "cpu_ms": "0", "blocking_ms": "0"}
+# And every server's interpreter: this one.
+IDLE_WORK = {
+    "delay_ms": "100", "delay_distribution": "fixed", "cpu_ms": "0", "blocking_ms": "0",
+    **interpreters.here().facts(),
+}  # fmt: skip
 
 
 def test_environment_is_used_when_there_is_no_flag(start_server):

@@ -36,6 +36,8 @@ DELAY_DISTRIBUTIONS = ("fixed", "exponential")
 OFFLOADS = ("none", "thread")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SUITE_PARTS = ("all", "sweep", "costs")
+# How long a server the lab started may take to exit after SIGTERM before it is killed.
+STOP_TIMEOUT = 20.0
 
 Check = Callable[[Any], str | None]  # the problem with a value, or None
 
@@ -398,6 +400,11 @@ class ServeSettings(Settings):
         5.0, "on SIGTERM/SIGINT, how long in-flight requests may take to finish", unit="s", check=at_least(0)
     )
     log_level: str = setting("info", "log level; per-request lines only at debug", choices=LOG_LEVELS)
+    python: str = setting(
+        "",
+        "run under this CPython instead (a path, python3.13, 3.14t), from a venv of its own made on "
+        "first use (.venv-<version>); none: this one",
+    )
     cgroup_root: Path = setting(
         Path("/sys/fs/cgroup"),
         "where the cgroup filesystem is mounted; if the cgroup there (in a container: its own) has a CPU "
@@ -575,7 +582,17 @@ class DemoSettings(Settings):
         0.5, "skip a server's higher levels once it gives less than this share of the bound (0: never)",
         check=at_least(0),
     )  # fmt: skip
+    stop_timeout: float = setting(
+        STOP_TIMEOUT, "a server not gone this long after SIGTERM is killed, and its sweep marked failed",
+        unit="s", check=above(0),
+    )  # fmt: skip
     servers: tuple[str, ...] = setting((), "run only these (comma-separated names; none: all)")
+    python: str = setting(
+        "", "run the servers under this CPython (a path, python3.13, 3.14t; see echolab serve --python)"
+    )
+    pythons: tuple[str, ...] = setting(
+        (), "also run each server under these (comma-separated, e.g. python3.12,3.14t): a row each"
+    )
     out: Path = setting(Path("reports"), "folder for the reports")
 
 
@@ -622,6 +639,9 @@ class SuiteSettings(Settings):
         "instead of the benchmark, run these scenarios (comma-separated, e.g. cpu,blocking; "
         "docs/scenarios.md lists them) on every server at a few levels",
         check=known_scenarios,
+    )
+    python: str = setting(
+        "", "run the servers under this CPython (a path, python3.13, 3.14t; see echolab serve --python)"
     )
     out: Path = setting(Path("reports"), "folder for the JSON")
 

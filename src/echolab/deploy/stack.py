@@ -76,10 +76,15 @@ FIXED_SERVER_ENV = {
 }
 
 
+# Settings that mean nothing in a container: its address is the image's, and so is its
+# interpreter (the Dockerfile's PYTHON_IMAGE, not --python).
+NOT_IN_CONTAINERS = ("host", "python")
+
+
 def tunable_settings(server: Server) -> Iterator[settings.Option]:
     """The settings of ``server`` a user may set for the stack: all it reads but what the stack fixes."""
     for option in settings.options(server.settings):
-        if option.env not in FIXED_SERVER_ENV and option.name != "host":
+        if option.env not in FIXED_SERVER_ENV and option.name not in NOT_IN_CONTAINERS:
             yield option
 
 
