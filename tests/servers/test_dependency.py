@@ -20,11 +20,14 @@ import psycopg
 import psycopg_pool
 import pytest
 import requests
+from support.postgres import ephemeral_postgres
 from support.scrape import Metrics, scrape
 from support.servers import TestServer, clean_environment, settled
+from support.waiting import TIMEOUT, poll_until
 
 from echolab.lab.downstream import DownstreamProcess
 from echolab.lab.postgres import PostgreSQL
+from echolab.metrics import DEPENDENCY_ERRORS
 from echolab.protocol import ERROR_DEPENDENCY
 from echolab.settings import LIBRARY_POOL_SIZES
 
@@ -103,6 +106,25 @@ def own_downstream(tmp_path: Path) -> Iterator[Callable[[], DownstreamProcess]]:
         if process.running():
             assert process.stop() == 0, process.log
         assert "Traceback" not in process.log, process.log
+
+
+@pytest.fixture(scope="module")
+def stoppable_postgres() -> Iterator[PostgreSQL]:
+    """A PostgreSQL of this module's own, which its fault tests stop and start (one initdb for all of
+    them: they are one xdist group, FAULTS); running at the start of each test."""
+    with ephemeral_postgres(max_connections=20) as server:
+        yield server
+
+
+@pytest.fixture
+def faulty_postgres(stoppable_postgres: PostgreSQL) -> PostgreSQL:
+    if not stoppable_postgres.running():
+        stoppable_postgres.start()
+    return stoppable_postgres
+
+
+# The tests that stop and start stoppable_postgres: one worker runs them, one after the other.
+FAULTS = pytest.mark.xdist_group("dependency-faults")
 
 
 def downstream_count(process: DownstreamProcess, name: str) -> float:
@@ -279,3 +301,174 @@ def test_the_library_defaults_are_the_libraries_own():
     assert libraries == LIBRARY_POOL_SIZES
     assert default(psycopg_pool.ConnectionPool.__init__, "max_size") is None  # None: min_size's
     assert default(psycopg_pool.AsyncConnectionPool.__init__, "min_size") == LIBRARY_POOL_SIZES["psycopg"]
+
+
+# --- failures: counted by kind, answered at once, and over without a restart ------------------
+
+# Each client once (psycopg's pools, sync and async, behind a gate; asyncpg's and httpx's connect when
+# asked), and both HTTP servers' 503.
+DB_DOWN_AT_START = {
+    "threaded": ("threaded",),
+    "async-streams": ("async", "--api", "streams"),
+    "async-protocol-asyncpg": ("async", "--api", "protocol", "--db-driver", "asyncpg"),
+}
+DOWN_AT_START = {
+    "threaded": ("threaded",),
+    "async-protocol": ("async", "--api", "protocol"),
+    "threaded-http": ("threaded-http", "--workers", "1"),
+    "async-http": ("async-http", "--workers", "1"),
+}
+
+
+def errors_by_kind(server: TestServer, before: Metrics) -> dict[str, float]:
+    """The dependency's errors since ``before``, by kind, those that occurred."""
+    delta = server.scrape() - before
+    counts = {kind: delta.value("echo_dependency_errors_total", kind=kind) for kind in DEPENDENCY_ERRORS}
+    return {kind: count for kind, count in counts.items() if count}
+
+
+def fails_then_recovers(server: TestServer, bring_back: Callable[[], object]) -> None:
+    """With the dependency down, every request fails at once, counted as connect; once it is back, the
+    server serves again, the same process."""
+    before = server.scrape()
+    count = 5
+    # One after the other, each within the client's timeout of a few seconds, not the pool's 30 s.
+    assert [ask(server) for _ in range(count)] == ["dependency"] * count
+    delta = server.scrape() - before
+    expected = {
+        'echo_dependency_errors_total{kind="connect"}': count,
+        "echo_dependency_errors_total": count,
+        'echo_requests_total{outcome="dependency_error"}': count,
+    }
+    assert delta.counts(expected) == expected
+    pid = server.pid
+    bring_back()
+    poll_until(
+        lambda: ask(server),
+        lambda reply: reply == "ok",
+        what="a reply once the dependency is back",
+        timeout=3 * TIMEOUT,
+    )
+    assert ask_all(server, count) == ["ok"] * count
+    assert server.pid == pid
+
+
+@FAULTS
+@pytest.mark.parametrize("flags", DB_DOWN_AT_START.values(), ids=DB_DOWN_AT_START)
+def test_postgres_down_at_start_fails_each_request_at_once_then_serves_when_it_is_back(
+    start_server, faulty_postgres, flags
+):
+    faulty_postgres.stop()
+    server = start_server(
+        *flags, "--io", "postgres", "--database-url", faulty_postgres.dsn, "--delay-ms", "20"
+    )
+    fails_then_recovers(server, faulty_postgres.start)
+
+
+@pytest.mark.parametrize("flags", DOWN_AT_START.values(), ids=DOWN_AT_START)
+def test_the_downstream_down_at_start_fails_each_request_at_once_then_serves_when_it_is_back(
+    start_server, own_downstream, flags
+):
+    service = own_downstream()  # its ports chosen, not started
+    server = start_server(*flags, "--io", "http", "--downstream-url", service.url, "--delay-ms", "20")
+    fails_then_recovers(server, service.start)
+
+
+POOL_TIMEOUTS = {
+    "threaded-psycopg": ("threaded", "--io", "postgres"),
+    "async-psycopg": ("async", "--io", "postgres"),
+    "async-asyncpg": ("async", "--io", "postgres", "--db-driver", "asyncpg"),
+    "threaded-httpx": ("threaded", "--io", "http"),
+    "async-httpx": ("async", "--io", "http"),
+}
+
+
+@pytest.mark.parametrize("flags", POOL_TIMEOUTS.values(), ids=POOL_TIMEOUTS)
+def test_a_request_that_waits_past_the_pool_timeout_fails_as_pool_timeout(
+    start_server, postgres, downstream, flags
+):
+    # One connection, held for 3 s by whichever request has it; the other two wait half a second.
+    server = start_server(
+        *flags, "--database-url", postgres.dsn, "--downstream-url", downstream.url, "--delay-ms", "3000",
+        "--pool-size", "1", "--pool-timeout", "0.5",
+    )  # fmt: skip
+    before = server.scrape()
+    assert sorted(ask_all(server, 3)) == ["dependency", "dependency", "ok"]
+    delta = server.scrape() - before
+    expected = {'echo_dependency_errors_total{kind="pool_timeout"}': 2, "echo_dependency_errors_total": 2}
+    assert delta.counts(expected) == expected
+
+
+RESTARTED = {
+    "threaded": ("threaded",),
+    "async-streams": ("async", "--api", "streams"),
+    "async-protocol-asyncpg": ("async", "--api", "protocol", "--db-driver", "asyncpg"),
+}
+
+
+@FAULTS
+@pytest.mark.parametrize("flags", RESTARTED.values(), ids=RESTARTED)
+def test_a_postgres_restart_under_load_costs_counted_errors_and_no_client(
+    start_server, faulty_postgres, flags
+):
+    clients, size, db = 8, 4, faulty_postgres
+    server = start_server(
+        *flags, "--io", "postgres", "--database-url", db.dsn, "--delay-ms", "100",
+        "--pool-size", str(size), "--pool-timeout", "5",
+    )  # fmt: skip
+    before = server.scrape()
+    restarted = threading.Event()
+    replies: list[list[str]] = [[] for _ in range(clients)]
+
+    def client(mine: list[str]) -> None:
+        """Requests on one connection until two were answered after the restart; each must be answered."""
+        with server.connect(timeout=2 * TIMEOUT) as conn:
+            after = 0
+            while after < 2:
+                conn.send(b"hello\n")
+                reply = conn.line()  # a TimeoutError here is a client lost to a hang
+                mine.append({b"HELLO\n": "ok", ERROR_DEPENDENCY: "dependency"}.get(reply, repr(reply)))
+                after += restarted.is_set() and mine[-1] == "ok"
+
+    with ThreadPoolExecutor(clients) as pool:
+        running = [pool.submit(client, mine) for mine in replies]
+        server.wait_metrics(lambda m: m.value("echo_dependency_connections_in_use") == size)
+        db.stop("immediate")
+        db.start()
+        restarted.set()
+        for future in running:
+            future.result()
+    seen = {reply for mine in replies for reply in mine}
+    assert seen <= {"ok", "dependency"}, seen
+    errors = errors_by_kind(server, before)
+    # The queries under way when it went were lost, and counted; every client got a reply to each
+    # request, and was served again after the restart, by the same server.
+    assert errors and set(errors) <= {"query", "connect", "pool_timeout"}, errors
+    assert sum(errors.values()) == sum(mine.count("dependency") for mine in replies)
+
+
+DRAINED = {
+    "threaded": ("threaded",),
+    "async-streams": ("async", "--api", "streams"),
+    "async-http-asyncpg": ("async-http", "--workers", "1", "--db-driver", "asyncpg"),
+    "threaded-http": ("threaded-http", "--workers", "1"),
+}
+
+
+@pytest.mark.parametrize("flags", DRAINED.values(), ids=DRAINED)
+def test_sigterm_drains_the_requests_waiting_in_the_database(start_server, postgres, flags):
+    count = 4
+    name = "drained_" + "_".join(f.strip("-").replace("-", "_") for f in flags)
+    server = start_server(
+        *flags, "--io", "postgres", "--database-url", app_url(postgres, name), "--delay-ms", "1000"
+    )
+    with ThreadPoolExecutor(count) as pool, psycopg.connect(postgres.dsn, autocommit=True) as monitor:
+        replies = pool.map(lambda i: ask(server, b"drain %d" % i), range(count))
+        poll_until(
+            lambda: monitor.execute(SLEEPING, (name,)).fetchone(),
+            lambda row: row == (count,),
+            what="every request's query under way",
+        )
+        server.sigterm()
+        assert list(replies) == ["ok"] * count
+    assert server.wait() == 0

@@ -11,9 +11,11 @@ connection returned inside a transaction.
 psycopg_pool connects in the background and a request waits in the pool
 for a connection, up to ``--pool-timeout``, however the attempts go: with
 PostgreSQL down, every request would wait 30 s. So a :class:`Gate` watches
-the pool's connection attempts; while the last one failed, requests fail at
-once, and one of them, twice a second at most, tries a connection of its
-own: once that succeeds the pool is asked again. The pool gives up its
+the connection attempts (the pool's, and one of our own at start); while
+the last one failed, requests fail at once, and one of them, twice a second
+at most, tries a connection of its own: once that succeeds the pool is
+asked again. Requests already waiting in the pool when PostgreSQL goes
+wait for its reconnection, or ``--pool-timeout``. The pool gives up its
 own retries after :data:`RECONNECT_TIMEOUT` (its default, 5 minutes of
 doubling delays, would leave it a minute behind a database back after one),
 and grows again when a request next asks. asyncpg connects when a request
@@ -115,22 +117,29 @@ class ThreadPostgres:
         self.url, self.events = settings.database_url, events
         self.gate = Gate()
         self.connection_class = watched(psycopg.Connection, self.gate)
+        self.failures = Failures("PostgreSQL", events)
+        self.probe()  # the gate knows from the first request on
         self.pool = psycopg_pool.ConnectionPool(
             settings.database_url, **pool_options(settings, self.connection_class)
         )
         self.pool.open(wait=False)  # PostgreSQL may not be up yet: the pool keeps trying
-        self.failures = Failures("PostgreSQL", events)
         events.dependency_pool(pool_size(settings))
+
+    def probe(self) -> BaseException | None:
+        """Try a connection of our own, closed at once (the gate hears how it went); its error, if any."""
+        try:
+            self.connection_class.connect(self.url, **CONNECTION).close()
+        except (psycopg.Error, OSError) as exc:
+            return exc
+        return None
 
     def call(self, seconds: float) -> None:
         refused = self.gate.refused
         if refused is not None:
             if not self.gate.may_probe():
                 raise self.failures.failed(connect_kind(refused), refused)
-            try:
-                self.connection_class.connect(self.url, **CONNECTION).close()
-            except (psycopg.Error, OSError) as exc:
-                raise self.failures.failed(connect_kind(exc), exc) from None
+            if (refused := self.probe()) is not None:
+                raise self.failures.failed(connect_kind(refused), refused)
         events = self.events
         started = time.perf_counter()
         try:
@@ -164,20 +173,27 @@ class LoopPsycopg:
 
     async def open(self) -> None:
         """On the loop that will call: the pool's tasks are that loop's."""
+        await self.probe()  # the gate knows from the first request on
         self.pool = psycopg_pool.AsyncConnectionPool(
             self.url, **pool_options(self.settings, self.connection_class)
         )
         await self.pool.open(wait=False)
+
+    async def probe(self) -> BaseException | None:
+        """Try a connection of our own, closed at once (the gate hears how it went); its error, if any."""
+        try:
+            await (await self.connection_class.connect(self.url, **CONNECTION)).close()
+        except (psycopg.Error, OSError) as exc:
+            return exc
+        return None
 
     async def call(self, seconds: float) -> None:
         refused = self.gate.refused
         if refused is not None:
             if not self.gate.may_probe():
                 raise self.failures.failed(connect_kind(refused), refused)
-            try:
-                await (await self.connection_class.connect(self.url, **CONNECTION)).close()
-            except (psycopg.Error, OSError) as exc:
-                raise self.failures.failed(connect_kind(exc), exc) from None
+            if (refused := await self.probe()) is not None:
+                raise self.failures.failed(connect_kind(refused), refused)
         pool, events = self.pool, self.events
         assert pool is not None, "open() first"
         started = time.perf_counter()
