@@ -143,6 +143,21 @@ def assert_dependency_metrics(after: Metrics, delta: Metrics, calls: int, pool_s
     assert after.counts(held) == held
 
 
+def answers_through(server: TestServer, io: str, library: str) -> int:
+    """A few requests at once, all answered through ``library``'s pool, at its default size; how many."""
+    before = server.scrape()
+    count = 4
+    assert ask_all(server, count) == ["ok"] * count
+    delta = settled(server, before, count)
+    assert delta.query('echo_work_seconds_total{kind="io"}') == pytest.approx(count * 0.05)
+    after = server.scrape()
+    info = after.labels("echo_server_info")
+    size = LIBRARY_POOL_SIZES[library]
+    assert (info["io"], info["client"], info["pool_size"]) == (io, library, str(size))
+    assert_dependency_metrics(after, delta, count, size)
+    return count
+
+
 # --- every server, both dependencies --------------------------------------------------------
 
 
@@ -152,20 +167,7 @@ def test_every_server_answers_through_postgres(start_server, postgres, flags):
     server = start_server(
         *flags, "--io", "postgres", "--database-url", app_url(postgres, name), "--delay-ms", "50"
     )
-    before = server.scrape()
-    count = 4
-    assert ask_all(server, count) == ["ok"] * count
-    delta = settled(server, before, count)
-    assert delta.query('echo_work_seconds_total{kind="io"}') == pytest.approx(count * 0.05)
-    after = server.scrape()
-    info = after.labels("echo_server_info")
-    library = "asyncpg" if "asyncpg" in flags else "psycopg"
-    assert (info["io"], info["client"], info["pool_size"]) == (
-        "postgres",
-        library,
-        str(LIBRARY_POOL_SIZES[library]),
-    )
-    assert_dependency_metrics(after, delta, count, LIBRARY_POOL_SIZES[library])
+    answers_through(server, "postgres", "asyncpg" if "asyncpg" in flags else "psycopg")
     # Its pool's connections are there, under the server's name.
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
         sessions = conn.execute(
@@ -177,17 +179,8 @@ def test_every_server_answers_through_postgres(start_server, postgres, flags):
 @pytest.mark.parametrize("flags", [*SERVERS.values(), *REQUESTS.values()], ids=[*SERVERS, *REQUESTS])
 def test_every_server_answers_through_the_downstream(start_server, downstream, flags):
     server = start_server(*flags, "--io", "http", "--downstream-url", downstream.url, "--delay-ms", "50")
-    before = server.scrape()
     calls = downstream_count(downstream, "echo_downstream_requests_total")
-    count = 4
-    assert ask_all(server, count) == ["ok"] * count
-    delta = settled(server, before, count)
-    assert delta.query('echo_work_seconds_total{kind="io"}') == pytest.approx(count * 0.05)
-    after = server.scrape()
-    info = after.labels("echo_server_info")
-    library = "requests" if "requests" in flags else "httpx"
-    assert (info["io"], info["client"]) == ("http", library)
-    assert_dependency_metrics(after, delta, count, LIBRARY_POOL_SIZES[library])
+    count = answers_through(server, "http", "requests" if "requests" in flags else "httpx")
     # The downstream is shared with the module's other tests, which run one at a time on this worker.
     assert downstream_count(downstream, "echo_downstream_requests_total") - calls == count
 
