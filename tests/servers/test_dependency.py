@@ -185,6 +185,14 @@ def test_every_server_answers_through_the_downstream(start_server, downstream, f
     assert downstream_count(downstream, "echo_downstream_requests_total") - calls == count
 
 
+@pytest.mark.parametrize("name", ["threaded-http", "async-http"])
+def test_each_gunicorn_worker_has_a_pool_of_its_own(start_http, postgres, name):
+    server = start_http(name, "--io", "postgres", "--database-url", postgres.dsn, "--pool-size", "3")
+    # Two worker processes, three connections each: the server's pool is their sum.
+    server.wait_metrics(lambda m: m.value("echo_dependency_pool_size") == 6)
+    assert server.scrape().labels("echo_server_info")["pool_size"] == "3"
+
+
 # --- the pool is the limit ------------------------------------------------------------------
 
 POOLED = {
@@ -390,6 +398,31 @@ def test_a_request_that_waits_past_the_pool_timeout_fails_as_pool_timeout(
     delta = server.scrape() - before
     expected = {'echo_dependency_errors_total{kind="pool_timeout"}': 2, "echo_dependency_errors_total": 2}
     assert delta.counts(expected) == expected
+
+
+@FAULTS
+@pytest.mark.parametrize("flags", [("threaded",), ("async",)], ids=["threaded", "async"])
+def test_a_pool_larger_than_max_connections_queues_for_the_connections_there_are(
+    start_server, faulty_postgres, flags
+):
+    # 20 connections at most, one of them the test's: psycopg's pool of 30 gets 19, and its attempts
+    # at more are refused ("too many clients"); requests queue for those 19 and none fails.
+    count, name = 40, "crowded_" + flags[0]
+    server = start_server(
+        *flags, "--io", "postgres", "--database-url", app_url(faulty_postgres, name), "--delay-ms", "300",
+        "--pool-size", "30",
+    )  # fmt: skip
+    with psycopg.connect(faulty_postgres.dsn, autocommit=True) as monitor:
+        before = server.scrape()
+
+        def sleeping() -> float:
+            row = monitor.execute(SLEEPING, (name,)).fetchone()
+            return float(row[0]) if row else 0.0
+
+        replies, most = most_at_once(sleeping, lambda: ask_all(server, count))
+    assert replies == ["ok"] * count
+    assert 0 < most <= faulty_postgres.max_connections - 1
+    assert errors_by_kind(server, before) == {}
 
 
 RESTARTED = {
