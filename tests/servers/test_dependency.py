@@ -425,6 +425,20 @@ def test_a_pool_larger_than_max_connections_queues_for_the_connections_there_are
     assert errors_by_kind(server, before) == {}
 
 
+@FAULTS
+def test_asyncpg_past_max_connections_fails_the_requests_it_cannot_connect_for(start_server, faulty_postgres):
+    # asyncpg connects when a request acquires: refused ("too many clients"), that request fails.
+    count = 40
+    server = start_server(
+        "async", "--io", "postgres", "--db-driver", "asyncpg", "--database-url", faulty_postgres.dsn,
+        "--delay-ms", "300", "--pool-size", "30",
+    )  # fmt: skip
+    before = server.scrape()
+    replies = ask_all(server, count)
+    assert set(replies) == {"ok", "dependency"}
+    assert errors_by_kind(server, before) == {"connect": replies.count("dependency")}
+
+
 RESTARTED = {
     "threaded": ("threaded",),
     "async-streams": ("async", "--api", "streams"),
