@@ -193,6 +193,32 @@ def test_each_gunicorn_worker_has_a_pool_of_its_own(start_http, postgres, name):
     assert server.scrape().labels("echo_server_info")["pool_size"] == "3"
 
 
+WITH_WORK = {
+    "threaded": ("threaded",),
+    "async-streams-offload": ("async", "--api", "streams", "--offload", "thread"),
+    "async-protocol-offload": ("async", "--api", "protocol", "--offload", "thread"),
+    "async-protocol": ("async", "--api", "protocol"),
+    "async-http-offload": ("async-http", "--workers", "1", "--offload", "thread"),
+}
+
+
+@pytest.mark.parametrize("flags", WITH_WORK.values(), ids=WITH_WORK)
+def test_cpu_and_blocking_work_come_before_the_dependency(start_server, downstream, flags):
+    server = start_server(
+        *flags, "--io", "http", "--downstream-url", downstream.url, "--delay-ms", "20", "--cpu-ms", "2",
+        "--blocking-ms", "10",
+    )  # fmt: skip
+    before = server.scrape()
+    count = 4
+    assert ask_all(server, count) == ["ok"] * count
+    delta = settled(server, before, count)
+    work = {
+        kind: delta.query(f'echo_work_seconds_total{{kind="{kind}"}}') for kind in ("cpu", "blocking", "io")
+    }
+    assert work == pytest.approx({"cpu": count * 0.002, "blocking": count * 0.01, "io": count * 0.02})
+    assert delta.value("echo_dependency_pool_wait_seconds_count") == count
+
+
 # --- the pool is the limit ------------------------------------------------------------------
 
 POOLED = {
