@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -426,6 +427,21 @@ def test_a_request_that_waits_past_the_pool_timeout_fails_as_pool_timeout(
     assert delta.counts(expected) == expected
 
 
+def connected_when_free(db: PostgreSQL) -> psycopg.Connection[Any]:
+    """A connection, once the sessions of the group's previous test, which may have filled
+    max_connections, have ended."""
+
+    def attempt() -> psycopg.Connection[Any] | None:
+        try:
+            return psycopg.connect(db.dsn, autocommit=True)
+        except psycopg.OperationalError:
+            return None
+
+    conn = poll_until(attempt, what="a free connection slot")
+    assert conn is not None
+    return conn
+
+
 @FAULTS
 @pytest.mark.parametrize("flags", [("threaded",), ("async",)], ids=["threaded", "async"])
 def test_a_pool_larger_than_max_connections_queues_for_the_connections_there_are(
@@ -434,11 +450,11 @@ def test_a_pool_larger_than_max_connections_queues_for_the_connections_there_are
     # 20 connections at most, one of them the test's: psycopg's pool of 30 gets 19, and its attempts
     # at more are refused ("too many clients"); requests queue for those 19 and none fails.
     count, name = 40, "crowded_" + flags[0]
-    server = start_server(
-        *flags, "--io", "postgres", "--database-url", app_url(faulty_postgres, name), "--delay-ms", "300",
-        "--pool-size", "30",
-    )  # fmt: skip
-    with psycopg.connect(faulty_postgres.dsn, autocommit=True) as monitor:
+    with connected_when_free(faulty_postgres) as monitor:  # first: the pool takes the rest
+        server = start_server(
+            *flags, "--io", "postgres", "--database-url", app_url(faulty_postgres, name), "--delay-ms", "300",
+            "--pool-size", "30",
+        )  # fmt: skip
         before = server.scrape()
 
         def sleeping() -> float:
