@@ -115,7 +115,9 @@ class LoopServer:
         self.connections: set[Connection] = set()
         self.in_flight = 0
         self.closing = False
-        self.workload = (IoOnly if "work" in off else Workload)(settings, metrics.worked)
+        self.workload = (
+            IoOnly(settings) if "work" in off else Workload(settings, metrics.worked, events=metrics)
+        )
         pool = self.workload.pool
         if pool is not None:
             metrics.track_pool(lambda: (pool.busy, pool.queued))
@@ -316,6 +318,7 @@ async def serve(
         )
     loop.set_exception_handler(handle_loop_exception(accept_errors, metrics))
     state = LoopServer(settings, metrics, loop, off)
+    await state.workload.open()
     with binding("echo", settings.host, settings.port):
         server = await start(state, backlog=settings.backlog, **listen(settings))
     watch = StopWatch(state.still_open)
@@ -356,4 +359,5 @@ async def serve(
     server.close()
     cut = await state.shutdown()
     log_drain(state.in_flight_signalled, state.in_flight, cut, time.monotonic() - state.signalled)
+    await state.workload.aclose()
     state.workload.shutdown()
