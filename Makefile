@@ -141,20 +141,24 @@ generate: install
 	$(BIN)/python -m echolab.deploy
 
 # The first stack command writes .env from .env.example, readable by its owner
-# only, with a random Grafana password in place of the example's.
+# only, with random passwords (Grafana's, PostgreSQL's) in place of the example's.
+PASSWORDS := GRAFANA_ADMIN_PASSWORD POSTGRES_PASSWORD
 .env:
-	@umask 077 && sed "s/^GRAFANA_ADMIN_PASSWORD=.*/GRAFANA_ADMIN_PASSWORD=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(18))')/" \
-	  .env.example > $@
-	@echo "wrote .env from .env.example (mode 0600, random Grafana admin password): edit it for limits and ports"
+	@umask 077 && cp .env.example $@ && for name in $(PASSWORDS); do \
+	  sed -i "s/^$$name=.*/$$name=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(18))')/" $@; \
+	done
+	@echo "wrote .env from .env.example (mode 0600, random passwords): edit it for limits and ports"
 
 # Refuses an empty password or the example's, which anyone can read in the repository.
 check-env: .env
-	@example=$$(sed -n 's/^GRAFANA_ADMIN_PASSWORD=//p' .env.example); \
-	password=$$(sed -n 's/^GRAFANA_ADMIN_PASSWORD=//p' .env | tail -1); \
-	if [ -z "$$password" ] || [ "$$password" = "$$example" ]; then \
-	  echo "make up: GRAFANA_ADMIN_PASSWORD in .env is empty or the example's; set your own" \
-	    "(or delete .env and make up writes one with a random password)" >&2; exit 1; \
-	fi
+	@for name in $(PASSWORDS); do \
+	  example=$$(sed -n "s/^$$name=//p" .env.example); \
+	  password=$$(sed -n "s/^$$name=//p" .env | tail -1); \
+	  if [ -z "$$password" ] || [ "$$password" = "$$example" ]; then \
+	    echo "make up: $$name in .env is empty or the example's; set your own" \
+	      "(or delete .env and make up writes one with random passwords)" >&2; exit 1; \
+	  fi; \
+	done
 
 # Quiet: the build's log goes to $(BUILD_LOG) (its tail if it fails; V=1: on the terminal), then
 # compose's progress while every service starts and turns healthy, then the URLs.

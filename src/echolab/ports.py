@@ -19,3 +19,4 @@ PROMETHEUS_HOST = 9099  # Prometheus published on the host: 9090 to 9093 are the
 GRAFANA = 3000
 DOWNSTREAM = 9094  # echolab downstream, the servers' HTTP dependency: after the servers' 9090 to 9093
 DOWNSTREAM_METRICS = 8004  # and its /metrics, after theirs, 8000 to 8003
+POSTGRES = 5432  # the stack's PostgreSQL, PostgreSQL's own port (not published)

@@ -18,6 +18,24 @@ each model breaks):
 * ``mixed``: 1 ms of CPU, a 5 ms blocking call left on the loop, 50 ms of IO:
   a service with an async driver for most of its IO and one sync call.
 
+Three more make the IO a real dependency (``--io``, issue 18); the lab starts
+it and gives each server its URL (``--database-url``, ``--downstream-url``):
+
+* ``db``: ``SELECT pg_sleep(0.1)`` on PostgreSQL through each driver's
+  default pool (psycopg_pool's 4 connections, asyncpg's 10): the pool, not
+  the model, sets the rate.
+* ``db-pool``: the same through pools of :data:`DB_POOL_SIZE`, one per client
+  at its level, past PostgreSQL's ``max_connections`` (:data:`MAX_CONNECTIONS`),
+  which then sets the rate.
+* ``api``: a 100 ms call to the downstream service through each HTTP client's
+  default pool (httpx's 100 connections; requests' 10, which do not block).
+
+Their telling levels are past those limits, so they carry their own
+(``levels``), as few as show them, and db-pool and api run in the demo on the
+line-protocol servers alone (``servers``): ``make demo`` stays under five
+minutes. The lab measures every level: a pool holds a server at a flat rate
+under the bound, and that flat rate is the finding.
+
 A flag applies to the servers that read it: ``--offload`` and
 ``--offload-threads`` exist only on the event-loop servers' settings
 (``async``, ``async-http``); a threaded server has nothing to offload, its
@@ -61,6 +79,15 @@ class Scenario:
     summary: str  # what it stands for, in one line
     options: tuple[str, ...]  # `echolab serve` flag-value pairs; each applies where a server reads it
     delay_hint_ms: float  # the time one request takes on an idle server: the Little's-law bound's D
+    levels: tuple[int, ...] = ()  # the demo's levels for it; () for its --other-levels
+    servers: tuple[str, ...] = ()  # the demo runs it on these servers alone; () on every one
+    warmup: float = 0.0  # the demo's warm-up for it, where longer than --warmup (s)
+
+    @property
+    def io(self) -> str:
+        """What a request's IO waits on (``--io``): timer, postgres or http."""
+        pairs = dict(zip(self.options[::2], self.options[1::2], strict=True))
+        return pairs.get("--io", "timer")
 
     def bound(self, connections: int) -> float | None:
         """Requests/s a closed loop of ``connections`` cannot exceed."""
@@ -102,4 +129,38 @@ MIXED = Scenario(
     ("--cpu-ms", "1", "--blocking-ms", "5", "--delay-ms", "50"),
     56.0,
 )
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (IO, CPU, BLOCKING, OFFLOAD, MIXED)}
+
+# PostgreSQL's own default, set explicitly wherever the lab runs one: what a service meets.
+MAX_CONNECTIONS = 100
+DB_POOL_SIZE = 1000  # db-pool's pools: one connection per client at its top level
+# The demo runs db-pool and api on the line-protocol servers alone, to stay under five minutes; db
+# shows the HTTP pair's pools (a pool in each gunicorn worker).
+TCP_SERVERS = ("threaded", "async")
+DB = Scenario(
+    "db",
+    "100 ms of pg_sleep per request on PostgreSQL, through each driver's default pool",
+    ("--io", "postgres", "--delay-ms", "100"),
+    100.0,
+    (10, 1000),
+)
+DB_POOL = Scenario(
+    "db-pool",
+    f"the same pg_sleep, through pools of {DB_POOL_SIZE:,} connections: "
+    f"PostgreSQL's max_connections ({MAX_CONNECTIONS}) is the limit",
+    ("--io", "postgres", "--delay-ms", "100", "--pool-size", str(DB_POOL_SIZE)),
+    100.0,
+    (1000,),
+    TCP_SERVERS,
+    # Pools of a thousand, past max_connections, take seconds to hold the hundred they can get: the
+    # attempts PostgreSQL refuses are retried (psycopg_pool) or fail requests (asyncpg).
+    3.0,
+)
+API = Scenario(
+    "api",
+    "a 100 ms call to a downstream HTTP service per request, through each client's default pool",
+    ("--io", "http", "--delay-ms", "100"),
+    100.0,
+    (1000,),
+    TCP_SERVERS,
+)
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (IO, CPU, BLOCKING, OFFLOAD, MIXED, DB, DB_POOL, API)}

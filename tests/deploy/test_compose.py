@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from echolab import catalogue, cli, settings
+from echolab import catalogue, cli, ports, settings
 from echolab.deploy import compose, generated, stack
 from echolab.scenarios import SCENARIOS, Scenario
 from echolab.settings import WORK_MODEL
@@ -117,7 +118,8 @@ def test_locust_aims_at_the_stack_and_rebalances(services: dict[str, Any]) -> No
 def test_each_server_keeps_one_address_outside_the_range_the_others_draw_from(
     services: dict[str, Any],
 ) -> None:
-    """Recreated together, servers cannot take each other's address: each has its own, fixed."""
+    """Recreated together, servers cannot take each other's address: each has its own, fixed, and so
+    have the dependencies their pools reach."""
     document = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     variables = {stack.NETWORK_VARIABLE: "10.1.2"}  # as a user moves the network: every address follows
     (ipam,) = document["networks"]["default"]["ipam"]["config"]
@@ -125,12 +127,13 @@ def test_each_server_keeps_one_address_outside_the_range_the_others_draw_from(
     dynamic = ipaddress.ip_network(expand(ipam["ip_range"], variables))
     assert subnet == ipaddress.ip_network("10.1.2.0/24") and dynamic.subnet_of(subnet)
     assert ipaddress.ip_address(expand(ipam["gateway"], variables)) in subnet
-    addresses = {name: services[name]["networks"]["default"]["ipv4_address"] for name in SERVERS}
+    kept = [*SERVERS, stack.POSTGRES_SERVICE, stack.DOWNSTREAM_SERVICE]
+    addresses = {name: services[name]["networks"]["default"]["ipv4_address"] for name in kept}
     fixed = {name: ipaddress.ip_address(expand(address, variables)) for name, address in addresses.items()}
-    assert len(set(fixed.values())) == len(SERVERS), fixed
+    assert len(set(fixed.values())) == len(kept), fixed
     assert all(a in subnet and a not in dynamic and a != subnet.network_address + 1 for a in fixed.values())
     for name, service in services.items():
-        if name not in SERVERS:  # Locust, scaled workers, Prometheus, Grafana: from the range
+        if name not in kept:  # Locust, scaled workers, Prometheus, Grafana: from the range
             assert "networks" not in service, name
     # Named after its addresses: moved, the stack is recreated whole on the new network by `make up`.
     assert (
@@ -152,7 +155,31 @@ def test_grafana_is_optional_and_its_password_a_secret(services: dict[str, Any])
     assert [f"/run/secrets/{s['target']}" for s in grafana["secrets"]] == [path]
     assert grafana["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     document = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    assert document["secrets"] == {"grafana-admin-password": {"environment": "GRAFANA_ADMIN_PASSWORD"}}
+    assert document["secrets"]["grafana-admin-password"] == {"environment": "GRAFANA_ADMIN_PASSWORD"}
+
+
+def test_postgres_runs_unprivileged_with_its_password_a_secret(services: dict[str, Any]) -> None:
+    """PostgreSQL: the official image's name, its own user from the start, no capability, a secret."""
+    postgres = services["postgres"]
+    assert postgres["image"] == "postgres:17" and postgres["user"] == "999"
+    assert postgres["cap_drop"] == ["ALL"] and postgres["security_opt"] == ["no-new-privileges:true"]
+    assert postgres["deploy"]["resources"]["limits"]["pids"] > stack.POSTGRES_MAX_CONNECTIONS, "a process each"
+    assert postgres["command"] == ["postgres", "-c", f"max_connections={stack.POSTGRES_MAX_CONNECTIONS}"]
+    assert "POSTGRES_PASSWORD" not in postgres["environment"], "docker inspect would show it"
+    assert [s["source"] for s in postgres["secrets"]] == ["postgres-password"]
+    assert f"/run/secrets/{postgres['secrets'][0]['target']}" in postgres["entrypoint"][2]
+    document = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert document["secrets"]["postgres-password"] == {"environment": "POSTGRES_PASSWORD"}
+    assert postgres["healthcheck"]["test"][1] == "pg_isready"
+    assert [t.split(":")[0] for t in postgres["tmpfs"]] == ["/var/lib/postgresql"], "nothing left on disk"
+    for server in SERVERS:  # every server reaches both dependencies by name, the password from .env
+        environment = services[server]["environment"]
+        url = urllib.parse.urlsplit(expand(environment["ECHO_DATABASE_URL"], {"POSTGRES_PASSWORD": "pw"}))
+        assert (url.hostname, url.port, url.password) == ("postgres", 5432, "pw"), server
+        assert environment["ECHO_DOWNSTREAM_URL"] == f"http://downstream:{ports.DOWNSTREAM}"
+    downstream = services["downstream"]
+    assert downstream["command"] == ["downstream"] and downstream["read_only"] is True
+    assert downstream["cap_drop"] == ["ALL"] and downstream["user"] == str(stack.UID)
 
 
 def test_server_targets_carry_the_limits() -> None:
@@ -189,7 +216,8 @@ def test_make_scenario_gives_each_server_the_flags_it_reads(
     for server in catalogue.SERVERS:
         given = {**env_file, **printed}
         environment = {name: expand(v, given) for name, v in services[server.name]["environment"].items()}
-        args = cli.build_parser().parse_args(["serve", server.name, *scenario.options_for(server)])
+        url = ["--database-url", stack.database_url("p")]  # the stack's, fixed: not the scenario's
+        args = cli.build_parser().parse_args(["serve", server.name, *url, *scenario.options_for(server)])
         expected = settings.from_namespace(server.settings, args)
         got = settings.from_environment(server.settings, environment)
         fields = [f for f in WORK_MODEL if hasattr(expected, f)]

@@ -30,6 +30,7 @@ SERVER_PIDS = f"${{SERVER_PIDS:-{stack.SERVER_LIMITS.pids}}}"
 SERVER_LIMITS = {"cpus": SERVER_CPUS, "memory": SERVER_MEMORY, "pids": SERVER_PIDS}
 NOFILE = f"${{NOFILE_LIMIT:-{stack.NOFILE}}}"
 GRAFANA_PASSWORD = "grafana-admin-password"
+POSTGRES_PASSWORD = "postgres-password"
 RETENTION = "15d"
 # Host ports, each a HOST_PORT_<NAME> in .env; the servers' are their native ports.
 HOST_PORTS = {
@@ -104,6 +105,9 @@ def image(built: stack.Image) -> dict[str, Any]:
 def server_service(server: Server) -> dict[str, Any]:
     port, path = stack.health(server)
     environment = dict(stack.FIXED_SERVER_ENV)
+    # In the URL, so `docker inspect` of a server shows it: compose copies a secret only into a
+    # writable root, and libpq and asyncpg both ignore a password file that others may read.
+    environment[stack.DATABASE_URL_ENV] = stack.database_url(env_reference(stack.POSTGRES_PASSWORD_VARIABLE))
     environment.update({option.env: env_reference(option.env) for option in stack.tunable_settings(server)})
     return {
         **image(stack.SERVER_IMAGE),
@@ -119,7 +123,70 @@ def server_service(server: Server) -> dict[str, Any]:
         "stop_grace_period": f"{stack.STOP_GRACE_SECONDS}s",
         "healthcheck": healthcheck(stack.probe_command(port, path)),
         "ports": [publish(server.env_name, ports.SERVER)],
-        "networks": {"default": {"ipv4_address": f"{NETWORK}.{stack.fixed_hosts()[server.name]}"}},
+        **fixed_address(server.name),
+    }
+
+
+def limits(limits: stack.Limits) -> dict[str, Any]:
+    """CPU, memory (no swap beyond it) and tasks; compose refuses pids_limit beside deploy's limits."""
+    memory = f"{limits.memory_mib}m"
+    spec = {"cpus": f"{limits.cpus:g}", "memory": memory, "pids": limits.pids}
+    return {"deploy": {"resources": {"limits": spec}}, "memswap_limit": memory}
+
+
+def fixed_address(service: str) -> dict[str, Any]:
+    return {"networks": {"default": {"ipv4_address": f"{NETWORK}.{stack.fixed_hosts()[service]}"}}}
+
+
+def postgres_service() -> dict[str, Any]:
+    """PostgreSQL as its official image runs it, as its own user from the start: it needs no capability.
+
+    The password comes from a secret file. The image reads POSTGRES_PASSWORD_FILE, but not every image
+    that follows its contract does; POSTGRES_PASSWORD, set from the file as the entrypoint starts,
+    works with all. The root stays writable, as Grafana's: compose copies a secret into no other.
+    """
+    secret = f"/run/secrets/{POSTGRES_PASSWORD}"
+    user = {"POSTGRES_USER": stack.POSTGRES_USER, "POSTGRES_DB": stack.POSTGRES_DB}
+    return {
+        "image": stack.POSTGRES_IMAGE,
+        "restart": "unless-stopped",
+        "user": str(stack.POSTGRES_UID),
+        "entrypoint": [
+            "sh", "-c", f'POSTGRES_PASSWORD="$$(cat {secret})" exec docker-entrypoint.sh "$$@"', "postgres"
+        ],  # fmt: skip
+        "command": list(stack.POSTGRES_COMMAND),
+        "environment": user,
+        # Readable by any user of the container (compose's copy fails with an owner set), as Grafana's:
+        # only PostgreSQL runs in it.
+        "secrets": [{"source": POSTGRES_PASSWORD, "target": POSTGRES_PASSWORD}],
+        **limits(stack.POSTGRES_LIMITS),
+        **hardened(None),
+        # In memory, its mode and owner as initdb wants them; over the image's VOLUME: no volume is left.
+        "tmpfs": [f"{stack.POSTGRES_HOME}:uid={stack.POSTGRES_UID},gid={stack.POSTGRES_UID},mode=0700,size=256m"],
+        "stop_grace_period": f"{stack.STOP_GRACE_SECONDS}s",
+        # Over TCP: the entrypoint's first start, which runs the init scripts, listens on no port.
+        "healthcheck": healthcheck(
+            ["pg_isready", "--quiet", "--host", "127.0.0.1", "--username", stack.POSTGRES_USER,
+             "--dbname", stack.POSTGRES_DB]
+        ),  # fmt: skip
+        **fixed_address(stack.POSTGRES_SERVICE),
+    }
+
+
+def downstream_service() -> dict[str, Any]:
+    return {
+        **image(stack.SERVER_IMAGE),
+        "command": ["downstream"],
+        "init": True,
+        "restart": "unless-stopped",
+        "user": str(stack.UID),
+        "environment": stack.DOWNSTREAM_ENV,
+        **limits(stack.DOWNSTREAM_LIMITS),
+        **hardened(()),
+        "ulimits": {"nofile": {"soft": NOFILE, "hard": NOFILE}},
+        "stop_grace_period": f"{stack.STOP_GRACE_SECONDS}s",
+        "healthcheck": healthcheck(stack.probe_command(ports.DOWNSTREAM_METRICS, "/metrics")),
+        **fixed_address(stack.DOWNSTREAM_SERVICE),
     }
 
 
@@ -146,6 +213,8 @@ def locust_service(args: tuple[str, ...], probes: list[tuple[int, str]]) -> dict
 
 def services() -> dict[str, Any]:
     result = {server.name: server_service(server) for server in catalogue.SERVERS}
+    result[stack.POSTGRES_SERVICE] = postgres_service()
+    result[stack.DOWNSTREAM_SERVICE] = downstream_service()
     metrics = (ports.LOCUST_METRICS, "/metrics")
     master = locust_service(stack.MASTER_ARGS, [(ports.LOCUST_WEB, "/"), metrics])
     master["ports"] = [publish("LOCUST_UI", ports.LOCUST_WEB)]
@@ -223,9 +292,8 @@ def document() -> dict[str, Any]:
         "configs": {"echo-server-targets": {"content": server_targets()}},
         "secrets": {
             # From .env (written 0600): compose copies it into the container as a file.
-            GRAFANA_PASSWORD: {
-                "environment": "GRAFANA_ADMIN_PASSWORD",
-            }
+            GRAFANA_PASSWORD: {"environment": "GRAFANA_ADMIN_PASSWORD"},
+            POSTGRES_PASSWORD: {"environment": stack.POSTGRES_PASSWORD_VARIABLE},
         },
         "volumes": {"prometheus-data": None, "grafana-data": None},
     }
@@ -235,9 +303,13 @@ def comments() -> dict[str, str]:
     """A line above each service, saying what it is."""
     return {
         **{server.name: f"{server.name}: {server.summary}" for server in catalogue.SERVERS},
+        stack.POSTGRES_SERVICE: f"The servers' database (--io postgres): max_connections "
+        f"{stack.POSTGRES_MAX_CONNECTIONS}, its data in memory",
+        stack.DOWNSTREAM_SERVICE: "The servers' HTTP dependency (--io http): GET /delay/<ms>",
         stack.MASTER_SERVICE: "The Locust web UI, and the master its workers connect to",
         stack.WORKER_SERVICE: "Load generators: `make scale WORKERS=N` (Prometheus finds them by DNS)",
-        "prometheus": "Scrapes the servers (echo-server-targets below), the Locust master and every worker",
+        "prometheus": "Scrapes the servers (echo-server-targets below), the downstream, the Locust master "
+        "and every worker",
         "grafana": f"The dashboards of grafana/dashboards (profile {GRAFANA_PROFILE})",
     }
 

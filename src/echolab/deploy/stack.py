@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .. import catalogue, ports, settings
+from .. import catalogue, ports, scenarios, settings
 from ..catalogue import Server
 from ..scenarios import Scenario
 
@@ -66,14 +66,46 @@ NOFILE = 20000
 LOCUST_PIDS = 512
 MONITORING_PIDS = 512
 
+# --- the servers' dependencies: PostgreSQL and the downstream service (issue 18) ---
+
+POSTGRES_SERVICE = "postgres"
+POSTGRES_IMAGE = "postgres:17"
+POSTGRES_UID = 999  # the image's postgres user: it runs as such from the start, so it needs no capability
+POSTGRES_USER = POSTGRES_DB = NAME
+# Set explicitly, at PostgreSQL's own default: what a service meets. db-pool's pools, sized for the
+# clients, run into it (src/echolab/scenarios.py); a process per connection, so the pids limit follows.
+POSTGRES_MAX_CONNECTIONS = scenarios.MAX_CONNECTIONS
+POSTGRES_COMMAND = ("postgres", "-c", f"max_connections={POSTGRES_MAX_CONNECTIONS}")
+POSTGRES_PASSWORD_VARIABLE = "POSTGRES_PASSWORD"  # in .env, written at random like Grafana's
+POSTGRES_LIMITS = Limits(cpus=1.0, memory_mib=512, pids=POSTGRES_MAX_CONNECTIONS + 64)
+# The data lives in memory and dies with the container: pg_sleep reads none, and a fresh cluster
+# takes the password .env holds now (one initialised on a volume keeps the first for ever).
+POSTGRES_HOME = "/var/lib/postgresql"
+POSTGRES_SOCKETS = "/var/run/postgresql"
+
+DOWNSTREAM_SERVICE = "downstream"
+DOWNSTREAM_LIMITS = Limits(cpus=1.0, memory_mib=256, pids=256)  # one event loop; never the bottleneck
+DOWNSTREAM_ENV = settings.environment(
+    settings.DownstreamSettings, host="0.0.0.0", port=ports.DOWNSTREAM, metrics_port=ports.DOWNSTREAM_METRICS
+)
+
+
+def database_url(password: str) -> str:
+    """The stack's PostgreSQL as the servers reach it, with ``password`` (a reference, where rendered)."""
+    return f"postgresql://{POSTGRES_USER}:{password}@{POSTGRES_SERVICE}:{ports.POSTGRES}/{POSTGRES_DB}"
+
+
 # Settings the stack decides for every server, not the user: where it
-# listens inside the container, and the drain timeout (see above). The
-# image sets ECHO_HOST=0.0.0.0.
+# listens inside the container, the drain timeout (see above), and its
+# dependencies (the database's URL, which holds the password, is each
+# renderer's: see database_url). The image sets ECHO_HOST=0.0.0.0.
 FIXED_SERVER_ENV = {
     "ECHO_PORT": str(ports.SERVER),
     "ECHO_METRICS_PORT": str(ports.SERVER_METRICS),
     "ECHO_DRAIN_TIMEOUT": f"{DRAIN_TIMEOUT:g}",
+    "ECHO_DOWNSTREAM_URL": f"http://{DOWNSTREAM_SERVICE}:{ports.DOWNSTREAM}",
 }
+DATABASE_URL_ENV = "ECHO_DATABASE_URL"
 
 
 # Settings that mean nothing in a container: its address is the image's, and so is its
@@ -84,7 +116,8 @@ NOT_IN_CONTAINERS = ("host", "python")
 def tunable_settings(server: Server) -> Iterator[settings.Option]:
     """The settings of ``server`` a user may set for the stack: all it reads but what the stack fixes."""
     for option in settings.options(server.settings):
-        if option.env not in FIXED_SERVER_ENV and option.name not in NOT_IN_CONTAINERS:
+        fixed = option.env in FIXED_SERVER_ENV or option.env == DATABASE_URL_ENV
+        if not fixed and option.name not in NOT_IN_CONTAINERS:
             yield option
 
 
@@ -119,8 +152,10 @@ DYNAMIC = (128, 25)  # the others': .128/25
 
 
 def fixed_hosts() -> dict[str, int]:
-    """The last number of each fixed address on the stack's /24, by service: every server's."""
-    return {server.name: FIRST_FIXED + i for i, server in enumerate(catalogue.SERVERS)}
+    """The last number of each fixed address on the stack's /24, by service: every server's, then the
+    dependencies' (the servers' pools reach them by name)."""
+    names = [*(server.name for server in catalogue.SERVERS), POSTGRES_SERVICE, DOWNSTREAM_SERVICE]
+    return {name: FIRST_FIXED + i for i, name in enumerate(names)}
 
 
 def health(server: Server) -> tuple[int, str]:
