@@ -163,7 +163,9 @@ def test_postgres_runs_unprivileged_with_its_password_a_secret(services: dict[st
     postgres = services["postgres"]
     assert postgres["image"] == "postgres:17" and postgres["user"] == "999"
     assert postgres["cap_drop"] == ["ALL"] and postgres["security_opt"] == ["no-new-privileges:true"]
-    assert postgres["deploy"]["resources"]["limits"]["pids"] > stack.POSTGRES_MAX_CONNECTIONS, "a process each"
+    assert postgres["deploy"]["resources"]["limits"]["pids"] > stack.POSTGRES_MAX_CONNECTIONS, (
+        "a process each"
+    )
     assert postgres["command"] == ["postgres", "-c", f"max_connections={stack.POSTGRES_MAX_CONNECTIONS}"]
     assert "POSTGRES_PASSWORD" not in postgres["environment"], "docker inspect would show it"
     assert [s["source"] for s in postgres["secrets"]] == ["postgres-password"]

@@ -197,7 +197,12 @@ def test_compose_and_kubernetes_run_the_servers_alike(base: list[Object], servic
         assert container["image"].split(":")[0] == stack.SERVER_IMAGE.name
         assert container["args"] == composed["command"]
         fixed = {k: v for k, v in composed["environment"].items() if not v.startswith("${")}
-        assert {e["name"]: e["value"] for e in container["env"]} == fixed, "the rest is .env's, unset here"
+        # The database's password: compose's from .env, Kubernetes' from a Secret, into the same URL.
+        fixed = {k: v.replace("${POSTGRES_PASSWORD:-}", "$(POSTGRES_PASSWORD)") for k, v in fixed.items()}
+        values = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        assert values == fixed, "the rest is .env's, unset here"
+        secrets = [e for e in container["env"] if "valueFrom" in e]
+        assert [e["name"] for e in secrets] == ["POSTGRES_PASSWORD"], "the password is the Secret's"
         assert {p["containerPort"] for p in container["ports"]} == {ports.SERVER, ports.SERVER_METRICS}
         assert composed["ports"][0].endswith(f":{ports.SERVER}")
         limits = {k: compose_default(v) for k, v in composed["deploy"]["resources"]["limits"].items()}
@@ -248,6 +253,25 @@ def test_compose_and_kubernetes_run_locust_and_grafana_alike(
     )
 
 
+def test_compose_and_kubernetes_run_the_dependencies_alike(
+    base: list[Object], services: dict[str, Any]
+) -> None:
+    """PostgreSQL and the downstream: the same image, command, environment; the password a Secret's."""
+    _, postgres = deployment_of(base, stack.POSTGRES_SERVICE)
+    composed = services[stack.POSTGRES_SERVICE]
+    assert postgres["image"] == composed["image"] and postgres["args"] == composed["command"]
+    assert {e["name"]: e.get("value") for e in postgres["env"]} == {
+        **composed["environment"],
+        "POSTGRES_PASSWORD": None,
+    }
+    assert postgres["securityContext"]["runAsUser"] == int(composed["user"])
+    assert postgres["securityContext"]["readOnlyRootFilesystem"] is True
+    _, downstream = deployment_of(base, stack.DOWNSTREAM_SERVICE)
+    composed = services[stack.DOWNSTREAM_SERVICE]
+    assert downstream["args"] == composed["command"]
+    assert {e["name"]: e["value"] for e in downstream["env"]} == composed["environment"]
+
+
 # --- monitoring -------------------------------------------------------------------------
 
 
@@ -278,6 +302,7 @@ def test_prometheus_config_passes_promtool_and_finds_every_pod(base: list[Object
     workers = discovered(tmp_path, "locust-workers")
     assert [t["__address__"].split(":")[1] for t in workers] == ["9646"]
     assert len(discovered(tmp_path, "locust-master")) == 1
+    assert [t["__address__"].split(":")[1] for t in discovered(tmp_path, "downstream")] == ["8004"]
 
 
 # --- the headless run -------------------------------------------------------------------

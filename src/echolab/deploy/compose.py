@@ -152,8 +152,11 @@ def postgres_service() -> dict[str, Any]:
         "restart": "unless-stopped",
         "user": str(stack.POSTGRES_UID),
         "entrypoint": [
-            "sh", "-c", f'POSTGRES_PASSWORD="$$(cat {secret})" exec docker-entrypoint.sh "$$@"', "postgres"
-        ],  # fmt: skip
+            "sh",
+            "-c",
+            f'POSTGRES_PASSWORD="$$(cat {secret})" exec docker-entrypoint.sh "$$@"',
+            "postgres",
+        ],
         "command": list(stack.POSTGRES_COMMAND),
         "environment": user,
         # Readable by any user of the container (compose's copy fails with an owner set), as Grafana's:
@@ -162,13 +165,11 @@ def postgres_service() -> dict[str, Any]:
         **limits(stack.POSTGRES_LIMITS),
         **hardened(None),
         # In memory, its mode and owner as initdb wants them; over the image's VOLUME: no volume is left.
-        "tmpfs": [f"{stack.POSTGRES_HOME}:uid={stack.POSTGRES_UID},gid={stack.POSTGRES_UID},mode=0700,size=256m"],
+        "tmpfs": [
+            f"{stack.POSTGRES_HOME}:uid={stack.POSTGRES_UID},gid={stack.POSTGRES_UID},mode=0700,size=256m"
+        ],
         "stop_grace_period": f"{stack.STOP_GRACE_SECONDS}s",
-        # Over TCP: the entrypoint's first start, which runs the init scripts, listens on no port.
-        "healthcheck": healthcheck(
-            ["pg_isready", "--quiet", "--host", "127.0.0.1", "--username", stack.POSTGRES_USER,
-             "--dbname", stack.POSTGRES_DB]
-        ),  # fmt: skip
+        "healthcheck": healthcheck(list(stack.POSTGRES_READY)),
         **fixed_address(stack.POSTGRES_SERVICE),
     }
 

@@ -76,6 +76,17 @@ POSTGRES_USER = POSTGRES_DB = NAME
 # clients, run into it (src/echolab/scenarios.py); a process per connection, so the pids limit follows.
 POSTGRES_MAX_CONNECTIONS = scenarios.MAX_CONNECTIONS
 POSTGRES_COMMAND = ("postgres", "-c", f"max_connections={POSTGRES_MAX_CONNECTIONS}")
+# Over TCP: the entrypoint's first start, which runs the init scripts, listens on no port.
+POSTGRES_READY = (
+    "pg_isready",
+    "--quiet",
+    "--host",
+    "127.0.0.1",
+    "--username",
+    POSTGRES_USER,
+    "--dbname",
+    POSTGRES_DB,
+)
 POSTGRES_PASSWORD_VARIABLE = "POSTGRES_PASSWORD"  # in .env, written at random like Grafana's
 POSTGRES_LIMITS = Limits(cpus=1.0, memory_mib=512, pids=POSTGRES_MAX_CONNECTIONS + 64)
 # The data lives in memory and dies with the container: pg_sleep reads none, and a fresh cluster
