@@ -43,6 +43,8 @@ from support.waiting import poll_until
 
 from echolab import catalogue
 from echolab.dashboards.panels import queries, resolve_variables, substitute
+from echolab.lab.downstream import DownstreamProcess
+from echolab.lab.postgres import PostgreSQL
 from echolab.lab.stack_report import write_report
 from echolab.launcher import LaunchError, Process, ServerProcess, answers, free_port
 
@@ -57,7 +59,7 @@ BIN = Path(sys.executable).parent
 
 HOST = "127.0.0.1"
 SERVERS = catalogue.NAMES
-JOBS = {"echo-servers", "locust-master", "locust-workers", "prometheus"}
+JOBS = {"echo-servers", "locust-master", "locust-workers", "downstream", "prometheus"}
 # What the dashboards' Grafana variables become in the live test: scrapes and rule
 # evaluations every 500 ms, so a 2 s window holds four samples, and data shows in a second.
 SCRAPE_INTERVAL = "500ms"
@@ -68,6 +70,9 @@ IO_MS = 20
 # One server does every kind of work, its blocking calls in a pool: every kind of the work panel
 # has a series, and the offload pool is used. Each kind's seconds per request, as the panel shows them.
 WORK = {"async": ["--cpu-ms", "1", "--blocking-ms", "5", "--offload", "thread", "--offload-threads", "2"]}
+# Each request's IO a real dependency, so that the dependency panels have every server: PostgreSQL
+# through the sync and the async psycopg pools, the downstream through httpx's sync and async clients.
+IO = {"threaded": "postgres", "async-http": "postgres", "async": "http", "threaded-http": "http"}
 WORK_PER_REQUEST = {("async", "cpu"): 0.001, ("async", "blocking"): 0.005, ("async", "io"): IO_MS / 1000}
 
 
@@ -340,7 +345,9 @@ class HttpReady(Process):
         return answers(self.url)
 
 
-def local_config(metrics: dict[str, int], locust_metrics: int, prometheus_port: int) -> dict[str, Any]:
+def local_config(
+    metrics: dict[str, int], locust_metrics: int, downstream_metrics: int, prometheus_port: int
+) -> dict[str, Any]:
     """The repo's prometheus.yml with its jobs pointed at the local processes, scraping every second.
 
     Job names, honor_labels and the labels the compose file gives the server
@@ -359,6 +366,7 @@ def local_config(metrics: dict[str, int], locust_metrics: int, prometheus_port: 
         # A single local Locust process stands in for the master and workers.
         "locust-workers": [{"targets": [f"{HOST}:{locust_metrics}"]}],
         "locust-master": [],
+        "downstream": [{"targets": [f"{HOST}:{downstream_metrics}"]}],
         "prometheus": [{"targets": [f"{HOST}:{prometheus_port}"]}],
     }
     for job in config["scrape_configs"]:
@@ -369,13 +377,19 @@ def local_config(metrics: dict[str, int], locust_metrics: int, prometheus_port: 
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, postgres: PostgreSQL) -> Iterator[Stack]:
     if shutil.which("prometheus") is None:
         pytest.fail("prometheus not found: install Prometheus (Debian/Ubuntu: apt-get install prometheus)")
     assert LOCUSTFILE.exists(), f"{LOCUSTFILE} is missing"
     workdir = tmp_path_factory.mktemp("monitoring")
     stack = Stack(workdir)
     try:
+        downstream = DownstreamProcess(log=workdir / "downstream.log", env=clean_environment())
+        stack.start(downstream)
+        dependency = {
+            "postgres": ["--database-url", postgres.dsn],
+            "http": ["--downstream-url", downstream.url],
+        }
         servers = {}
         # No machine here is a container with a CPU limit: the servers read a cgroup's files from here.
         cgroup = ["--cgroup-root", str(write_cgroup(workdir / "cgroup", periods=500, throttled=3))]
@@ -388,6 +402,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 *(["--workers", "1"] if kind.transport == "http" else []),
             ]
             options += WORK.get(kind.name, [])
+            options += ["--io", IO[kind.name], *dependency[IO[kind.name]]]
             log = workdir / f"{kind.name}.log"
             servers[kind.name] = ServerProcess(kind, options, log=log, env=clean_environment())
         stack.start(*servers.values())
@@ -404,7 +419,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "--metrics-host", HOST, "--metrics-port", str(locust_metrics), "--target-rps", "20",
         ], name="locust", url=f"http://{HOST}:{locust_metrics}/metrics", workdir=workdir)  # fmt: skip
         prometheus_port = free_port()
-        config = local_config(metrics, locust_metrics, prometheus_port)
+        config = local_config(metrics, locust_metrics, downstream.metrics_port, prometheus_port)
         (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
         stack.prometheus = Prometheus(f"http://{HOST}:{prometheus_port}")
         prometheus = HttpReady([

@@ -61,6 +61,10 @@ servers' own counts (`echo_work_seconds_total`): nothing to type in.
 rate falls to one request per blocking call, while the threaded servers wait in parallel.
 * Server-side latency runs from a request's last byte read to its reply written; client-side adds \
 the network and the client's own queueing.
+* **Dependencies** (`make scenario NAME=db`, `NAME=api`): each request's IO a real query on \
+PostgreSQL or a call to the downstream service, through its client's pool. Each server's rate stands \
+beside its pool's use and the downstream's concurrency: a pool full with the rate flat is the pool's \
+limit, not the model's.
 * Threads matter for the threaded servers, event-loop lag only for the async TCP server. \
 Connections are counted by the TCP servers only: gunicorn owns the HTTP servers' connections.
 """
@@ -101,6 +105,10 @@ def header() -> Row:
             "offload_threads",
             "delay_ms",
             "delay_distribution",
+            "io",
+            "client",
+            "pool_size",
+            "pool_timeout",
             "cpus",
             "memory",
         ],
@@ -110,6 +118,8 @@ def header() -> Row:
             "offload_threads": "offload threads",
             "delay_ms": "IO (ms)",
             "delay_distribution": "IO drawn",
+            "pool_size": "pool size",
+            "pool_timeout": "pool timeout (s)",
             "cpus": "CPU limit",
             "memory": "memory limit",
         },
@@ -219,6 +229,70 @@ def concurrency() -> Row:
         ],
     )
     return Row("Concurrency", [connections, in_flight])
+
+
+def dependencies() -> Row:
+    """Each server's rate beside its pool's use and the downstream's concurrency (issue 18)."""
+    in_use = f"sum by (server) ({metric('echo_dependency_connections_in_use')}{{{SERVER}}})"
+    size = f"sum by (server) ({metric('echo_dependency_pool_size')}{{{SERVER}}})"
+    calls, peak = (
+        metric("echo_downstream_calls_in_progress"),
+        metric("echo_downstream_calls_in_progress_peak"),
+    )
+    # A series that shows 'none' until the first error, as the errors row's.
+    serving = f"group by (server) ({metric('echo_dependency_pool_size')}{{{SERVER}}})"
+    failed = (
+        server_rate("echo_dependency_errors", by="server, kind")
+        + f' or on (server) label_replace(0 * {serving}, "kind", "none", "", "")'
+    )
+    wait = "echo_dependency_pool_wait_seconds"
+    return Row(
+        "Dependencies: PostgreSQL and the downstream, through each server's pool",
+        [
+            timeseries_panel(
+                "Requests per second",
+                "reqps",
+                "Answered requests: set it against the pool's use beside it. A flat rate with the pool "
+                "full is the pool's limit (size / delay), whatever the model.",
+                [Query(server_rate("echo_requests", ', outcome="ok"'), "{{server}}")],
+            ),
+            timeseries_panel(
+                "Pool use: connections in use / pool size",
+                "percentunit",
+                "Connections to the dependency held by calls, over the most the client's pool holds "
+                "(--pool-size, or the library's default: psycopg 4, asyncpg 10, httpx 100, requests 10). "
+                "gunicorn's workers are processes, each with a pool of its own: both sums cover all of "
+                "them. Above 100%: requests' pool, which opens extra connections rather than wait.",
+                [Query(f"{in_use} / on (server) {size}", "{{server}} in use / size")],
+            ),
+            timeseries_panel(
+                "Downstream: calls in progress",
+                "short",
+                "Calls the downstream service is serving at once (--io http), all servers together, and "
+                "the most since it started (dashed): the pools let at most their size through each.",
+                [Query(f"sum({calls})", "calls in progress"), Query(f"max({peak})", "peak")],
+                dashed="^peak$",
+            ),
+            timeseries_panel(
+                "Dependency errors by kind",
+                "reqps",
+                "Requests whose dependency failed, answered ERROR dependency (TCP) or 503 (HTTP): connect "
+                "(no connection), timeout, pool_timeout (no pooled connection within --pool-timeout), "
+                "query (the call failed). Shown as 'none' until the first one.",
+                [Query(failed, "{{server}} {{kind}}")],
+            ),
+            timeseries_panel(
+                "Waiting for a pooled connection",
+                "s",
+                f"How long calls waited for a connection from the pool ({metric(wait)}), quantiles of "
+                "its histogram: near zero while the pool has a free connection, up to --pool-timeout "
+                "when it is the limit (requests never waits).",
+                [Query(quantile(q, wait), f"{{{{server}}}} wait p{round(q * 100)}") for q in (0.5, 0.99)],
+            ),
+        ],
+        # The rate, the pool's use and the downstream's concurrency on one line; why it stalls below.
+        widths=[8, 8, 8, 12, 12],
+    )
 
 
 def errors() -> Row:
@@ -450,6 +524,7 @@ def build() -> dm.Dashboard:
         [
             header(),
             throughput(),
+            dependencies(),
             latency(),
             work(),
             cpu(),
