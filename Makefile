@@ -221,7 +221,8 @@ report: install .env
 
 # Builds and runs the stack (less Grafana) under its own project name, free
 # ports and network, loads it, checks Prometheus sees it all, switches the
-# servers to the blocking scenario and back (make scenario), recreates all four
+# servers to the blocking scenario and back (make scenario), then to db and api,
+# where each queries the postgres container or calls the downstream one, recreates all four
 # twice and counts each one's users, then faults under load (servers killed, a
 # worker lost, servers stopped); always tears it down.
 # Needs Docker: fails, never skips, without it.

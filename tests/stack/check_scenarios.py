@@ -44,10 +44,12 @@ from support.stack import (
 from echolab import catalogue
 from echolab.dashboards.panels import RESTARTS, queries, resolve_variables, substitute
 from echolab.dashboards.prometheus import Prometheus
+from echolab.deploy.stack import DATABASE_URL_ENV, POSTGRES_SERVICE, POSTGRES_USER, database_url
 from echolab.lab import stack_marks, stack_report
 from echolab.metrics import spec
 from echolab.scenarios import SCENARIOS
-from echolab.settings import ReportSettings, options
+from echolab.servers.work_model import info
+from echolab.settings import ReportSettings, from_environment
 
 BLOCKING_S = float(SCENARIOS["blocking"].environment(catalogue.SERVERS[0])["ECHO_BLOCKING_MS"]) / 1000
 CAP = 1 / BLOCKING_S  # requests/s of one process that runs its blocking calls one at a time
@@ -75,16 +77,17 @@ def work_model(stack: Compose) -> dict[str, dict[str, str]]:
     return {series["metric"]["server"]: series["metric"] for series in result}
 
 
+# The labels of echo_server_info that show only where they apply: absent is checked too.
+WHERE_THEY_APPLY = ("offload_threads", "client", "pool_size", "pool_timeout")
+
+
 def wait_for_work_model(stack: Compose, name: str) -> None:
-    """Until the table shows every server under scenario ``name``: its info labels are the settings."""
+    """Until the table shows every server under scenario ``name``: the labels its settings give."""
     wanted = {}
     for server in catalogue.SERVERS:
-        environment = SCENARIOS[name].environment(server)
-        wanted[server.name] = {
-            o.name: environment[o.env] for o in options(server.settings) if o.env in environment
-        }
-        if environment.get("ECHO_OFFLOAD") == "none":  # no pool, no size shown
-            wanted[server.name]["offload_threads"] = None
+        environment = {**SCENARIOS[name].environment(server), DATABASE_URL_ENV: database_url("p")}
+        labels = info(from_environment(server.settings, environment))
+        wanted[server.name] = {**dict.fromkeys(WHERE_THEY_APPLY), **labels}
 
     def shown() -> tuple[bool, Any]:
         seen = {
@@ -174,3 +177,42 @@ def test_blocking_calls_stall_the_event_loop_not_the_threads(load: Load) -> None
     make_scenario(stack, "io")
     stop_swarm(stack)
     swarm(stack, OPEN_LOOP)
+
+
+def test_the_db_and_api_scenarios_call_the_stack_s_postgres_and_downstream(load: Load) -> None:
+    """`make scenario NAME=db`: every server queries the postgres container through its pool, and
+    answers; NAME=api: the downstream container serves their calls. Then back to io."""
+    stack = load.stack
+    in_use = spec("echo_dependency_connections_in_use").name
+    calls_count = f"{spec('echo_dependency_pool_wait_seconds').name}_count"  # one per call
+    for name in ("db", "api"):
+        make_scenario(stack, name)
+        wait_for(f"{WINDOW} of requests under the {name} scenario", lambda: settled(stack, WINDOW), 90)
+        rates, sent = answered_and_sent(stack, WINDOW)
+        assert all(abs(rates[s] / sent[s] - 1) < 0.25 for s in SERVERS), f"answered {rates}, sent {sent}"
+        # Every request went through the pool: as many calls as requests answered, and no error.
+        calls = by(stack.query(f"sum by (server) (increase({calls_count}[{WINDOW}]))"), "server")
+        answered = by(
+            stack.query(f'sum by (server) (increase(echo_requests_total{{outcome="ok"}}[{WINDOW}]))'),
+            "server",
+        )
+        assert set(calls) == set(SERVERS) and all(calls[s] >= 0.9 * answered[s] > 0 for s in SERVERS), (
+            calls,
+            answered,
+        )
+        errors = stack.query(f"sum by (server, kind) (increase(echo_dependency_errors_total[{WINDOW}])) > 0")
+        assert not errors, errors
+        most = by(stack.query(f"sum by (server) (max_over_time({in_use}[{WINDOW}]))"), "server")
+        print(f"\n{name} scenario: requests/s {rates}, most connections in use at once {most}")
+        assert all(most.get(s, 0) >= 1 for s in SERVERS), most
+        if name == "db":  # seen from PostgreSQL itself: the servers' sessions
+            sessions = stack.run(
+                "exec", "-T", POSTGRES_SERVICE, "psql", "-U", POSTGRES_USER, "-d", POSTGRES_USER, "-Atc",
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
+            )  # fmt: skip
+            assert int(sessions) > len(SERVERS), sessions  # psql's own, and at least one per server
+        else:  # seen from the downstream: it served calls, several at once
+            served = stack.query('sum(increase(echo_downstream_requests_total{code="200"}[30s]))')
+            peak = stack.query("max(echo_downstream_calls_in_progress_peak)")
+            assert float(served[0]["value"][1]) > 0 and float(peak[0]["value"][1]) > 1, (served, peak)
+    make_scenario(stack, "io")

@@ -38,7 +38,7 @@ from echolab import catalogue
 # Seconds of load before counting failures: past the client's 10 s read
 # timeout, so a request that never gets its reply shows as one.
 SOAK = 25.0
-OURS = [*SERVERS, "locust-master", "locust-worker"]  # built from the Dockerfile, read-only
+OURS = [*SERVERS, "downstream", "locust-master", "locust-worker"]  # built from the Dockerfile, read-only
 
 
 def test_services_are_healthy(stack: Compose) -> None:
@@ -75,6 +75,9 @@ def test_containers_are_hardened(stack: Compose) -> None:
         assert container["HostConfig"]["ReadonlyRootfs"] is True, service
         assert container["HostConfig"]["Init"] is True, service
         assert container["Config"]["Image"].startswith(f"{PROJECT}-"), "images named after the project"
+    # PostgreSQL's password is a secret file: its container's configuration does not show it.
+    postgres = stack.container("postgres")
+    assert not [e for e in postgres["Config"]["Env"] if e.startswith("POSTGRES_PASSWORD")], "docker inspect"
     # Only remote workers need the master's port: the default stack does not publish it.
     assert "5557/tcp" not in stack.container("locust-master")["HostConfig"]["PortBindings"]
 
@@ -103,6 +106,7 @@ def test_load_reaches_every_server_and_is_scraped(load: Load) -> None:
 
     wait_for("every server scraped", servers_up)
     assert by(stack.query('up{job="locust-master"}'), "instance") == {"locust-master:9646": 1.0}
+    assert by(stack.query('up{job="downstream"}'), "instance") == {"downstream:8004": 1.0}
     wait_for(f"{WORKERS} workers discovered by DNS and scraped", workers_up)
     wait_for("every server answering", servers_busy)
     wait_for(f"{WORKERS} workers sending", workers_busy)

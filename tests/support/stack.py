@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "echolab-stacktest"
 SERVERS = catalogue.NAMES
 # Everything but Grafana, whose image is not needed to test the data path.
-SERVICES = [*SERVERS, "locust-master", "locust-worker", "prometheus"]
+SERVICES = [*SERVERS, "postgres", "downstream", "locust-master", "locust-worker", "prometheus"]
 DEADLINE = 120.0  # seconds for the scrapes to show what we expect
 WORKERS = 2
 USERS = 20  # 5 per server: Locust splits them between the four user classes
