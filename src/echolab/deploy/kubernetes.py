@@ -261,6 +261,8 @@ def postgres_objects() -> list[Object]:
             container,
             volumes=volumes,
             terminationGracePeriodSeconds=stack.STOP_GRACE_SECONDS,
+            # Its in-memory directories writable by its user, whatever mode the runtime makes them with.
+            securityContext={"seccompProfile": {"type": "RuntimeDefault"}, "fsGroup": stack.POSTGRES_UID},
         ),
         service(name, "database", {"postgres": ports.POSTGRES}),
     ]
