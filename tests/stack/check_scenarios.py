@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from support.dashboards import DASHBOARDS, load_dashboard
+from support.dashboards import DASHBOARDS, load_dashboard, split_row, wait_for_every_panel
 from support.stack import (
     CLOSED_LOOP,
     OPEN_LOOP,
@@ -42,6 +42,7 @@ from support.stack import (
 )  # fmt: skip
 
 from echolab import catalogue
+from echolab.dashboards.overview import DEPENDENCIES
 from echolab.dashboards.panels import RESTARTS, queries, resolve_variables, substitute
 from echolab.dashboards.prometheus import Prometheus
 from echolab.deploy.stack import DATABASE_URL_ENV, POSTGRES_SERVICE, POSTGRES_USER, database_url
@@ -202,6 +203,8 @@ def test_the_db_and_api_scenarios_call_the_stack_s_postgres_and_downstream(load:
         )
         errors = stack.query(f"sum by (server, kind) (increase(echo_dependency_errors_total[{WINDOW}])) > 0")
         assert not errors, errors
+        _, row = split_row(load_dashboard(DASHBOARDS[0].parent / "echolab-overview.json"), DEPENDENCIES)
+        wait_for_every_panel(Prometheus(stack.url("PROMETHEUS", "")), row, WINDOW, 60, SERVERS)
         most = by(stack.query(f"sum by (server) (max_over_time({in_use}[{WINDOW}]))"), "server")
         print(f"\n{name} scenario: requests/s {rates}, most connections in use at once {most}")
         assert all(most.get(s, 0) >= 1 for s in SERVERS), most

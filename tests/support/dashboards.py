@@ -38,6 +38,7 @@ __all__ = [
     "load_dashboard",
     "panels_without_data",
     "query_panels",
+    "split_row",
     "wait_for_every_panel",
 ]
 
@@ -48,6 +49,15 @@ DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 PARTIAL = re.compile(
     r"\b(" + "|".join(m.name for m in METRICS if m.side == "server" and len(m.servers) < len(SERVERS)) + r")"
 )
+
+
+def split_row(dashboard: dict[str, Any], title: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The dashboard without the row ``title`` and its panels, and with only them."""
+    inside, outside, row = [], [], ""
+    for panel in dashboard.get("panels", []):
+        row = panel.get("title", "") if panel.get("type") == "row" else row
+        (inside if row == title else outside).append(panel)
+    return {**dashboard, "panels": outside}, {**dashboard, "panels": inside}
 
 
 def has_data(result: list[dict[str, Any]]) -> bool:

@@ -34,6 +34,8 @@ THINK = "server:echo_client_think_time_seconds:max"
 OFFERED = "server:echo_client_offered_rate:sum"
 CPU_PER_REQUEST = "server:echo_cpu_seconds_per_request:rate1m"
 SERVER_JOB = 'job="echo-servers"'
+# The row whose panels have data only while the servers' IO is a dependency (--io postgres or http).
+DEPENDENCIES = "Dependencies: PostgreSQL and the downstream, through each server's pool"
 LOCUST_JOBS = 'job=~"locust-.*"'
 
 
@@ -247,7 +249,7 @@ def dependencies() -> Row:
     )
     wait = "echo_dependency_pool_wait_seconds"
     return Row(
-        "Dependencies: PostgreSQL and the downstream, through each server's pool",
+        DEPENDENCIES,
         [
             timeseries_panel(
                 "Requests per second",
