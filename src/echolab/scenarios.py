@@ -61,6 +61,13 @@ class Scenario:
     summary: str  # what it stands for, in one line
     options: tuple[str, ...]  # `echolab serve` flag-value pairs; each applies where a server reads it
     delay_hint_ms: float  # the time one request takes on an idle server: the Little's-law bound's D
+    levels: tuple[int, ...] = ()  # the demo's levels for it; () for its --other-levels
+
+    @property
+    def io(self) -> str:
+        """What a request's IO waits on (``--io``): timer, postgres or http."""
+        pairs = dict(zip(self.options[::2], self.options[1::2], strict=True))
+        return pairs.get("--io", "timer")
 
     def bound(self, connections: int) -> float | None:
         """Requests/s a closed loop of ``connections`` cannot exceed."""
@@ -102,4 +109,30 @@ MIXED = Scenario(
     ("--cpu-ms", "1", "--blocking-ms", "5", "--delay-ms", "50"),
     56.0,
 )
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (IO, CPU, BLOCKING, OFFLOAD, MIXED)}
+
+# PostgreSQL's own default, set explicitly wherever the lab runs one: what a service meets.
+MAX_CONNECTIONS = 100
+DB_POOL_SIZE = 1000  # db-pool's pools: one connection per client at its top level
+DB = Scenario(
+    "db",
+    "100 ms of pg_sleep per request on PostgreSQL, through each driver's default pool",
+    ("--io", "postgres", "--delay-ms", "100"),
+    100.0,
+    (10, 1000),
+)
+DB_POOL = Scenario(
+    "db-pool",
+    f"the same pg_sleep, through pools of {DB_POOL_SIZE:,} connections: "
+    f"PostgreSQL's max_connections ({MAX_CONNECTIONS}) is the limit",
+    ("--io", "postgres", "--delay-ms", "100", "--pool-size", str(DB_POOL_SIZE)),
+    100.0,
+    (100, 1000),
+)
+API = Scenario(
+    "api",
+    "a 100 ms call to a downstream HTTP service per request, through each client's default pool",
+    ("--io", "http", "--delay-ms", "100"),
+    100.0,
+    (100, 1000),
+)
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (IO, CPU, BLOCKING, OFFLOAD, MIXED, DB, DB_POOL, API)}
