@@ -9,6 +9,13 @@ verdict per server and a finding per section, and writes
 reports/demo-<time>/index.html. A scenario added to SCENARIOS is a section
 of the report with nothing else to change.
 
+A scenario whose requests call a dependency (``--io postgres``, ``--io
+http``) runs at its own levels, every one of them, with the libraries' other
+clients beside the servers (:data:`.contenders.ALTERNATIVES`); the lab starts
+the dependency (:mod:`.dependencies`) and gives each server its URL. Where
+PostgreSQL cannot run, its scenarios are left out, with one line saying how to
+install it, and the rest runs.
+
 Ctrl-C or SIGTERM stops the servers and the client, writes the report of
 what was measured so far, marked partial, and exits 130 or 143.
 """
@@ -26,8 +33,10 @@ from .. import machine
 from ..scenarios import SCENARIOS, Scenario
 from ..settings import DemoSettings
 from . import history, report
-from .contenders import SERIAL, SERVERS_AS_THEY_ARE, Contender
+from .contenders import ALTERNATIVES, SERIAL, SERVERS_AS_THEY_ARE, Contender
+from .dependencies import Dependencies
 from .interrupt import Interrupted, held, interruptible
+from .pools import pools
 from .report import Section
 from .results import Row, by_server, console, rich_table
 from .sweep import measure
@@ -55,20 +64,34 @@ class DemoError(Exception):
     """A setting the demo cannot run with: one line, exit status 2."""
 
 
+def framed(contender: Contender, settings: DemoSettings) -> Contender:
+    """The contender in the demo's framing, if it has a --framing."""
+    if not contender.reads("--framing"):
+        return contender
+    return dataclasses.replace(contender, framing=settings.framing)
+
+
 def contenders(settings: DemoSettings) -> list[Contender]:
     """Every server as it is (those with a --framing in the demo's), then the article's serial baseline."""
-    chosen = [
-        dataclasses.replace(v, framing=settings.framing) if v.reads("--framing") else v
-        for v in SERVERS_AS_THEY_ARE
-    ]
+    chosen = [framed(v, settings) for v in SERVERS_AS_THEY_ARE]
     chosen.append(SERIAL)
     if settings.servers:
-        unknown = set(settings.servers) - {v.name for v in chosen}
+        known = [v.name for v in chosen] + [v.name for group in ALTERNATIVES.values() for v in group]
+        unknown = set(settings.servers) - set(known)
         if unknown:
-            names = ", ".join(v.name for v in chosen)
-            raise DemoError(f"no server {', '.join(sorted(unknown))}: choose from {names}")
+            raise DemoError(f"no server {', '.join(sorted(unknown))}: choose from {', '.join(known)}")
         chosen = [v for v in chosen if v.name in settings.servers]
     return chosen
+
+
+def alternatives(settings: DemoSettings, scenario: Scenario) -> list[Contender]:
+    """The other clients of the scenario's dependency, where their server runs or they are named."""
+    servers = {v.name for v in contenders(settings)}
+    return [
+        framed(v, settings)
+        for v in ALTERNATIVES.get(scenario.io, ())
+        if (v.server is not None and v.server.name in servers) or v.name in settings.servers
+    ]
 
 
 def scenarios(settings: DemoSettings) -> list[Scenario]:
@@ -98,18 +121,21 @@ def quick(settings: DemoSettings) -> DemoSettings:
 def plan(settings: DemoSettings) -> list[Step]:
     """Every server's sweep, section by section, in the order they run."""
     steps = []
-    servers = contenders(settings)
     for index, scenario in enumerate(scenarios(settings)):
         first = index == 0
-        closed = Section(scenario.name, scenario.summary, "closed", scenario.delay_hint_ms, scenario.options)
+        servers = [*contenders(settings), *alternatives(settings, scenario)]
+        closed = Section(
+            scenario.name, scenario.summary, "closed", scenario.delay_hint_ms, scenario.options,
+            scenario.io, pools(servers, scenario),
+        )  # fmt: skip
         duration = settings.duration if first else settings.other_duration
         for contender in servers:
-            levels = settings.levels if first else settings.other_levels
+            levels = scenario.levels or (settings.levels if first else settings.other_levels)
             if contender is SERIAL:  # the article's baseline belongs to the article's workload
                 levels = tuple(n for n in levels if n <= SERIAL_MAX_LEVEL) if first else ()
             if levels:
                 steps.append(Step(closed, with_options(contender, scenario), levels, duration))
-        if first and settings.open_loop:
+        if first and settings.open_loop and not scenario.levels:
             opened = dataclasses.replace(closed, mode="open")
             steps += [
                 Step(opened, with_options(v, scenario), settings.rates, duration)
@@ -132,27 +158,42 @@ def sections(steps: Sequence[Step]) -> list[Section]:
     return list(dict.fromkeys(step.section for step in steps))
 
 
+def left_out(steps: Sequence[Step]) -> tuple[list[Step], dict[str, Any] | None]:
+    """The steps whose dependency can run here; the scenarios left out, and why, in one line."""
+    why = {s.section.scenario: Dependencies.missing(s.section.io) for s in steps}
+    missing = [name for name, reason in why.items() if reason]
+    if not missing:
+        return list(steps), None
+    line = f"{' and '.join(missing)} left out: {why[missing[0]]}"
+    return [s for s in steps if s.section.scenario not in missing], {"scenarios": missing, "why": line}
+
+
 def run(settings: DemoSettings) -> int:
     report.require_extra()
     try:
         settings = quick(settings)
-        steps = plan(settings)
+        steps, out_of_reach = left_out(plan(settings))
+        if not steps and out_of_reach:
+            raise DemoError(out_of_reach["why"])
     except DemoError as exc:
         print(f"echolab demo: error: {exc}", file=sys.stderr)
         return 2
     out = console()
+    if out_of_reach:
+        print(f"echolab demo: {out_of_reach['why']}", file=sys.stderr)
     record: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "settings": {k: str(v) if k == "out" else v for k, v in dataclasses.asdict(settings).items()},
         "machine": machine.facts(),
         "partial": None,
         "skipped": [],
+        "left_out": out_of_reach,
     }
     rows: list[Row] = []
     began = time.monotonic()
     try:
-        with interruptible():
-            sweep(steps, settings, rows, record["skipped"], out)
+        with interruptible(), Dependencies() as dependencies:
+            sweep(steps, settings, rows, record["skipped"], out, dependencies)
     except Interrupted as exc:
         out.print(f"[yellow]{exc}: servers stopped; writing the report of what was measured[/yellow]")
         planned = sum(len(step.levels) for step in steps) - sum(len(s["levels"]) for s in record["skipped"])
@@ -175,6 +216,7 @@ def sweep(
     rows: list[Row],
     skipped: list[dict[str, Any]],
     console: Any,
+    dependencies: Dependencies,
 ) -> None:
     """Run every step, appending each level's row to ``rows`` as it is measured, and what it skipped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -201,19 +243,24 @@ def sweep(
             def failed(level: int, exc: RuntimeError, name: str = step.contender.name) -> None:
                 progress.console.print(f"  {name:>13} {level:>10,} [red]{exc}[/red]")
 
-            measured = measure(
-                step.contender,
-                step.levels,
-                step.section.delay_ms,
-                step.duration,
-                settings.warmup,
-                on_level=done,
-                on_error=failed,
-                open_loop=step.section.mode == "open",
-                scenario=step.section.scenario,
-                stop_below=settings.stop_below,
-            )
-            note = skipped_levels(step, measured, settings.stop_below)
+            # A dependency's pool holds a server at a flat rate under the bound: every level is the finding.
+            stop_below = settings.stop_below if step.section.io == "timer" else 0.0
+            with dependencies.sweep(step.section.io) as (flags, probe):
+                measured = measure(
+                    step.contender,
+                    step.levels,
+                    step.section.delay_ms,
+                    step.duration,
+                    settings.warmup,
+                    on_level=done,
+                    on_error=failed,
+                    server_options=flags,
+                    open_loop=step.section.mode == "open",
+                    scenario=step.section.scenario,
+                    stop_below=stop_below,
+                    probe=probe,
+                )
+            note = skipped_levels(step, measured, stop_below)
             if note:
                 skipped.append(note)
                 progress.advance(task, len(note["levels"]))
@@ -243,6 +290,8 @@ def summarise(console: Any, steps: Sequence[Step], rows: list[Row]) -> None:
         bound = "bound = offered rate" if section.mode == "open" else "bound = connections / time per request"
         ordered = sorted(section_rows, key=lambda r: (r.level, r.server))
         console.print(rich_table(f"{section.title}; {bound}", ordered))
+        if section.pools:
+            console.print(f"{report.pools_text(section)} (gunicorn's workers: processes, each with its own)")
         for name, series in by_server(section_rows).items():
             console.print("• " + report.verdict(name, series))
         console.print(f"[bold]{report.finding(section, section_rows)}[/bold]\n")

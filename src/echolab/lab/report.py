@@ -9,12 +9,14 @@ import html
 import importlib.util
 import io
 import json
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..machine import summary
+from ..scenarios import MAX_CONNECTIONS
 from . import charts
 from .contenders import ALL
 from .history import SavedRun
@@ -62,6 +64,9 @@ class Section:
     mode: str  # closed | open
     delay_ms: float  # the bound's D
     options: tuple[str, ...] = ()  # the servers' flags
+    io: str = "timer"  # what a request's IO waits on: timer, or a dependency (postgres, http)
+    # Each server's pool for the dependency: (server, the most it holds at once, in words); lab/pools.py.
+    pools: tuple[tuple[str, int | None, str], ...] = ()
 
     @property
     def key(self) -> str:
@@ -110,6 +115,8 @@ def verdict(server: str, series: list[Row]) -> str:
 def finding(section: Section, rows: list[Row]) -> str:
     """The section in one plain sentence, from its figures: threads against asyncio on TCP, then on
     HTTP (a protocol's servers are alike but for their model), the best server of each side."""
+    if section.io != "timer":
+        return pool_finding(section, rows)
     best: dict[tuple[bool, str], tuple[float, str, list[Row]]] = {}  # (http, family): peak, server, series
     for name, series in by_server(rows).items():
         key = (series[0].framing == "http", FAMILIES.get(name, "other"))
@@ -145,11 +152,69 @@ def scaling(series: list[Row]) -> str:
         text += f", {peak.throughput:,.0f} at {level_text(peak)}"
     if last is not first:
         text += f", {last.throughput:,.0f} at {level_text(last)}"
-    # Ten times the load for less than twice the throughput: the model, not the load, sets the rate.
-    flat = last.connections >= 10 * first.connections and peak.throughput < 2 * first.throughput
-    if first.mode == "closed" and flat:
+    if flat(series):
         text += ", whatever the concurrency"
     return text
+
+
+def flat(series: list[Row]) -> bool:
+    """Ten times the load for less than twice the throughput: the model, not the load, sets the rate."""
+    first, last = series[0], series[-1]
+    peak = max(r.throughput for r in series)
+    wide = last.connections >= 10 * first.connections
+    return first.mode == "closed" and wide and peak < 2 * first.throughput
+
+
+def pools_text(section: Section) -> str:
+    """Each server's pool for the section's dependency, in words; "" for a timer."""
+    if not section.pools:
+        return ""
+    return "pools: " + "; ".join(f"{name}, {text}" for name, _, text in section.pools)
+
+
+def pool_finding(section: Section, rows: list[Row]) -> str:
+    """A dependency's section in one sentence: the servers grouped by the calls they made at once,
+    each group with what held it there (its pool, or PostgreSQL's max_connections) and its rate."""
+    noun = "queries" if section.io == "postgres" else "calls"
+    pools = {name: (limit, text) for name, limit, text in section.pools}
+    groups: dict[tuple[int | None, str, str], list[tuple[str, list[Row]]]] = {}
+    for name, series in by_server(rows).items():
+        seen = [r.dependency_peak for r in series if r.dependency_peak is not None]
+        peak = max(seen) if seen else None
+        limit, text = pools.get(name, (None, ""))
+        if peak is not None and limit is None:
+            kind = "unbounded"  # a pool that does not block (requests) lets through what comes
+        elif peak is not None and peak == limit:
+            kind = "pool"
+        elif section.io == "postgres" and peak is not None and peak >= MAX_CONNECTIONS * HOLD_FRACTION:
+            kind, text = "max_connections", f"PostgreSQL's max_connections of {MAX_CONNECTIONS}"
+        else:
+            kind, text = "other", ""
+        groups.setdefault((peak, kind, text), []).append((name, series))
+    clauses = []
+    for (peak, _, text), members in groups.items():
+        at_once = "" if peak is None else f"with {peak:,} {noun} at once" + (f" ({text})" if text else "")
+        names = " and ".join(name for name, _ in members)
+        tops = [series[-1].throughput for _, series in members]
+        if len(members) > 1 and max(tops) <= 1.15 * min(tops):
+            rate = f"{'both' if len(members) == 2 else 'all'} serve {statistics.median(tops):,.0f} req/s"
+        else:
+            rate = ("serves " if len(members) == 1 else "serve ") + " and ".join(f"{t:,.0f}" for t in tops)
+            rate += " req/s"
+        where = (
+            " at any concurrency"
+            if all(flat(series) for _, series in members)
+            else f" at {level_text(members[0][1][-1])}"
+        )
+        failed = [f"{name} {s[-1].error_count:,}" for name, s in members if s[-1].error_count]
+        clause = ", ".join(part for part in (at_once, f"{names} {rate}{where}") if part)
+        clauses.append(clause + (f" (failed requests: {', '.join(failed)})" if failed else ""))
+    kinds = {kind for _, kind, _ in groups}
+    tail = {
+        frozenset({"pool"}): "the pool, not the model, is the limit",
+        frozenset({"max_connections"}): "PostgreSQL's max_connections, not the model, is the limit",
+    }.get(frozenset(kinds), "")
+    return f"{section.summary}: " + "; ".join(clauses) + (f": {tail}" if tail else "") + "."
 
 
 def times(ratio: float) -> str:
@@ -205,12 +270,24 @@ def section_html(section: Section, rows: list[Row], skipped: Sequence[dict[str, 
 <h2>{html.escape(section.title)}</h2>
 <p class="meta">servers run with <code>{html.escape(flags)}</code>; the bound's time per request
 {section.delay_ms:g} ms</p>
+{pools_html(section)}
 <p class="finding">{html.escape(finding(section, rows))}</p>
 <ul class="verdict">{verdicts}</ul>
 {f'<p>Notes:</p><ul class="notes">{notes}</ul>' if notes else ""}
 {figures}
 <h3>Measurements</h3>{html_table(ordered)}
 </section>"""
+
+
+def pools_html(section: Section) -> str:
+    if not section.pools:
+        return ""
+    return (
+        f'<p class="meta">{html.escape(pools_text(section))}. gunicorn\'s workers are processes, each '
+        "with a pool of its own. <em>at once</em>: the most "
+        f"{'queries PostgreSQL ran' if section.io == 'postgres' else 'calls the downstream served'} "
+        "at once during the level, counted there.</p>"
+    )
 
 
 def history_html(runs: Sequence[SavedRun], here: Path) -> str:
@@ -275,6 +352,10 @@ def partial_banner(partial: dict[str, Any] | None) -> str:
     )
 
 
+def left_out_banner(left_out: dict[str, Any] | None) -> str:
+    return f'<p class="partial">{html.escape(left_out["why"])}</p>' if left_out else ""
+
+
 def write(
     folder: Path,
     rows: list[Row],
@@ -298,6 +379,7 @@ def write(
     head = f"""<h1>Threads or asyncio: where does each one break?</h1>
 <p class="meta">{html.escape(record["started"])} &middot; {html.escape(machine_line)}</p>
 {partial_banner(record.get("partial"))}
+{left_out_banner(record.get("left_out"))}
 <p class="meta">TCP servers in {html.escape(settings["framing"])} framing (the serial baseline in oneshot,
 the HTTP pair over HTTP/1.1 keep-alive), {settings["duration"]:g} s per level after
 {settings["warmup"]:g} s of warm-up, every server natively on loopback, one at a time, the load client on

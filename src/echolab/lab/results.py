@@ -47,6 +47,9 @@ class Row:
     connect_errors: dict[str, int] = field(default_factory=dict)
     problem: str | None = None
     notes: list[str] = field(default_factory=list)
+    # The most calls at once the server's dependency saw (queries running in PostgreSQL, calls in
+    # progress at the downstream): what its pools let through. None: its IO is a timer.
+    dependency_peak: int | None = None
 
     @property
     def level(self) -> float:
@@ -115,6 +118,7 @@ class Column:
     left: bool = False
     wide: bool = False  # only where there is room: the HTML report
     mode: str | None = None  # only in tables of this mode's rows
+    dependency: bool = False  # only in tables of rows whose IO is a dependency
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -133,6 +137,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("p90 ms", lambda r: _ms(r.latency("p90")), wide=True),
     Column("p99 ms", lambda r: _ms(r.latency("p99"))),
     Column("p99.9 ms", lambda r: _ms(r.latency("p99.9")), wide=True),
+    Column(
+        "at once",
+        lambda r: f"{r.dependency_peak:,}" if r.dependency_peak is not None else "-",
+        dependency=True,
+    ),
     Column("errors", lambda r: f"{r.error_count:,}" if r.error_count else ""),
     Column("server CPU", lambda r: f"{r.server_cpu_percent:.0f}%"),
     Column("RSS MiB", lambda r: f"{r.server_rss_mb:.0f}"),
@@ -144,7 +153,12 @@ COLUMNS: tuple[Column, ...] = (
 def columns(rows: list[Row], wide: bool = False) -> list[Column]:
     """The columns for a table of ``rows``: the modes present, the wide ones only if asked."""
     modes = {r.mode for r in rows}
-    return [c for c in COLUMNS if (wide or not c.wide) and (c.mode is None or c.mode in modes)]
+    dependency = any(r.dependency_peak is not None for r in rows)
+    return [
+        c
+        for c in COLUMNS
+        if (wide or not c.wide) and (c.mode is None or c.mode in modes) and (dependency or not c.dependency)
+    ]
 
 
 def by_server(rows: list[Row]) -> dict[str, list[Row]]:

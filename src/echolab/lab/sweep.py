@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -40,6 +40,16 @@ class Usage:
     rss_mb: float = 0.0
     threads: int = 0
     samples: list[tuple[float, float, int]] = field(default_factory=list)
+
+
+class Probe(Protocol):
+    """Counts what a server's dependency sees at once while a level runs (lab/dependencies.py)."""
+
+    def start(self) -> None: ...
+
+    def finish(self) -> int | None:
+        """The most calls in progress at once since :meth:`start`; None if it could not tell."""
+        ...
 
 
 def tree(process: psutil.Process) -> list[psutil.Process]:
@@ -163,6 +173,7 @@ def measure(
     open_loop: bool = False,
     scenario: str = "",
     stop_below: float = 0.0,
+    probe: Probe | None = None,
 ) -> list[Row]:
     """Start ``contender`` once and run the client at each level; one row per level.
 
@@ -175,7 +186,8 @@ def measure(
     With ``on_error``, a level whose client fails is reported there and ends
     this server's sweep (higher levels would only fail worse); the rows so
     far are kept. Without, the error propagates. A level where the server
-    gives less than ``stop_below`` of the bound ends its sweep too.
+    gives less than ``stop_below`` of the bound ends its sweep too. ``probe``, if
+    given, counts the calls at the server's dependency during each level.
     """
     rows: list[Row] = []
     with running(contender, delay_ms, server_options) as (port, process):
@@ -184,6 +196,8 @@ def measure(
             options = (*extra, "--rate", str(level)) if open_loop else extra
             sampler = Sampler(psutil.Process(process.pid))
             sampler.start()
+            if probe is not None:
+                probe.start()
             result: dict[str, Any] = {}
             try:
                 result = bench_once(port, contender.framing, connections, duration, warmup, delay_ms, options)
@@ -194,6 +208,7 @@ def measure(
                 break
             finally:
                 usage = sampler.finish(measured_window(result))
+                peak = probe.finish() if probe is not None else None
             rows.append(
                 Row.from_dict(
                     {
@@ -204,6 +219,7 @@ def measure(
                         "server_cpu_percent": usage.cpu_percent,
                         "server_rss_mb": usage.rss_mb,
                         "server_threads": usage.threads,
+                        "dependency_peak": peak,
                     }
                 )
             )
