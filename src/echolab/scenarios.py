@@ -18,6 +18,23 @@ each model breaks):
 * ``mixed``: 1 ms of CPU, a 5 ms blocking call left on the loop, 50 ms of IO:
   a service with an async driver for most of its IO and one sync call.
 
+Three more make the IO a real dependency (``--io``, issue 18); the lab starts
+it and gives each server its URL (``--database-url``, ``--downstream-url``):
+
+* ``db``: ``SELECT pg_sleep(0.1)`` on PostgreSQL through each driver's
+  default pool (psycopg_pool's 4 connections, asyncpg's 10): the pool, not
+  the model, sets the rate.
+* ``db-pool``: the same through pools of :data:`DB_POOL_SIZE`, one per client
+  at its level, past PostgreSQL's ``max_connections`` (:data:`MAX_CONNECTIONS`),
+  which then sets the rate.
+* ``api``: a 100 ms call to the downstream service through each HTTP client's
+  default pool (httpx's 100 connections; requests' 10, which do not block).
+
+Their telling levels are past those limits, so they carry their own
+(``levels``), as few as show them (``make demo`` stays under five minutes);
+the lab measures every one: a pool holds a server at a flat rate under the
+bound, and that flat rate is the finding.
+
 A flag applies to the servers that read it: ``--offload`` and
 ``--offload-threads`` exist only on the event-loop servers' settings
 (``async``, ``async-http``); a threaded server has nothing to offload, its
@@ -126,13 +143,13 @@ DB_POOL = Scenario(
     f"PostgreSQL's max_connections ({MAX_CONNECTIONS}) is the limit",
     ("--io", "postgres", "--delay-ms", "100", "--pool-size", str(DB_POOL_SIZE)),
     100.0,
-    (100, 1000),
+    (1000,),
 )
 API = Scenario(
     "api",
     "a 100 ms call to a downstream HTTP service per request, through each client's default pool",
     ("--io", "http", "--delay-ms", "100"),
     100.0,
-    (100, 1000),
+    (1000,),
 )
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (IO, CPU, BLOCKING, OFFLOAD, MIXED, DB, DB_POOL, API)}

@@ -12,9 +12,9 @@ through.
   many, the probe the one more. The probe samples ``pg_stat_activity`` for the
   queries running, on a connection it opens before the server starts (with
   every slot taken, it could not open one later).
-* The downstream service (:mod:`.downstream`) starts afresh for each sweep: its
-  peak of calls in progress (a gauge it keeps itself, exact) is then that
-  server's. The levels rise, so after each level it is that level's.
+* The downstream service (:mod:`.downstream`) starts afresh for each sweep,
+  so that the peak of calls in progress it keeps (exact) is that server's; the
+  probe samples its calls in progress too, for a level that does not raise it.
 
 Where PostgreSQL cannot run, :meth:`Dependencies.missing` says why in one
 line, with how to install it; the lab runs the rest.
@@ -35,35 +35,38 @@ from .downstream import DownstreamProcess
 from .postgres import PostgreSQL, unavailable
 from .sweep import Probe
 
-PROBE_EVERY = 0.02  # seconds between two looks at pg_stat_activity: a 100 ms query is seen five times
+# Requests still waiting for a pool when a sweep's client has gone are no one's: a server stops
+# after a second's drain, not its default five, at the end of each sweep.
+DRAIN = ("--drain-timeout", "1")
+PROBE_EVERY = 0.05  # seconds between two looks: a 100 ms call is seen twice
 # The queries of the servers running now, not the probe's own.
 RUNNING_QUERIES = (
     "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
     "AND state = 'active' AND pid <> pg_backend_pid()"
 )
-PEAK_METRIC = "echo_downstream_calls_in_progress_peak"
+IN_PROGRESS = "echo_downstream_calls_in_progress"
+PEAK = "echo_downstream_calls_in_progress_peak"
 
 
-class QueriesRunning:
-    """The most queries running at once in PostgreSQL, sampled from ``pg_stat_activity``."""
+class Sampled:
+    """The most calls at once while a level runs: the largest of ``count()``, read every PROBE_EVERY."""
 
-    def __init__(self, dsn: str) -> None:
-        import psycopg
-
-        self.connection = psycopg.connect(dsn, autocommit=True)
+    def __init__(self) -> None:
         self.peak = 0
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
 
+    def count(self) -> int:
+        raise NotImplementedError
+
     def _sample(self) -> None:
         while not self.stop.wait(PROBE_EVERY):
-            row = self.connection.execute(RUNNING_QUERIES).fetchone()
-            self.peak = max(self.peak, row[0] if row else 0)
+            self.peak = max(self.peak, self.count())
 
     def start(self) -> None:
         self.peak = 0
         self.stop.clear()
-        self.thread = threading.Thread(target=self._sample, name="queries-running", daemon=True)
+        self.thread = threading.Thread(target=self._sample, name="dependency-probe", daemon=True)
         self.thread.start()
 
     def finish(self) -> int | None:
@@ -72,28 +75,54 @@ class QueriesRunning:
             self.thread.join()
         return self.peak
 
+
+class QueriesRunning(Sampled):
+    """The queries running in PostgreSQL, from ``pg_stat_activity``."""
+
+    def __init__(self, dsn: str) -> None:
+        import psycopg
+
+        super().__init__()
+        self.connection = psycopg.connect(dsn, autocommit=True)
+
+    def count(self) -> int:
+        row = self.connection.execute(RUNNING_QUERIES).fetchone()
+        return int(row[0]) if row else 0
+
     def close(self) -> None:
         self.connection.close()
 
 
-class CallsInProgress:
-    """The downstream's own peak of calls in progress, read from its /metrics."""
+class CallsInProgress(Sampled):
+    """The downstream's calls in progress, from its /metrics. It keeps their exact peak since it
+    started: when a level raises it, that level's peak is that exact figure, not a sample."""
 
     def __init__(self, metrics_url: str) -> None:
+        super().__init__()
         self.metrics_url = metrics_url
+        self.before = 0
+
+    def read(self) -> dict[str, float]:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            text = response.read().decode()
+        return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+    def count(self) -> int:
+        with contextlib.suppress(OSError, ValueError):
+            return int(self.read().get(IN_PROGRESS, 0))
+        return 0
 
     def start(self) -> None:
-        pass
+        with contextlib.suppress(OSError, ValueError):
+            self.before = int(self.read().get(PEAK, 0))
+        super().start()
 
     def finish(self) -> int | None:
+        sampled = super().finish()
         with contextlib.suppress(OSError, ValueError):
-            with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
-                text = response.read().decode()
-            for family in text_string_to_metric_families(text):
-                for sample in family.samples:
-                    if sample.name == PEAK_METRIC:
-                        return int(sample.value)
-        return None
+            peak = int(self.read().get(PEAK, 0))
+            return peak if peak > self.before else sampled
+        return sampled
 
 
 def url_flag(io: str) -> str:
@@ -120,14 +149,14 @@ class Dependencies:
                 self.postgres.start()  # close() removes its folder if it fails
             queries = QueriesRunning(self.postgres.dsn)
             try:
-                yield (url_flag(io), self.postgres.dsn), queries
+                yield (url_flag(io), self.postgres.dsn, *DRAIN), queries
             finally:
                 queries.close()
         elif io == "http":
             downstream = DownstreamProcess(("--log-level", "warning"))
             try:
                 downstream.start()
-                yield (url_flag(io), downstream.url), CallsInProgress(downstream.metrics_url)
+                yield (url_flag(io), downstream.url, *DRAIN), CallsInProgress(downstream.metrics_url)
             finally:
                 if downstream.running():
                     downstream.stop()

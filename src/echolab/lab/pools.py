@@ -37,7 +37,8 @@ class Pool:
     def text(self) -> str:
         one = f"{self.library} {self.size:,}"
         if self.size == LIBRARY_DEFAULTS[self.library]:
-            one = f"{self.library}'s default of {self.size}"
+            owner = f"{self.library}'" if self.library.endswith("s") else f"{self.library}'s"
+            one = f"{owner} default of {self.size}"
         if not BLOCKS[self.library]:
             one += ", which does not block"
         if self.workers == 1:
@@ -55,7 +56,8 @@ def pool_of(contender: Contender, scenario: Scenario) -> Pool | None:
     """The pool ``contender`` reaches the scenario's dependency through; None for a timer."""
     if scenario.io == "timer" or contender.server is None:
         return None
-    given = flags_of(contender, scenario)
+    # The run's URL is not known yet, and the pool does not depend on it.
+    given = {"--database-url": "postgresql://lab@127.0.0.1/lab", **flags_of(contender, scenario)}
     known = list(options(contender.server.settings))
     settings = from_environment(
         contender.server.settings, {o.env: given[o.flag] for o in known if o.flag in given}

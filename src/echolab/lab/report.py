@@ -165,6 +165,12 @@ def flat(series: list[Row]) -> bool:
     return first.mode == "closed" and wide and peak < 2 * first.throughput
 
 
+def steady(series: list[Row]) -> bool:
+    """The same throughput, within 15%, from the first level to the last, ten times more connections."""
+    tops = [r.throughput for r in series]
+    return series[-1].connections >= 10 * series[0].connections and max(tops) <= 1.15 * min(tops)
+
+
 def pools_text(section: Section) -> str:
     """Each server's pool for the section's dependency, in words; "" for a timer."""
     if not section.pools:
@@ -203,7 +209,7 @@ def pool_finding(section: Section, rows: list[Row]) -> str:
             rate += " req/s"
         where = (
             " at any concurrency"
-            if all(flat(series) for _, series in members)
+            if all(steady(series) for _, series in members)
             else f" at {level_text(members[0][1][-1])}"
         )
         failed = [f"{name} {s[-1].error_count:,}" for name, s in members if s[-1].error_count]
