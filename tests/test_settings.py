@@ -15,7 +15,13 @@ from echolab import catalogue, settings
 from echolab.servers import protections
 
 # The work model's labels of echo_server_info, at their defaults: 100 ms of IO and nothing else.
-IDLE_WORK = {"delay_ms": "100", "delay_distribution": "fixed", "cpu_ms": "0", "blocking_ms": "0"}
+IDLE_WORK = {
+    "delay_ms": "100",
+    "delay_distribution": "fixed",
+    "cpu_ms": "0",
+    "blocking_ms": "0",
+    "io": "timer",
+}
 
 
 def test_environment_is_used_when_there_is_no_flag(start_server):
@@ -76,6 +82,13 @@ BAD_FLAGS = [
     (("--cpu-ms", "-1"), "--cpu-ms"),
     (("--blocking-ms", "lots"), "--blocking-ms"),
     (("--delay-distribution", "normal"), "--delay-distribution"),
+    (("--io", "sql"), "--io"),
+    (("--io", "postgres"), "--database-url"),  # which it needs
+    (("--database-url", "mysql://db/x"), "--database-url"),
+    (("--database-url", "postgresql://db:port/x"), "--database-url"),
+    (("--downstream-url", "ftp://host/"), "--downstream-url"),
+    (("--pool-size", "-1"), "--pool-size"),
+    (("--pool-timeout", "0"), "--pool-timeout"),
 ]
 
 
@@ -86,6 +99,18 @@ def test_a_bad_flag_is_one_line_and_exit_2(name: str, flags: tuple[str, ...], na
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1, done.stderr
     assert named in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_bad_database_url_is_refused_without_showing_its_password() -> None:
+    url = "postgresql://echolab:s3cret@db:port/echolab"
+    for done in (
+        run_command("serve", "threaded", "--database-url", url, timeout=30),
+        run_command("serve", "async", env={"ECHO_DATABASE_URL": url}, timeout=30),
+        run_command("serve", "async", "--help", env={"ECHO_DATABASE_URL": url}, timeout=30),
+    ):
+        assert "s3cret" not in done.stdout + done.stderr
+        assert "database" in done.stdout + done.stderr
+    assert done.returncode == 0  # --help
 
 
 @pytest.mark.parametrize("variable", ["ECHO_DELAY_MS=soon", "ECHO_PORT=99999", "ECHO_METRICS=maybe"])

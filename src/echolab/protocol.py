@@ -22,6 +22,7 @@ ERROR_TOO_LARGE = b"ERROR message too large\n"
 ERROR_BUSY = b"ERROR too many connections\n"
 ERROR_SHUTTING_DOWN = b"ERROR server shutting down\n"
 ERROR_REQUEST_TIMEOUT = b"ERROR request timeout\n"
+ERROR_DEPENDENCY = b"ERROR dependency\n"  # the request's database or downstream call failed (--io)
 
 
 class MessageTooLarge(Exception):

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
 
 from . import ports
 from .scenarios import SCENARIOS
@@ -35,6 +36,13 @@ ASYNC_APIS = ("streams", "protocol")
 DELAY_DISTRIBUTIONS = ("fixed", "exponential")
 OFFLOADS = ("none", "thread")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+IO_KINDS = ("timer", "postgres", "http")
+DB_DRIVERS = ("psycopg", "asyncpg")
+HTTP_CLIENTS = ("httpx", "requests")
+# What each client's pool holds when --pool-size is 0, its library's own default (tests/servers/
+# test_dependency.py checks these against the libraries): psycopg_pool's min_size (max_size follows it),
+# asyncpg's max_size, httpx's Limits.max_connections, requests' (urllib3's) pool_maxsize.
+LIBRARY_POOL_SIZES = {"psycopg": 4, "asyncpg": 10, "httpx": 100, "requests": 10}
 SUITE_PARTS = ("all", "sweep", "costs")
 
 Check = Callable[[Any], str | None]  # the problem with a value, or None
@@ -82,6 +90,29 @@ def prometheus_duration(value: str) -> str | None:
         return None if duration_seconds(value) > 0 else "must be longer than 0"
     except ValueError:
         return "not a duration: a number and s, m, h or d (15m)"
+
+
+def postgres_url(value: str) -> str | None:
+    """A libpq URL, as both drivers take it: postgresql://[user[:password]@]host[:port]/database."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  # raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError:
+        parts = None
+    if not value or (parts and parts.scheme in ("postgresql", "postgres") and parts.hostname):
+        return None
+    return "not a PostgreSQL URL: postgresql://user:password@host:port/database"
+
+
+def http_url(value: str) -> str | None:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  # see postgres_url
+    except ValueError:
+        parts = None
+    if parts and parts.scheme == "http" and parts.hostname and not parts.query and not parts.fragment:
+        return None
+    return "not an HTTP URL: http://host:port"
 
 
 def known_scenarios(names: tuple[str, ...]) -> str | None:
@@ -139,6 +170,7 @@ class Spec:
     per_server: bool = False  # the default is each server's own, from the catalogue
     work_model: bool = False  # part of a request's simulated work, which a scenario decides whole
     web_ui: bool = False  # Locust: a field of its web UI, which may change it for a run
+    secret: bool = False  # may hold a password: never shown, in an error or in --help
 
 
 def setting(
@@ -151,9 +183,10 @@ def setting(
     per_server: bool = False,
     work_model: bool = False,
     web_ui: bool = False,
+    secret: bool = False,
 ) -> Any:
     """A dataclass field that is a setting."""
-    spec = Spec(help, unit, choices, check, per_server, work_model, web_ui)
+    spec = Spec(help, unit, choices, check, per_server, work_model, web_ui, secret)
     return field(default=default, metadata={"spec": spec})
 
 
@@ -195,7 +228,7 @@ class Option:
             raise SettingError(f"{value!r}: choose from {', '.join(self.spec.choices)}")
         problem = self.spec.check(value) if self.spec.check else None
         if problem:
-            raise SettingError(f"{value!r}: {problem}")
+            raise SettingError(problem if self.spec.secret else f"{value!r}: {problem}")
 
     @property
     def metavar(self) -> str:
@@ -275,7 +308,7 @@ def add_arguments(
         shown = option.describe_default(default)
         raw = environ.get(option.env)
         if raw:
-            default, shown = EnvValue(raw, option.env), raw
+            default, shown = EnvValue(raw, option.env), "set" if option.spec.secret else raw
         text = f"{option.spec.help} [env {option.env}; default {shown}]"
         if option.type is bool:
             action = argparse.BooleanOptionalAction
@@ -397,12 +430,50 @@ class ServeSettings(Settings):
     drain_timeout: float = setting(
         5.0, "on SIGTERM/SIGINT, how long in-flight requests may take to finish", unit="s", check=at_least(0)
     )
+    io: str = setting(
+        "timer",
+        "what a request's IO of --delay-ms is: timer (a sleep), postgres (SELECT pg_sleep on --database-url "
+        "through a driver's pool), http (GET /delay/<ms> on --downstream-url, echolab downstream, through "
+        "an HTTP client's pool); a dependency's failure is answered ERROR dependency (TCP) or 503 (HTTP)",
+        choices=IO_KINDS,
+        work_model=True,
+    )
+    database_url: str = setting(
+        "",
+        "PostgreSQL for --io postgres: postgresql://user:password@host:port/database",
+        check=postgres_url,
+        secret=True,
+    )
+    downstream_url: str = setting(
+        f"http://127.0.0.1:{ports.DOWNSTREAM}", "echolab downstream, for --io http", check=http_url
+    )
+    pool_size: int = setting(
+        0,
+        "connections in the dependency client's pool, per process (each gunicorn worker has its own); "
+        "0: the library's own default: "
+        + ", ".join(f"{name} {size}" for name, size in LIBRARY_POOL_SIZES.items())
+        + " (requests does not wait for one: past it, it opens and drops extra connections)",
+        check=at_least(0),
+        work_model=True,
+    )
+    pool_timeout: float = setting(
+        30.0,
+        "how long a request waits for a pooled connection before it fails (pool_timeout); 30 s is "
+        "psycopg_pool's own default, given to asyncpg and httpx too (requests never waits)",
+        unit="s",
+        check=above(0),
+        work_model=True,
+    )
     log_level: str = setting("info", "log level; per-request lines only at debug", choices=LOG_LEVELS)
     cgroup_root: Path = setting(
         Path("/sys/fs/cgroup"),
         "where the cgroup filesystem is mounted; if the cgroup there (in a container: its own) has a CPU "
         "limit, its throttling is exported as echo_cgroup_*",
     )
+
+    def __post_init__(self) -> None:
+        if self.io == "postgres" and not self.database_url:
+            raise SettingError("--io postgres needs --database-url (ECHO_DATABASE_URL)")
 
 
 @dataclass(frozen=True)
@@ -419,7 +490,7 @@ class TcpSettings(ServeSettings):
 
 @dataclass(frozen=True)
 class OffloadSettings(ServeSettings):
-    """The servers with an event loop: where their blocking work runs."""
+    """The servers with an event loop: where their blocking work runs, and which driver awaits PostgreSQL."""
 
     offload: str = setting(
         "none",
@@ -432,16 +503,42 @@ class OffloadSettings(ServeSettings):
         32, "threads of the offload pool (asyncio's default: min(32, cores + 4))", check=at_least(1),
         work_model=True,
     )  # fmt: skip
+    db_driver: str = setting(
+        "psycopg",
+        "the event loop's PostgreSQL driver for --io postgres: psycopg (3, async, with psycopg_pool's "
+        "AsyncConnectionPool: the threaded servers' driver, so that only the model differs), "
+        "asyncpg (its pool)",
+        choices=DB_DRIVERS,
+        work_model=True,
+    )
+
+
+@dataclass(frozen=True)
+class ThreadIoSettings(ServeSettings):
+    """The servers whose threads call the dependency (psycopg's ConnectionPool for --io postgres)."""
+
+    http_client: str = setting(
+        "httpx",
+        "the threads' HTTP client for --io http: httpx (a Client, whose pool waits up to --pool-timeout), "
+        "requests (a Session, whose pool never waits)",
+        choices=HTTP_CLIENTS,
+        work_model=True,
+    )
 
 
 # The settings of a request's simulated work (servers/work_model.py), which a scenario decides whole.
 WORK_MODEL = tuple(
-    dict.fromkeys(o.name for c in (ServeSettings, OffloadSettings) for o in options(c) if o.spec.work_model)
+    dict.fromkeys(
+        o.name
+        for c in (ServeSettings, OffloadSettings, ThreadIoSettings)
+        for o in options(c)
+        if o.spec.work_model
+    )
 )
 
 
 @dataclass(frozen=True)
-class ThreadedSettings(TcpSettings):
+class ThreadedSettings(TcpSettings, ThreadIoSettings):
     model: str = setting("thread-per-connection", "concurrency model", choices=THREADED_MODELS)
     threads: int = setting(64, "worker threads of the pool model", check=at_least(1))
 
@@ -465,7 +562,7 @@ class HttpSettings(ServeSettings):
 
 
 @dataclass(frozen=True)
-class ThreadedHttpSettings(HttpSettings):
+class ThreadedHttpSettings(HttpSettings, ThreadIoSettings):
     http_threads: int = setting(
         64, "threads per gthread worker process, each serving one request at a time", check=at_least(1)
     )

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..protocol import (
     ERROR_BUSY,
+    ERROR_DEPENDENCY,
     ERROR_REQUEST_TIMEOUT,
     ERROR_SHUTTING_DOWN,
     ERROR_TOO_LARGE,
@@ -79,6 +80,7 @@ class EchoProtocol(asyncio.Protocol):
         "deadlines",
         "delays",
         "ending",
+        "failed",
         "framer",
         "io",
         "message",
@@ -102,6 +104,7 @@ class EchoProtocol(asyncio.Protocol):
         self.framer = make_framer(server.settings.framing, server.settings.max_message_bytes)
         self.message: bytes | None = None  # the request in work
         self.started = self.io = 0.0
+        self.failed = False  # the request in work: its dependency failed
         self.pending = 0  # requests read, not yet answered: those in the framer and the one in work
         self.reading = self.writing = True  # not paused by backpressure; the transport not full
         self.ending = False  # an error line is out (or the client is refused): no more requests
@@ -166,19 +169,31 @@ class EchoProtocol(asyncio.Protocol):
             self.started = time.perf_counter()
             if workload.before_io and not workload.start(self.server.loop, self._blocked):
                 return  # the blocking call is in the offload pool: _blocked goes on
-            io = self.io = workload.io()
-            if io > 0:
-                self.delays.add(self, io)
+            if not self._io():
                 return  # io_done goes on
             self._reply(time.perf_counter())
 
-    def _blocked(self) -> None:
-        """The offloaded call is over: the request's IO, then the requests read behind it."""
-        io = self.io = self.workload.io()
+    def _io(self) -> bool:
+        """Start the request's IO: False if it takes time (io_done follows), True if it is over."""
+        workload = self.workload
+        io = self.io = workload.io()
+        if workload.awaits is not None:
+            workload.await_io(self.server.loop, io, self._called)
+            return False
         if io > 0:
             self.delays.add(self, io)
-        else:
+            return False
+        return True
+
+    def _blocked(self) -> None:
+        """The offloaded call is over: the request's IO, then the requests read behind it."""
+        if self._io():
             self.io_done(time.perf_counter())
+
+    def _called(self, ok: bool) -> None:
+        """The dependency answered, or failed."""
+        self.failed = not ok
+        self.io_done(time.perf_counter())
 
     def io_done(self, now: float) -> None:
         self._reply(now)
@@ -187,18 +202,26 @@ class EchoProtocol(asyncio.Protocol):
     def _reply(self, now: float) -> None:
         message, self.message = self.message, None
         assert message is not None
-        self.workload.finish(self.io)
+        failed, self.failed = self.failed, False
+        if not failed:
+            self.workload.finish(self.io)
         self.pending -= 1
         self.server.in_flight -= 1
         transport = self.transport
         if not transport.is_closing():
-            payload, received, non_utf8 = self.framer.respond([message])
+            if failed:
+                payload, received, non_utf8 = ERROR_DEPENDENCY, 0, 0
+            else:
+                payload, received, non_utf8 = self.framer.respond([message])
             transport.write(payload)
             # A write that fails at once closes the transport: the client reset the
             # connection. With oneshot, reading is paused, so the write is the first to notice.
             if not transport.is_closing():
                 self.answered += 1
-                self.metrics.answered(1, now - self.started, received, len(payload))
+                if failed:
+                    self.metrics.not_answered("dependency_error")
+                else:
+                    self.metrics.answered(1, now - self.started, received, len(payload))
                 if non_utf8:
                     self.metrics.non_utf8(non_utf8)
                 if not self.pending:

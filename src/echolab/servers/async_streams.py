@@ -35,6 +35,7 @@ from typing import Any
 
 from ..protocol import (
     ERROR_BUSY,
+    ERROR_DEPENDENCY,
     ERROR_REQUEST_TIMEOUT,
     ERROR_SHUTTING_DOWN,
     ERROR_TOO_LARGE,
@@ -42,6 +43,7 @@ from ..protocol import (
     make_framer,
 )
 from ..runtime import LINGER_SECONDS
+from .dependency import DependencyError
 from .event_loop import Deadlines, LoopServer, count_connection_error
 
 RECV_SIZE = 65536
@@ -166,8 +168,11 @@ class StreamConnection:
             self.requests += 1
             started = time.perf_counter()
             server.in_flight += 1
+            failed = False
             try:
                 await workload.run_async()
+            except DependencyError:
+                failed = True
             except asyncio.CancelledError:  # cut by the drain timeout
                 metrics.not_answered("aborted")
                 raise
@@ -177,11 +182,15 @@ class StreamConnection:
                 metrics.not_answered("aborted")
                 count_connection_error(metrics, reader.exception())
                 return
-            payload, received, non_utf8 = framer.respond([message])
-            writer.write(payload)
-            metrics.answered(1, time.perf_counter() - started, received, len(payload))
-            if non_utf8:
-                metrics.non_utf8(non_utf8)
+            if failed:
+                writer.write(ERROR_DEPENDENCY)
+                metrics.not_answered("dependency_error")
+            else:
+                payload, received, non_utf8 = framer.respond([message])
+                writer.write(payload)
+                metrics.answered(1, time.perf_counter() - started, received, len(payload))
+                if non_utf8:
+                    metrics.non_utf8(non_utf8)
             self.busy = False
             if not lines:
                 break

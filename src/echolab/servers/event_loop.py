@@ -316,6 +316,7 @@ async def serve(
         )
     loop.set_exception_handler(handle_loop_exception(accept_errors, metrics))
     state = LoopServer(settings, metrics, loop, off)
+    await state.workload.open()
     with binding("echo", settings.host, settings.port):
         server = await start(state, backlog=settings.backlog, **listen(settings))
     watch = StopWatch(state.still_open)
@@ -356,4 +357,5 @@ async def serve(
     server.close()
     cut = await state.shutdown()
     log_drain(state.in_flight_signalled, state.in_flight, cut, time.monotonic() - state.signalled)
+    await state.workload.aclose()
     state.workload.shutdown()

@@ -1,7 +1,8 @@
 """The HTTP echo: one request-handling core, wrapped as a WSGI app and as an ASGI app.
 
 ``POST /echo`` answers 200 with the body transformed by ``protocol.transform``
-after the request's simulated work (:mod:`.work_model`: CPU, a blocking call, IO);
+after the request's simulated work (:mod:`.work_model`: CPU, a blocking call, IO),
+or 503 and the protocol's error line if its dependency failed (``--io``);
 ``GET /healthz`` answers ``ok``; other paths get 404, other methods 405. A
 body over the size limit gets 413 and the protocol's own error line, without
 being read: the declared Content-Length is checked first, and a chunked body
@@ -24,7 +25,8 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 
 from ..catalogue import Server
 from ..metrics import OUTCOMES, WORK_KINDS, Recorder, offload_servers, spec
-from ..protocol import ERROR_TOO_LARGE, HEALTH_PATH, HTTP_PATH, transform
+from ..protocol import ERROR_DEPENDENCY, ERROR_TOO_LARGE, HEALTH_PATH, HTTP_PATH, transform
+from .dependency import DependencyError
 from .work_model import Workload
 
 ROUTES = {HTTP_PATH: "POST", HEALTH_PATH: "GET"}  # path -> the one method it takes
@@ -50,7 +52,11 @@ class Reply:
 HEALTHY = Reply(200, b"ok\n")
 NOT_FOUND = Reply(404, b"not found\n")
 TOO_LARGE = Reply(413, ERROR_TOO_LARGE)
-REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large"}
+DEPENDENCY_FAILED = Reply(503, ERROR_DEPENDENCY)
+REASONS = {
+    200: "OK", 404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large",
+    503: "Service Unavailable",
+}  # fmt: skip
 
 
 def route(method: str, path: str) -> Reply | None:
@@ -156,6 +162,12 @@ class EchoCore:
         else:
             instruments.not_answered("aborted")
 
+    def failed(self) -> Reply:
+        """Count a request whose dependency failed: its reply, a 503."""
+        self.instruments.ended()
+        self.instruments.not_answered("dependency_error")
+        return DEPENDENCY_FAILED
+
 
 # --- WSGI (gunicorn gthread: one worker thread per request) -------------------
 
@@ -195,11 +207,14 @@ def make_wsgi_app(core: EchoCore) -> Callable[[WSGIEnvironment, StartResponse], 
                     try:
                         core.workload.run()
                         reply = core.reply(body)
+                    except DependencyError:
+                        reply = core.failed()
                     except BaseException:  # gunicorn's timeout abort is a SystemExit
                         core.finished(started, len(body), 0, written=False)
                         raise
-                    start_response(f"200 {REASONS[200]}", reply.headers())
-                    return _CountedBody(core, started, len(body), reply)
+                    else:
+                        start_response(f"200 {REASONS[200]}", reply.headers())
+                        return _CountedBody(core, started, len(body), reply)
         start_response(f"{reply.status} {REASONS[reply.status]}", reply.headers())
         return [reply.body]
 
@@ -223,12 +238,15 @@ async def _send(send: Send, reply: Reply, close: bool = False) -> None:
     await send({"type": "http.response.body", "body": reply.body})
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
+async def _lifespan(workload: Workload, receive: Receive, send: Send) -> None:
+    """The worker's start and end: the dependency's pool opens on the worker's loop, and closes."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            await workload.open()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            await workload.aclose()
             await send({"type": "lifespan.shutdown.complete"})
             return
 
@@ -241,7 +259,7 @@ def make_asgi_app(
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            return await _lifespan(receive, send)
+            return await _lifespan(core.workload, receive, send)
         if scope["type"] != "http":
             return None
         reply = route(scope["method"], scope["path"])
@@ -264,6 +282,12 @@ def make_asgi_app(
         sent, written = 0, False
         try:  # cancelled when the graceful timeout runs out: counted as aborted
             await core.workload.run_async()
+        except DependencyError:
+            return await _send(send, core.failed())
+        except BaseException:
+            core.finished(started, len(body), 0, False)
+            raise
+        try:
             reply = core.reply(bytes(body))
             await _send(send, reply)
             sent, written = len(reply.body), not client_gone(receive)

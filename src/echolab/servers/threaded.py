@@ -30,6 +30,7 @@ from ..catalogue import Server
 from ..metrics import ServerMetrics
 from ..protocol import (
     ERROR_BUSY,
+    ERROR_DEPENDENCY,
     ERROR_REQUEST_TIMEOUT,
     ERROR_SHUTTING_DOWN,
     ERROR_TOO_LARGE,
@@ -51,6 +52,7 @@ from ..runtime import (
 )
 from ..settings import ThreadedSettings
 from . import protections, work_model
+from .dependency import DependencyError
 from .work_model import IoOnly, Workload
 
 RECV_SIZE = 65536
@@ -205,14 +207,20 @@ class EchoServer(socketserver.TCPServer):
         """Do one request's work and send its reply; OSError if the client is gone."""
         started = time.perf_counter()
         conn.working = True
+        failed = False
         try:
             self.workload.run()
+        except DependencyError:
+            failed = True
         finally:
             # From here the reply is due: the client has the idle timeout to take it. Set before
             # the work ends, so the sweeper never sees the deadline of the wait before it.
             conn.deadline = (time.monotonic() + self.settings.idle_timeout, "not_reading")
             conn.working = False
-        payload, received, non_utf8 = framer.respond([message])
+        if failed:
+            payload, received, non_utf8 = ERROR_DEPENDENCY, 0, 0
+        else:
+            payload, received, non_utf8 = framer.respond([message])
         try:
             conn.sock.sendall(payload)
         except OSError:
@@ -220,6 +228,9 @@ class EchoServer(socketserver.TCPServer):
             conn.pending = 0
             raise
         conn.pending -= 1
+        if failed:
+            self.metrics.not_answered("dependency_error")
+            return
         self.metrics.answered(1, time.perf_counter() - started, received, len(payload))
         if non_utf8:
             self.metrics.non_utf8(non_utf8)
@@ -474,6 +485,7 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
     if not left:
         server.shutdown()
         server.server_close()
+    server.workload.shutdown()
     # Else the serial model's one connection may still be in its work, inside serve_forever():
     # stopping that would wait for the work. Its thread is a daemon, and the exit closes the listener.
     logging.shutdown()

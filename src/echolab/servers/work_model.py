@@ -19,6 +19,11 @@
 * **IO** (``--delay-ms``): awaited on an event loop, slept through in a
   thread; fixed, or drawn per request from an exponential distribution with
   that mean (``--delay-distribution exponential``), for the long tail of real IO.
+  With ``--io postgres`` or ``--io http`` it is a real dependency instead of
+  a timer: ``SELECT pg_sleep`` of that time, or a call to the downstream
+  service that answers after it, through a driver's pool
+  (:mod:`.postgres_io`, :mod:`.http_io`). A failed call raises
+  :class:`.dependency.DependencyError`, which the server answers with one line.
 
 The offload pool's size: asyncio's default executor has ``min(32, cores + 4)``
 threads, 6 on a two-core machine, which caps 20 ms blocking calls at 300 a
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import random
 import threading
@@ -39,6 +45,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..settings import OffloadSettings, ServeSettings
+from . import dependency
+from .dependency import DependencyError, Events, LoopClient, NoEvents, ThreadClient
 
 # Iterations of the kernel between two looks at the clock: about 10-30 us here, so the work
 # overshoots its setting by half that on average, and reading the clock (a system call, under
@@ -124,7 +132,42 @@ def info(settings: ServeSettings) -> dict[str, str]:
     }
     if isinstance(settings, OffloadSettings):
         labels |= {"offload": settings.offload, "offload_threads": str(settings.offload_threads)}
+    labels["io"] = settings.io
+    if settings.io != "timer":
+        labels |= {
+            "client": dependency.library(settings),
+            "pool_size": str(dependency.pool_size(settings)),
+            "pool_timeout": f"{settings.pool_timeout:g}",
+        }
     return labels
+
+
+def thread_client(settings: ServeSettings, events: Events) -> ThreadClient | None:
+    """The dependency as threads call it (None: --io timer). The drivers are imported only when used."""
+    library = dependency.library(settings)
+    if library == "psycopg":
+        from .postgres_io import ThreadPostgres
+
+        return ThreadPostgres(settings, events)
+    if library:
+        from .http_io import ThreadHttpx, ThreadRequests
+
+        return (ThreadRequests if library == "requests" else ThreadHttpx)(settings, events)
+    return None
+
+
+def loop_client(settings: ServeSettings, events: Events) -> LoopClient | None:
+    """The dependency as an event loop awaits it (None: --io timer)."""
+    library = dependency.library(settings)
+    if library in ("psycopg", "asyncpg"):
+        from .postgres_io import LoopAsyncpg, LoopPsycopg
+
+        return (LoopAsyncpg if library == "asyncpg" else LoopPsycopg)(settings, events)
+    if library:
+        from .http_io import LoopHttpx
+
+        return LoopHttpx(settings, events)
+    return None
 
 
 Record = Callable[[float, float, float], None]  # seconds of (cpu, blocking, io) work done
@@ -139,11 +182,18 @@ class Workload:
 
     Three ways to run it, one per kind of server: :meth:`run` in a thread,
     :meth:`run_async` in a coroutine, and :meth:`start` then ``finish`` in
-    callbacks (the protocol server, whose IO is its own coalesced timer).
+    callbacks (the protocol server, whose IO is its own coalesced timer, or
+    :meth:`await_io` for a dependency). A dependency's failure raises
+    DependencyError (:meth:`await_io`: ``then(False)``), and the IO is not counted.
+    On an event loop, :meth:`open` on the loop first, and :meth:`aclose` at the end.
     """
 
     def __init__(
-        self, settings: ServeSettings, record: Record = _no_record, on_pool_change: PoolChanged | None = None
+        self,
+        settings: ServeSettings,
+        record: Record = _no_record,
+        on_pool_change: PoolChanged | None = None,
+        events: Events | None = None,
     ) -> None:
         self.cpu_seconds = settings.cpu_ms / 1000.0
         self.blocking = settings.blocking_ms / 1000.0
@@ -156,6 +206,13 @@ class Workload:
         if isinstance(settings, OffloadSettings) and settings.offload == "thread" and self.blocking:
             self.pool = OffloadPool(settings.offload_threads, on_pool_change)
         self.before_io = bool(self.cpu_seconds or self.blocking)  # anything to do before the IO
+        self.calls: ThreadClient | None = None  # the dependency, from threads
+        self.awaits: LoopClient | None = None  # the dependency, on an event loop
+        if isinstance(settings, OffloadSettings):
+            self.awaits = loop_client(settings, events or NoEvents())
+        else:
+            self.calls = thread_client(settings, events or NoEvents())
+        self._calls: set[asyncio.Task[None]] = set()  # await_io's: the loop keeps only weak references
 
     @property
     def offloaded(self) -> bool:
@@ -181,7 +238,9 @@ class Workload:
             self.cpu()
             self._block_here()
         io = self.io()
-        if io:
+        if self.calls is not None:
+            self.calls.call(io)
+        elif io:
             time.sleep(io)
         self.finish(io)
 
@@ -196,9 +255,19 @@ class Workload:
             else:
                 self._block_here()
         io = self.io()
-        if io:
+        if self.awaits is not None:
+            await self.awaits.call(io)
+        elif io:
             await asyncio.sleep(io)
         self.finish(io)
+
+    async def open(self) -> None:
+        if self.awaits is not None:
+            await self.awaits.open()
+
+    async def aclose(self) -> None:
+        if self.awaits is not None:
+            await self.awaits.close()
 
     # --- in callbacks -------------------------------------------------------
 
@@ -217,16 +286,36 @@ class Workload:
         self.pool.submit(self.blocking).add_done_callback(done)
         return False
 
+    def await_io(self, loop: asyncio.AbstractEventLoop, io: float, then: Callable[[bool], None]) -> None:
+        """Call the dependency for ``io`` seconds in a task; ``then(ok)`` once it answered or failed
+        (the caller counts the IO with ``finish``, if ok)."""
+        assert self.awaits is not None, "an IO of a dependency"
+        task = loop.create_task(self.awaits.call(io))
+        self._calls.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._calls.discard(task)
+            if task.cancelled():  # the server is stopping
+                return
+            error = task.exception()
+            if error is not None and not isinstance(error, DependencyError):
+                raise error  # a bug: the loop's exception handler logs it
+            then(error is None)
+
+        task.add_done_callback(done)
+
     def shutdown(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
+        if self.calls is not None:
+            self.calls.close()
 
 
 class IoOnly(Workload):
-    """Bench only (:mod:`.protections`): the request's IO alone, uncounted: no CPU or blocking step."""
+    """Bench only (:mod:`.protections`): the request's IO alone (a timer), uncounted: no CPU, no blocking."""
 
     def __init__(self, settings: ServeSettings, record: Record = _no_record) -> None:
-        super().__init__(settings)  # records nothing
+        super().__init__(dataclasses.replace(settings, io="timer"))  # records nothing
         self.before_io = False
 
     def run(self) -> None:
