@@ -67,7 +67,7 @@ def test_the_servers_call_a_real_database_and_api_through_pools_counted_there(
     assert peaks[API.name, "threaded (requests)", 8] > POOL
     api_finding = data["findings"][f"{API.name}-closed"]
     assert f"with {POOL} calls at once (httpx {POOL}), threaded and async" in api_finding
-    assert "calls at once (requests 2, which does not block), threaded (requests)" in api_finding
+    assert "calls at once (requests 2, which does not wait), threaded (requests)" in api_finding
     assert "queries at once" in data["findings"][f"{DB.name}-closed"]
     page = (folder / "index.html").read_text()
     assert "pools: threaded, psycopg_pool 2; async, psycopg_pool 2; async (asyncpg), asyncpg 2" in page

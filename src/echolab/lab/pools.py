@@ -1,11 +1,11 @@
 """The pool a server reaches its dependency through, as its settings give it: for the report to show.
 
 A server under ``--io postgres`` or ``--io http`` holds at most its pool's
-connections at once: psycopg_pool's default of 4, asyncpg's 10, httpx's 100
-(``--pool-size 0``, the library's own; see the settings table). gunicorn's
-workers are processes, and each has a pool of its own: the HTTP servers hold
-``--workers`` times as many. requests' pool does not block: past its 10 it
-opens more connections and throws them away, so it is no limit.
+connections at once: ``--pool-size``, or with 0 its library's own default
+(:data:`echolab.settings.LIBRARY_POOL_SIZES`). gunicorn's workers are
+processes, and each has a pool of its own: the HTTP servers hold
+``--workers`` times as many. requests' pool does not wait: past its 10 it
+opens more connections and drops them, so it is no limit.
 """
 
 from __future__ import annotations
@@ -14,33 +14,34 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..scenarios import Scenario
-from ..settings import from_environment, options
+from ..servers.dependency import library, pool_size
+from ..settings import LIBRARY_POOL_SIZES, from_environment, options
 from .contenders import Contender
 
-# The libraries' own pool sizes: what a server gets with --pool-size 0, the default.
-LIBRARY_DEFAULTS = {"psycopg_pool": 4, "asyncpg": 10, "httpx": 100, "requests": 10}
-BLOCKS = {"psycopg_pool": True, "asyncpg": True, "httpx": True, "requests": False}
+POOLS = {"psycopg": "psycopg_pool"}  # the library whose pool a driver's calls wait for, where it differs
+WAITLESS = {"requests"}  # past its pool it opens more connections (and drops them): no limit
 
 
 @dataclass(frozen=True)
 class Pool:
-    library: str
-    size: int
+    library: str  # the client's, as --db-driver and --http-client name it
+    size: int  # per process
     workers: int  # processes, each with a pool of its own
 
     @property
     def limit(self) -> int | None:
-        """The most connections the server holds at once; None when its pool does not block."""
-        return self.size * self.workers if BLOCKS[self.library] else None
+        """The most connections the server holds at once; None when its pool does not wait."""
+        return None if self.library in WAITLESS else self.size * self.workers
 
     @property
     def text(self) -> str:
-        one = f"{self.library} {self.size:,}"
-        if self.size == LIBRARY_DEFAULTS[self.library]:
-            owner = f"{self.library}'" if self.library.endswith("s") else f"{self.library}'s"
+        name = POOLS.get(self.library, self.library)
+        one = f"{name} {self.size:,}"
+        if self.size == LIBRARY_POOL_SIZES[self.library]:
+            owner = f"{name}'" if name.endswith("s") else f"{name}'s"
             one = f"{owner} default of {self.size}"
-        if not BLOCKS[self.library]:
-            one += ", which does not block"
+        if self.library in WAITLESS:
+            one += ", which does not wait"
         if self.workers == 1:
             return one
         return f"{self.workers} worker processes, each with {one}"
@@ -62,12 +63,7 @@ def pool_of(contender: Contender, scenario: Scenario) -> Pool | None:
     settings = from_environment(
         contender.server.settings, {o.env: given[o.flag] for o in known if o.flag in given}
     )
-    if scenario.io == "postgres":
-        library = "asyncpg" if getattr(settings, "db_driver", "psycopg") == "asyncpg" else "psycopg_pool"
-    else:
-        library = "requests" if getattr(settings, "http_client", "httpx") == "requests" else "httpx"
-    size = getattr(settings, "pool_size", 0) or LIBRARY_DEFAULTS[library]
-    return Pool(library, size, getattr(settings, "workers", 1))
+    return Pool(library(settings), pool_size(settings), getattr(settings, "workers", 1))
 
 
 def pools(contenders: Sequence[Contender], scenario: Scenario) -> tuple[tuple[str, int | None, str], ...]:
