@@ -35,9 +35,9 @@ def test_every_update_is_overridden(enabled: bool, lock: threading.Lock | None) 
 
 @pytest.mark.parametrize("name", ["threaded", "async"])
 def test_the_collector_exports_what_the_catalogue_says(name: str, tmp_path: Path) -> None:
-    """Under a CPU limit, so that the cgroup's metrics are there too."""
+    """Under a CPU limit, and with a real dependency, so that their metrics are there too."""
     kind = server(name)
-    metrics = ServerMetrics(kind, {"framing": "lines"})
+    metrics = ServerMetrics(kind, {"framing": "lines", "io": "postgres"})
     metrics.answered(3, 0.1, 12, 12)
     registry = CollectorRegistry()
     registry.register(metrics)

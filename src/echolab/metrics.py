@@ -56,12 +56,19 @@ DURATION_BUCKETS = (
 )
 # fmt: on
 LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# A pooled connection at once (tens of microseconds), a new one made (a millisecond or more),
+# or a wait for one to come free, up to the 30 s of the default --pool-timeout.
+POOL_WAIT_BUCKETS = (
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
 
 REFUSAL_REASONS = ("max_connections", "shutdown")
 CONNECTION_ERRORS = ("reset", "broken_pipe", "other")
 # Why the server closed a connection on a deadline (docs/server-behavior.md, "Deadlines").
 TIMEOUT_REASONS = ("idle", "request_deadline", "not_reading")
-OUTCOMES = ("ok", "too_large", "aborted")
+OUTCOMES = ("ok", "too_large", "aborted", "dependency_error")
+# Why a request's dependency failed (servers/dependency.py says what each means).
+DEPENDENCY_ERRORS = ("connect", "timeout", "pool_timeout", "query")
 WORK_KINDS = ("cpu", "blocking", "io")
 FAILURE_KINDS = (
     "wrong_reply",
@@ -161,6 +168,7 @@ class MetricSpec:
 
 
 CGROUP_CONDITION = "under a CPU limit (a container with cpus)"
+DEPENDENCY_CONDITION = "with --io postgres or http"
 
 METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("echo_server", "info", "Server implementation and settings"),
@@ -168,7 +176,8 @@ METRICS: tuple[MetricSpec, ...] = (
         "echo_requests",
         "counter",
         "Requests by outcome: ok (answered), too_large (over the size limit, answered with an error), "
-        "aborted (client gone before the reply)",
+        "aborted (client gone before the reply), dependency_error (its database or downstream call "
+        "failed: answered ERROR dependency, or 503)",
         ("server", "outcome"),
     ),
     MetricSpec(
@@ -203,6 +212,38 @@ METRICS: tuple[MetricSpec, ...] = (
         "gauge",
         "Blocking calls waiting for a free offload pool thread",
         exported_by=offload_servers,
+    ),
+    MetricSpec(
+        "echo_dependency_pool_wait_seconds",
+        "histogram",
+        "How long a call waited for its connection to the dependency: psycopg_pool's getconn, asyncpg's "
+        "acquire, httpx until its request's first byte (a new connection's connecting included); "
+        "requests never waits (0)",
+        buckets=POOL_WAIT_BUCKETS,
+        only_when=DEPENDENCY_CONDITION,
+    ),
+    MetricSpec(
+        "echo_dependency_connections_in_use",
+        "gauge",
+        "Connections to the dependency held by calls now (requests' can exceed its pool size); "
+        "gunicorn's workers summed, each with a pool of its own",
+        only_when=DEPENDENCY_CONDITION,
+    ),
+    MetricSpec(
+        "echo_dependency_pool_size",
+        "gauge",
+        "Connections the dependency client's pool holds at most (--pool-size, or its library's default); "
+        "gunicorn's workers summed, each with a pool of its own",
+        only_when=DEPENDENCY_CONDITION,
+    ),
+    MetricSpec(
+        "echo_dependency_errors",
+        "counter",
+        "Requests whose dependency failed, by kind: connect (no connection), timeout (connecting, or the "
+        "answer, too late), pool_timeout (no pooled connection within --pool-timeout), query (the call "
+        "itself failed)",
+        ("server", "kind"),
+        only_when=DEPENDENCY_CONDITION,
     ),
     MetricSpec("echo_connections_active", "gauge", "Open client connections", exported_by=tcp_servers),
     MetricSpec("echo_connections_opened", "counter", "Connections accepted", exported_by=tcp_servers),
@@ -439,6 +480,10 @@ class ServerMetrics(Recorder, Collector):
         "connection_error",
         "accept_error",
         "loop_lag",
+        "dependency_pool",
+        "dependency_acquired",
+        "dependency_released",
+        "dependency_failed",
     )
 
     def __init__(
@@ -450,7 +495,7 @@ class ServerMetrics(Recorder, Collector):
     ) -> None:
         self.server = server
         self.info = dict(info)
-        self.ok = self.too_large = self.aborted = 0  # the OUTCOMES
+        self.ok = self.too_large = self.aborted = self.dependency_error = 0  # the OUTCOMES
         self.duration = Buckets(DURATION_BUCKETS)
         self.non_utf8_requests = 0
         self.received_bytes = self.sent_bytes = 0
@@ -463,6 +508,10 @@ class ServerMetrics(Recorder, Collector):
         self.accept_errors = {errno.errorcode[number]: 0 for number in sorted(RESOURCE_ERRNOS)}
         self.lag = Buckets(LAG_BUCKETS)
         self.cpu_seconds = self.blocking_seconds = self.io_seconds = 0.0
+        self.dependency = self.info.get("io", "timer") != "timer"  # the dependency's metrics, only then
+        self.pool_wait = Buckets(POOL_WAIT_BUCKETS)
+        self.pool_size = self.in_use = 0
+        self.dependency_errors = dict.fromkeys(DEPENDENCY_ERRORS, 0)
         self._active: Callable[[], int] = lambda: 0
         self._in_flight: Callable[[], int] = lambda: 0
         self._pool: Callable[[], tuple[int, int]] = lambda: (0, 0)
@@ -505,6 +554,21 @@ class ServerMetrics(Recorder, Collector):
     def loop_lag(self, seconds: float) -> None:
         self.lag.observe(seconds)
 
+    # The dependency client's (servers/dependency.Events).
+
+    def dependency_pool(self, size: int) -> None:
+        self.pool_size = size
+
+    def dependency_acquired(self, waited: float) -> None:
+        self.in_use += 1
+        self.pool_wait.observe(waited)
+
+    def dependency_released(self) -> None:
+        self.in_use -= 1
+
+    def dependency_failed(self, kind: str) -> None:
+        self.dependency_errors[kind] += 1
+
     def track(self, active: Callable[[], int], in_flight: Callable[[], int]) -> None:
         self._active, self._in_flight = active, in_flight
 
@@ -542,6 +606,11 @@ class ServerMetrics(Recorder, Collector):
             yield family("echo_offload_tasks_queued", name, queued)
         if event_loop_servers(self.server):
             yield family("echo_event_loop_lag_seconds", name, self.lag)
+        if self.dependency:
+            yield family("echo_dependency_pool_wait_seconds", name, self.pool_wait)
+            yield family("echo_dependency_connections_in_use", name, self.in_use)
+            yield family("echo_dependency_pool_size", name, self.pool_size)
+            yield family("echo_dependency_errors", name, self.dependency_errors)
 
 
 class CgroupMetrics(Collector):

@@ -20,7 +20,7 @@ import psycopg
 import psycopg_pool
 import pytest
 import requests
-from support.scrape import scrape
+from support.scrape import Metrics, scrape
 from support.servers import TestServer, clean_environment, settled
 
 from echolab.lab.downstream import DownstreamProcess
@@ -109,6 +109,18 @@ def downstream_count(process: DownstreamProcess, name: str) -> float:
     return scrape(process.metrics_url).value(name, **({"code": "200"} if name.endswith("_total") else {}))
 
 
+def assert_dependency_metrics(after: Metrics, delta: Metrics, calls: int, pool_size: int) -> None:
+    """``calls`` calls done, each having had its connection, none failed, none holding one now."""
+    expected = {
+        "echo_dependency_pool_wait_seconds_count": calls,
+        "echo_dependency_errors_total": 0,
+        'echo_requests_total{outcome="ok"}': calls,
+    }
+    assert delta.counts(expected) == expected
+    held = {"echo_dependency_connections_in_use": 0, "echo_dependency_pool_size": pool_size}
+    assert after.counts(held) == held
+
+
 # --- every server, both dependencies --------------------------------------------------------
 
 
@@ -123,9 +135,15 @@ def test_every_server_answers_through_postgres(start_server, postgres, flags):
     assert ask_all(server, count) == ["ok"] * count
     delta = settled(server, before, count)
     assert delta.query('echo_work_seconds_total{kind="io"}') == pytest.approx(count * 0.05)
-    info = server.scrape().labels("echo_server_info")
-    expected = "asyncpg" if "asyncpg" in flags else "psycopg"
-    assert (info["io"], info["client"]) == ("postgres", expected)
+    after = server.scrape()
+    info = after.labels("echo_server_info")
+    library = "asyncpg" if "asyncpg" in flags else "psycopg"
+    assert (info["io"], info["client"], info["pool_size"]) == (
+        "postgres",
+        library,
+        str(LIBRARY_POOL_SIZES[library]),
+    )
+    assert_dependency_metrics(after, delta, count, LIBRARY_POOL_SIZES[library])
     # Its pool's connections are there, under the server's name.
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
         sessions = conn.execute(
@@ -143,8 +161,11 @@ def test_every_server_answers_through_the_downstream(start_server, downstream, f
     assert ask_all(server, count) == ["ok"] * count
     delta = settled(server, before, count)
     assert delta.query('echo_work_seconds_total{kind="io"}') == pytest.approx(count * 0.05)
-    info = server.scrape().labels("echo_server_info")
-    assert (info["io"], info["client"]) == ("http", "requests" if "requests" in flags else "httpx")
+    after = server.scrape()
+    info = after.labels("echo_server_info")
+    library = "requests" if "requests" in flags else "httpx"
+    assert (info["io"], info["client"]) == ("http", library)
+    assert_dependency_metrics(after, delta, count, LIBRARY_POOL_SIZES[library])
     # The downstream is shared with the module's other tests, which run one at a time on this worker.
     assert downstream_count(downstream, "echo_downstream_requests_total") - calls == count
 
@@ -179,6 +200,18 @@ def most_at_once(probe: Callable[[], float], work: Callable[[], list[str]]) -> t
         watcher.join()
 
 
+def assert_pool_was_the_limit(server: TestServer, before: Metrics, calls: int, size: int) -> None:
+    """The server's own account: every call had a connection, all but the first ``size`` after waiting
+    for one of those to come free (a query of the delay's length, a tenth of a second at least)."""
+    delta = settled(server, before, calls)
+    after = server.scrape()
+    assert_dependency_metrics(after, delta, calls, size)
+    waited = delta.value("echo_dependency_pool_wait_seconds_count") - delta.value(
+        "echo_dependency_pool_wait_seconds_bucket", le="0.1"
+    )
+    assert waited >= calls - size
+
+
 @pytest.mark.parametrize("flags", POOLED.values(), ids=POOLED)
 def test_concurrent_queries_never_exceed_the_pool_size(start_server, postgres, flags):
     size, count = 3, 8
@@ -193,10 +226,12 @@ def test_concurrent_queries_never_exceed_the_pool_size(start_server, postgres, f
             row = monitor.execute(SLEEPING, (name,)).fetchone()
             return float(row[0]) if row else 0.0
 
+        before = server.scrape()
         replies, most = most_at_once(sleeping, lambda: ask_all(server, count))
     assert replies == ["ok"] * count
     # Eight requests at once, three queries at a time: the pool, not the server, is the limit.
     assert most == size
+    assert_pool_was_the_limit(server, before, count, size)
 
 
 HTTP_POOLED = {
@@ -213,8 +248,10 @@ def test_concurrent_calls_never_exceed_the_pool_size(start_server, own_downstrea
     server = start_server(
         *flags, "--io", "http", "--downstream-url", service.url, "--delay-ms", "300", "--pool-size", str(size)
     )
+    before = server.scrape()
     assert ask_all(server, count) == ["ok"] * count
     assert downstream_count(service, "echo_downstream_calls_in_progress_peak") == size
+    assert_pool_was_the_limit(server, before, count, size)
 
 
 def test_requests_never_waits_for_its_pool_it_opens_more(start_server, own_downstream):

@@ -115,7 +115,9 @@ class LoopServer:
         self.connections: set[Connection] = set()
         self.in_flight = 0
         self.closing = False
-        self.workload = (IoOnly if "work" in off else Workload)(settings, metrics.worked)
+        self.workload = (
+            IoOnly(settings) if "work" in off else Workload(settings, metrics.worked, events=metrics)
+        )
         pool = self.workload.pool
         if pool is not None:
             metrics.track_pool(lambda: (pool.busy, pool.queued))

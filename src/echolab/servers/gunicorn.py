@@ -338,8 +338,8 @@ class EchoApplication(BaseApplication):  # type: ignore[misc]  # gunicorn is unt
         settings, server = self.settings, self.server
         if settings.metrics:
             export_garbage_collections()
-        instruments = Instruments(server, settings.metrics)
-        workload = Workload(settings, instruments.worked, instruments.pool_changed)
+        instruments = Instruments(server, settings.metrics, settings.io != "timer")
+        workload = Workload(settings, instruments.worked, instruments.pool_changed, instruments)
         core = EchoCore(instruments, workload, settings.max_message_bytes)
         if server.family == "threaded":
             return make_wsgi_app(core)

@@ -24,7 +24,7 @@ from typing import Any
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 from ..catalogue import Server
-from ..metrics import OUTCOMES, WORK_KINDS, Recorder, offload_servers, spec
+from ..metrics import DEPENDENCY_ERRORS, OUTCOMES, WORK_KINDS, Recorder, offload_servers, spec
 from ..protocol import ERROR_DEPENDENCY, ERROR_TOO_LARGE, HEALTH_PATH, HTTP_PATH, transform
 from .dependency import DependencyError
 from .work_model import Workload
@@ -76,9 +76,13 @@ class Instruments(Recorder):
     registered nowhere: the master's MultiProcessCollector reads the files.
     """
 
-    UPDATES = ("began", "ended", "answered", "not_answered", "non_utf8", "worked", "pool_changed")
+    UPDATES = (
+        "began", "ended", "answered", "not_answered", "non_utf8", "worked", "pool_changed",
+        "dependency_pool", "dependency_acquired", "dependency_released", "dependency_failed",
+    )  # fmt: skip
 
-    def __init__(self, server: Server, enabled: bool = True) -> None:
+    def __init__(self, server: Server, enabled: bool = True, dependency: bool = False) -> None:
+        """``dependency``: the request's IO is a real one (--io), whose metrics this worker exports."""
         if enabled:
             name = server.name
             requests = spec("echo_requests").instrument()
@@ -94,6 +98,12 @@ class Instruments(Recorder):
             if offload_servers(server):  # the others have no pool to report on
                 self.offload_busy = spec("echo_offload_threads_busy").instrument().labels(name)
                 self.offload_queued = spec("echo_offload_tasks_queued").instrument().labels(name)
+            if dependency:
+                self.pool_wait = spec("echo_dependency_pool_wait_seconds").instrument().labels(name)
+                self.in_use = spec("echo_dependency_connections_in_use").instrument().labels(name)
+                self.pool_size = spec("echo_dependency_pool_size").instrument().labels(name)
+                errors = spec("echo_dependency_errors").instrument()
+                self.dependency_errors = {kind: errors.labels(name, kind) for kind in DEPENDENCY_ERRORS}
         super().__init__(enabled)
 
     def began(self) -> None:
@@ -122,6 +132,21 @@ class Instruments(Recorder):
     def pool_changed(self, busy: int, queued: int) -> None:
         self.offload_busy.set(busy)
         self.offload_queued.set(queued)
+
+    # The dependency client's (servers/dependency.Events): this worker's, which the master sums.
+
+    def dependency_pool(self, size: int) -> None:
+        self.pool_size.set(size)
+
+    def dependency_acquired(self, waited: float) -> None:
+        self.in_use.inc()
+        self.pool_wait.observe(waited)
+
+    def dependency_released(self) -> None:
+        self.in_use.dec()
+
+    def dependency_failed(self, kind: str) -> None:
+        self.dependency_errors[kind].inc()
 
 
 class EchoCore:

@@ -100,7 +100,9 @@ class EchoServer(socketserver.TCPServer):
         self.request_queue_size = settings.backlog
         self.settings = settings
         self.metrics = metrics
-        self.workload = (IoOnly if "work" in off else Workload)(settings, metrics.worked)
+        self.workload = (
+            IoOnly(settings) if "work" in off else Workload(settings, metrics.worked, events=metrics)
+        )
         self.stopping = False
         self._connections: dict[socket.socket, Connection] = {}
         self._lock = threading.Lock()

@@ -314,7 +314,7 @@ class Workload:
 class IoOnly(Workload):
     """Bench only (:mod:`.protections`): the request's IO alone (a timer), uncounted: no CPU, no blocking."""
 
-    def __init__(self, settings: ServeSettings, record: Record = _no_record) -> None:
+    def __init__(self, settings: ServeSettings) -> None:
         super().__init__(dataclasses.replace(settings, io="timer"))  # records nothing
         self.before_io = False
 
