@@ -34,7 +34,7 @@ from ..scenarios import SCENARIOS, Scenario
 from ..settings import DemoSettings
 from . import history, report
 from .contenders import ALTERNATIVES, SERIAL, SERVERS_AS_THEY_ARE, Contender
-from .dependencies import Dependencies
+from .dependencies import Dependencies, DependencyFailed
 from .interrupt import Interrupted, held, interruptible
 from .pools import pools
 from .report import Section
@@ -245,21 +245,31 @@ def sweep(
 
             # A dependency's pool holds a server at a flat rate under the bound: every level is the finding.
             stop_below = settings.stop_below if step.section.io == "timer" else 0.0
-            with dependencies.sweep(step.section.io) as (flags, probe):
-                measured = measure(
-                    step.contender,
-                    step.levels,
-                    step.section.delay_ms,
-                    step.duration,
-                    settings.warmup,
-                    on_level=done,
-                    on_error=failed,
-                    server_options=flags,
-                    open_loop=step.section.mode == "open",
-                    scenario=step.section.scenario,
-                    stop_below=stop_below,
-                    probe=probe,
-                )
+            try:
+                with dependencies.sweep(step.section.io) as (flags, probe):
+                    measured = measure(
+                        step.contender,
+                        step.levels,
+                        step.section.delay_ms,
+                        step.duration,
+                        settings.warmup,
+                        on_level=done,
+                        on_error=failed,
+                        server_options=flags,
+                        open_loop=step.section.mode == "open",
+                        scenario=step.section.scenario,
+                        stop_below=stop_below,
+                        probe=probe,
+                    )
+            except DependencyFailed as exc:
+                failed(step.levels[0], exc)
+                progress.advance(task, len(step.levels))
+                why = str(exc).split("\n")[0]  # the line; the log's tail went to the terminal
+                skipped.append(
+                    {"section": step.section.key, "server": step.contender.name, "why": why,
+                     "levels": list(step.levels)}
+                )  # fmt: skip
+                continue
             note = skipped_levels(step, measured, stop_below)
             if note:
                 skipped.append(note)

@@ -30,9 +30,10 @@ from types import TracebackType
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..launcher import LaunchError
 from ..scenarios import MAX_CONNECTIONS
 from .downstream import DownstreamProcess
-from .postgres import PostgreSQL, unavailable
+from .postgres import PostgresError, PostgreSQL, Unavailable, unavailable
 from .sweep import Probe
 
 # Requests still waiting for a pool when a sweep's client has gone are no one's: a server stops
@@ -125,6 +126,10 @@ class CallsInProgress(Sampled):
         return sampled
 
 
+class DependencyFailed(RuntimeError):
+    """The dependency did not start: the message says which and why."""
+
+
 def url_flag(io: str) -> str:
     return {"postgres": "--database-url", "http": "--downstream-url"}[io]
 
@@ -134,6 +139,20 @@ class Dependencies:
 
     def __init__(self) -> None:
         self.postgres: PostgreSQL | None = None
+        self.failed: DependencyFailed | None = None  # PostgreSQL's start, which is not tried twice
+
+    def database(self) -> PostgreSQL:
+        if self.failed is not None:
+            raise self.failed
+        if self.postgres is None:
+            try:
+                self.postgres = PostgreSQL(MAX_CONNECTIONS + 1)
+                self.postgres.start()
+            except (Unavailable, PostgresError, OSError) as exc:
+                self.close()
+                self.failed = DependencyFailed(f"PostgreSQL did not start: {exc}")
+                raise self.failed from None
+        return self.postgres
 
     @staticmethod
     def missing(io: str) -> str | None:
@@ -144,18 +163,19 @@ class Dependencies:
     def sweep(self, io: str) -> Iterator[tuple[tuple[str, ...], Probe | None]]:
         """The server's flags for ``io`` and a probe, for one server's sweep; ((), None) for a timer."""
         if io == "postgres":
-            if self.postgres is None:
-                self.postgres = PostgreSQL(MAX_CONNECTIONS + 1)
-                self.postgres.start()  # close() removes its folder if it fails
-            queries = QueriesRunning(self.postgres.dsn)
+            dsn = self.database().dsn
+            queries = QueriesRunning(dsn)
             try:
-                yield (url_flag(io), self.postgres.dsn, *DRAIN), queries
+                yield (url_flag(io), dsn, *DRAIN), queries
             finally:
                 queries.close()
         elif io == "http":
             downstream = DownstreamProcess(("--log-level", "warning"))
             try:
-                downstream.start()
+                try:
+                    downstream.start()
+                except LaunchError as exc:
+                    raise DependencyFailed(f"the downstream service did not start: {exc}") from None
                 yield (url_flag(io), downstream.url, *DRAIN), CallsInProgress(downstream.metrics_url)
             finally:
                 if downstream.running():

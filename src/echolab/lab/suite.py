@@ -175,9 +175,11 @@ def locust_capacity(seconds: float) -> float:
 
 def show_row(out: Any, r: Row, per_request: bool = False) -> None:
     cpu = f"  CPU {cpu_ms_per_request(r):6.2f} ms/req" if per_request else ""
+    at_once = "" if r.dependency_peak is None else f"  {r.dependency_peak:>5,} at once"
+    errors = f"  {r.error_count:,} errors" if r.error_count else ""
     out.print(
         f"  {r.server:<26} delay {r.delay_ms:>3g} ms  {r.connections:>6} conns  "
-        f"{r.throughput:>9,.0f} req/s  p99 {r.latency('p99') or 0:>8.1f} ms{cpu}"
+        f"{r.throughput:>9,.0f} req/s  p99 {r.latency('p99') or 0:>8.1f} ms{cpu}{at_once}{errors}"
     )
 
 
