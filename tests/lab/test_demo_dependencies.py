@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -132,4 +133,13 @@ def test_the_finding_groups_the_servers_by_what_their_pools_let_through() -> Non
         "pools of 1,000: with 100 queries at once (PostgreSQL's max_connections of 100), threaded and "
         "async both serve 995 req/s at 1,000 connections: PostgreSQL's max_connections, not the model, "
         "is the limit."
+    )
+    # A client that costs more CPU than its calls wait: its pool is not what holds it.
+    section = Section(
+        "api", "a 100 ms call", "closed", 100.0, (), "http", (("async", 100, "httpx's default"),)
+    )
+    measured = [replace(r, server_cpu_percent=99.0) for r in rows("async", (90, 60), 100)]
+    assert finding(section, measured) == (
+        "a 100 ms call: async serves 60 req/s at 1,000 connections, though up to 100 calls at once would "
+        "allow 1,000: the calls' own cost (server CPU 99%), not a pool, is the limit."
     )

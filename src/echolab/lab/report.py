@@ -178,49 +178,68 @@ def pools_text(section: Section) -> str:
     return "pools: " + "; ".join(f"{name}, {text}" for name, _, text in section.pools)
 
 
+# Under this share of what its calls at once allow (calls / time per call), a server is held by the
+# cost of its own calls (the client library's CPU), not by how many its pool lets through.
+SLOW_FRACTION = 0.7
+
+
 def pool_finding(section: Section, rows: list[Row]) -> str:
-    """A dependency's section in one sentence: the servers grouped by the calls they made at once,
-    each group with what held it there (its pool, or PostgreSQL's max_connections) and its rate."""
+    """A dependency's section in one sentence, at each server's top level: the servers grouped by the
+    calls they made at once and what held them there (a pool, PostgreSQL's max_connections, or the
+    cost of the calls themselves), with their rates."""
     noun = "queries" if section.io == "postgres" else "calls"
     pools = {name: (limit, text) for name, limit, text in section.pools}
     groups: dict[tuple[int | None, str, str], list[tuple[str, list[Row]]]] = {}
     for name, series in by_server(rows).items():
-        seen = [r.dependency_peak for r in series if r.dependency_peak is not None]
-        peak = max(seen) if seen else None
+        top = series[-1]
+        peak = top.dependency_peak
         limit, text = pools.get(name, (None, ""))
-        if peak is not None and limit is None:
-            kind = "unbounded"  # a pool that does not block (requests) lets through what comes
-        elif peak is not None and peak == limit:
+        if peak is None:
+            kind, text = "unknown", ""
+        elif top.throughput < SLOW_FRACTION * peak / (section.delay_ms / 1000):
+            kind, text = "slow", ""
+        elif limit is None:
+            kind = "unbounded"  # a pool that does not wait (requests) lets through what comes
+        elif peak == limit:
             kind = "pool"
-        elif section.io == "postgres" and peak is not None and peak >= MAX_CONNECTIONS * HOLD_FRACTION:
+        elif section.io == "postgres" and peak >= MAX_CONNECTIONS * HOLD_FRACTION:
             kind, text = "max_connections", f"PostgreSQL's max_connections of {MAX_CONNECTIONS}"
         else:
             kind, text = "other", ""
         groups.setdefault((peak, kind, text), []).append((name, series))
-    clauses = []
-    for (peak, _, text), members in groups.items():
-        at_once = "" if peak is None else f"with {peak:,} {noun} at once" + (f" ({text})" if text else "")
-        names = " and ".join(name for name, _ in members)
-        tops = [series[-1].throughput for _, series in members]
-        if len(members) > 1 and max(tops) <= 1.15 * min(tops):
-            rate = f"{'both' if len(members) == 2 else 'all'} serve {statistics.median(tops):,.0f} req/s"
-        else:
-            rate = ("serves " if len(members) == 1 else "serve ") + " and ".join(f"{t:,.0f}" for t in tops)
-            rate += " req/s"
-        where = (
-            " at any concurrency"
-            if all(steady(series) for _, series in members)
-            else f" at {level_text(members[0][1][-1])}"
-        )
-        failed = [f"{name} {s[-1].error_count:,}" for name, s in members if s[-1].error_count]
-        clause = ", ".join(part for part in (at_once, f"{names} {rate}{where}") if part)
-        clauses.append(clause + (f" (failed requests: {', '.join(failed)})" if failed else ""))
+    clauses = [group_clause(key, members, noun, section.delay_ms) for key, members in groups.items()]
     kinds = {kind for _, kind, _ in groups}
     tail = {
         frozenset({"pool"}): "the pool, not the model, is the limit",
         frozenset({"max_connections"}): "PostgreSQL's max_connections, not the model, is the limit",
     }.get(frozenset(kinds), "")
     return f"{section.summary}: " + "; ".join(clauses) + (f": {tail}" if tail else "") + "."
+
+
+def group_clause(
+    key: tuple[int | None, str, str], members: list[tuple[str, list[Row]]], noun: str, delay_ms: float
+) -> str:
+    peak, kind, text = key
+    names = " and ".join(name for name, _ in members)
+    tops = [series[-1].throughput for _, series in members]
+    if len(members) > 1 and max(tops) <= 1.15 * min(tops):
+        rate = f"{'both' if len(members) == 2 else 'all'} serve {statistics.median(tops):,.0f} req/s"
+    else:
+        rate = ("serves " if len(members) == 1 else "serve ") + " and ".join(f"{t:,.0f}" for t in tops)
+        rate += " req/s"
+    steady_rate = all(steady(series) for _, series in members)
+    where = " at any concurrency" if steady_rate else f" at {level_text(members[0][1][-1])}"
+    failed = [f"{name} {s[-1].error_count:,}" for name, s in members if s[-1].error_count]
+    errors = f" (failed requests: {', '.join(failed)})" if failed else ""
+    if kind == "slow":
+        cpu = ", ".join(f"{s[-1].server_cpu_percent:.0f}%" for _, s in members)
+        allowed = (peak or 0) / (delay_ms / 1000)
+        return (
+            f"{names} {rate}{where}{errors}, though up to {peak:,} {noun} at once would allow "
+            f"{allowed:,.0f}: the calls' own cost (server CPU {cpu}), not a pool, is the limit"
+        )
+    at_once = "" if peak is None else f"with {peak:,} {noun} at once" + (f" ({text})" if text else "")
+    return ", ".join(part for part in (at_once, f"{names} {rate}{where}") if part) + errors
 
 
 def times(ratio: float) -> str:
