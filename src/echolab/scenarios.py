@@ -31,9 +31,10 @@ it and gives each server its URL (``--database-url``, ``--downstream-url``):
   default pool (httpx's 100 connections; requests' 10, which do not block).
 
 Their telling levels are past those limits, so they carry their own
-(``levels``), as few as show them (``make demo`` stays under five minutes);
-the lab measures every one: a pool holds a server at a flat rate under the
-bound, and that flat rate is the finding.
+(``levels``), as few as show them, and db-pool and api run in the demo on the
+line-protocol servers alone (``servers``): ``make demo`` stays under five
+minutes. The lab measures every level: a pool holds a server at a flat rate
+under the bound, and that flat rate is the finding.
 
 A flag applies to the servers that read it: ``--offload`` and
 ``--offload-threads`` exist only on the event-loop servers' settings
@@ -79,6 +80,7 @@ class Scenario:
     options: tuple[str, ...]  # `echolab serve` flag-value pairs; each applies where a server reads it
     delay_hint_ms: float  # the time one request takes on an idle server: the Little's-law bound's D
     levels: tuple[int, ...] = ()  # the demo's levels for it; () for its --other-levels
+    servers: tuple[str, ...] = ()  # the demo runs it on these servers alone; () on every one
 
     @property
     def io(self) -> str:
@@ -130,6 +132,9 @@ MIXED = Scenario(
 # PostgreSQL's own default, set explicitly wherever the lab runs one: what a service meets.
 MAX_CONNECTIONS = 100
 DB_POOL_SIZE = 1000  # db-pool's pools: one connection per client at its top level
+# The demo runs db-pool and api on the line-protocol servers alone, to stay under five minutes; db
+# shows the HTTP pair's pools (a pool in each gunicorn worker).
+TCP_SERVERS = ("threaded", "async")
 DB = Scenario(
     "db",
     "100 ms of pg_sleep per request on PostgreSQL, through each driver's default pool",
@@ -144,6 +149,7 @@ DB_POOL = Scenario(
     ("--io", "postgres", "--delay-ms", "100", "--pool-size", str(DB_POOL_SIZE)),
     100.0,
     (1000,),
+    TCP_SERVERS,
 )
 API = Scenario(
     "api",
@@ -151,5 +157,6 @@ API = Scenario(
     ("--io", "http", "--delay-ms", "100"),
     100.0,
     (1000,),
+    TCP_SERVERS,
 )
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (IO, CPU, BLOCKING, OFFLOAD, MIXED, DB, DB_POOL, API)}

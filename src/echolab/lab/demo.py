@@ -123,7 +123,11 @@ def plan(settings: DemoSettings) -> list[Step]:
     steps = []
     for index, scenario in enumerate(scenarios(settings)):
         first = index == 0
-        servers = [*contenders(settings), *alternatives(settings, scenario)]
+        servers = [
+            v
+            for v in (*contenders(settings), *alternatives(settings, scenario))
+            if not scenario.servers or (v.server is not None and v.server.name in scenario.servers)
+        ]
         closed = Section(
             scenario.name, scenario.summary, "closed", scenario.delay_hint_ms, scenario.options,
             scenario.io, pools(servers, scenario),
