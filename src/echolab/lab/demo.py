@@ -128,17 +128,19 @@ def plan(settings: DemoSettings) -> list[Step]:
             for v in (*contenders(settings), *alternatives(settings, scenario))
             if not scenario.servers or (v.server is not None and v.server.name in scenario.servers)
         ]
+        levels = scenario.levels or (settings.levels if first else settings.other_levels)
+        # The article's baseline belongs to the article's workload, a timer.
+        serial_levels = (
+            tuple(n for n in levels if n <= SERIAL_MAX_LEVEL) if first and not scenario.levels else ()
+        )
+        sweeps = [(v, serial_levels if v is SERIAL else levels) for v in servers]
+        sweeps = [(v, at) for v, at in sweeps if at]
         closed = Section(
             scenario.name, scenario.summary, "closed", scenario.delay_hint_ms, scenario.options,
-            scenario.io, pools(servers, scenario),
+            scenario.io, pools([v for v, _ in sweeps], scenario),
         )  # fmt: skip
         duration = settings.duration if first else settings.other_duration
-        for contender in servers:
-            levels = scenario.levels or (settings.levels if first else settings.other_levels)
-            if contender is SERIAL:  # the article's baseline belongs to the article's workload
-                levels = tuple(n for n in levels if n <= SERIAL_MAX_LEVEL) if first else ()
-            if levels:
-                steps.append(Step(closed, with_options(contender, scenario), levels, duration))
+        steps += [Step(closed, with_options(v, scenario), levels, duration) for v, levels in sweeps]
         if first and settings.open_loop and not scenario.levels:
             opened = dataclasses.replace(closed, mode="open")
             steps += [

@@ -179,7 +179,7 @@ def pools_text(section: Section) -> str:
 
 
 # Under this share of what its calls at once allow (calls / time per call), a server is held by the
-# cost of its own calls (the client library's CPU), not by how many its pool lets through.
+# time its calls take through the client (its CPU, or waiting for it), not by how many its pool lets through.
 SLOW_FRACTION = 0.7
 
 
@@ -187,7 +187,7 @@ def pool_finding(section: Section, rows: list[Row]) -> str:
     """A dependency's section in one sentence, at each server's top level: the servers grouped by the
     calls they made at once and what held them there (a pool, PostgreSQL's max_connections, or the
     cost of the calls themselves), with their rates."""
-    noun = "queries" if section.io == "postgres" else "calls"
+    noun = ("query", "queries") if section.io == "postgres" else ("call", "calls")
     pools = {name: (limit, text) for name, limit, text in section.pools}
     groups: dict[tuple[int | None, str, str], list[tuple[str, list[Row]]]] = {}
     for name, series in by_server(rows).items():
@@ -217,9 +217,13 @@ def pool_finding(section: Section, rows: list[Row]) -> str:
 
 
 def group_clause(
-    key: tuple[int | None, str, str], members: list[tuple[str, list[Row]]], noun: str, delay_ms: float
+    key: tuple[int | None, str, str],
+    members: list[tuple[str, list[Row]]],
+    noun: tuple[str, str],
+    delay_ms: float,
 ) -> str:
     peak, kind, text = key
+    calls = f"{peak or 0:,} {noun[peak != 1]}"  # noun: (singular, plural)
     names = " and ".join(name for name, _ in members)
     tops = [series[-1].throughput for _, series in members]
     if len(members) > 1 and max(tops) <= 1.15 * min(tops):
@@ -235,10 +239,11 @@ def group_clause(
         cpu = ", ".join(f"{s[-1].server_cpu_percent:.0f}%" for _, s in members)
         allowed = (peak or 0) / (delay_ms / 1000)
         return (
-            f"{names} {rate}{where}{errors}, though up to {peak:,} {noun} at once would allow "
-            f"{allowed:,.0f}: the calls' own cost (server CPU {cpu}), not a pool, is the limit"
+            f"{names} {rate}{where}{errors}, under the {allowed:,.0f} that up to {calls} at once would "
+            f"allow: not the pool's size but the time each call takes, {delay_ms:g} ms and more through "
+            f"the client, is the limit (server CPU {cpu})"
         )
-    at_once = "" if peak is None else f"with {peak:,} {noun} at once" + (f" ({text})" if text else "")
+    at_once = "" if peak is None else f"with {calls} at once" + (f" ({text})" if text else "")
     return ", ".join(part for part in (at_once, f"{names} {rate}{where}") if part) + errors
 
 
