@@ -20,11 +20,14 @@ import psycopg
 import psycopg_pool
 import pytest
 import requests
+from support.postgres import ephemeral_postgres
 from support.scrape import Metrics, scrape
 from support.servers import TestServer, clean_environment, settled
+from support.waiting import TIMEOUT, poll_until
 
 from echolab.lab.downstream import DownstreamProcess
 from echolab.lab.postgres import PostgreSQL
+from echolab.metrics import DEPENDENCY_ERRORS
 from echolab.protocol import ERROR_DEPENDENCY
 from echolab.settings import LIBRARY_POOL_SIZES
 
@@ -105,6 +108,25 @@ def own_downstream(tmp_path: Path) -> Iterator[Callable[[], DownstreamProcess]]:
         assert "Traceback" not in process.log, process.log
 
 
+@pytest.fixture(scope="module")
+def stoppable_postgres() -> Iterator[PostgreSQL]:
+    """A PostgreSQL of this module's own, which its fault tests stop and start (one initdb for all of
+    them: they are one xdist group, FAULTS); running at the start of each test."""
+    with ephemeral_postgres(max_connections=20) as server:
+        yield server
+
+
+@pytest.fixture
+def faulty_postgres(stoppable_postgres: PostgreSQL) -> PostgreSQL:
+    if not stoppable_postgres.running():
+        stoppable_postgres.start()
+    return stoppable_postgres
+
+
+# The tests that stop and start stoppable_postgres: one worker runs them, one after the other.
+FAULTS = pytest.mark.xdist_group("dependency-faults")
+
+
 def downstream_count(process: DownstreamProcess, name: str) -> float:
     return scrape(process.metrics_url).value(name, **({"code": "200"} if name.endswith("_total") else {}))
 
@@ -121,6 +143,21 @@ def assert_dependency_metrics(after: Metrics, delta: Metrics, calls: int, pool_s
     assert after.counts(held) == held
 
 
+def answers_through(server: TestServer, io: str, library: str) -> int:
+    """A few requests at once, all answered through ``library``'s pool, at its default size; how many."""
+    before = server.scrape()
+    count = 4
+    assert ask_all(server, count) == ["ok"] * count
+    delta = settled(server, before, count)
+    assert delta.query('echo_work_seconds_total{kind="io"}') == pytest.approx(count * 0.05)
+    after = server.scrape()
+    info = after.labels("echo_server_info")
+    size = LIBRARY_POOL_SIZES[library]
+    assert (info["io"], info["client"], info["pool_size"]) == (io, library, str(size))
+    assert_dependency_metrics(after, delta, count, size)
+    return count
+
+
 # --- every server, both dependencies --------------------------------------------------------
 
 
@@ -130,20 +167,7 @@ def test_every_server_answers_through_postgres(start_server, postgres, flags):
     server = start_server(
         *flags, "--io", "postgres", "--database-url", app_url(postgres, name), "--delay-ms", "50"
     )
-    before = server.scrape()
-    count = 4
-    assert ask_all(server, count) == ["ok"] * count
-    delta = settled(server, before, count)
-    assert delta.query('echo_work_seconds_total{kind="io"}') == pytest.approx(count * 0.05)
-    after = server.scrape()
-    info = after.labels("echo_server_info")
-    library = "asyncpg" if "asyncpg" in flags else "psycopg"
-    assert (info["io"], info["client"], info["pool_size"]) == (
-        "postgres",
-        library,
-        str(LIBRARY_POOL_SIZES[library]),
-    )
-    assert_dependency_metrics(after, delta, count, LIBRARY_POOL_SIZES[library])
+    answers_through(server, "postgres", "asyncpg" if "asyncpg" in flags else "psycopg")
     # Its pool's connections are there, under the server's name.
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
         sessions = conn.execute(
@@ -155,19 +179,44 @@ def test_every_server_answers_through_postgres(start_server, postgres, flags):
 @pytest.mark.parametrize("flags", [*SERVERS.values(), *REQUESTS.values()], ids=[*SERVERS, *REQUESTS])
 def test_every_server_answers_through_the_downstream(start_server, downstream, flags):
     server = start_server(*flags, "--io", "http", "--downstream-url", downstream.url, "--delay-ms", "50")
-    before = server.scrape()
     calls = downstream_count(downstream, "echo_downstream_requests_total")
+    count = answers_through(server, "http", "requests" if "requests" in flags else "httpx")
+    # The downstream is shared with the module's other tests, which run one at a time on this worker.
+    assert downstream_count(downstream, "echo_downstream_requests_total") - calls == count
+
+
+@pytest.mark.parametrize("name", ["threaded-http", "async-http"])
+def test_each_gunicorn_worker_has_a_pool_of_its_own(start_http, postgres, name):
+    server = start_http(name, "--io", "postgres", "--database-url", postgres.dsn, "--pool-size", "3")
+    # Two worker processes, three connections each: the server's pool is their sum.
+    server.wait_metrics(lambda m: m.value("echo_dependency_pool_size") == 6)
+    assert server.scrape().labels("echo_server_info")["pool_size"] == "3"
+
+
+WITH_WORK = {
+    "threaded": ("threaded",),
+    "async-streams-offload": ("async", "--api", "streams", "--offload", "thread"),
+    "async-protocol-offload": ("async", "--api", "protocol", "--offload", "thread"),
+    "async-protocol": ("async", "--api", "protocol"),
+    "async-http-offload": ("async-http", "--workers", "1", "--offload", "thread"),
+}
+
+
+@pytest.mark.parametrize("flags", WITH_WORK.values(), ids=WITH_WORK)
+def test_cpu_and_blocking_work_come_before_the_dependency(start_server, downstream, flags):
+    server = start_server(
+        *flags, "--io", "http", "--downstream-url", downstream.url, "--delay-ms", "20", "--cpu-ms", "2",
+        "--blocking-ms", "10",
+    )  # fmt: skip
+    before = server.scrape()
     count = 4
     assert ask_all(server, count) == ["ok"] * count
     delta = settled(server, before, count)
-    assert delta.query('echo_work_seconds_total{kind="io"}') == pytest.approx(count * 0.05)
-    after = server.scrape()
-    info = after.labels("echo_server_info")
-    library = "requests" if "requests" in flags else "httpx"
-    assert (info["io"], info["client"]) == ("http", library)
-    assert_dependency_metrics(after, delta, count, LIBRARY_POOL_SIZES[library])
-    # The downstream is shared with the module's other tests, which run one at a time on this worker.
-    assert downstream_count(downstream, "echo_downstream_requests_total") - calls == count
+    work = {
+        kind: delta.query(f'echo_work_seconds_total{{kind="{kind}"}}') for kind in ("cpu", "blocking", "io")
+    }
+    assert work == pytest.approx({"cpu": count * 0.002, "blocking": count * 0.01, "io": count * 0.02})
+    assert delta.value("echo_dependency_pool_wait_seconds_count") == count
 
 
 # --- the pool is the limit ------------------------------------------------------------------
@@ -279,3 +328,213 @@ def test_the_library_defaults_are_the_libraries_own():
     assert libraries == LIBRARY_POOL_SIZES
     assert default(psycopg_pool.ConnectionPool.__init__, "max_size") is None  # None: min_size's
     assert default(psycopg_pool.AsyncConnectionPool.__init__, "min_size") == LIBRARY_POOL_SIZES["psycopg"]
+
+
+# --- failures: counted by kind, answered at once, and over without a restart ------------------
+
+# Each client once (psycopg's pools, sync and async, behind a gate; asyncpg's and httpx's connect when
+# asked), and both HTTP servers' 503.
+DB_DOWN_AT_START = {
+    "threaded": ("threaded",),
+    "async-streams": ("async", "--api", "streams"),
+    "async-protocol-asyncpg": ("async", "--api", "protocol", "--db-driver", "asyncpg"),
+}
+DOWN_AT_START = {
+    "threaded": ("threaded",),
+    "async-protocol": ("async", "--api", "protocol"),
+    "threaded-http": ("threaded-http", "--workers", "1"),
+    "async-http": ("async-http", "--workers", "1"),
+}
+
+
+def errors_by_kind(server: TestServer, before: Metrics) -> dict[str, float]:
+    """The dependency's errors since ``before``, by kind, those that occurred."""
+    delta = server.scrape() - before
+    counts = {kind: delta.value("echo_dependency_errors_total", kind=kind) for kind in DEPENDENCY_ERRORS}
+    return {kind: count for kind, count in counts.items() if count}
+
+
+def fails_then_recovers(server: TestServer, bring_back: Callable[[], object]) -> None:
+    """With the dependency down, every request fails at once, counted as connect; once it is back, the
+    server serves again, the same process."""
+    before = server.scrape()
+    count = 5
+    # One after the other, each within the client's timeout of a few seconds, not the pool's 30 s.
+    assert [ask(server) for _ in range(count)] == ["dependency"] * count
+    delta = server.scrape() - before
+    expected = {
+        'echo_dependency_errors_total{kind="connect"}': count,
+        "echo_dependency_errors_total": count,
+        'echo_requests_total{outcome="dependency_error"}': count,
+    }
+    assert delta.counts(expected) == expected
+    pid = server.pid
+    bring_back()
+    poll_until(
+        lambda: ask(server),
+        lambda reply: reply == "ok",
+        what="a reply once the dependency is back",
+        timeout=3 * TIMEOUT,
+    )
+    assert ask_all(server, count) == ["ok"] * count
+    assert server.pid == pid
+
+
+@FAULTS
+@pytest.mark.parametrize("flags", DB_DOWN_AT_START.values(), ids=DB_DOWN_AT_START)
+def test_postgres_down_at_start_fails_each_request_at_once_then_serves_when_it_is_back(
+    start_server, faulty_postgres, flags
+):
+    faulty_postgres.stop()
+    server = start_server(
+        *flags, "--io", "postgres", "--database-url", faulty_postgres.dsn, "--delay-ms", "20"
+    )
+    fails_then_recovers(server, faulty_postgres.start)
+
+
+@pytest.mark.parametrize("flags", DOWN_AT_START.values(), ids=DOWN_AT_START)
+def test_the_downstream_down_at_start_fails_each_request_at_once_then_serves_when_it_is_back(
+    start_server, own_downstream, flags
+):
+    service = own_downstream()  # its ports chosen, not started
+    server = start_server(*flags, "--io", "http", "--downstream-url", service.url, "--delay-ms", "20")
+    fails_then_recovers(server, service.start)
+
+
+POOL_TIMEOUTS = {
+    "threaded-psycopg": ("threaded", "--io", "postgres"),
+    "async-psycopg": ("async", "--io", "postgres"),
+    "async-asyncpg": ("async", "--io", "postgres", "--db-driver", "asyncpg"),
+    "threaded-httpx": ("threaded", "--io", "http"),
+    "async-httpx": ("async", "--io", "http"),
+}
+
+
+@pytest.mark.parametrize("flags", POOL_TIMEOUTS.values(), ids=POOL_TIMEOUTS)
+def test_a_request_that_waits_past_the_pool_timeout_fails_as_pool_timeout(
+    start_server, postgres, downstream, flags
+):
+    # One connection, held for 3 s by whichever request has it; the other two wait half a second.
+    server = start_server(
+        *flags, "--database-url", postgres.dsn, "--downstream-url", downstream.url, "--delay-ms", "3000",
+        "--pool-size", "1", "--pool-timeout", "0.5",
+    )  # fmt: skip
+    before = server.scrape()
+    assert sorted(ask_all(server, 3)) == ["dependency", "dependency", "ok"]
+    delta = server.scrape() - before
+    expected = {'echo_dependency_errors_total{kind="pool_timeout"}': 2, "echo_dependency_errors_total": 2}
+    assert delta.counts(expected) == expected
+
+
+@FAULTS
+@pytest.mark.parametrize("flags", [("threaded",), ("async",)], ids=["threaded", "async"])
+def test_a_pool_larger_than_max_connections_queues_for_the_connections_there_are(
+    start_server, faulty_postgres, flags
+):
+    # 20 connections at most, one of them the test's: psycopg's pool of 30 gets 19, and its attempts
+    # at more are refused ("too many clients"); requests queue for those 19 and none fails.
+    count, name = 40, "crowded_" + flags[0]
+    server = start_server(
+        *flags, "--io", "postgres", "--database-url", app_url(faulty_postgres, name), "--delay-ms", "300",
+        "--pool-size", "30",
+    )  # fmt: skip
+    with psycopg.connect(faulty_postgres.dsn, autocommit=True) as monitor:
+        before = server.scrape()
+
+        def sleeping() -> float:
+            row = monitor.execute(SLEEPING, (name,)).fetchone()
+            return float(row[0]) if row else 0.0
+
+        replies, most = most_at_once(sleeping, lambda: ask_all(server, count))
+    assert replies == ["ok"] * count
+    assert 0 < most <= faulty_postgres.max_connections - 1
+    assert errors_by_kind(server, before) == {}
+
+
+@FAULTS
+def test_asyncpg_past_max_connections_fails_the_requests_it_cannot_connect_for(start_server, faulty_postgres):
+    # asyncpg connects when a request acquires: refused ("too many clients"), that request fails.
+    count = 40
+    server = start_server(
+        "async", "--io", "postgres", "--db-driver", "asyncpg", "--database-url", faulty_postgres.dsn,
+        "--delay-ms", "300", "--pool-size", "30",
+    )  # fmt: skip
+    before = server.scrape()
+    replies = ask_all(server, count)
+    assert set(replies) == {"ok", "dependency"}
+    assert errors_by_kind(server, before) == {"connect": replies.count("dependency")}
+
+
+RESTARTED = {
+    "threaded": ("threaded",),
+    "async-streams": ("async", "--api", "streams"),
+    "async-protocol-asyncpg": ("async", "--api", "protocol", "--db-driver", "asyncpg"),
+}
+
+
+@FAULTS
+@pytest.mark.parametrize("flags", RESTARTED.values(), ids=RESTARTED)
+def test_a_postgres_restart_under_load_costs_counted_errors_and_no_client(
+    start_server, faulty_postgres, flags
+):
+    clients, size, db = 8, 4, faulty_postgres
+    server = start_server(
+        *flags, "--io", "postgres", "--database-url", db.dsn, "--delay-ms", "100",
+        "--pool-size", str(size), "--pool-timeout", "5",
+    )  # fmt: skip
+    before = server.scrape()
+    restarted = threading.Event()
+    replies: list[list[str]] = [[] for _ in range(clients)]
+
+    def client(mine: list[str]) -> None:
+        """Requests on one connection until two were answered after the restart; each must be answered."""
+        with server.connect(timeout=2 * TIMEOUT) as conn:
+            after = 0
+            while after < 2:
+                conn.send(b"hello\n")
+                reply = conn.line()  # a TimeoutError here is a client lost to a hang
+                mine.append({b"HELLO\n": "ok", ERROR_DEPENDENCY: "dependency"}.get(reply, repr(reply)))
+                after += restarted.is_set() and mine[-1] == "ok"
+
+    with ThreadPoolExecutor(clients) as pool:
+        running = [pool.submit(client, mine) for mine in replies]
+        server.wait_metrics(lambda m: m.value("echo_dependency_connections_in_use") == size)
+        db.stop("immediate")
+        db.start()
+        restarted.set()
+        for future in running:
+            future.result()
+    seen = {reply for mine in replies for reply in mine}
+    assert seen <= {"ok", "dependency"}, seen
+    errors = errors_by_kind(server, before)
+    # The queries under way when it went were lost, and counted; every client got a reply to each
+    # request, and was served again after the restart, by the same server.
+    assert errors and set(errors) <= {"query", "connect", "pool_timeout"}, errors
+    assert sum(errors.values()) == sum(mine.count("dependency") for mine in replies)
+
+
+DRAINED = {
+    "threaded": ("threaded",),
+    "async-streams": ("async", "--api", "streams"),
+    "async-http-asyncpg": ("async-http", "--workers", "1", "--db-driver", "asyncpg"),
+    "threaded-http": ("threaded-http", "--workers", "1"),
+}
+
+
+@pytest.mark.parametrize("flags", DRAINED.values(), ids=DRAINED)
+def test_sigterm_drains_the_requests_waiting_in_the_database(start_server, postgres, flags):
+    count = 4
+    name = "drained_" + "_".join(f.strip("-").replace("-", "_") for f in flags)
+    server = start_server(
+        *flags, "--io", "postgres", "--database-url", app_url(postgres, name), "--delay-ms", "1000"
+    )
+    with ThreadPoolExecutor(count) as pool, psycopg.connect(postgres.dsn, autocommit=True) as monitor:
+        replies = pool.map(lambda i: ask(server, b"drain %d" % i), range(count))
+        poll_until(
+            lambda: monitor.execute(SLEEPING, (name,)).fetchone(),
+            lambda row: row == (count,),
+            what="every request's query under way",
+        )
+        server.sigterm()
+        assert list(replies) == ["ok"] * count
+    assert server.wait() == 0

@@ -11,9 +11,15 @@ connection returned inside a transaction.
 psycopg_pool connects in the background and a request waits in the pool
 for a connection, up to ``--pool-timeout``, however the attempts go: with
 PostgreSQL down, every request would wait 30 s. So a :class:`Gate` watches
-the pool's connection attempts; while the last one failed, requests fail at
-once, and one of them, twice a second at most, tries a connection of its
-own: once that succeeds the pool is asked again. The pool gives up its
+the connection attempts (the pool's, and one of our own at start); while
+the last one failed and the pool holds no connection (none in use, none
+idle), requests fail at once, and one of them, twice a second at most,
+tries a connection of its own: once that succeeds the pool is asked again.
+A pool that holds connections is asked as usual, whatever its attempts to
+grow do: PostgreSQL at its ``max_connections`` refuses those, and requests
+then queue for the connections there are, as they would without the gate.
+Requests already waiting in the pool when PostgreSQL goes wait for its
+reconnection, or ``--pool-timeout``. The pool gives up its
 own retries after :data:`RECONNECT_TIMEOUT` (its default, 5 minutes of
 doubling delays, would leave it a minute behind a database back after one),
 and grows again when a request next asks. asyncpg connects when a request
@@ -45,7 +51,8 @@ def connect_kind(exc: BaseException) -> str:
 
 
 class Gate:
-    """Whether PostgreSQL took the last connection attempt; while not, requests fail fast, one probing."""
+    """Whether PostgreSQL took the last connection attempt; while not, and the pool holds none, requests
+    fail fast, one probing."""
 
     def __init__(self) -> None:
         self.refused: BaseException | None = None  # the last attempt's error; None: it connected
@@ -115,22 +122,31 @@ class ThreadPostgres:
         self.url, self.events = settings.database_url, events
         self.gate = Gate()
         self.connection_class = watched(psycopg.Connection, self.gate)
+        self.failures = Failures("PostgreSQL", events)
+        self.in_use = 0  # connections out of the pool (the pool's stats do not say)
+        self.counting = threading.Lock()
+        self.probe()  # the gate knows from the first request on
         self.pool = psycopg_pool.ConnectionPool(
             settings.database_url, **pool_options(settings, self.connection_class)
         )
         self.pool.open(wait=False)  # PostgreSQL may not be up yet: the pool keeps trying
-        self.failures = Failures("PostgreSQL", events)
         events.dependency_pool(pool_size(settings))
+
+    def probe(self) -> BaseException | None:
+        """Try a connection of our own, closed at once (the gate hears how it went); its error, if any."""
+        try:
+            self.connection_class.connect(self.url, **CONNECTION).close()
+        except (psycopg.Error, OSError) as exc:
+            return exc
+        return None
 
     def call(self, seconds: float) -> None:
         refused = self.gate.refused
-        if refused is not None:
+        if refused is not None and not self.in_use and not self.pool.get_stats()["pool_available"]:
             if not self.gate.may_probe():
                 raise self.failures.failed(connect_kind(refused), refused)
-            try:
-                self.connection_class.connect(self.url, **CONNECTION).close()
-            except (psycopg.Error, OSError) as exc:
-                raise self.failures.failed(connect_kind(exc), exc) from None
+            if (refused := self.probe()) is not None:
+                raise self.failures.failed(connect_kind(refused), refused)
         events = self.events
         started = time.perf_counter()
         try:
@@ -138,11 +154,15 @@ class ThreadPostgres:
         except psycopg_pool.PoolTimeout as exc:
             raise self.failures.failed("pool_timeout", exc) from None
         events.dependency_acquired(time.perf_counter() - started)
+        with self.counting:
+            self.in_use += 1
         try:
             conn.execute(QUERY, (seconds,))
         except psycopg.Error as exc:
             raise self.failures.failed("query", exc) from None
         finally:
+            with self.counting:
+                self.in_use -= 1
             self.pool.putconn(conn)  # a broken connection is dropped, and another made
             events.dependency_released()
         self.failures.succeeded()
@@ -160,37 +180,48 @@ class LoopPsycopg:
         self.connection_class = watched(psycopg.AsyncConnection, self.gate)
         self.pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
         self.failures = Failures("PostgreSQL", events)
+        self.in_use = 0  # connections out of the pool
         events.dependency_pool(pool_size(settings))
 
     async def open(self) -> None:
         """On the loop that will call: the pool's tasks are that loop's."""
+        await self.probe()  # the gate knows from the first request on
         self.pool = psycopg_pool.AsyncConnectionPool(
             self.url, **pool_options(self.settings, self.connection_class)
         )
         await self.pool.open(wait=False)
 
+    async def probe(self) -> BaseException | None:
+        """Try a connection of our own, closed at once (the gate hears how it went); its error, if any."""
+        try:
+            await (await self.connection_class.connect(self.url, **CONNECTION)).close()
+        except (psycopg.Error, OSError) as exc:
+            return exc
+        return None
+
     async def call(self, seconds: float) -> None:
+        pool = self.pool
+        assert pool is not None, "open() first"
         refused = self.gate.refused
-        if refused is not None:
+        if refused is not None and not self.in_use and not pool.get_stats()["pool_available"]:
             if not self.gate.may_probe():
                 raise self.failures.failed(connect_kind(refused), refused)
-            try:
-                await (await self.connection_class.connect(self.url, **CONNECTION)).close()
-            except (psycopg.Error, OSError) as exc:
-                raise self.failures.failed(connect_kind(exc), exc) from None
-        pool, events = self.pool, self.events
-        assert pool is not None, "open() first"
+            if (refused := await self.probe()) is not None:
+                raise self.failures.failed(connect_kind(refused), refused)
+        events = self.events
         started = time.perf_counter()
         try:
             conn = await pool.getconn()
         except psycopg_pool.PoolTimeout as exc:
             raise self.failures.failed("pool_timeout", exc) from None
         events.dependency_acquired(time.perf_counter() - started)
+        self.in_use += 1
         try:
             await conn.execute(QUERY, (seconds,))
         except psycopg.Error as exc:
             raise self.failures.failed("query", exc) from None
         finally:
+            self.in_use -= 1
             await pool.putconn(conn)
             events.dependency_released()
         self.failures.succeeded()

@@ -145,6 +145,7 @@ def info(settings: ServeSettings) -> dict[str, str]:
 def thread_client(settings: ServeSettings, events: Events) -> ThreadClient | None:
     """The dependency as threads call it (None: --io timer). The drivers are imported only when used."""
     library = dependency.library(settings)
+    dependency.quiet_libraries()
     if library == "psycopg":
         from .postgres_io import ThreadPostgres
 
@@ -159,6 +160,7 @@ def thread_client(settings: ServeSettings, events: Events) -> ThreadClient | Non
 def loop_client(settings: ServeSettings, events: Events) -> LoopClient | None:
     """The dependency as an event loop awaits it (None: --io timer)."""
     library = dependency.library(settings)
+    dependency.quiet_libraries()
     if library in ("psycopg", "asyncpg"):
         from .postgres_io import LoopAsyncpg, LoopPsycopg
 
