@@ -45,9 +45,6 @@ def setup_logging(level: str, server: str) -> None:
         level=level.upper(),
         format=f"%(asctime)s %(levelname)s {server} %(message)s",
     )
-    # httpx logs every request at INFO: at the default level, a line per call (--io http) costs the
-    # server more CPU than the call itself.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 class CannotBind(OSError):
