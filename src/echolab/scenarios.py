@@ -81,6 +81,7 @@ class Scenario:
     delay_hint_ms: float  # the time one request takes on an idle server: the Little's-law bound's D
     levels: tuple[int, ...] = ()  # the demo's levels for it; () for its --other-levels
     servers: tuple[str, ...] = ()  # the demo runs it on these servers alone; () on every one
+    warmup: float = 0.0  # the demo's warm-up for it, where longer than --warmup (s)
 
     @property
     def io(self) -> str:
@@ -150,6 +151,9 @@ DB_POOL = Scenario(
     100.0,
     (1000,),
     TCP_SERVERS,
+    # Pools of a thousand, past max_connections, take seconds to hold the hundred they can get: the
+    # attempts PostgreSQL refuses are retried (psycopg_pool) or fail requests (asyncpg).
+    3.0,
 )
 API = Scenario(
     "api",

@@ -58,6 +58,7 @@ class Step:
     contender: Contender
     levels: tuple[int, ...]
     duration: float
+    warmup: float
 
 
 class DemoError(Exception):
@@ -140,11 +141,12 @@ def plan(settings: DemoSettings) -> list[Step]:
             scenario.io, pools([v for v, _ in sweeps], scenario),
         )  # fmt: skip
         duration = settings.duration if first else settings.other_duration
-        steps += [Step(closed, with_options(v, scenario), levels, duration) for v, levels in sweeps]
+        warmup = max(settings.warmup, scenario.warmup)
+        steps += [Step(closed, with_options(v, scenario), at, duration, warmup) for v, at in sweeps]
         if first and settings.open_loop and not scenario.levels:
             opened = dataclasses.replace(closed, mode="open")
             steps += [
-                Step(opened, with_options(v, scenario), settings.rates, duration)
+                Step(opened, with_options(v, scenario), settings.rates, duration, warmup)
                 for v in servers
                 if v.framing == "lines"  # the line protocol's servers: HTTP's knee shows in the closed loop
             ]
@@ -258,7 +260,7 @@ def sweep(
                         step.levels,
                         step.section.delay_ms,
                         step.duration,
-                        settings.warmup,
+                        step.warmup,
                         on_level=done,
                         on_error=failed,
                         server_options=flags,
