@@ -160,12 +160,16 @@ def test_make_scenario_gives_each_server_the_flags_it_reads(
     assert capsys.readouterr().out.split() == list(SERVERS)
     # What .env may have set before: the scenario's variables win, as a shell's do over .env's.
     env_file = {"ECHO_CPU_MS": "7", "ECHO_DELAY_DISTRIBUTION": "exponential", "ECHO_OFFLOAD": "thread"}
+    # A database's scenario needs the database's URL, which is the stack's, not the scenario's.
+    url = "postgresql://echolab@postgres/echolab"
+    database = {"ECHO_DATABASE_URL": url} if scenario.io == "postgres" else {}
     for server in catalogue.SERVERS:
-        given = {**env_file, **printed}
+        given = {**env_file, **database, **printed}
         environment = {
             name: interpolated(v, given) for name, v in services[server.name]["environment"].items()
         }
-        args = cli.build_parser().parse_args(["serve", server.name, *scenario.options_for(server)])
+        flags = (*scenario.options_for(server), *(("--database-url", url) if database else ()))
+        args = cli.build_parser().parse_args(["serve", server.name, *flags])
         expected = settings.from_namespace(server.settings, args)
         got = settings.from_environment(server.settings, environment)
         fields = [f for f in WORK_MODEL if hasattr(expected, f)]
