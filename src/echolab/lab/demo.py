@@ -17,19 +17,25 @@ PostgreSQL cannot run, its scenarios are left out, with one line saying how to
 install it, and the rest runs.
 
 Ctrl-C or SIGTERM stops the servers and the client, writes the report of
-what was measured so far, marked partial, and exits 130 or 143.
+what was measured so far, marked partial, and exits 130 or 143. A server
+that cannot start, exits mid-level or does not stop when told is killed
+with all it started, its level marked failed with the reason, and the demo
+goes on with the rest; it writes the report, then exits 1 with one line
+saying what failed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import machine
+from .. import interpreters, machine
+from ..load.bench_result import shown
 from ..scenarios import SCENARIOS, Scenario
 from ..settings import DemoSettings
 from . import history, report
@@ -72,8 +78,13 @@ def framed(contender: Contender, settings: DemoSettings) -> Contender:
     return dataclasses.replace(contender, framing=settings.framing)
 
 
-def contenders(settings: DemoSettings) -> list[Contender]:
-    """Every server as it is (those with a --framing in the demo's), then the article's serial baseline."""
+def contenders(
+    settings: DemoSettings,
+    main: interpreters.Venv | None = None,
+    others: Sequence[interpreters.Venv] = (),
+) -> list[Contender]:
+    """Every server as it is (those with a --framing in the demo's), then the article's serial baseline;
+    each under ``main``'s interpreter (None: the lab's own), then under each of ``others``."""
     chosen = [framed(v, settings) for v in SERVERS_AS_THEY_ARE]
     chosen.append(SERIAL)
     if settings.servers:
@@ -82,17 +93,24 @@ def contenders(settings: DemoSettings) -> list[Contender]:
         if unknown:
             raise DemoError(f"no server {', '.join(sorted(unknown))}: choose from {', '.join(known)}")
         chosen = [v for v in chosen if v.name in settings.servers]
-    return chosen
+    return [under for v in chosen for under in (v.under(main), *(v.under(other) for other in others))]
 
 
-def alternatives(settings: DemoSettings, scenario: Scenario) -> list[Contender]:
-    """The other clients of the scenario's dependency, where their server runs or they are named."""
+def alternatives(
+    settings: DemoSettings,
+    scenario: Scenario,
+    main: interpreters.Venv | None = None,
+    others: Sequence[interpreters.Venv] = (),
+) -> list[Contender]:
+    """The other clients of the scenario's dependency, where their server runs or they are named;
+    under the interpreters the servers run under."""
     servers = {v.name for v in contenders(settings)}
-    return [
+    chosen = [
         framed(v, settings)
         for v in ALTERNATIVES.get(scenario.io, ())
         if (v.server is not None and v.server.name in servers) or v.name in settings.servers
     ]
+    return [under for v in chosen for under in (v.under(main), *(v.under(other) for other in others))]
 
 
 def scenarios(settings: DemoSettings) -> list[Scenario]:
@@ -119,14 +137,16 @@ def quick(settings: DemoSettings) -> DemoSettings:
     )
 
 
-def plan(settings: DemoSettings) -> list[Step]:
+def plan(
+    settings: DemoSettings, main: interpreters.Venv | None = None, others: Sequence[interpreters.Venv] = ()
+) -> list[Step]:
     """Every server's sweep, section by section, in the order they run."""
     steps = []
     for index, scenario in enumerate(scenarios(settings)):
         first = index == 0
         servers = [
             v
-            for v in (*contenders(settings), *alternatives(settings, scenario))
+            for v in (*contenders(settings, main, others), *alternatives(settings, scenario, main, others))
             if not scenario.servers or (v.server is not None and v.server.name in scenario.servers)
         ]
         levels = scenario.levels or (settings.levels if first else settings.other_levels)
@@ -134,7 +154,7 @@ def plan(settings: DemoSettings) -> list[Step]:
         serial_levels = (
             tuple(n for n in levels if n <= SERIAL_MAX_LEVEL) if first and not scenario.levels else ()
         )
-        sweeps = [(v, serial_levels if v is SERIAL else levels) for v in servers]
+        sweeps = [(v, serial_levels if v.name.split("@")[0] == SERIAL.name else levels) for v in servers]
         sweeps = [(v, at) for v, at in sweeps if at]
         closed = Section(
             scenario.name, scenario.summary, "closed", scenario.delay_hint_ms, scenario.options,
@@ -178,15 +198,18 @@ def left_out(steps: Sequence[Step]) -> tuple[list[Step], dict[str, Any] | None]:
 
 def run(settings: DemoSettings) -> int:
     report.require_extra()
+    out = console()
     try:
         settings = quick(settings)
-        steps, out_of_reach = left_out(plan(settings))
+        python = settings.python or os.environ.get("ECHO_PYTHON", "")
+        main = interpreters.prepared(python, out.print) if python else None
+        others = [interpreters.prepared(spec, out.print) for spec in settings.pythons]
+        steps, out_of_reach = left_out(plan(settings, main, others))
         if not steps and out_of_reach:
             raise DemoError(out_of_reach["why"])
-    except DemoError as exc:
+    except (DemoError, interpreters.InterpreterError) as exc:
         print(f"echolab demo: error: {exc}", file=sys.stderr)
         return 2
-    out = console()
     if out_of_reach:
         print(f"echolab demo: {out_of_reach['why']}", file=sys.stderr)
     record: dict[str, Any] = {
@@ -195,38 +218,48 @@ def run(settings: DemoSettings) -> int:
         "machine": machine.facts(),
         "partial": None,
         "skipped": [],
+        "failures": [],
         "left_out": out_of_reach,
     }
+    busy = machine.busy(record["machine"])
+    if busy:
+        out.print(f"[yellow]{busy}[/yellow]")
+    steps = runnable(steps, record["skipped"], out)
     rows: list[Row] = []
     began = time.monotonic()
     try:
         with interruptible(), Dependencies() as dependencies:
-            sweep(steps, settings, rows, record["skipped"], out, dependencies)
+            sweep(steps, settings, rows, record, out, dependencies)
     except Interrupted as exc:
         out.print(f"[yellow]{exc}: servers stopped; writing the report of what was measured[/yellow]")
-        planned = sum(len(step.levels) for step in steps) - sum(len(s["levels"]) for s in record["skipped"])
+        # The levels the run would have measured: less those it skipped, not those the signal cut off.
+        skipped = [s for s in record["skipped"] if s["why"] != f"cut off by {exc.name}"]
+        planned = sum(len(step.levels) for step in steps) - sum(len(s["levels"]) for s in skipped)
         record["partial"] = {"signal": exc.name, "levels_done": len(rows), "levels_planned": planned}
         code = exc.exit_code
     else:
         code = 0
     record["seconds"] = round(time.monotonic() - began, 1)
     with held() as arrived:
-        summarise(out, steps, rows)
+        summarise(out, steps, rows, record["skipped"])
         earlier = history.earlier(settings.out)
         index = report.write(history.new_folder(settings.out, "demo"), rows, record, sections(steps), earlier)
         out.print(f"report: {index.resolve()}" + (" (partial)" if code else ""))
-    return code or (128 + arrived[0] if arrived else 0)
+    if record["failures"]:
+        print(f"echolab demo: {report.failures_line(record['failures'])}", file=sys.stderr)
+    return code or (128 + arrived[0] if arrived else 0) or (1 if record["failures"] else 0)
 
 
 def sweep(
     steps: Sequence[Step],
     settings: DemoSettings,
     rows: list[Row],
-    skipped: list[dict[str, Any]],
+    record: dict[str, Any],
     console: Any,
     dependencies: Dependencies,
 ) -> None:
-    """Run every step, appending each level's row to ``rows`` as it is measured, and what it skipped."""
+    """Run every step, appending each level's row to ``rows`` as it is measured (or failed), and to
+    ``record`` what failed and what it skipped; an interrupted step is noted as cut off."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -238,24 +271,26 @@ def sweep(
                 current = step.section
                 progress.console.print(f"[bold]{step.section.title}[/bold]: {step.section.summary}")
             progress.update(task, description=f"{step.section.scenario:>8} {step.contender.name:>13}")
+            measured: list[Row] = []
 
-            def done(row: Row) -> None:
+            def done(row: Row, measured: list[Row] = measured) -> None:
                 rows.append(row)
+                measured.append(row)
                 progress.advance(task)
-                progress.console.print(
-                    f"  {row.server:>13} {report.level_text(row):>22} {row.throughput:>9,.0f} req/s "
-                    f"p99 {row.latency('p99') or 0:>8,.0f} ms"
-                    + (f"  [yellow]{row.problem}[/yellow]" if row.problem else "")
-                )
+                progress.console.print(progress_line(row))
 
-            def failed(level: int, exc: RuntimeError, name: str = step.contender.name) -> None:
-                progress.console.print(f"  {name:>13} {level:>10,} [red]{exc}[/red]")
+            def failed(level: int | None, why: str, step: Step = step) -> None:
+                record["failures"].append(
+                    {"section": step.section.key, "server": step.contender.name, "level": level, "why": why}
+                )
+                if level is None:  # a stop that failed: the levels were measured
+                    progress.console.print(f"  {step.contender.name:>13} [red]{why}[/red]")
 
             # A dependency's pool holds a server at a flat rate under the bound: every level is the finding.
             stop_below = settings.stop_below if step.section.io == "timer" else 0.0
             try:
                 with dependencies.sweep(step.section.io) as (flags, probe):
-                    measured = measure(
+                    measure(
                         step.contender,
                         step.levels,
                         step.section.delay_ms,
@@ -267,39 +302,77 @@ def sweep(
                         open_loop=step.section.mode == "open",
                         scenario=step.section.scenario,
                         stop_below=stop_below,
+                        stop_timeout=settings.stop_timeout,
                         probe=probe,
                     )
             except DependencyFailed as exc:
-                failed(step.levels[0], exc)
+                why = str(exc).split("\n")[0]  # the line; the log's tail is in the server's log
+                failed(step.levels[0], why)
+                progress.console.print(f"  {step.contender.name:>13} [red]{why}[/red]")
                 progress.advance(task, len(step.levels))
-                why = str(exc).split("\n")[0]  # the line; the log's tail went to the terminal
-                skipped.append(
-                    {"section": step.section.key, "server": step.contender.name, "why": why,
-                     "levels": list(step.levels)}
-                )  # fmt: skip
+                record["skipped"].append(skip(step, why, list(step.levels), cut=True))
                 continue
+            except Interrupted as exc:  # the sweep under way: its verdict speaks of the levels before
+                rest = list(step.levels[len(measured) :])
+                record["skipped"].append(skip(step, f"cut off by {exc.name}", rest, cut=True))
+                raise
             note = skipped_levels(step, measured, stop_below)
             if note:
-                skipped.append(note)
+                record["skipped"].append(note)
                 progress.advance(task, len(note["levels"]))
                 progress.console.print(f"  {step.contender.name:>13} {note['why']}: higher levels skipped")
 
 
-def skipped_levels(step: Step, measured: list[Row], stop_below: float) -> dict[str, Any] | None:
-    """What a step did not measure, and why: the server fell under ``stop_below``, or the client failed."""
-    rest = step.levels[len(measured) :]
-    if not rest:
-        return None
-    low = bool(measured) and (measured[-1].bound_fraction or 0.0) < stop_below
-    why = (
-        f"under {stop_below:.0%} of the bound at {report.level_text(measured[-1])}"
-        if low
-        else "the client failed"
+def progress_line(row: Row) -> str:
+    """One measured (or failed) level, as the sweep goes."""
+    head = f"  {row.server:>13} {report.level_text(row):>22}"
+    if row.failure:
+        return f"{head} [red]failed: {row.failure}[/red]"
+    trouble = row.mostly_failed or row.problem
+    return f"{head} {row.throughput:>9,.0f} req/s p99 {shown(row.latency('p99'), ',.0f'):>8} ms" + (
+        f"  [yellow]{trouble}[/yellow]" if trouble else ""
     )
-    return {"section": step.section.key, "server": step.contender.name, "why": why, "levels": list(rest)}
 
 
-def summarise(console: Any, steps: Sequence[Step], rows: list[Row]) -> None:
+def runnable(steps: Sequence[Step], skipped: list[dict[str, Any]], out: Any) -> list[Step]:
+    """The steps whose interpreter can run them; each other one is said in one line and recorded."""
+    kept = []
+    for step in steps:
+        refused = step.contender.refused()
+        if refused is None:
+            kept.append(step)
+            continue
+        out.print(f"[yellow]{step.contender.name}, {step.section.title}: {refused}[/yellow]")
+        skipped.append(skip(step, refused, list(step.levels)))
+    return kept
+
+
+def skip(step: Step, why: str, levels: list[int], cut: bool = False) -> dict[str, Any]:
+    """A note of the levels a step did not measure; ``cut``: its server's sweep was cut short (a
+    failure, a signal), so what it reached says nothing of where it breaks."""
+    return {
+        "section": step.section.key,
+        "server": step.contender.name,
+        "why": why,
+        "levels": levels,
+        "cut": cut,
+    }
+
+
+def skipped_levels(step: Step, measured: list[Row], stop_below: float) -> dict[str, Any] | None:
+    """What a step did not measure, and why: a level failed, or the server fell under ``stop_below``."""
+    rest = list(step.levels[len(measured) :])
+    if not rest or not measured:
+        return None
+    last = measured[-1]
+    if last.failure:
+        return skip(step, f"failed at {report.level_text(last)}", rest, cut=True)
+    return skip(step, f"under {stop_below:.0%} of the bound at {report.level_text(last)}", rest)
+
+
+def summarise(
+    console: Any, steps: Sequence[Step], rows: list[Row], skipped: Sequence[dict[str, Any]]
+) -> None:
     """A table, the verdicts and the finding of each section that has rows."""
     for section in sections(steps):
         section_rows = section.rows(rows)
@@ -310,6 +383,7 @@ def summarise(console: Any, steps: Sequence[Step], rows: list[Row]) -> None:
         console.print(rich_table(f"{section.title}; {bound}", ordered))
         if section.pools:
             console.print(f"{report.pools_text(section)} (gunicorn's workers: processes, each with its own)")
+        cut = report.cut_off(section, skipped)
         for name, series in by_server(section_rows).items():
-            console.print("• " + report.verdict(name, series))
-        console.print(f"[bold]{report.finding(section, section_rows)}[/bold]\n")
+            console.print("• " + report.verdict(name, series, cut.get(name)))
+        console.print(f"[bold]{report.finding(section, section_rows, cut)}[/bold]\n")
