@@ -7,7 +7,12 @@
 # base plus that venv, so no pip cache, build tools or sources reach an image
 # that runs. A venv's scripts name its path in their #! line: each is copied
 # to the path it was built at.
-FROM python:3.11-slim AS builder
+#
+# PYTHON_IMAGE is the Python every stage runs on, a CPython image with pip:
+#   docker build --build-arg PYTHON_IMAGE=python:3.13-slim --target server -t echolab-server:3.13 .
+# docs/interpreters.md builds a free-threaded one.
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 # The pinned dependencies first, from pyproject's lists: these layers are
@@ -25,7 +30,7 @@ RUN for venv in /opt/server /opt/locust; do \
       $venv/bin/pip install --no-deps . && $venv/bin/pip uninstall --yes pip setuptools; \
     done
 
-FROM python:3.11-slim AS server
+FROM ${PYTHON_IMAGE} AS server
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin echolab
 COPY --from=builder /opt/server /opt/server
 # Inside its container every server listens on 9090 (echo) and 8000 (/metrics), on
@@ -39,7 +44,7 @@ EXPOSE 9090 8000
 ENTRYPOINT ["echolab"]
 CMD ["serve", "threaded"]
 
-FROM python:3.11-slim AS locust
+FROM ${PYTHON_IMAGE} AS locust
 RUN useradd --system --uid 10001 --user-group --create-home --shell /usr/sbin/nologin locust
 COPY --from=builder /opt/locust /opt/locust
 COPY loadtest/ /app/

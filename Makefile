@@ -5,13 +5,17 @@ BIN    := $(VENV)/bin
 
 .PHONY: install test prometheus-tools postgresql lint docs bench soak demo dashboards clean
 
+# V=1 shows what the quiet targets (install, up) keep in their logs.
+V ?=
 install: $(VENV)/.installed
 
+# One line, and pip's log in .venv/install.log (its tail if it fails; V=1: on the terminal).
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,loadtest,report,deploy]'
-	touch $@
+	@echo "installing echolab and its tools (Locust, matplotlib, the linters) into $(VENV): once, about a minute"
+	@$(PYTHON) -m venv $(VENV) && { $(BIN)/pip install --upgrade pip \
+	  && $(BIN)/pip install -e '.[dev,loadtest,report,deploy]'; } $(if $(V),,> $(VENV)/install.log 2>&1) \
+	  || { $(if $(V),,tail -n 30 $(VENV)/install.log;) echo "make install failed (log: $(VENV)/install.log)" >&2; exit 1; }
+	@touch $@
 
 # The suite mostly waits on servers and clients: more workers than cores
 # (tests/conftest.py says which tests run together, and the groups start in the
@@ -106,15 +110,17 @@ locust: install
 	$(BIN)/python -m echolab.lab.locust_local -f $(LOCUSTFILES) --class-picker --web-port $(LOCUST_WEB_PORT)
 
 # Headless step ramp (+STEP_USERS every STEP_SECONDS up to LOADTEST_USERS, shared
-# by the four servers' users) for LOADTEST_TIME. With the defaults every server
-# holds: 50 users each stay far below the threaded knee (1,000-2,000
-# connections), which one Locust process on the servers' own cores cannot reach.
+# by the four servers' users, each step started within a second: -r) for
+# LOADTEST_TIME. With the defaults every server holds: 50 users each stay far
+# below the threaded knee (1,000-2,000 connections), which one Locust process on
+# the servers' own cores cannot reach.
 # It shows Locust's view of a healthy ramp; `make demo` shows the knees. It ends by itself,
 # exiting 0 or with the thresholds' verdict.
 loadtest: install
 	mkdir -p reports
 	$(BIN)/python -m echolab.lab.locust_local -f loadtest/locustfile.py,loadtest/step_ramp.py --headless \
-	  -u $(LOADTEST_USERS) -t $(LOADTEST_TIME) --step-users $(STEP_USERS) --step-seconds $(STEP_SECONDS) \
+	  -u $(LOADTEST_USERS) -r $(STEP_USERS) -t $(LOADTEST_TIME) \
+	  --step-users $(STEP_USERS) --step-seconds $(STEP_SECONDS) \
 	  --max-fail-ratio $(LOADTEST_MAX_FAIL_RATIO) --html reports/locust.html --csv reports/locust --only-summary
 	@echo "Locust report: $(CURDIR)/reports/locust.html (stats: reports/locust_stats.csv)"
 	@echo "$(LOADTEST_USERS) users shared by the four servers' user classes; the threaded server's knee is at" \
@@ -150,8 +156,21 @@ check-env: .env
 	    "(or delete .env and make up writes one with a random password)" >&2; exit 1; \
 	fi
 
+# Quiet: the build's log goes to $(BUILD_LOG) (its tail if it fails; V=1: on the terminal), then
+# compose's progress while every service starts and turns healthy, then the URLs.
+# One service builds each image: compose labels an image with the service that built it, so the
+# four servers building echolab-server left a new image each time, and every make up, changed or
+# not, recreated the servers under their users.
+BUILD_LOG ?= reports/build.log
+ONE_PER_IMAGE := import json, sys; s = json.load(sys.stdin)["services"]; \
+  print(*sorted({v["image"]: k for k, v in sorted(s.items(), reverse=True) if "build" in v}.values()))
 up: check-env
-	$(COMPOSE) up --detach --build --wait $(SERVICES)
+	@mkdir -p $(dir $(BUILD_LOG)) && echo "building the images$(if $(V),, (log: $(BUILD_LOG)))"
+	@builders=$$($(COMPOSE) config --format json $(SERVICES) | $(PYTHON) -c '$(ONE_PER_IMAGE)') \
+	  && $(COMPOSE) $(if $(V),,--progress plain) build $$builders $(if $(V),,> $(BUILD_LOG) 2>&1) \
+	  || { $(if $(V),,tail -n 30 $(BUILD_LOG);) echo "make up: the build failed (log: $(BUILD_LOG))" >&2; exit 1; }
+	@echo "starting the stack, waiting until every service is healthy"
+	@$(COMPOSE) up --detach --wait $(SERVICES)
 	@$(MAKE) --no-print-directory urls
 
 urls: .env
@@ -180,30 +199,31 @@ scale: .env
 # The servers recreated under a scenario's work model (`echolab scenario --help` lists them),
 # e.g. make scenario NAME=blocking; Locust, Prometheus and Grafana run on. The preset sets
 # the whole work model over .env's; NAME=io is the default workload, `make up` goes back to .env.
-# One server at a time, so each gets its own address back: recreated together, they would
-# swap addresses, and Docker's DNS, for a moment stale, would send Locust to the wrong one.
+# All at once: each server has a fixed address on the stack's network (src/echolab/deploy/stack.py),
+# so none can come back at another's.
 scenario: install .env
 	@environment=$$($(BIN)/echolab scenario $(NAME)) && services=$$($(BIN)/echolab scenario $(NAME) --services) \
 	  && echo "scenario $(NAME):" $$environment \
-	  && for service in $$services; do \
-	    env $$environment $(COMPOSE) up --detach --no-deps --force-recreate --wait $$service || exit 1; \
-	  done
+	  && env $$environment $(COMPOSE) up --detach --no-deps --force-recreate --wait $$services
 
-# Every dashboard panel drawn from the stack's Prometheus over the last REPORT_SINCE,
-# into reports/stack-<time>.html (no Grafana needed): attach it to a PR or a ticket.
-REPORT_SINCE ?= 15m
+# Every dashboard panel drawn from the stack's Prometheus into reports/stack-<time>.html (no
+# Grafana needed): attach it to a PR or a ticket. The window: the last load-test run, and a
+# little around it; REPORT_SINCE=2h, the last two hours instead.
+REPORT_SINCE ?=
 report: install .env
 	@address=$$($(COMPOSE) port prometheus 9090 2>/dev/null) && [ -n "$$address" ] || \
 	  { echo "make report: the stack's Prometheus is not running (make up)" >&2; exit 1; }; \
-	$(BIN)/echolab report --prometheus "http://$$address" --since $(REPORT_SINCE)
+	$(BIN)/echolab report --prometheus "http://$$address" $(if $(REPORT_SINCE),--since $(REPORT_SINCE))
 
-# Builds and runs the stack (less Grafana) under its own project name and
-# free ports, loads it, checks Prometheus sees it all, switches the servers to
-# the blocking scenario and back (make scenario), then faults under load
-# (servers killed, a worker lost, servers stopped); always tears it down.
+# Builds and runs the stack (less Grafana) under its own project name, free
+# ports and network, loads it, checks Prometheus sees it all, switches the
+# servers to the blocking scenario and back (make scenario), recreates all four
+# twice and counts each one's users, then faults under load (servers killed, a
+# worker lost, servers stopped); always tears it down.
 # Needs Docker: fails, never skips, without it.
 test-stack: install
-	$(BIN)/pytest tests/stack/check_stack.py tests/stack/check_scenarios.py tests/stack/check_chaos.py \
+	$(BIN)/pytest tests/stack/check_stack.py tests/stack/check_scenarios.py tests/stack/check_recreate.py \
+	  tests/stack/check_chaos.py \
 	  --timeout=1800 -s
 
 # --- Kubernetes: deploy/kubernetes (rendered by `make generate`) -------------------

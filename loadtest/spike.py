@@ -1,11 +1,13 @@
-"""A spike: a baseline of users, then many more at once for a while, then the baseline again.
+"""A spike: a baseline of users, then many more for a while, then the baseline again.
 
 Add it to the locustfile: ``locust -f loadtest/locustfile.py,loadtest/spike.py``
 (headless it is then used; in the web UI pick it with ``--class-picker``).
-The baseline is ``--users``, the end ``--run-time`` (none: run until
-stopped); ``--spike-users`` join at ``--spike-at`` seconds for
-``--spike-seconds`` (env LOCUST_SPIKE_USERS, LOCUST_SPIKE_AT,
-LOCUST_SPIKE_SECONDS). Users arrive and leave within a second.
+Locust's own fields keep their meaning: the baseline is ``--users`` (the
+form's number of users), users start and stop at ``--spawn-rate`` (its ramp
+up: as many as the spike's users for a spike that comes at once), the end
+is ``--run-time`` (none: run until stopped). ``--spike-users`` join at
+``--spike-at`` seconds for ``--spike-seconds`` (env LOCUST_SPIKE_USERS,
+LOCUST_SPIKE_AT, LOCUST_SPIKE_SECONDS).
 """
 
 from locust import LoadTestShape, events
@@ -17,7 +19,7 @@ events.init_command_line_parser.add_listener(lambda parser: add_arguments(parser
 
 
 class Spike(LoadTestShape):
-    use_common_options = True  # --users is the baseline, --run-time the end
+    use_common_options = True  # the form's users, ramp up and run time are the shape's
 
     def tick(self):
         options = self.runner.environment.parsed_options
@@ -27,4 +29,4 @@ class Spike(LoadTestShape):
         baseline = options.num_users or 1
         spiking = options.spike_at <= run_time < options.spike_at + options.spike_seconds
         users = baseline + options.spike_users if spiking else baseline
-        return users, max(baseline, options.spike_users)
+        return users, options.spawn_rate

@@ -2,10 +2,12 @@
 
 Add it to the locustfile: ``locust -f loadtest/locustfile.py,loadtest/step_ramp.py``
 (headless it is then used; in the web UI pick it with ``--class-picker``).
-The ceiling is ``--users``, the end ``--run-time`` (none: hold until stopped);
+Locust's own fields keep their meaning: the ceiling is ``--users`` (the
+form's number of users), each step's users start at ``--spawn-rate`` (its
+ramp up), the end is ``--run-time`` (none: hold until stopped).
 ``--step-users`` and ``--step-seconds`` (env LOCUST_STEP_USERS,
-LOCUST_STEP_SECONDS) shape the stairs. Each step arrives within a second, so
-``--spawn-rate`` is not used.
+LOCUST_STEP_SECONDS) shape the stairs: a spawn rate of at least step users
+per step seconds keeps them stairs, a slower one makes a slope.
 """
 
 from locust import LoadTestShape, events
@@ -17,7 +19,7 @@ events.init_command_line_parser.add_listener(lambda parser: add_arguments(parser
 
 
 class StepRamp(LoadTestShape):
-    use_common_options = True  # --users is the ceiling, --run-time the end
+    use_common_options = True  # the form's users, ramp up and run time are the shape's
 
     def tick(self):
         options = self.runner.environment.parsed_options
@@ -26,4 +28,4 @@ class StepRamp(LoadTestShape):
             return None
         step = max(1, options.step_users)
         users = step * (1 + int(run_time // options.step_seconds))
-        return min(users, options.num_users or step), step
+        return min(users, options.num_users or step), options.spawn_rate

@@ -198,7 +198,48 @@ tests:
 """
 
 
-@pytest.mark.parametrize("test", [USERS_RULE_TEST, CPU_RULE_TEST], ids=["users", "cpu-per-request"])
+RESTART_RULE_TEST = """
+rule_files: [{rules}]
+evaluation_interval: 5s
+tests:
+  # The threaded server stops (two scrapes fail) and comes back as a process started at 18 s; the
+  # async server runs on. The mark: while down, and for the new process's first 30 s.
+  - interval: 5s
+    input_series:
+      - series: 'up{{job="echo-servers", instance="t", server="threaded"}}'
+        values: '1 1 0 0 1x10'
+      - series: 'process_start_time_seconds{{job="echo-servers", instance="t", server="threaded"}}'
+        values: '-1000 -1000 _ _ 18x10'
+      - series: 'up{{job="echo-servers", instance="a", server="async"}}'
+        values: '1x14'
+      - series: 'process_start_time_seconds{{job="echo-servers", instance="a", server="async"}}'
+        values: '-1000x14'
+    promql_expr_test:
+{checks}"""
+RESTART_MARKS = {"5s": 0, "10s": 1, "15s": 1, "20s": 1, "45s": 1, "50s": 0}
+
+
+RESTART_CHECK = """\
+      - expr: server:echo_restarted:30s
+        eval_time: {at}
+        exp_samples:
+          - labels: 'server:echo_restarted:30s{{{{server="threaded"}}}}'
+            value: {threaded}
+          - labels: 'server:echo_restarted:30s{{{{server="async"}}}}'
+            value: 0
+"""
+
+
+def restart_checks() -> str:
+    """The mark at each time: 1 for the threaded server where RESTART_MARKS says, never for async."""
+    return "".join(RESTART_CHECK.format(at=at, threaded=threaded) for at, threaded in RESTART_MARKS.items())
+
+
+@pytest.mark.parametrize(
+    "test",
+    [USERS_RULE_TEST, CPU_RULE_TEST, RESTART_RULE_TEST.replace("{checks}", restart_checks())],
+    ids=["users", "cpu-per-request", "restarts"],
+)
 def test_recording_rules(tmp_path: Path, test: str) -> None:
     test_file = tmp_path / "rules_test.yml"
     test_file.write_text(test.format(rules=json.dumps(str(RULES))))

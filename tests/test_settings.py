@@ -11,17 +11,15 @@ import socket
 import pytest
 from support.servers import run_command
 
-from echolab import catalogue, settings
+from echolab import catalogue, interpreters, settings
 from echolab.servers import protections
 
 # The work model's labels of echo_server_info, at their defaults: 100 ms of IO and nothing else.
+# And every server's interpreter: this one.
 IDLE_WORK = {
-    "delay_ms": "100",
-    "delay_distribution": "fixed",
-    "cpu_ms": "0",
-    "blocking_ms": "0",
-    "io": "timer",
-}
+    "delay_ms": "100", "delay_distribution": "fixed", "cpu_ms": "0", "blocking_ms": "0", "io": "timer",
+    **interpreters.here().facts(),
+}  # fmt: skip
 
 
 def test_environment_is_used_when_there_is_no_flag(start_server):
@@ -50,8 +48,7 @@ def test_flag_wins_over_environment(start_server):
         **IDLE_WORK,
         "delay_ms": "20",
         "cpu_ms": "3",
-        "offload": "none",
-        "offload_threads": "32",
+        "offload": "none",  # and no offload_threads: no pool to size
     }
     # The framing is not just a label: the server speaks lines.
     with server.connect() as conn:
@@ -65,8 +62,7 @@ def test_defaults_without_environment_or_flag(start_server):
     assert info == {
         "server": "threaded",
         "model": "thread-per-connection",
-        "framing": "lines",
-        "threads": "64",
+        "framing": "lines",  # and no threads: --threads sizes the pool model's
         **IDLE_WORK,
     }
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import textwrap
 from collections.abc import Callable
 from typing import NoReturn
 
-from . import __version__, catalogue, ports, settings
+from . import __version__, catalogue, interpreters, ports, settings
 from .runtime import log, raise_fd_limit, setup_logging
 from .scenarios import SCENARIOS
 
@@ -22,7 +23,7 @@ examples:
   echolab serve async                      the async server on 127.0.0.1:9091
   echolab bench 127.0.0.1:9091 --connections 1000
   echolab demo --quick                     every server, a sweep, an HTML report
-  echolab report --since 15m               the stack's dashboards drawn from Prometheus
+  echolab report                           the stack's dashboards over the last load-test run
   echolab compare reports/demo-A reports/demo-B   two runs in one report
   echolab config                           every setting, its env var and default
   echolab scenario blocking                the stack's servers' variables for a scenario
@@ -50,8 +51,9 @@ EXAMPLES = {
     "scenario": "echolab scenario blocking\n"
     "env $(echolab scenario blocking) docker compose up --detach --no-deps --force-recreate --wait \\\n"
     "  $(echolab scenario blocking --services)       what `make scenario NAME=blocking` runs",
-    "report": "echolab report --since 15m                    the stack's Prometheus (make up)\n"
-    f"echolab report --prometheus http://127.0.0.1:{ports.PROMETHEUS_HOST} --since 2h   the same, named",
+    "report": "echolab report                               the last load-test run, the stack's Prometheus\n"
+    "echolab report --since 15m                    the last 15 minutes instead\n"
+    f"echolab report --prometheus http://127.0.0.1:{ports.PROMETHEUS_HOST} --since 2h   named; the last 2 h",
 }
 
 
@@ -198,11 +200,36 @@ def scenario_list() -> str:
     return f"scenarios (--scenario):\n{rows}"
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, argv: list[str]) -> int:
     server = catalogue.server(args.server)
     server_settings = settings.from_namespace(server.settings, args)
+    if server_settings.python:
+        return serve_under(server.name, server_settings, argv)
     module = importlib.import_module(server.module)
     return started(server.name, server_settings.log_level, lambda: module.run(server, server_settings))
+
+
+def serve_under(name: str, server_settings: settings.ServeSettings, argv: list[str]) -> int:
+    """``echolab serve --python``: the same command in that interpreter's venv, in this process's
+    place (its pid, its signals); one line and exit 2 if it cannot be had."""
+
+    def say(line: str) -> None:
+        print(f"echolab serve: {line}", file=sys.stderr, flush=True)
+
+    try:
+        venv = interpreters.prepared(server_settings.python, say)
+    except interpreters.InterpreterError as exc:
+        say(f"error: {exc}")
+        return 2
+    values = {
+        k: str(getattr(server_settings, k)) for k in interpreters.CHOICES if hasattr(server_settings, k)
+    }
+    refused = venv.refuses(name, values)
+    if refused:
+        say(f"error: {refused}")
+        return 2
+    # The last --python wins: there it is "this one".
+    os.execv(venv.python, [venv.python, "-m", "echolab", *argv, "--python", ""])
 
 
 def downstream(args: argparse.Namespace) -> int:
@@ -234,16 +261,17 @@ def print_scenario(name: str, services: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        return run(build_parser().parse_args(argv))
+        return run(build_parser().parse_args(argv), argv)
     except settings.SettingError as exc:  # a bad value in the environment
         print(f"echolab: error: {exc}", file=sys.stderr)
         return 2
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "serve":
-        return serve(args)
+        return serve(args, argv)
     if args.command == "downstream":
         return downstream(args)
     if args.command == "bench":

@@ -26,16 +26,21 @@ import psutil
 
 from .catalogue import Server
 from .runtime import STILL_STOPPING
+from .settings import STOP_TIMEOUT
 
 HOST = "127.0.0.1"
 READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 20.0
 PORT_ATTEMPTS = 3  # a free port can be taken by another process before the child binds it
 LOG_TAIL = 3000
 
 
 class LaunchError(RuntimeError):
     """A child did not start, or did not stop when asked; the message ends with its log's tail."""
+
+    @property
+    def summary(self) -> str:
+        """The message's first line: what went wrong, and what the child logged last."""
+        return str(self).splitlines()[0]
 
 
 def free_port(host: str = HOST) -> int:
@@ -82,11 +87,13 @@ class Process:
         cwd: Path | None = None,
         host: str = HOST,
         port: int = 0,
+        stop_timeout: float = STOP_TIMEOUT,
     ) -> None:
         self.argv = list(argv)
         self.name = name
         self.host = host
         self.port = port
+        self.stop_timeout = stop_timeout
         self.log_path = log or Path(tempfile.mkstemp(prefix=f"echolab-{name}-", suffix=".log")[1])
         self.env = dict(os.environ if env is None else env)
         self.cwd = cwd
@@ -130,7 +137,8 @@ class Process:
         if not self.wait_ready(self.is_ready, timeout):
             assert self.proc is not None
             raise LaunchError(
-                f"{self.name} exited with {self.proc.returncode} while starting:\n{self.tail()}"
+                f"{self.name} exited with {self.proc.returncode} while starting; {self.last_word()}\n"
+                f"{self.tail()}"
             )
         return self
 
@@ -141,7 +149,9 @@ class Process:
             if not self.running():
                 return False
             if time.monotonic() > deadline:
-                raise LaunchError(f"{self.name} not ready after {timeout:g}s:\n{self.tail()}")
+                raise LaunchError(
+                    f"{self.name} not ready after {timeout:g}s; {self.last_word()}\n{self.tail()}"
+                )
             time.sleep(0.02)
         return True
 
@@ -150,14 +160,16 @@ class Process:
         if self.running():
             os.kill(self.pid, signum)
 
-    def wait(self, timeout: float = STOP_TIMEOUT) -> int:
+    def wait(self, timeout: float | None = None) -> int:
         assert self.proc is not None, "not started"
-        return self.proc.wait(timeout)
+        return self.proc.wait(self.stop_timeout if timeout is None else timeout)
 
-    def stop(self, timeout: float = STOP_TIMEOUT, signum: int = signal.SIGTERM) -> int:
-        """Signal (SIGTERM) and wait up to ``timeout`` for the exit code; else SIGKILL it all and raise."""
+    def stop(self, timeout: float | None = None, signum: int = signal.SIGTERM) -> int:
+        """Signal (SIGTERM) and wait up to ``timeout`` (its ``stop_timeout``) for the exit code; else
+        SIGKILL it and everything it started, and raise."""
         if self.proc is None:
             return 0
+        timeout = self.stop_timeout if timeout is None else timeout
         self.send(signum)
         try:
             return self.proc.wait(timeout)
@@ -183,9 +195,11 @@ class Process:
         self.proc.wait()
 
 
-def serve_argv(name: str, host: str, port: int, metrics_port: int, options: Sequence[str]) -> list[str]:
+def serve_argv(
+    name: str, host: str, port: int, metrics_port: int, options: Sequence[str], python: str = sys.executable
+) -> list[str]:
     return [
-        sys.executable, "-m", "echolab", "serve", name,
+        python, "-m", "echolab", "serve", name,
         "--host", host, "--port", str(port), "--metrics-port", str(metrics_port), *options,
     ]  # fmt: skip
 
@@ -201,10 +215,12 @@ class ServerProcess(Process):
         log: Path | None = None,
         env: Mapping[str, str] | None = None,
         host: str = HOST,
+        python: str = sys.executable,
     ) -> None:
         super().__init__([], name=server.name, log=log, env=env, host=host)
         self.server = server
         self.options = list(options)
+        self.python = python  # the interpreter it runs under: another's venv's (echolab.interpreters)
         self.metrics_port = 0
 
     def is_ready(self) -> bool:
@@ -221,7 +237,9 @@ class ServerProcess(Process):
     def start(self, timeout: float = READY_TIMEOUT) -> ServerProcess:
         for _attempt in range(PORT_ATTEMPTS):
             self.port, self.metrics_port = free_port(self.host), free_port(self.host)
-            self.argv = serve_argv(self.server.name, self.host, self.port, self.metrics_port, self.options)
+            self.argv = serve_argv(
+                self.server.name, self.host, self.port, self.metrics_port, self.options, self.python
+            )
             self.spawn()
             if self.wait_ready(self.is_ready, timeout):
                 return self
@@ -229,7 +247,8 @@ class ServerProcess(Process):
                 break
         assert self.proc is not None
         raise LaunchError(
-            f"{self.name} server exited with {self.proc.returncode} while starting:\n{self.tail()}"
+            f"{self.name} server exited with {self.proc.returncode} while starting; {self.last_word()}\n"
+            f"{self.tail()}"
         )
 
 

@@ -84,3 +84,19 @@ def summary(machine: dict[str, Any]) -> str:
         f"load {load[0]:.2f} at start" if load else "",
     ]
     return ", ".join(p for p in parts if p)
+
+
+# A one-minute load average above this share of the cores: other work takes a part of
+# them, and the servers and the client measure lower than on a quiet machine.
+BUSY_PER_CORE = 0.5
+
+
+def busy(machine: dict[str, Any]) -> str | None:
+    """A warning, in one line, when the load average at the start says the figures will be low."""
+    load, cores = (machine.get("load_average") or [0.0])[0], machine.get("cores") or 1
+    if load <= BUSY_PER_CORE * cores:
+        return None
+    return (
+        f"load average {load:.2f} on {cores} cores: other work is running, so the figures will be lower "
+        f"than on a quiet machine (under {BUSY_PER_CORE * cores:g}); compare runs made at a like load"
+    )

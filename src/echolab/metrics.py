@@ -41,7 +41,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from . import cgroup
+from . import cgroup, interpreters
 from .catalogue import SERVERS, Server
 from .runtime import RESOURCE_ERRNOS, binding
 from .settings import AsyncSettings, OffloadSettings
@@ -648,6 +648,7 @@ def start(
     cgroup_root: Path = cgroup.ROOT,
 ) -> tuple[ServerMetrics, int]:
     """Create the server's metrics and serve /metrics; return them and the port (0 asks for any free one)."""
+    info = {**info, **interpreters.here().facts()}
     metrics = ServerMetrics(server, info, enabled, threading.Lock() if thread_safe else None)
     if not enabled:
         return metrics, 0

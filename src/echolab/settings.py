@@ -44,6 +44,8 @@ HTTP_CLIENTS = ("httpx", "requests")
 # asyncpg's max_size, httpx's Limits.max_connections, requests' (urllib3's) pool_maxsize.
 LIBRARY_POOL_SIZES = {"psycopg": 4, "asyncpg": 10, "httpx": 100, "requests": 10}
 SUITE_PARTS = ("all", "sweep", "costs")
+# How long a server the lab started may take to exit after SIGTERM before it is killed.
+STOP_TIMEOUT = 20.0
 
 Check = Callable[[Any], str | None]  # the problem with a value, or None
 
@@ -465,6 +467,11 @@ class ServeSettings(Settings):
         work_model=True,
     )
     log_level: str = setting("info", "log level; per-request lines only at debug", choices=LOG_LEVELS)
+    python: str = setting(
+        "",
+        "run under this CPython instead (a path, python3.13, 3.14t), from a venv of its own made on "
+        "first use (.venv-<version>); none: this one",
+    )
     cgroup_root: Path = setting(
         Path("/sys/fs/cgroup"),
         "where the cgroup filesystem is mounted; if the cgroup there (in a container: its own) has a CPU "
@@ -672,7 +679,17 @@ class DemoSettings(Settings):
         0.5, "skip a server's higher levels once it gives less than this share of the bound (0: never)",
         check=at_least(0),
     )  # fmt: skip
+    stop_timeout: float = setting(
+        STOP_TIMEOUT, "a server not gone this long after SIGTERM is killed, and its sweep marked failed",
+        unit="s", check=above(0),
+    )  # fmt: skip
     servers: tuple[str, ...] = setting((), "run only these (comma-separated names; none: all)")
+    python: str = setting(
+        "", "run the servers under this CPython (a path, python3.13, 3.14t; see echolab serve --python)"
+    )
+    pythons: tuple[str, ...] = setting(
+        (), "also run each server under these (comma-separated, e.g. python3.12,3.14t): a row each"
+    )
     out: Path = setting(Path("reports"), "folder for the reports")
 
 
@@ -686,7 +703,11 @@ class ReportSettings(Settings):
         f"http://127.0.0.1:{ports.PROMETHEUS_HOST}",
         "the Prometheus to ask (the stack's, on its host port by default)",
     )
-    since: str = setting("15m", "the window: this long until now (90s, 15m, 2h)", check=prometheus_duration)
+    since: str | None = setting(
+        None,
+        "the window: this long until now (90s, 15m, 2h); none: the last load-test run and a little around",
+        check=prometheus_duration,
+    )
     dashboards: Path = setting(Path("grafana/dashboards"), "the dashboards whose panels to draw")
     out: Path = setting(Path("reports"), "folder for the report")
 
@@ -715,6 +736,9 @@ class SuiteSettings(Settings):
         "instead of the benchmark, run these scenarios (comma-separated, e.g. cpu,blocking; "
         "docs/scenarios.md lists them) on every server at a few levels",
         check=known_scenarios,
+    )
+    python: str = setting(
+        "", "run the servers under this CPython (a path, python3.13, 3.14t; see echolab serve --python)"
     )
     out: Path = setting(Path("reports"), "folder for the JSON")
 
@@ -753,19 +777,20 @@ class LocustSettings(Settings):
     Locust parses them itself, with its own (``--users``, ``--run-time``...): as
     flags, as LOCUST_* variables, or, for a setting marked ``web_ui``, from its
     web UI's start form, for one run. The rest are fixed when Locust starts.
+    The form shows a ``web_ui`` setting's help beside its name, in one line: a
+    few words, the detail in docs/locust.md.
     """
 
     PREFIX: ClassVar[str] = "LOCUST_"
 
     framing: str = setting(
         "lines",
-        "TCP users: lines, one persistent connection per user; oneshot, a connection per request "
-        "(HTTP users keep one connection alive)",
+        "lines: a connection per user; oneshot: per request",
         choices=FRAMINGS,
         web_ui=True,
     )
     message_size: int = setting(
-        BenchSettings.message_size, "request size in bytes, newline excluded", check=at_least(1), web_ui=True
+        BenchSettings.message_size, "request bytes, newline excluded", check=at_least(1), web_ui=True
     )
     think_time: float = setting(
         0.0, "seconds each user waits between requests", check=at_least(0), web_ui=True
@@ -773,21 +798,19 @@ class LocustSettings(Settings):
     connect_timeout: float = setting(5.0, "seconds to wait for a connection", check=above(0), web_ui=True)
     read_timeout: float = setting(
         BenchSettings.timeout,
-        "seconds a request may take to be answered (TCP users: connecting included; "
-        "HTTP users: each read, which for an echo is the wait for the reply)",
+        "seconds to wait for a reply",
         check=above(0),
         web_ui=True,
     )
     target_rps: float = setting(
         0.0,
-        "open loop: requests/s in all, spread over the users, whatever the replies do (0: closed "
-        "loop, each user waits for its reply and --think-time)",
+        "open loop: requests/s in all (0: closed loop)",
         check=at_least(0),
         web_ui=True,
     )
     max_inflight: int = setting(
         100,
-        "open loop: unanswered requests a user may have; an arrival beyond is a not_sent failure",
+        "open loop: unanswered requests per user",
         check=at_least(1),
         web_ui=True,
     )
@@ -818,7 +841,7 @@ class StepRampSettings(Settings):
 
     PREFIX: ClassVar[str] = LocustSettings.PREFIX
 
-    step_users: int = setting(10, "StepRamp: users added per step", check=at_least(1), web_ui=True)
+    step_users: int = setting(10, "StepRamp: users added each step", check=at_least(1), web_ui=True)
     step_seconds: float = setting(10.0, "StepRamp: seconds between steps", check=above(0), web_ui=True)
 
 
@@ -828,11 +851,9 @@ class SpikeSettings(Settings):
 
     PREFIX: ClassVar[str] = LocustSettings.PREFIX
 
-    spike_users: int = setting(200, "Spike: users added during the spike", check=at_least(0), web_ui=True)
-    spike_at: float = setting(
-        30.0, "Spike: seconds after the start the spike begins", check=at_least(0), web_ui=True
-    )
-    spike_seconds: float = setting(10.0, "Spike: how long the spike lasts", check=at_least(0), web_ui=True)
+    spike_users: int = setting(200, "Spike: users added for the spike", check=at_least(0), web_ui=True)
+    spike_at: float = setting(30.0, "Spike: its start, seconds into the run", check=at_least(0), web_ui=True)
+    spike_seconds: float = setting(10.0, "Spike: its length in seconds", check=at_least(0), web_ui=True)
 
 
 def target_options(server: str, port: int) -> tuple[Option, Option]:

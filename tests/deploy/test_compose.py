@@ -5,6 +5,7 @@ Read without Docker; `make test-stack` runs the file for real.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,8 @@ def test_every_server_setting_passes_through_from_the_env_file(services: dict[st
     for server in catalogue.SERVERS:
         environment = services[server.name]["environment"]
         readable = {option.env for option in settings.options(server.settings)}
-        assert set(environment) == readable - {"ECHO_HOST"}, f"{server.name}: the image sets ECHO_HOST"
+        # The image sets ECHO_HOST, and its Python is the image's.
+        assert set(environment) == readable - {"ECHO_HOST", "ECHO_PYTHON"}, server.name
         for option in stack.tunable_settings(server):
             # Unset or empty in .env: the server's own default, from settings.py only.
             assert environment[option.env] == f"${{{option.env}:-}}"
@@ -112,6 +114,36 @@ def test_locust_aims_at_the_stack_and_rebalances(services: dict[str, Any]) -> No
             assert (environment[f"{prefix}_HOST"], environment[f"{prefix}_PORT"]) == (server.name, "9090")
 
 
+def test_each_server_keeps_one_address_outside_the_range_the_others_draw_from(
+    services: dict[str, Any],
+) -> None:
+    """Recreated together, servers cannot take each other's address: each has its own, fixed."""
+    document = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    variables = {stack.NETWORK_VARIABLE: "10.1.2"}  # as a user moves the network: every address follows
+    (ipam,) = document["networks"]["default"]["ipam"]["config"]
+    subnet = ipaddress.ip_network(expand(ipam["subnet"], variables))
+    dynamic = ipaddress.ip_network(expand(ipam["ip_range"], variables))
+    assert subnet == ipaddress.ip_network("10.1.2.0/24") and dynamic.subnet_of(subnet)
+    assert ipaddress.ip_address(expand(ipam["gateway"], variables)) in subnet
+    addresses = {name: services[name]["networks"]["default"]["ipv4_address"] for name in SERVERS}
+    fixed = {name: ipaddress.ip_address(expand(address, variables)) for name, address in addresses.items()}
+    assert len(set(fixed.values())) == len(SERVERS), fixed
+    assert all(a in subnet and a not in dynamic and a != subnet.network_address + 1 for a in fixed.values())
+    for name, service in services.items():
+        if name not in SERVERS:  # Locust, scaled workers, Prometheus, Grafana: from the range
+            assert "networks" not in service, name
+    # Named after its addresses: moved, the stack is recreated whole on the new network by `make up`.
+    assert (
+        expand(document["networks"]["default"]["name"], {**variables, "COMPOSE_PROJECT_NAME": "p"})
+        == "p_10.1.2"
+    )
+
+
+def expand(value: str, variables: dict[str, str]) -> str:
+    """Every ``${NAME:-default}`` of a value, as compose interpolates it."""
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: variables.get(m.group(1), m.group(2) or ""), value)
+
+
 def test_grafana_is_optional_and_its_password_a_secret(services: dict[str, Any]) -> None:
     grafana = services["grafana"]
     assert grafana["profiles"] == ["grafana"]
@@ -142,12 +174,6 @@ def test_env_example_names_every_variable_the_compose_files_read() -> None:
     assert used - defined == {"COMPOSE_PROJECT_NAME"}, "compose sets that one itself"
 
 
-def interpolated(value: str, variables: dict[str, str]) -> str:
-    """A value of the compose file as compose gives it: ``${NAME:-}`` is NAME's value, or empty."""
-    match = re.fullmatch(r"\$\{(\w+):-\}", value)
-    return variables.get(match.group(1), "") if match else value
-
-
 @pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS)
 def test_make_scenario_gives_each_server_the_flags_it_reads(
     services: dict[str, Any], scenario: Scenario, capsys: pytest.CaptureFixture[str]
@@ -162,9 +188,7 @@ def test_make_scenario_gives_each_server_the_flags_it_reads(
     env_file = {"ECHO_CPU_MS": "7", "ECHO_DELAY_DISTRIBUTION": "exponential", "ECHO_OFFLOAD": "thread"}
     for server in catalogue.SERVERS:
         given = {**env_file, **printed}
-        environment = {
-            name: interpolated(v, given) for name, v in services[server.name]["environment"].items()
-        }
+        environment = {name: expand(v, given) for name, v in services[server.name]["environment"].items()}
         args = cli.build_parser().parse_args(["serve", server.name, *scenario.options_for(server)])
         expected = settings.from_namespace(server.settings, args)
         got = settings.from_environment(server.settings, environment)

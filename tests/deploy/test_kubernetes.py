@@ -209,6 +209,30 @@ def test_compose_and_kubernetes_run_the_servers_alike(base: list[Object], servic
         assert f"{spec['terminationGracePeriodSeconds']}s" == composed["stop_grace_period"]
 
 
+def test_locust_reaches_each_server_through_its_service_never_a_pod(base: list[Object]) -> None:
+    """A Service's virtual address outlives the pods: a recreated server is where its users look.
+
+    Each Locust target is a Service named for its server, with a cluster IP
+    (not headless, whose name resolves to the pods' own addresses), selecting
+    that server's pods only, on the port the target names.
+    """
+    _, master = deployment_of(base, stack.MASTER_SERVICE)
+    environment = {e["name"]: e["value"] for e in master["env"]}
+    pods = {
+        server: named(base, "Deployment", server)["spec"]["template"]["metadata"]["labels"]
+        for server in SERVERS
+    }
+    for server in catalogue.SERVERS:
+        host, port = (environment[option.env] for option in server.locust_target)
+        service = named(base, "Service", host)
+        assert host == server.name and service["spec"].get("clusterIP") != "None", service
+        selector = service["spec"]["selector"].items()
+        assert [name for name, labels in pods.items() if selector <= labels.items()] == [server.name], (
+            selector
+        )
+        assert int(port) in {p["port"] for p in service["spec"]["ports"]}
+
+
 def test_compose_and_kubernetes_run_locust_and_grafana_alike(
     base: list[Object], services: dict[str, Any]
 ) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 from support.parallel import with_demo_runs
+from support.processes import alive, descendants
 from support.servers import clean_environment
 from support.waiting import poll_until
 
@@ -50,6 +50,7 @@ def test_every_scenario_is_a_section_with_every_server_and_level(demo_runs: tupl
             "server": "serial",
             "why": "under 50% of the bound at 4 connections",
             "levels": [8],
+            "cut": False,
         }
     ]
     assert data["machine"]["cores"] == os.cpu_count()
@@ -82,25 +83,6 @@ def test_an_unknown_scenario_is_one_line_and_exit_2(capsys: pytest.CaptureFixtur
     assert demo.run(DemoSettings(scenario=("nosuch",))) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"echolab demo: error: no scenario nosuch: choose from {', '.join(scenarios.SCENARIOS)}"]
-
-
-def descendants(pid: int) -> dict[psutil.Process, str]:
-    """Every process under ``pid``, with its command line."""
-    found = {}
-    try:
-        for process in psutil.Process(pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                found[process] = " ".join(process.cmdline())
-    except psutil.Error:
-        pass
-    return found
-
-
-def alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -153,4 +135,9 @@ def test_an_interrupted_demo_stops_everything_and_keeps_a_partial_report(
     assert data["partial"]["signal"] == signal.Signals(signum).name
     assert 0 < data["partial"]["levels_done"] < data["partial"]["levels_planned"]
     assert len(data["rows"]) == data["partial"]["levels_done"]
-    assert "Partial run" in (folder / "index.html").read_text()
+    page = (folder / "index.html").read_text()
+    assert "Partial run" in page
+    # The sweep under way when the signal came is noted as cut off, with the levels it did not reach.
+    (cut,) = [s for s in data["skipped"] if s["cut"]]
+    assert cut["why"] == f"cut off by {signal.Signals(signum).name}" and cut["levels"]
+    assert f"{cut['server']}: {cut['why']}; not measured: " in page

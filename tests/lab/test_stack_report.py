@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from support.servers import clean_environment
 
-from echolab.lab.stack_report import format_value, legend_name, markdown, overrides, runs_of, table_html
+from echolab.dashboards.panels import RESTARTS, RUNS
+from echolab.lab.stack_marks import Change, Mark, around, changes, runs_of
+from echolab.lab.stack_report import format_value, legend_name, markdown, overrides, table_html
 
 PANEL = {
     "fieldConfig": {
@@ -64,6 +66,29 @@ def test_consecutive_samples_make_one_run() -> None:
     assert list(runs_of([], step=5.0)) == []
 
 
+def restart(server: str, start: float, end: float) -> Mark:
+    return Mark(RESTARTS, start, end, "orange", (("server", server),))
+
+
+def test_overlapping_restarts_are_one_change_and_a_later_one_another() -> None:
+    found = [
+        restart("async", 100.0, 130.0),
+        Mark(RUNS, 0.0, 500.0, "purple"),
+        restart("threaded", 104.0, 134.0),  # recreated together: one switch
+        restart("async", 300.0, 330.0),  # later: a change of its own
+    ]
+    assert changes(found) == [
+        Change(100.0, 134.0, ("async", "threaded")),
+        Change(300.0, 330.0, ("async",)),
+    ]
+
+
+def test_the_window_around_a_run_shows_a_little_before_and_after_it() -> None:
+    assert around((1000.0, 2000.0), now=5000.0) == (900.0, 2100.0)  # a tenth of the run
+    assert around((1000.0, 1060.0), now=5000.0) == (970.0, 1090.0)  # at least 30 s
+    assert around((1000.0, 2000.0), now=2050.0) == (900.0, 2050.0)  # never past now
+
+
 def test_markdown_of_the_text_panels() -> None:
     text = "Four **servers**, `echo_server_info`.\n\n* one *a*\n* two"
     assert markdown(text) == (
@@ -85,12 +110,22 @@ def test_table_columns_follow_the_organize_transformation() -> None:
     )
 
 
+def test_a_setting_a_server_lacks_shows_as_not_applying() -> None:
+    rows = [{"server": "threaded", "model": "pool", "threads": "8"}, {"server": "async", "loop": "uvloop"}]
+    html = table_html({}, rows)
+    assert html.count("n/a") == 3, html  # async: model, threads; threaded: loop
+    assert '<td class="na" title="does not apply to this server">n/a</td>' in html
+
+
 @pytest.mark.parametrize(
     ("args", "error"),
     [
         (["--since", "soon"], "not a duration"),
         (["--prometheus", "http://127.0.0.1:{port}", "--since", "1m"], "cannot query Prometheus"),
         (["--dashboards", "{tmp}", "--since", "1m"], "no dashboards"),
+        # Without --since, the window is the last run's: Prometheus is asked for it first.
+        (["--prometheus", "http://127.0.0.1:{port}"], "cannot query Prometheus"),
+        (["--dashboards", "{tmp}"], "no dashboards"),
     ],
 )
 def test_a_mistake_is_one_line(args: list[str], error: str, tmp_path: Path, refused_port: int) -> None:

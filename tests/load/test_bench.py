@@ -25,6 +25,7 @@ from support.waiting import poll_until
 from echolab.catalogue import server
 from echolab.lab.contenders import Contender, of, running
 from echolab.lab.sweep import measure
+from echolab.load.bench_result import UNMEASURED
 
 
 def variant(name: str, framing: str = "lines") -> Contender:
@@ -244,6 +245,9 @@ def test_a_oneshot_server_is_named_as_a_framing_mismatch() -> None:
     assert done.returncode == 1
     assert "closed the connection after each reply: it speaks oneshot framing" in done.stderr
     assert "Traceback" not in done.stderr
+    # Its replies are not the server's throughput: no share of the bound is shown for them.
+    (bound,) = [line for line in done.stdout.splitlines() if line.startswith("little's law bound")]
+    assert bound.endswith(f"achieved {UNMEASURED}"), done.stdout
 
 
 def lower_fd_limit(limit: int) -> Callable[[], None]:

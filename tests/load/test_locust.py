@@ -326,20 +326,23 @@ def test_master_and_workers_each_serve_metrics(
 # --- load shapes -----------------------------------------------------------------
 
 
-SHAPE_LOG = re.compile(r"Shape test updating to (\d+) users")
+SHAPE_LOG = re.compile(r"Shape test updating to (\d+) users at ([\d.]+) spawn rate")
 SPAWNED_LOG = re.compile(r"All users spawned: .* \((\d+) total users\)")
 
 
-def shape_run(run: LocustProcess) -> tuple[list[int], list[int]]:
+def shape_run(run: LocustProcess, spawn_rate: float) -> tuple[list[int], list[int]]:
     """Let a shape run to its end (``-t``); return the user counts it asked for, then those it got.
 
     Both come from Locust's log, in order: the shape's decisions, and the
-    totals running after each change.
+    totals running after each change. Each decision is at ``spawn_rate``, the
+    one given to Locust (the web UI's ramp up): the shape does not pick its own.
     """
     assert run.wait() == 0, run.log
     log = run.log
     assert "Shape test completed" in log, log
-    return [int(n) for n in SHAPE_LOG.findall(log)], [int(n) for n in SPAWNED_LOG.findall(log)]
+    asked = SHAPE_LOG.findall(log)
+    assert {float(rate) for _, rate in asked} == {spawn_rate}, asked
+    return [int(users) for users, _ in asked], [int(n) for n in SPAWNED_LOG.findall(log)]
 
 
 @LINES_PAIR
@@ -347,10 +350,11 @@ def test_step_ramp_adds_a_step_at_a_time_up_to_the_ceiling(
     module_server: Callable[..., TestServer], locust: Callable[..., LocustProcess]
 ) -> None:
     # Steps at 0, 1 and 2 s (Locust asks the shape once a second), then 2 s to hold the last one.
-    args = ["--headless", "-u", "6", "-t", "4s", "--step-users", "2", "--step-seconds", "1", "--only-summary"]
-    args += PACED
+    # A step's users start at -r, the form's ramp up: 2 a second, each step within its second.
+    args = ["--headless", "-u", "6", "-r", "2", "-t", "4s", "--step-users", "2", "--step-seconds", "1"]
+    args += ["--only-summary", *PACED]
     run = locust(*args, *echo_servers(module_server, "lines"), files="locustfile.py,step_ramp.py")
-    asked, running = shape_run(run)
+    asked, running = shape_run(run, 2)
     assert asked == [2, 4, 6], asked
     assert running == [2, 4, 6], running
     assert all(run.stats()[t]["num_failures"] == 0 for t in TARGETS)
@@ -364,6 +368,8 @@ def test_spike_goes_up_and_back_to_the_baseline(
         "--headless",
         "-u",
         "2",
+        "-r",
+        "4",
         "-t",
         "4s",
         "--spike-users",
@@ -375,7 +381,7 @@ def test_spike_goes_up_and_back_to_the_baseline(
         *PACED,
     ]
     run = locust(*args, *echo_servers(module_server, "lines"), files="locustfile.py,spike.py")
-    asked, running = shape_run(run)
+    asked, running = shape_run(run, 4)
     assert asked == [2, 6, 2], asked
     assert running == [2, 6, 2], running
     assert all(run.stats()[t]["num_failures"] == 0 for t in TARGETS)

@@ -20,6 +20,8 @@ from support.scrape import Metrics
 from support.servers import HOST, HTTP_SERVERS, HttpTestServer, settled
 from support.waiting import TIMEOUT
 
+from echolab import interpreters
+
 SERVERS = list(HTTP_SERVERS)
 # Long enough that a scrape sees every request of a batch in flight at once,
 # on a loaded machine: the tests assert on that ordering, not on durations.
@@ -132,6 +134,7 @@ def test_metrics_add_up_across_worker_processes(http_server):
     assert info.get("model", info.get("loop")) == (
         "gthread" if http_server.name == "threaded-http" else "uvloop"
     )
+    assert {k: info[k] for k in ("python", "gil")} == interpreters.here().facts()
     assert after.value("echo_threads", server=http_server.name) >= 3  # master + 2 workers, at least
     assert after.value("process_cpu_seconds_total") > 0
     assert after.value("process_resident_memory_bytes") > 0

@@ -25,21 +25,36 @@ import time
 from typing import Any
 
 from support.dashboards import DASHBOARDS, load_dashboard
-from support.stack import OPEN_LOOP, SERVERS, TIMINGS, Compose, Load, by, stop_swarm, swarm, wait_for
+from support.stack import (
+    CLOSED_LOOP,
+    OPEN_LOOP,
+    SERVERS,
+    TIMINGS,
+    USERS,
+    Compose,
+    Load,
+    answered_and_sent,
+    by,
+    settled,
+    stop_swarm,
+    swarm,
+    wait_for,
+)  # fmt: skip
 
 from echolab import catalogue
-from echolab.dashboards.panels import queries, resolve_variables, substitute
+from echolab.dashboards.panels import RESTARTS, queries, resolve_variables, substitute
 from echolab.dashboards.prometheus import Prometheus
+from echolab.lab import stack_marks, stack_report
 from echolab.metrics import spec
 from echolab.scenarios import SCENARIOS
-from echolab.settings import options
+from echolab.settings import ReportSettings, options
 
 BLOCKING_S = float(SCENARIOS["blocking"].environment(catalogue.SERVERS[0])["ECHO_BLOCKING_MS"]) / 1000
 CAP = 1 / BLOCKING_S  # requests/s of one process that runs its blocking calls one at a time
+SCRAPE = 5.0  # the stack's scrape interval (prometheus/prometheus.yml)
 WINDOW = "30s"  # six scrapes of the stack's 5 s
 LAG = spec("echo_event_loop_lag_seconds").name
 LATE = 0.05  # a lag bucket's bound: a probe more than 50 ms late
-CLOSED_LOOP = {"target_rps": 0}  # each user waits for its reply: a loop that serialises shows at once
 EVENT_LOOP = [s.name for s in catalogue.SERVERS if s.family == "async"]
 THREADED = [s.name for s in catalogue.SERVERS if s.family == "threaded"]
 
@@ -68,6 +83,8 @@ def wait_for_work_model(stack: Compose, name: str) -> None:
         wanted[server.name] = {
             o.name: environment[o.env] for o in options(server.settings) if o.env in environment
         }
+        if environment.get("ECHO_OFFLOAD") == "none":  # no pool, no size shown
+            wanted[server.name]["offload_threads"] = None
 
     def shown() -> tuple[bool, Any]:
         seen = {
@@ -86,34 +103,53 @@ def make_scenario(stack: Compose, name: str) -> None:
     wait_for_work_model(stack, name)
 
 
+def check_switch_marked(stack: Compose, before: float, after: float) -> None:
+    """The switch made between ``before`` and ``after`` is marked where `make report` looks by default.
+
+    Its window is the last load-test run's, the run under way; in it, the four
+    servers' restarts make one change, which the report lists with the
+    settings that changed and the requests that failed in it.
+    """
+    ended = "server:echo_restarted:30s > 0"
+    wait_for("the switch's mark ended", lambda: (not stack.query(ended), stack.query(ended)), 60)
+    url = stack.url("PROMETHEUS", "")
+    start, end, what = stack_report.report_window(
+        ReportSettings(prometheus=url, dashboards=DASHBOARDS[0].parent), time.time()
+    )
+    assert what.startswith("the last load-test run (running)"), what
+    home = load_dashboard(DASHBOARDS[0].parent / "echolab-overview.json")
+    prometheus = Prometheus(url)
+    values = resolve_variables(prometheus, home, "1m")
+    found = stack_marks.marks(prometheus, home, values, (start, end, SCRAPE), RESTARTS)
+    switch = [c for c in stack_marks.changes(found) if before - SCRAPE <= c.start <= after]
+    assert [set(c.servers) for c in switch] == [set(SERVERS)], (before, after, found)
+    assert start <= switch[0].start and switch[0].end < end, "inside the report's window"
+    listed = stack_marks.marks_html(prometheus, found)
+    blocking_ms = SCENARIOS["blocking"].environment(catalogue.SERVERS[0])["ECHO_BLOCKING_MS"]
+    assert f"blocking_ms 0 → {blocking_ms}" in listed, listed
+    started = stack_marks.first_start(prometheus, switch[0])
+    cost = stack_marks.failed(prometheus, (), started - stack_marks.BEFORE_START, switch[0].end)
+    marked = switch[0].end - switch[0].start
+    failed = stack_marks.count(cost)
+    print(f"\nswitch to blocking under {USERS} users: marked {marked:.0f} s, failed requests {failed}")
+
+
 def test_blocking_calls_stall_the_event_loop_not_the_threads(load: Load) -> None:
     stack = load.stack
     under_io = late_and_all(stack, "1m")
     stop_swarm(stack)
     swarm(stack, CLOSED_LOOP)
+    before = time.time()
     make_scenario(stack, "blocking")
+    after = time.time()
     workers = {s: float(labels.get("workers", "1")) for s, labels in work_model(stack).items()}
 
     # Rates over a WINDOW with no restart in it (every sample is of the new containers) and no
     # failure (the users' requests of the switch, refused in a burst, are out of it).
-    def settled() -> tuple[bool, Any]:
-        resets = by(stack.query(f'resets(echo_requests_total{{outcome="ok"}}[{WINDOW}])'), "server")
-        samples = by(stack.query(f'count_over_time(echo_requests_total{{outcome="ok"}}[{WINDOW}])'), "server")
-        failed = by(
-            stack.query(f"sum by (server) (increase(echo_client_failures_total[{WINDOW}])) > 0"), "server"
-        )
-        ok = set(resets) == set(SERVERS) and max(resets.values()) == 0 and min(samples.values()) >= 5
-        return ok and not failed, (resets, samples, failed)
-
-    wait_for(f"{WINDOW} of requests under the blocking scenario", settled, 90)
-    rates = by(
-        stack.query(f'sum by (server) (rate(echo_requests_total{{outcome="ok"}}[{WINDOW}]))'), "server"
-    )
+    wait_for(f"{WINDOW} of requests under the blocking scenario", lambda: settled(stack, WINDOW), 90)
+    check_switch_marked(stack, before, after)  # the run goes on
+    rates, sent = answered_and_sent(stack, WINDOW)
     # Each server answers its own users: recreated, none took another's address from Locust.
-    sent = by(
-        stack.query(f'sum by (server) (rate(echo_client_requests_total{{job="locust-workers"}}[{WINDOW}]))'),
-        "server",
-    )
     assert all(abs(rates[s] / sent[s] - 1) < 0.25 for s in SERVERS), f"answered {rates}, sent {sent}"
     per_process = {server: rates[server] / workers[server] for server in SERVERS}
     lag = late_and_all(stack, WINDOW)

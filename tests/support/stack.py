@@ -41,6 +41,9 @@ STEP = {"shape_class": "StepRamp", "step_users": USERS // 2, "step_seconds": 2}
 # data, the open loop's "offered vs achieved" too: 100 requests/s in all, 25 per server, half of
 # what 5 users per server could carry in a closed loop at the servers' 100 ms.
 OPEN_LOOP = {"target_rps": 100}
+# Each user waits for its reply (and a TCP user keeps one connection): a loop that serialises shows
+# at once, and the servers' connections count the users.
+CLOSED_LOOP = {"target_rps": 0}
 
 TIMINGS: dict[str, float] = {}  # printed when the stack goes down
 COMPOSE = ["docker", "compose", "--env-file", str(ROOT / ".env.example")]
@@ -52,8 +55,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_network() -> str:
+    """The first three numbers of a /24 no Docker network of this machine uses (STACK_NETWORK):
+    a stack of `make up` keeps its own, .env.example's 172.16.90 by default."""
+    ids = subprocess.run(
+        ["docker", "network", "ls", "--quiet"], capture_output=True, text=True
+    ).stdout.split()
+    used = set()
+    for network in json.loads(subprocess.run(["docker", "network", "inspect", *ids], capture_output=True,
+                                             text=True).stdout or "[]"):  # fmt: skip
+        for config in (network.get("IPAM") or {}).get("Config") or []:
+            used.add(config.get("Subnet", "").rsplit(".", 1)[0])
+    return next(f"172.16.{n}" for n in range(200, 255) if f"172.16.{n}" not in used)
+
+
 class Compose:
-    """``docker compose`` for the test's project, on free host ports."""
+    """``docker compose`` for the test's project, on free host ports and a network of its own."""
 
     def __init__(self) -> None:
         names = ["GRAFANA", "LOCUST_UI", "LOCUST_MASTER", "PROMETHEUS"]
@@ -61,6 +78,7 @@ class Compose:
         self.env = {
             **os.environ,
             "COMPOSE_PROJECT_NAME": PROJECT,
+            "STACK_NETWORK": free_network(),
             "COMPOSE_PROFILES": "",  # no Grafana
             "COMPOSE_FILE": "docker-compose.yml",  # no override a developer may have
             # Grafana is not started, but compose reads the whole file.
@@ -143,6 +161,34 @@ def swarm(stack: Compose, form: dict[str, Any]) -> None:
 def stop_swarm(stack: Compose) -> None:
     stack.locust("/stop", {})
     wait_for("Locust stopped", lambda: (stack.locust("/stats/requests")["state"] == "stopped", None), 30)
+
+
+def settled(stack: Compose, window: str) -> tuple[bool, Any]:
+    """Whether every server has served ``window`` without a restart (every sample of its current
+    process) and its users counted no failure in it: rates over it are of the servers as they are."""
+    resets = by(stack.query(f'resets(echo_requests_total{{outcome="ok"}}[{window}])'), "server")
+    samples = by(stack.query(f'count_over_time(echo_requests_total{{outcome="ok"}}[{window}])'), "server")
+    failed = by(
+        stack.query(f"sum by (server) (increase(echo_client_failures_total[{window}])) > 0"), "server"
+    )
+    ok = set(resets) == set(SERVERS) and max(resets.values()) == 0 and min(samples.values()) >= 5
+    return ok and not failed, (resets, samples, failed)
+
+
+def answered_and_sent(stack: Compose, window: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Requests/s over ``window``, per server: answered as the server counts them, sent as its users do.
+
+    A user talking to another class's server moves its requests from one
+    server's count to the other's, while its class's count stays.
+    """
+    answered = by(
+        stack.query(f'sum by (server) (rate(echo_requests_total{{outcome="ok"}}[{window}]))'), "server"
+    )
+    sent = by(
+        stack.query(f'sum by (server) (rate(echo_client_requests_total{{job="locust-workers"}}[{window}]))'),
+        "server",
+    )
+    return answered, sent
 
 
 def users_per_server(stack: Compose) -> tuple[bool, Any]:

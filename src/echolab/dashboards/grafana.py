@@ -30,6 +30,7 @@ from grafana_foundation_sdk.models.text import TextMode
 
 from ..catalogue import SERVERS
 from ..metrics import spec
+from .panels import RESTARTS, RUNS
 
 DATASOURCE_UID = "echolab-prometheus"  # grafana/provisioning/datasources/prometheus.yml (a test compares)
 DATASOURCE = cm.DataSourceRef(type_val="prometheus", uid=DATASOURCE_UID)
@@ -194,8 +195,8 @@ def heatmap_panel(title: str, description: str, query: Query, *, repeat: str = "
 def table_panel(
     title: str, description: str, query: Query, columns: Sequence[str], rename: dict[str, str]
 ) -> table.Panel:
-    """An instant query as a table of its labels: ``columns`` in this order, the rest hidden."""
-    hidden = {"Time": True, "Value": True, "__name__": True, "job": True}
+    """An instant query as a table of its labels: ``columns`` in this order; where it was scraped, hidden."""
+    hidden = {"Time": True, "Value": True, "__name__": True, "job": True, "instance": True, "pod": True}
     return (
         table.Panel()
         .title(title)
@@ -262,11 +263,19 @@ def interval_variable() -> db.IntervalVariable:
 def load_test_runs() -> db.AnnotationQuery:
     """When a Locust run started and stopped: a region on every panel while a master or local process runs."""
     running = f"{metric('echo_client_running')} * on (job, instance) group_left {NOT_WORKERS}"
-    return annotation("Load test runs", Query(f"max({running}) > 0", "Locust run"), "#8e44ad")
+    return annotation(RUNS, Query(f"max({running}) > 0", "Locust run"), "#8e44ad")
+
+
+RESTARTED = "server:echo_restarted:30s"  # prometheus/rules.yml
+
+
+def server_restarts(selector: str = "") -> db.AnnotationQuery:
+    """Where a server was down or had just restarted (``make scenario``, ``make up``, a crash): its switch."""
+    return annotation(RESTARTS, Query(f"{RESTARTED}{{{selector}}}", "{{server}} restarted"), "#e67e22")
 
 
 def annotation(name: str, query: Query, colour: str) -> db.AnnotationQuery:
-    """Regions on every panel's time axis where ``query`` has a value: Grafana joins consecutive samples."""
+    """Regions on every panel's time axis where ``query`` is 1 or more: Grafana joins consecutive samples."""
     return (
         db.AnnotationQuery()
         .name(name)

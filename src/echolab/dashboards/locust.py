@@ -21,6 +21,7 @@ from .grafana import (
     interval_variable,
     load_test_runs,
     metric,
+    server_restarts,
     timeseries_panel,
 )
 
@@ -115,5 +116,5 @@ def build() -> dm.Dashboard:
         "(src/echolab/dashboards/): edit the code, not the JSON.",
         [processes(), load()],
         variables=[interval_variable()],
-        annotations=[load_test_runs()],
+        annotations=[load_test_runs(), server_restarts()],
     )

@@ -21,6 +21,7 @@ from .grafana import (
     metric,
     quantile,
     server_rate,
+    server_restarts,
     server_variable,
     table_panel,
     text_panel,
@@ -81,7 +82,9 @@ def header() -> Row:
         "work, then its blocking call, then its IO (ECHO_CPU_MS, ECHO_BLOCKING_MS, ECHO_DELAY_MS, or a "
         "preset of `make scenario`); offload: where an event-loop server runs the blocking call. cpus "
         "and memory are the container limits (SERVER_CPUS, SERVER_MEMORY) docker compose gave every "
-        "server. workers: gunicorn worker processes of the HTTP servers.",
+        "server. workers: gunicorn worker processes of the HTTP servers. An empty cell (n/a in `make "
+        "report`) is a setting that does not apply to that server: threads size the threaded "
+        "server's pool model only, offload threads the pool of `offload thread`.",
         Query(f"{info}{{{SERVER}}}", "{{server}}"),
         columns=[
             "server",
@@ -100,7 +103,6 @@ def header() -> Row:
             "delay_distribution",
             "cpus",
             "memory",
-            "instance",
         ],
         rename={
             "cpu_ms": "CPU (ms)",
@@ -461,5 +463,5 @@ def build() -> dm.Dashboard:
             server_variable(),
             interval_variable(),
         ],
-        annotations=[load_test_runs()],
+        annotations=[load_test_runs(), server_restarts(SERVER)],
     )

@@ -15,6 +15,9 @@ from typing import Any
 from .prometheus import Prometheus
 
 Dashboard = dict[str, Any]
+# The annotations both dashboards carry, by name: the report finds its window and its marks by them.
+RUNS = "Load test runs"
+RESTARTS = "Server restarts"
 LABEL_VALUES = re.compile(r"label_values\((?:(.*),\s*)?(\w+)\)")
 VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 

@@ -82,5 +82,9 @@ def render() -> str:
         "BIND_ADDRESS=127.0.0.1",
         "# Host ports, if the defaults are taken (e.g. by `make serve-threaded`).",
         *(f"HOST_PORT_{name}={port}" for name, port in compose.HOST_PORTS.items()),
+        "# The stack's own network, a /24 given by its first three numbers: each server",
+        "# keeps its address there (.10 up), whatever is recreated; the other containers",
+        "# take theirs from .128 up. Change it if it overlaps a network of this machine's.",
+        f"{stack.NETWORK_VARIABLE}={stack.NETWORK}",
     ]
     return "\n".join(lines) + "\n"

@@ -76,10 +76,15 @@ FIXED_SERVER_ENV = {
 }
 
 
+# Settings that mean nothing in a container: its address is the image's, and so is its
+# interpreter (the Dockerfile's PYTHON_IMAGE, not --python).
+NOT_IN_CONTAINERS = ("host", "python")
+
+
 def tunable_settings(server: Server) -> Iterator[settings.Option]:
     """The settings of ``server`` a user may set for the stack: all it reads but what the stack fixes."""
     for option in settings.options(server.settings):
-        if option.env not in FIXED_SERVER_ENV and option.name != "host":
+        if option.env not in FIXED_SERVER_ENV and option.name not in NOT_IN_CONTAINERS:
             yield option
 
 
@@ -94,6 +99,28 @@ def scenario_environment(scenario: Scenario) -> dict[str, str]:
     for server in catalogue.SERVERS:
         environment.update(scenario.environment(server))
     return environment
+
+
+# --- the network ------------------------------------------------------------------
+
+# Every service a load generator or another service reaches by name keeps one
+# address on the stack's network, whatever is recreated and in whatever order.
+# With addresses handed out anew at each start, four servers recreated at once
+# (`make up` after an edit, `docker compose up --force-recreate`) took each
+# other's, and for a moment Docker's DNS answered a server's name with its old
+# address: its users reconnected to another server and loaded it, unnoticed (the
+# same protocol answers the same). A fixed address makes a stale answer the right
+# one. The rest (Locust, Prometheus, Grafana, scaled workers) draw theirs from
+# the upper half of the network, where no fixed address lies.
+NETWORK = "172.16.90"  # the /24 of the stack's network, its first three numbers
+NETWORK_VARIABLE = "STACK_NETWORK"  # where a user moves it, if it overlaps a network of theirs
+FIRST_FIXED = 10  # the servers': .10, .11, ... in the catalogue's order
+DYNAMIC = (128, 25)  # the others': .128/25
+
+
+def fixed_hosts() -> dict[str, int]:
+    """The last number of each fixed address on the stack's /24, by service: every server's."""
+    return {server.name: FIRST_FIXED + i for i, server in enumerate(catalogue.SERVERS)}
 
 
 def health(server: Server) -> tuple[int, str]:

@@ -50,9 +50,16 @@ class Series:
 
 
 def series_of(grouped: dict[str, list[Row]], suffix: str = "", dashed: bool = False) -> list[Series]:
-    """A series per server, in its catalogue colour and a marker of its own."""
+    """A series per server, in its catalogue colour and a marker of its own; a server under another
+    interpreter (``threaded@3.13``) in its colour too, dashed."""
     return [
-        Series(name + suffix, rows, COLORS.get(name), MARKERS[i % len(MARKERS)], dashed)
+        Series(
+            name + suffix,
+            rows,
+            COLORS.get(name.split("@")[0]),
+            MARKERS[i % len(MARKERS)],
+            dashed or "@" in name,
+        )
         for i, (name, rows) in enumerate(grouped.items())
     ]
 
@@ -127,7 +134,7 @@ def bound_chart(series: list[Series], mode: str, delay_ms: float) -> str:
     for s in series:
         fractions = [r.bound_fraction if r.bound_fraction is not None else math.nan for r in s.rows]
         share.plot(s.x, fractions, **s.style())
-        top = max(top, *(f * 1.05 for f in fractions if not math.isnan(f)))
+        top = max([top, *(f * 1.05 for f in fractions if not math.isnan(f))])  # none: a run with a problem
         rate.plot(s.x, [r.throughput for r in s.rows], **s.style())
     levels = sorted({x for s in series for x in s.x})
     what = "the offered rate" if mode == "open" else "the Little's-law bound"

@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..load.bench_result import shown
 from ..settings import CompareSettings
 from . import charts
 from .history import NotARun, SavedRun, load, new_folder
 from .report import level_text, page, require_extra
-from .results import Row, by_server, console
+from .results import Row, by_server, console, interpreters, measured
 
 Key = tuple[str, str, str, float, float]  # scenario, mode, server, level, delay ms
 Group = tuple[str, str, float]  # scenario, mode, delay ms
@@ -42,8 +43,24 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return b / a if a and b is not None else None
 
 
+def figures(row: Row) -> tuple[float | None, float | None]:
+    """A row's throughput and p99, each None where it was not measured (a level that failed)."""
+    if row.failure:
+        return None, None
+    return row.throughput, row.latency("p99")
+
+
 def show_ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
+    return shown(value, ".2f") + ("x" if value is not None else "")
+
+
+def cells(a: Row, b: Row) -> list[str]:
+    """A's and B's throughput and their ratio, then their p99 and its ratio; UNMEASURED for what was not."""
+    (a_rate, a_p99), (b_rate, b_p99) = figures(a), figures(b)
+    return [
+        shown(a_rate, ",.0f"), shown(b_rate, ",.0f"), show_ratio(ratio(a_rate, b_rate)),
+        shown(a_p99), shown(b_p99), show_ratio(ratio(a_p99, b_p99)),
+    ]  # fmt: skip
 
 
 def terminal_table(pairs: list[tuple[Row, Row]]) -> Any:
@@ -63,26 +80,17 @@ def terminal_table(pairs: list[tuple[Row, Row]]) -> Any:
     ):
         table.add_column(title, justify="left" if title in ("section", "server", "level") else "right")
     for a, b in pairs:
-        table.add_row(
-            group_title((a.scenario, a.mode, a.delay_ms)),
-            a.server,
-            level_text(a),
-            f"{a.throughput:,.0f}",
-            f"{b.throughput:,.0f}",
-            show_ratio(ratio(a.throughput, b.throughput)),
-            f"{a.latency('p99') or 0:,.1f}",
-            f"{b.latency('p99') or 0:,.1f}",
-            show_ratio(ratio(a.latency("p99"), b.latency("p99"))),
-        )
+        table.add_row(group_title((a.scenario, a.mode, a.delay_ms)), a.server, level_text(a), *cells(a, b))
     return table
 
 
 def machine_table(a: SavedRun, b: SavedRun) -> str:
     """The two runs' machine facts side by side; the ones that differ in bold."""
-    facts = sorted(set(a.machine) | set(b.machine))
+    left_facts = {**a.machine, "servers": interpreters(a.rows)}
+    right_facts = {**b.machine, "servers": interpreters(b.rows)}
     rows = []
-    for fact in facts:
-        left, right = a.machine.get(fact), b.machine.get(fact)
+    for fact in sorted(set(left_facts) | set(right_facts)):
+        left, right = left_facts.get(fact), right_facts.get(fact)
         mark = ' style="font-weight:bold"' if left != right else ""
         rows.append(
             f'<tr{mark}><td class="l">{html.escape(fact)}</td><td class="l">{html.escape(str(left))}</td>'
@@ -102,18 +110,16 @@ def ratio_table(pairs: list[tuple[Row, Row]]) -> str:
     )
     body = "".join(
         f'<tr><td class="l">{html.escape(a.server)}</td><td class="l">{html.escape(level_text(a))}</td>'
-        f"<td>{a.throughput:,.0f}</td><td>{b.throughput:,.0f}</td>"
-        f"<td>{show_ratio(ratio(a.throughput, b.throughput))}</td>"
-        f"<td>{a.latency('p99') or 0:,.1f}</td><td>{b.latency('p99') or 0:,.1f}</td>"
-        f"<td>{show_ratio(ratio(a.latency('p99'), b.latency('p99')))}</td></tr>"
+        + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells(a, b))
+        + "</tr>"
         for a, b in pairs
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def section(group: Group, pairs: list[tuple[Row, Row]], index: int) -> str:
-    a_rows = [a for a, _ in pairs]
-    b_rows = [b for _, b in pairs]
+    a_rows = measured([a for a, _ in pairs])
+    b_rows = measured([b for _, b in pairs])
     series = charts.series_of(by_server(a_rows), " (A)") + charts.series_of(
         by_server(b_rows), " (B)", dashed=True
     )

@@ -11,12 +11,14 @@ import contextlib
 import dataclasses
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from .. import interpreters
 from ..catalogue import PALETTE, SERVERS, Family, Server, server
-from ..launcher import Process, ServerProcess, free_port
+from ..launcher import LaunchError, Process, ServerProcess, free_port
 from ..servers import protections
+from ..settings import STOP_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,36 @@ class Contender:
     options: tuple[str, ...] = ()
     reference: str = ""  # the bare reference's kind: uvloop | streams | threaded
     env: tuple[tuple[str, str], ...] = ()  # set in the server's environment
+    venv: interpreters.Venv | None = None  # another interpreter's, to run under; None: the lab's own
+
+    @property
+    def python(self) -> str:
+        return self.venv.python if self.venv else sys.executable
+
+    def runtime(self) -> dict[str, str]:
+        """What it runs on, for every result: Python version, GIL on or off, event loop."""
+        interpreter = self.venv.interpreter if self.venv else interpreters.here()
+        if self.family == "threaded":
+            loop = "none"
+        elif self.server is not None and self.reads("--loop"):
+            loop = interpreters.chosen(self.options)["loop"]
+        else:
+            loop = "uvloop"  # the bare references and async-http run on uvloop
+        return {**interpreter.facts(), "loop": loop}
+
+    def under(self, venv: interpreters.Venv | None, named: bool = True) -> Contender:
+        """This contender under another interpreter (None: the lab's own), named for it if ``named``:
+        ``threaded@3.13``."""
+        if venv is None:
+            return self
+        name = f"{self.name}@{venv.interpreter.tag}" if named else self.name
+        return dataclasses.replace(self, name=name, venv=venv)
+
+    def refused(self) -> str | None:
+        """Why its interpreter cannot run it (a dependency that would not install there), or None."""
+        if self.venv is None or self.server is None:
+            return None
+        return self.venv.refuses(self.server.name, interpreters.chosen(self.options))
 
     def reads(self, flag: str) -> bool:
         """Whether its server takes ``flag`` (a bare reference takes none)."""
@@ -46,26 +78,46 @@ class Contender:
                     f"{self.name} is a bare reference: it takes no options ({' '.join(options)})"
                 )
             port = free_port()
-            argv = [sys.executable, "-m", "echolab.servers.bare", self.reference, str(port), f"{delay_ms:g}"]
+            argv = [self.python, "-m", "echolab.servers.bare", self.reference, str(port), f"{delay_ms:g}"]
             return Process(argv, name=self.name, port=port)
         framing = ("--framing", self.framing) if self.reads("--framing") else ()
         # At the default log level, info: a server that fails to stop has said what it was doing.
         flags = (*framing, "--delay-ms", f"{delay_ms:g}", *self.options, *options)
-        return ServerProcess(self.server, flags, env={**os.environ, **dict(self.env)})
+        # ECHO_PYTHON is for a server started by hand: here, the contender says which interpreter.
+        env = {**os.environ, **dict(self.env), "ECHO_PYTHON": ""}
+        return ServerProcess(self.server, flags, env=env, python=self.python)
 
 
 @contextlib.contextmanager
 def running(
-    contender: Contender, delay_ms: float, options: Sequence[str] = ()
+    contender: Contender,
+    delay_ms: float,
+    options: Sequence[str] = (),
+    *,
+    stop_timeout: float = STOP_TIMEOUT,
+    on_stop_error: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[int, Process]]:
-    """Start the contender on a free loopback port, yield (port, process), stop it with SIGTERM."""
+    """Start the contender on a free loopback port, yield (port, process), stop it with SIGTERM.
+
+    A server that has not exited ``stop_timeout`` seconds after SIGTERM is killed with all it
+    started, and the LaunchError's one line goes to ``on_stop_error`` (raised without it); one
+    that has died already leaves nothing behind either (a gunicorn master's workers).
+    """
     process = contender.process(delay_ms, options)
+    process.stop_timeout = stop_timeout
     try:
         process.start()
         yield process.port, process
     finally:
-        if process.running():
+        if not process.running():
+            process.kill()
+        elif on_stop_error is None:
             process.stop()
+        else:
+            try:
+                process.stop()
+            except LaunchError as exc:
+                on_stop_error(exc.summary)
 
 
 def without(contender: Contender, *off: str) -> Contender:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..catalogue import server
+from ..interpreters import Venv
 from .contenders import (
     ASYNC_PROTOCOL,
     ASYNC_STREAMS,
@@ -118,9 +119,17 @@ def cpu_us_per_request(row: Row) -> float:
 Cells = dict[tuple[str, Level], Cell]  # (contender's name, level)
 
 
-def run_family(family: Family, rounds: int, duration: float, warmup: float, on_round: Any = None) -> Cells:
-    """Every contender of ``family`` at every level, ``rounds`` times, in an order that turns each round."""
-    contenders = family.contenders
+def run_family(
+    family: Family,
+    rounds: int,
+    duration: float,
+    warmup: float,
+    venv: Venv | None = None,
+    on_round: Any = None,
+) -> Cells:
+    """Every contender of ``family`` at every level, ``rounds`` times, in an order that turns each round;
+    under ``venv``'s interpreter if given."""
+    contenders = [contender.under(venv, named=False) for contender in family.contenders]
     cells: Cells = {}
     # One server start per contender, delay and loop: the levels that share them run on it in turn.
     groups: dict[tuple[float, bool], list[Level]] = {}

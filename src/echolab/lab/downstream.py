@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..launcher import HOST, Process, free_port
+from ..load.bench_result import shown
 from .contenders import Contender
 from .sweep import measure
 
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         print(
             f"{row.connections:>6,} calls of {args.delay_ms:g} ms: {row.throughput:>8,.0f} req/s "
-            f"({row.bound_fraction or 0:.0%} of the bound), p99 {row.latency_ms.get('p99') or 0:,.0f} ms, "
+            f"({shown(row.bound_fraction, '.0%')} of the bound), p99 {shown(row.latency('p99'), ',.0f')} ms, "
             f"errors {row.error_count:,}, downstream CPU {row.server_cpu_percent:.0f}%, "
             f"client CPU {row.client_cpu_percent or 0:.0f}%"
         )

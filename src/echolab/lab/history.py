@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..machine import summary
-from .results import Row
+from .results import Row, interpreters
 
 RESULTS = "results.json"
 
@@ -44,7 +44,7 @@ class SavedRun:
 
     @property
     def machine_line(self) -> str:
-        return summary(self.machine)
+        return f"{summary(self.machine)}; {interpreters(self.rows)}"
 
 
 def load(path: Path) -> SavedRun:

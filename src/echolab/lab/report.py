@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..machine import summary
+from ..load.bench_result import shown
+from ..machine import busy, summary
 from . import charts
 from .contenders import ALL
 from .history import SavedRun
-from .results import HOLD_FRACTION, HOLD_P99_FACTOR, Row, by_server, columns
+from .results import HOLD_FRACTION, HOLD_P99_FACTOR, Row, by_server, columns, interpreters, measured
 
 FAMILIES = {v.name: v.family for v in ALL}
 CSV_FIELDS = (
@@ -43,6 +44,7 @@ CSV_FIELDS = (
     "server_threads",
     "client_cpu_percent",
     "problem",
+    "failure",
 )
 
 
@@ -89,56 +91,92 @@ def broken_at(series: list[Row]) -> int:
     return next((i for i, r in enumerate(series) if not r.holds), len(series))
 
 
-def verdict(server: str, series: list[Row]) -> str:
-    """One sentence: up to where the server holds, and what happens at the first level it does not."""
+def verdict(server: str, series: list[Row], cut: str | None = None) -> str:
+    """One sentence: up to where the server holds, and what happens at the first level it does not;
+    of the levels measured only, and ``cut``: why its sweep was cut short, if it was."""
     index = broken_at(series)
     top = series[-1]
     of = "of the offered rate" if top.mode == "open" else "of the bound"
     if index == len(series):
-        return (
-            f"{server}: holds at every level, up to {level_text(top)} "
-            f"({top.bound_fraction or 0:.0%} {of}, p99 {top.latency('p99') or 0:,.0f} ms)."
+        every = "every level measured" if cut else "every level"
+        figures = f"{shown(top.bound_fraction, '.0%')} {of}, p99 {shown(top.latency('p99'), ',.0f')} ms"
+        return f"{server}: holds at {every}, up to {level_text(top)} ({figures})" + (
+            f"; then {cut}." if cut else "."
         )
     first = series[index]
+    if first.failure:
+        where = f"holds up to {level_text(series[index - 1])}" if index else "not measured"
+        return f"{server}: {where}; at {level_text(first)} it failed: {first.failure}."
     where = (
         f"holds up to {level_text(series[index - 1])}" if index else f"does not hold {HOLD_FRACTION:.0%} {of}"
     )
-    p99 = "" if "p99" in (first.trouble or "") else f", p99 {first.latency('p99') or 0:,.0f} ms"
+    p99 = "" if "p99" in (first.trouble or "") else f", p99 {shown(first.latency('p99'), ',.0f')} ms"
     return f"{server}: {where}; at {level_text(first)} {first.trouble}{p99}."
 
 
-def finding(section: Section, rows: list[Row]) -> str:
+def cut_off(section: Section, skipped: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """The servers of ``section`` whose sweep was cut short (a failure, a signal), and why."""
+    return {s["server"]: s["why"] for s in skipped if s["section"] == section.key and s.get("cut")}
+
+
+def failures_line(failures: Sequence[dict[str, Any]]) -> str:
+    """Every failure of a run in one line."""
+    told = [
+        f"{f['server']} ({f['section']}" + (f", level {f['level']:,}" if f["level"] is not None else "")
+        + f"): {f['why']}"
+        for f in failures
+    ]  # fmt: skip
+    return f"{plural(len(told), 'failure')}: " + "; ".join(told)
+
+
+def finding(section: Section, rows: list[Row], cut: dict[str, str] | None = None) -> str:
     """The section in one plain sentence, from its figures: threads against asyncio on TCP, then on
-    HTTP (a protocol's servers are alike but for their model), the best server of each side."""
+    HTTP (a protocol's servers are alike but for their model), the best server of each side.
+
+    It speaks of the levels measured: a server ``cut`` short says so, and its peak is set against
+    no other (the other side's was measured at levels it never reached)."""
+    cut = cut or {}
     best: dict[tuple[bool, str], tuple[float, str, list[Row]]] = {}  # (http, family): peak, server, series
     for name, series in by_server(rows).items():
+        if not measured(series):
+            continue
         key = (series[0].framing == "http", FAMILIES.get(name, "other"))
-        peak = max(r.throughput for r in series)
+        peak = max(r.throughput for r in measured(series))
         if key not in best or peak > best[key][0]:
             best[key] = (peak, name, series)
     clauses: list[str] = []
     for http in (False, True):
         sides = {family: side for (on_http, family), side in best.items() if on_http == http}
-        parts = [f"{name} {reach(series)} ({scaling(series)})" for _, name, series in sides.values()]
-        if "threaded" in sides and "async" in sides and sides["threaded"][0]:
+        parts = [
+            f"{name} {reach(series, cut.get(name))} ({scaling(series)})" for _, name, series in sides.values()
+        ]
+        whole = not any(name in cut for _, name, _ in sides.values())
+        if "threaded" in sides and "async" in sides and sides["threaded"][0] and whole:
             ratio = sides["async"][0] / sides["threaded"][0]
             parts[-1] += f": the async peak is {times(ratio)} the threaded one"
         if parts:
             clauses.append(("over HTTP, " if http and clauses else "") + ", ".join(parts))
+    if not clauses:
+        return f"{section.summary}: nothing was measured."
     return f"{section.summary}: " + "; ".join(clauses) + "."
 
 
-def reach(series: list[Row]) -> str:
+def reach(series: list[Row], cut: str | None = None) -> str:
     index = broken_at(series)
     if index == 0:
         return "never holds the bound"
     if index == len(series):
+        if cut:
+            return f"holds at every level measured, up to {level_text(series[-1])}, then {cut}"
         return f"holds at every level, up to {level_text(series[-1])}"
-    return f"holds up to {level_text(series[index - 1])}"
+    failed = f", then fails at {level_text(series[index])}" if series[index].failure else ""
+    return f"holds up to {level_text(series[index - 1])}{failed}"
 
 
 def scaling(series: list[Row]) -> str:
-    """How throughput followed the load, from the first level to the last (and the peak between)."""
+    """How throughput followed the load, from the first level to the last (and the peak between),
+    over the levels measured."""
+    series = measured(series)
     first, last, peak = series[0], series[-1], max(series, key=lambda r: r.throughput)
     text = f"{first.throughput:,.0f} req/s at {level_text(first)}"
     if peak is not first and peak is not last:
@@ -173,25 +211,39 @@ def csv_text(rows: list[Row]) -> str:
 
 
 def html_table(rows: list[Row]) -> str:
-    shown = columns(rows, wide=True)
-    header = "".join(f"<th>{html.escape(c.title)}</th>" for c in shown)
+    chosen = columns(rows, wide=True)
+    header = "".join(f"<th>{html.escape(c.title)}</th>" for c in chosen)
     body = []
     for r in rows:
         cls = "" if r.holds else ' class="broken"'
-        cells = "".join(f"<td{' class=l' if c.left else ''}>{html.escape(c.cell(r))}</td>" for c in shown)
+        cells = "".join(f"<td{' class=l' if c.left else ''}>{html.escape(c.text(r))}</td>" for c in chosen)
         body.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def section_html(section: Section, rows: list[Row], skipped: Sequence[dict[str, Any]] = ()) -> str:
+def section_html(
+    section: Section,
+    rows: list[Row],
+    skipped: Sequence[dict[str, Any]] = (),
+    failures: Sequence[dict[str, Any]] = (),
+) -> str:
     ordered = sorted(rows, key=lambda r: (r.level, r.server))
     grouped = by_server(rows)
-    verdicts = "".join(f"<li>{html.escape(verdict(name, s))}</li>" for name, s in grouped.items())
+    cut = cut_off(section, skipped)
+    verdicts = "".join(
+        f"<li>{html.escape(verdict(name, s, cut.get(name)))}</li>" for name, s in grouped.items()
+    )
+    drawn = {name: measured(series) for name, series in grouped.items() if measured(series)}
     figures = "".join(
         f"<h3>{html.escape(title)}</h3>{svg}"
-        for title, svg in charts.section_charts(charts.series_of(grouped), section.mode, section.delay_ms)
+        for title, svg in (
+            charts.section_charts(charts.series_of(drawn), section.mode, section.delay_ms) if drawn else ()
+        )
     )
     problems = sorted({f"{r.server} at {level_text(r)}: {r.problem}" for r in rows if r.problem})
+    problems += [
+        f"{f['server']}: {f['why']}" for f in failures if f["section"] == section.key and f["level"] is None
+    ]
     unit = "req/s offered" if section.mode == "open" else "connections"
     problems += [
         f"{s['server']}: {s['why']}; not measured: {', '.join(f'{n:,}' for n in s['levels'])} {unit}"
@@ -205,7 +257,7 @@ def section_html(section: Section, rows: list[Row], skipped: Sequence[dict[str, 
 <h2>{html.escape(section.title)}</h2>
 <p class="meta">servers run with <code>{html.escape(flags)}</code>; the bound's time per request
 {section.delay_ms:g} ms</p>
-<p class="finding">{html.escape(finding(section, rows))}</p>
+<p class="finding">{html.escape(finding(section, rows, cut))}</p>
 <ul class="verdict">{verdicts}</ul>
 {f'<p>Notes:</p><ul class="notes">{notes}</ul>' if notes else ""}
 {figures}
@@ -275,6 +327,17 @@ def partial_banner(partial: dict[str, Any] | None) -> str:
     )
 
 
+def warning_banners(record: dict[str, Any]) -> str:
+    """What the reader must know before the figures: failures, a busy machine."""
+    told = []
+    if record.get("failures"):
+        told.append(f"<strong>Failed</strong>: {html.escape(failures_line(record['failures']))}")
+    loaded = busy(record.get("machine", {}))
+    if loaded:
+        told.append(f"<strong>Busy machine</strong>: {html.escape(loaded)}")
+    return "".join(f'<p class="partial">{text}</p>' for text in told)
+
+
 def write(
     folder: Path,
     rows: list[Row],
@@ -285,19 +348,20 @@ def write(
     """results.json, results.csv and index.html in ``folder``; the path of index.html."""
     folder.mkdir(parents=True, exist_ok=True)
     present = [s for s in sections if s.rows(rows)]
+    skipped = record.get("skipped", ())
     data = {
         **record,
         "sections": [dataclasses.asdict(s) for s in sections],
-        "findings": {s.key: finding(s, s.rows(rows)) for s in present},
+        "findings": {s.key: finding(s, s.rows(rows), cut_off(s, skipped)) for s in present},
         "rows": [dataclasses.asdict(r) for r in rows],
     }
     (folder / "results.json").write_text(json.dumps(data, indent=1, allow_nan=False))
     (folder / "results.csv").write_text(csv_text(rows))
     settings = record["settings"]
-    machine_line = summary(record.get("machine", {}))
+    machine_line = f"{summary(record.get('machine', {}))}; {interpreters(rows)}"
     head = f"""<h1>Threads or asyncio: where does each one break?</h1>
 <p class="meta">{html.escape(record["started"])} &middot; {html.escape(machine_line)}</p>
-{partial_banner(record.get("partial"))}
+{partial_banner(record.get("partial"))}{warning_banners(record)}
 <p class="meta">TCP servers in {html.escape(settings["framing"])} framing (the serial baseline in oneshot,
 the HTTP pair over HTTP/1.1 keep-alive), {settings["duration"]:g} s per level after
 {settings["warmup"]:g} s of warm-up, every server natively on loopback, one at a time, the load client on
@@ -311,7 +375,7 @@ one reply per connection counted in the window, with under 1% errors, and in the
         '<p class="meta">Raw data: <a href="results.json">results.json</a>, '
         '<a href="results.csv">results.csv</a>.</p>'
     )
-    body = [section_html(s, s.rows(rows), record.get("skipped", ())) for s in present]
+    body = [section_html(s, s.rows(rows), skipped, record.get("failures", ())) for s in present]
     contents = [(s.key, s.title) for s in present] + [("history", "earlier runs")]
     index = folder / "index.html"
     index.write_text(page(f"echolab demo {record['started']}", head, body, contents, tail))

@@ -14,12 +14,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..load.bench_result import UNMEASURED, shown
+
 CONSOLE_WIDTH = 150  # the widest table: the suite's, with its delay column
 HOLD_FRACTION = 0.9  # "holds" = at least 90% of the Little's-law bound (open loop: of the offered rate)...
 HOLD_ERROR_RATE = 0.01  # ...with under 1% of requests failing...
 # ...and, in an open loop, where a server can keep the rate while a queue grows,
 # with the p99 (from the intended send time) within this many times the work.
 HOLD_P99_FACTOR = 2.0
+MOSTLY = 0.5  # a level where more than this share of its requests failed or went unanswered says so
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,20 @@ class Row:
     connect_errors: dict[str, int] = field(default_factory=dict)
     problem: str | None = None
     notes: list[str] = field(default_factory=list)
+    python: str = ""  # the server's interpreter: 3.13.0, 3.14.0t ("" in results from before)
+    gil: str = ""  # on | off, at run time
+    loop: str = ""  # uvloop | asyncio | none (threads)
+    unsent: int = 0  # open loop: requests due but never sent, for want of a free connection
+    # Why the level was not measured: the server could not start, died mid-level or the
+    # client failed (one line). Such a row's figures are not the server's: they show as UNMEASURED.
+    failure: str | None = None
+
+    @classmethod
+    def failed(cls, failure: str, **what: Any) -> Row:
+        """A level that was not measured, and why: ``what`` says which (server, connections...)."""
+        return cls(
+            connected=0, seconds=0.0, requests=0, throughput=0.0, latency_ms={}, failure=failure, **what
+        )
 
     @property
     def level(self) -> float:
@@ -62,6 +79,23 @@ class Row:
     @property
     def error_count(self) -> int:
         return sum(self.errors.values())
+
+    @property
+    def due(self) -> int:
+        """The requests the level asked for that can be counted: open loop, the offered rate over
+        the window; closed loop, those answered or failed (one at a time per connection)."""
+        if self.mode == "open":
+            return round(self.rate * self.seconds)
+        return self.requests + self.error_count
+
+    @property
+    def mostly_failed(self) -> str | None:
+        """ "most requests failed or went unanswered (N of M)" when they did; None otherwise."""
+        lost = self.due - self.requests
+        if self.failure or lost <= MOSTLY * max(self.due, 1):
+            return None
+        what = "failed or went unanswered" if self.mode == "open" else "failed"
+        return f"most requests {what} ({lost:,} of {self.due:,})"
 
     @property
     def slack(self) -> float:
@@ -80,6 +114,10 @@ class Row:
     @property
     def trouble(self) -> str | None:
         """Why the server does not hold this level (None: it holds), in words."""
+        if self.failure:
+            return self.failure
+        if self.mostly_failed:
+            return self.mostly_failed
         fraction = self.bound_fraction or 0.0
         of = "of the offered rate" if self.mode == "open" else "of the bound"
         if fraction + self.slack < HOLD_FRACTION:
@@ -93,7 +131,7 @@ class Row:
             and (p99 is None or p99 > HOLD_P99_FACTOR * self.delay_ms)
         ):
             over = f"over {HOLD_P99_FACTOR:g} times the work"
-            return f"its p99 reaches {p99 or 0:,.0f} ms, {over} ({fraction:.0%} {of})"
+            return f"its p99 reaches {shown(p99, ',.0f')} ms, {over} ({fraction:.0%} {of})"
         return None
 
     @property
@@ -104,8 +142,18 @@ class Row:
         return self.latency_ms.get(key)
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.1f}"
+def measured(rows: list[Row]) -> list[Row]:
+    """The rows that hold figures: not the levels that failed."""
+    return [r for r in rows if not r.failure]
+
+
+def errors_cell(row: Row) -> str:
+    """The failed requests, and the open loop's unanswered ones when they were most."""
+    lost = row.due - row.requests - row.error_count
+    cells = [f"{row.error_count:,}"] if row.error_count else []
+    if row.mode == "open" and row.mostly_failed and lost > 0:
+        cells.append(f"{lost:,} unanswered")
+    return ", ".join(cells)
 
 
 @dataclass(frozen=True)
@@ -115,36 +163,60 @@ class Column:
     left: bool = False
     wide: bool = False  # only where there is room: the HTML report
     mode: str | None = None  # only in tables of this mode's rows
+    figure: bool = True  # a measured figure: UNMEASURED in a row that failed
+    only_if: Callable[[Row], bool] | None = None  # only in tables with a row where this holds
+    varies: bool = False  # only in tables whose rows differ in it
+
+    def text(self, row: Row) -> str:
+        return UNMEASURED if self.figure and row.failure else self.cell(row)
 
 
 COLUMNS: tuple[Column, ...] = (
-    Column("server", lambda r: r.server, left=True),
-    Column("framing", lambda r: r.framing, left=True),
-    Column("offered req/s", lambda r: f"{r.rate:,.0f}", mode="open"),
-    Column("conns", lambda r: f"{r.connections:,}"),
+    Column("server", lambda r: r.server, left=True, figure=False),
+    Column("framing", lambda r: r.framing, left=True, figure=False),
+    Column(
+        "python",
+        lambda r: f"{r.python}, GIL {r.gil}" if r.python else "",
+        left=True,
+        figure=False,
+        varies=True,
+    ),
+    Column("offered req/s", lambda r: f"{r.rate:,.0f}", mode="open", figure=False),
+    Column("conns", lambda r: f"{r.connections:,}", figure=False),
     Column("req/s", lambda r: f"{r.throughput:,.0f}"),
-    Column(
-        "of bound", lambda r: "-" if r.bound_fraction is None else f"{r.bound_fraction:.1%}", mode="closed"
-    ),
-    Column(
-        "of offered", lambda r: "-" if r.bound_fraction is None else f"{r.bound_fraction:.1%}", mode="open"
-    ),
-    Column("p50 ms", lambda r: _ms(r.latency("p50"))),
-    Column("p90 ms", lambda r: _ms(r.latency("p90")), wide=True),
-    Column("p99 ms", lambda r: _ms(r.latency("p99"))),
-    Column("p99.9 ms", lambda r: _ms(r.latency("p99.9")), wide=True),
-    Column("errors", lambda r: f"{r.error_count:,}" if r.error_count else ""),
+    Column("of bound", lambda r: shown(r.bound_fraction, ".1%"), mode="closed"),
+    Column("of offered", lambda r: shown(r.bound_fraction, ".1%"), mode="open"),
+    Column("p50 ms", lambda r: shown(r.latency("p50"))),
+    Column("p90 ms", lambda r: shown(r.latency("p90")), wide=True),
+    Column("p99 ms", lambda r: shown(r.latency("p99"))),
+    Column("p99.9 ms", lambda r: shown(r.latency("p99.9")), wide=True),
+    Column("errors", errors_cell),
     Column("server CPU", lambda r: f"{r.server_cpu_percent:.0f}%"),
     Column("RSS MiB", lambda r: f"{r.server_rss_mb:.0f}"),
     Column("threads", lambda r: str(r.server_threads)),
     Column("client CPU", lambda r: f"{r.client_cpu_percent:.0f}%", wide=True),
+    Column("failed", lambda r: r.failure or "", left=True, figure=False, only_if=lambda r: bool(r.failure)),
 )
 
 
 def columns(rows: list[Row], wide: bool = False) -> list[Column]:
-    """The columns for a table of ``rows``: the modes present, the wide ones only if asked."""
+    """The columns for a table of ``rows``: the modes present, the wide ones only if asked, the
+    conditional ones where a row needs them."""
     modes = {r.mode for r in rows}
-    return [c for c in COLUMNS if (wide or not c.wide) and (c.mode is None or c.mode in modes)]
+    return [
+        c
+        for c in COLUMNS
+        if (wide or not c.wide)
+        and (c.mode is None or c.mode in modes)
+        and (c.only_if is None or any(c.only_if(r) for r in rows))
+        and (not c.varies or len({c.cell(r) for r in rows}) > 1)
+    ]
+
+
+def interpreters(rows: list[Row]) -> str:
+    """The servers' interpreters, for a run's header: ``Python 3.11.7 (GIL on), 3.14.0t (GIL off)``."""
+    seen = dict.fromkeys(f"{r.python} (GIL {r.gil})" for r in rows if r.python)
+    return f"servers on Python {', '.join(seen)}" if seen else "servers' Python not recorded"
 
 
 def by_server(rows: list[Row]) -> dict[str, list[Row]]:
@@ -171,12 +243,13 @@ def rich_table(title: str, rows: list[Row], delay_column: bool = False) -> Any:
     table = Table(title=title)
     if delay_column:
         table.add_column("delay", justify="right")
-    shown = columns(rows)
-    for column in shown:
+    chosen = columns(rows)
+    for column in chosen:
         table.add_column(column.title, justify="left" if column.left else "right")
     for row in rows:
-        cells = [column.cell(row) for column in shown]
+        cells = [column.text(row) for column in chosen]
         if delay_column:
             cells.insert(0, f"{row.delay_ms:g} ms")
-        table.add_row(*cells, style=None if row.holds or row.bound_fraction is None else "red")
+        red = row.failure or row.mostly_failed or (not row.holds and row.bound_fraction is not None)
+        table.add_row(*cells, style="red" if red else None)
     return table

@@ -7,8 +7,12 @@ fixed rate (open loop) for the whole run, all at once. The servers' resident
 memory, open descriptors and threads (summed over a gunicorn master and its
 workers) are sampled after the warm-up, every ``--interval`` seconds, at the
 end of the load, and once the clients have gone. Growth from the first
-loaded sample to the last beyond the noise allowed below is reported as a
-leak, and the exit status is 1.
+loaded sample to the last beyond the noise allowed below is a leak, and the
+exit status is 1, unless it stopped in the run's second half: a pool that
+fills to the size its settings give (gthread's threads, an offload
+executor) grows early and then holds, which the verdict says. A server that
+cannot start, exits during the run or does not stop is killed with all it
+started and told in one line; the others run on, and the exit status is 1.
 
 Run it on a quiet machine; writes reports/soak-<time>.json.
 """
@@ -26,10 +30,12 @@ from typing import Any
 
 import psutil
 
-from ..launcher import HOST, Process
+from .. import machine
+from ..launcher import HOST, LaunchError, Process
+from ..load.bench_result import UNMEASURED
 from ..settings import SoakSettings
 from .contenders import SERVERS_AS_THEY_ARE, Contender, running
-from .sweep import tree
+from .sweep import exited, tree
 
 # Growth from the first loaded sample to the last that is still noise: the
 # allocator's arenas settle, a gunicorn worker's heap grows a little, a
@@ -67,18 +73,37 @@ class Soaked:
     after: Footprint | None = None  # once the load has gone
     client: dict[str, Any] = field(default_factory=dict)
 
+    failure: str | None = None  # why it was not measured to the end, in one line
+
     def growth(self) -> list[str]:
-        """What grew beyond the noise from the first loaded sample to the last."""
-        first, last = self.samples[0], self.samples[-1]
-        grew = []
-        ratio, mib = RSS_NOISE
-        if last.rss_mib > first.rss_mib * ratio and last.rss_mib - first.rss_mib > mib:
-            grew.append(f"memory {first.rss_mib:.0f} -> {last.rss_mib:.0f} MiB")
-        for what in ("fds", "threads"):
+        """What grew beyond the noise from the first loaded sample to the last, and is still growing."""
+        return [text for text, settled in self.judged() if not settled]
+
+    def judged(self) -> list[tuple[str, bool]]:
+        """Each figure that grew beyond the noise from the first loaded sample to the last, and
+        whether it had settled: no growth beyond the noise from the middle sample on."""
+        if len(self.samples) < 2:
+            return []
+        first, middle, last = self.samples[0], self.samples[len(self.samples) // 2], self.samples[-1]
+        told = []
+        for what, unit in (("rss_mib", " MiB"), ("fds", ""), ("threads", "")):
             before, now = getattr(first, what), getattr(last, what)
-            if now - before > COUNT_NOISE:
-                grew.append(f"{what} {before} -> {now}")
-        return grew
+            if grew(what, before, now):
+                name = "memory" if what == "rss_mib" else what
+                text = f"{name} {before:.0f} -> {now:.0f}{unit}"
+                settled = not grew(what, getattr(middle, what), now)
+                if settled:
+                    text += f", none since {middle.seconds:.0f} s: a pool filled to its size, not a leak"
+                told.append((text, settled))
+        return told
+
+
+def grew(what: str, before: float, now: float) -> bool:
+    """Whether ``what`` grew beyond the noise from ``before`` to ``now``."""
+    if what == "rss_mib":
+        ratio, mib = RSS_NOISE
+        return now > before * ratio and now - before > mib
+    return now - before > COUNT_NOISE
 
 
 def line(server: str, sample: Footprint) -> str:
@@ -96,15 +121,28 @@ def client(contender: Contender, port: int, args: SoakSettings, seconds: float) 
 
 
 @contextlib.contextmanager
-def servers(delay_ms: float) -> Iterator[list[tuple[Contender, int, Process]]]:
+def servers(delay_ms: float, results: dict[str, Soaked]) -> Iterator[list[tuple[Contender, int, Process]]]:
+    """Every server that starts; one that cannot, or does not stop, has it told in its result."""
     with contextlib.ExitStack() as stack:
-        yield [(v, *stack.enter_context(running(v, delay_ms))) for v in SERVERS_AS_THEY_ARE]
+        started = []
+        for contender in SERVERS_AS_THEY_ARE:
+
+            def stop_failed(why: str, result: Soaked = results[contender.name]) -> None:
+                result.failure = why
+
+            try:
+                started.append(
+                    (contender, *stack.enter_context(running(contender, delay_ms, on_stop_error=stop_failed)))
+                )
+            except LaunchError as exc:
+                results[contender.name].failure = exc.summary
+        yield started
 
 
 def soak(args: SoakSettings) -> list[Soaked]:
-    results = [Soaked(v.name) for v in SERVERS_AS_THEY_ARE]
-    with servers(args.delay_ms) as started:
-        processes = [psutil.Process(process.pid) for _, _, process in started]
+    results = {v.name: Soaked(v.name) for v in SERVERS_AS_THEY_ARE}
+    with servers(args.delay_ms, results) as started:
+        watched = [(results[v.name], process, psutil.Process(process.pid)) for v, _, process in started]
         # The clients end on their own once the load has run for the warm-up and the duration.
         clients = [client(v, port, args, args.warmup + args.duration) for v, port, _ in started]
         # The load runs from about now (connecting takes a moment) to at least `end`.
@@ -113,30 +151,43 @@ def soak(args: SoakSettings) -> list[Soaked]:
         moments = [*range(int(args.warmup), int(end - begin) - 5, int(args.interval)), end - begin - 5]
         for moment in moments:
             time.sleep(max(0.0, begin + moment - time.monotonic()))
-            for result, process in zip(results, processes, strict=True):
-                result.samples.append(footprint(process, begin))
+            for result, process, measured in watched:
+                if result.failure:
+                    continue
+                if not process.running():
+                    result.failure = f"{exited(process, 'during the soak')}"
+                    continue
+                result.samples.append(footprint(measured, begin))
             print(
-                f"  {moment:4.0f} s  " + "   ".join(line(r.server, r.samples[-1]) for r in results),
+                f"  {moment:4.0f} s  "
+                + "   ".join(
+                    line(r.server, r.samples[-1]) for r, _, _ in watched if r.samples and not r.failure
+                ),
                 flush=True,
             )
-        for result, running_client in zip(results, clients, strict=True):
+        for (result, _, _), running_client in zip(watched, clients, strict=True):
             out, err = running_client.communicate(timeout=end - time.monotonic() + 120)
-            if running_client.returncode != 0:
-                raise RuntimeError(f"{result.server}'s client failed: {err.strip()[-500:]}")
+            if running_client.returncode not in (0, 1) or not out.strip():
+                said = err.strip().splitlines()
+                result.failure = result.failure or f"its client failed: {said[-1] if said else 'no output'}"
+                continue
             result.client = json.loads(out)
         time.sleep(2)  # the clients' connections closed: what the servers still hold is theirs
-        for result, process in zip(results, processes, strict=True):
-            result.after = footprint(process, begin)
-    return results
+        for result, process, measured in watched:
+            if process.running():
+                result.after = footprint(measured, begin)
+    return list(results.values())
 
 
 def row(result: Soaked) -> str:
+    if result.failure or result.after is None or not result.samples:
+        unmeasured = " | ".join([UNMEASURED] * 4)
+        return f"| {result.server} | {unmeasured} | failed: {result.failure or 'not measured'} |"
     first, last, after = result.samples[0], result.samples[-1], result.after
-    assert after is not None
     errors = sum(result.client.get("errors", {}).values())
     load = f"{result.client.get('throughput', 0):,.0f} req/s, {errors} errors"
     cells = [f"{s.rss_mib:.0f} MiB, {s.fds} fds, {s.threads} threads" for s in (first, last, after)]
-    verdict = "; ".join(result.growth()) or "no growth"
+    verdict = "; ".join(text for text, _ in result.judged()) or "no growth"
     return f"| {result.server} | {load} | {' | '.join(cells)} | {verdict} |"
 
 
@@ -145,8 +196,12 @@ def run(args: SoakSettings) -> int:
     print(
         f"soak: every server at {args.rate:g} req/s over {args.connections} connections for {minutes:.1f} min"
     )
+    busy = machine.busy(machine.facts())
+    if busy:
+        print(f"soak: {busy}")
     results = soak(args)
-    first, last = results[0].samples[0].seconds, results[0].samples[-1].seconds
+    sampled = [r.samples for r in results if r.samples] or [[Footprint(0, 0, 0, 0)]]
+    first, last = sampled[0][0].seconds, sampled[0][-1].seconds
     print(f"\n| server | load | at {first:.0f} s | at {last:.0f} s | load gone | growth |")
     print("| --- | --- | --- | --- | --- | --- |")
     for result in results:
@@ -157,8 +212,9 @@ def run(args: SoakSettings) -> int:
         json.dumps({"settings": asdict(args), "servers": [asdict(r) for r in results]}, default=str)
     )
     print(f"\nwrote {path}")
-    leaks = [f"{r.server}: {', '.join(r.growth())}" for r in results if r.growth()]
-    if leaks:
-        print("soak: grew beyond noise: " + "; ".join(leaks), file=sys.stderr)
+    told = [f"{r.server} failed: {r.failure}" for r in results if r.failure]
+    told += [f"{r.server}: {', '.join(r.growth())}" for r in results if r.growth()]
+    if told:
+        print("soak: " + "; ".join(told), file=sys.stderr)
         return 1
     return 0

@@ -32,7 +32,9 @@ from typing import Any
 from ..dashboards.panels import Dashboard, NoData, load, resolve_variables, substitute
 from ..dashboards.prometheus import Prometheus, PrometheusError
 from ..settings import ReportSettings, duration_seconds
+from . import stack_marks
 from .report import require_extra
+from .stack_marks import Mark
 
 POINTS = 240  # per series: about one per 5 px of a full-width panel, as Grafana asks for
 PAGE_WIDTH = 14.0  # inches at 24 grid columns
@@ -40,6 +42,7 @@ PANEL_HEIGHT = 2.3  # inches of chart for Grafana's 8 grid units
 # For series the overrides leave alone (Locust processes, failure kinds): none of the servers' colours.
 OTHER_COLOURS = ("#555555", "#9467bd", "#8c6d31", "#999999", "#637939", "#7b4173", "#bd9e39", "#393b79")
 MISSING = math.nan
+FALLBACK = "15m"  # the window when no load-test run is found
 LINE_STYLES = {"solid": "-", "dash": "--", "dot": ":"}  # Grafana's lineStyle fills, in matplotlib
 
 
@@ -211,33 +214,10 @@ class Panels:
         """At the end of the window (a table)."""
         return self.prometheus.query(substitute(expr, values), self.window.end)
 
-    def annotations(self) -> list[tuple[float, float, str]]:
-        """The annotation regions: consecutive samples of each annotation query, as (start, end, colour)."""
-        spans: list[tuple[float, float, str]] = []
-        for annotation in self.dashboard.get("annotations", {}).get("list", []):
-            expr = annotation.get("target", {}).get("expr")
-            if not expr or not annotation.get("enable", True):
-                continue
-            for result in self.range(expr, self.values):
-                times = [float(t) for t, v in result["values"] if math.isfinite(number(v))]
-                spans.extend(
-                    (a, b, annotation.get("iconColor", "grey")) for a, b in runs_of(times, self.window.step)
-                )
-        return spans
-
-
-def runs_of(times: list[float], step: float) -> Iterator[tuple[float, float]]:
-    """Consecutive times (at most 1.5 steps apart) as (first, last)."""
-    start = previous = None
-    for t in times:
-        if start is None:
-            start = t
-        elif previous is not None and t - previous > 1.5 * step:
-            yield start, previous
-            start = t
-        previous = t
-    if start is not None and previous is not None:
-        yield start, previous
+    def annotations(self) -> list[Mark]:
+        """The annotations' regions: where each query is 1 or more, as Grafana shades them."""
+        w = self.window
+        return stack_marks.marks(self.prometheus, self.dashboard, self.values, (w.start, w.end, w.step))
 
 
 # --- drawing ---------------------------------------------------------------------------------------
@@ -266,16 +246,17 @@ class Drawing:
             ax.spines[side].set_visible(False)
         return fig, ax
 
-    def time_axis(self, ax: Any, window: Window, runs: list[tuple[float, float, str]], width: int) -> None:
+    def time_axis(self, ax: Any, window: Window, runs: list[Mark], width: int) -> None:
         ax.set_xlim(datetime.fromtimestamp(window.start), datetime.fromtimestamp(window.end))
         # About one time label per 3 grid columns: narrow panels would overlap them.
         locator = self.mdates.AutoDateLocator(minticks=2, maxticks=max(3, width // 3))  # type: ignore[no-untyped-call]
         ax.xaxis.set_major_locator(locator)
         ax.xaxis.set_major_formatter(self.mdates.DateFormatter("%H:%M:%S"))  # type: ignore[no-untyped-call]
-        for start, end, colour in runs:
-            ax.axvspan(
-                datetime.fromtimestamp(start), datetime.fromtimestamp(end), color=colour, alpha=0.08, lw=0
-            )
+        for mark in runs:
+            # At least a step wide: a restart marked by one sample is still seen.
+            start, end = mark.start, max(mark.end, mark.start + window.step)
+            ax.axvspan(datetime.fromtimestamp(start), datetime.fromtimestamp(end), color=mark.colour,
+                       alpha=0.12, lw=0)  # fmt: skip
 
     def svg(self, fig: Any) -> str:
         buffer = io.StringIO()
@@ -398,10 +379,17 @@ def table_html(panel: dict[str, Any], rows: list[dict[str, str]]) -> str:
     present = {label for row in rows for label in row}
     columns = sorted((c for c in present if not hidden.get(c)), key=lambda c: (order.get(c, len(order)), c))
     head = "".join(f"<th>{html.escape(rename.get(c, c))}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(row.get(c, ''))}</td>" for c in columns) + "</tr>" for row in rows
-    )
+    body = "".join("<tr>" + "".join(cell(row.get(c)) for c in columns) + "</tr>" for row in rows)
     return f'<table class="data"><tr>{head}</tr>{body}</table>'
+
+
+NOT_APPLYING = "n/a"  # a label the series lacks: a setting the server does not have, or not in force
+
+
+def cell(value: str | None) -> str:
+    if value is None:
+        return f'<td class="na" title="does not apply to this server">{NOT_APPLYING}</td>'
+    return f"<td>{html.escape(value)}</td>"
 
 
 def panel_html(title: str, width: int, body: str, description: str = "") -> str:
@@ -492,11 +480,21 @@ h1{font-size:20px;margin:20px 0 2px} h2{font-size:15px;margin:18px 0 6px;border-
 .desc{color:#666;font-size:11px;margin:4px 0 0} .nodata{color:#b00;font-weight:bold}
 table{border-collapse:collapse;font-size:11px} td,th{padding:1px 6px;text-align:right}
 .legend th{text-align:left;font-weight:normal} .legend tr:first-child td{color:#888}
-.data th{background:#eee} .data td,.data th{border:1px solid #ddd;text-align:left}
+.data{width:100%} .data th{background:#eee}
+.data td,.data th{border:1px solid #ddd;text-align:left;overflow-wrap:anywhere;vertical-align:top}
+.data td.na{color:#999;text-align:center} .marks{margin-bottom:8px}
 .sw{display:inline-block;width:14px;border-top:3px solid;margin:0 6px 3px 0}
 .sw.dash{border-top-style:dashed} .sw.dot{border-top-style:dotted}
 ul{margin:4px 0;padding-left:18px} p{margin:4px 0}
 """
+
+
+def dashboard_files(dashboards: Path) -> list[Path]:
+    """The dashboards to draw, the home dashboard first, as Grafana opens it."""
+    files = sorted(dashboards.glob("*.json"))
+    if not files:
+        raise FileNotFoundError(f"no dashboards (*.json) in {dashboards}")
+    return sorted(files, key=lambda p: "overview" not in p.name)
 
 
 def write_report(
@@ -506,42 +504,66 @@ def write_report(
     drawing = Drawing()
     prometheus = Prometheus(prometheus_url)
     window = Window(start, end)
-    files = sorted(dashboards.glob("*.json"))
-    if not files:
-        raise FileNotFoundError(f"no dashboards (*.json) in {dashboards}")
-    # The home dashboard first, as Grafana opens it.
-    files.sort(key=lambda p: "overview" not in p.name)
+    files = dashboard_files(dashboards)
     bodies, results = [], []
     for path in files:
         body, drawn = draw_dashboard(prometheus, load(path), window, drawing)
         bodies.append(body)
         results.extend(drawn)
+    home = load(files[0])
+    try:
+        found = Panels(prometheus, home, window).runs
+    except NoData:
+        found = []
     span = f"{datetime.fromtimestamp(start):%Y-%m-%d %H:%M:%S} to {datetime.fromtimestamp(end):%H:%M:%S}"
     empty = [r for r in results if r.kind != "text" and not r.has_data]
+    shades = ", ".join(
+        f'<span style="background:{colour}33;padding:0 4px">{html.escape(name.lower())}</span>'
+        for name, colour in stack_marks.legend(home)
+    )
     meta = (
         f'<p class="meta">{html.escape(span)} from {html.escape(prometheus_url)}: {len(results)} panels, '
-        f"{len(empty)} without data. Shaded: load-test runs. Generated by <code>echolab report</code>.</p>"
+        f"{len(empty)} without data. Shaded: {shades}. Generated by <code>echolab report</code>.</p>"
     )
     page = (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>echolab run report, {html.escape(span)}</title><style>{STYLE}</style></head>"
-        f"<body>{meta}{''.join(bodies)}</body></html>"
+        f"<body>{meta}{stack_marks.marks_html(prometheus, found)}{''.join(bodies)}</body></html>"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     return RunReport(out, results)
 
 
+def report_window(settings: ReportSettings, now: float) -> tuple[float, float, str]:
+    """--since's window until now; without it, the last load-test run's, a little wider. And what it is."""
+    if settings.since:
+        return now - duration_seconds(settings.since), now, f"the last {settings.since}"
+    home = load(dashboard_files(settings.dashboards)[0])
+    run = stack_marks.last_run(Prometheus(settings.prometheus), home, now)
+    if run is None:
+        lookback = f"{stack_marks.LOOKBACK / 3600:g} h"
+        return now - duration_seconds(FALLBACK), now, f"no load-test run in {lookback}: the last {FALLBACK}"
+    start, end = stack_marks.around(run, now)
+    running = " (running)" if run[1] >= now else ""
+    return (
+        start,
+        end,
+        f"the last load-test run{running}, {datetime.fromtimestamp(run[0]):%H:%M:%S} to "
+        f"{datetime.fromtimestamp(run[1]):%H:%M:%S}, and a little around it",
+    )
+
+
 def main(settings: ReportSettings) -> int:
-    end = time.time()
-    start = end - duration_seconds(settings.since)
-    out = settings.out / f"stack-{datetime.fromtimestamp(end):%Y%m%d-%H%M%S}.html"
+    now = time.time()
     try:
+        start, end, window = report_window(settings, now)
+        out = settings.out / f"stack-{datetime.fromtimestamp(now):%Y%m%d-%H%M%S}.html"
         report = write_report(settings.prometheus, start, end, out, settings.dashboards)
     except (PrometheusError, FileNotFoundError) as exc:
         print(f"echolab report: error: {exc}", file=sys.stderr)
         return 2
-    print(f"run report: {report.path} ({len(report.panels)} panels)")
+    print(f"run report: {report.path} ({len(report.panels)} panels; {window})")
     for name in report.empty:
         print(f"  no data: {name}", file=sys.stderr)
     return 0

@@ -12,15 +12,19 @@ adds each server's CPU time per request: writes reports/scenarios-<time>.json.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import signal
 import statistics
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from .. import machine
+from .. import interpreters, machine
+from ..interpreters import Venv
+from ..load.bench_result import shown
 from ..scenarios import SCENARIOS, Scenario
 from ..settings import SuiteSettings
 from . import costs
@@ -40,7 +44,7 @@ from .contenders import (
     Contender,
 )
 from .interrupt import Interrupted, interruptible
-from .report import require_extra
+from .report import failures_line, require_extra
 from .results import Row, console, rich_table
 from .sweep import measure
 
@@ -127,9 +131,16 @@ def median_ratio(a: Sequence[float], b: Sequence[float]) -> tuple[float, list[fl
 
 
 def paired(
-    name: str, a: Contender, b: Contender, connections: int, delay: float, args: SuiteSettings
+    name: str,
+    a: Contender,
+    b: Contender,
+    connections: int,
+    delay: float,
+    args: SuiteSettings,
+    venv: Venv | None = None,
 ) -> dict[str, Any]:
     """Throughput and server CPU per request of ``a`` and ``b``, measured in alternating rounds."""
+    a, b = a.under(venv, named=False), b.under(venv, named=False)
     throughputs: dict[str, list[float]] = {a.name: [], b.name: []}
     cpu: dict[str, list[float]] = {a.name: [], b.name: []}  # server CPU ms per request
     for _ in range(args.rounds):
@@ -166,11 +177,39 @@ def locust_capacity(seconds: float) -> float:
 
 
 def show_row(out: Any, r: Row, per_request: bool = False) -> None:
+    head = f"  {r.server:<26} delay {r.delay_ms:>3g} ms  {r.connections:>6} conns  "
+    if r.failure:
+        out.print(f"{head}[red]failed: {r.failure}[/red]")
+        return
     cpu = f"  CPU {cpu_ms_per_request(r):6.2f} ms/req" if per_request else ""
-    out.print(
-        f"  {r.server:<26} delay {r.delay_ms:>3g} ms  {r.connections:>6} conns  "
-        f"{r.throughput:>9,.0f} req/s  p99 {r.latency('p99') or 0:>8.1f} ms{cpu}"
-    )
+    out.print(f"{head}{r.throughput:>9,.0f} req/s  p99 {shown(r.latency('p99')):>8} ms{cpu}")
+
+
+def failure_recorder(
+    out: Any, record: dict[str, Any], section: str, server: str
+) -> Callable[[int | None, str], None]:
+    """An ``on_error`` for :func:`.sweep.measure` that keeps what failed in ``record`` (and says a
+    failed stop, which has no row of its own)."""
+
+    def failed(level: int | None, why: str) -> None:
+        record.setdefault("failures", []).append(
+            {"section": section, "server": server, "level": level, "why": why}
+        )
+        if level is None:
+            out.print(f"  {server:<26} [red]{why}[/red]")
+
+    return failed
+
+
+@contextlib.contextmanager
+def going_on(out: Any, record: dict[str, Any], section: str, server: str) -> Iterator[None]:
+    """A part of the benchmark that a server's failure ends (its rounds need every measurement):
+    the failure is kept in ``record``, in one line, and the benchmark goes on with the next part."""
+    try:
+        yield
+    except RuntimeError as exc:  # a LaunchError too: the server was killed with all it started
+        why = str(exc).splitlines()[0]
+        failure_recorder(out, record, section, server)(None, why)
 
 
 def run(args: SuiteSettings) -> int:
@@ -178,28 +217,41 @@ def run(args: SuiteSettings) -> int:
     require_extra()
     out = console()
     record: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine.facts()}
+    busy = machine.busy(record["machine"])
+    if busy:
+        out.print(f"[yellow]{busy}[/yellow]")
     scenarios = [SCENARIOS[name] for name in args.scenario]
+    try:
+        venv = interpreters.prepared(args.python, out.print) if args.python else None
+    except interpreters.InterpreterError as exc:
+        print(f"echolab suite: error: {exc}", file=sys.stderr)
+        return 2
     try:
         with interruptible():
             if scenarios:
-                run_scenarios(args, scenarios, out, record)
+                run_scenarios(args, scenarios, out, record, venv)
             else:
                 if args.part in ("all", "sweep"):
-                    measure_all(args, out, record)
+                    measure_all(args, out, record, venv)
                 if args.part in ("all", "costs"):
-                    measure_costs(args, out, record)
+                    measure_costs(args, out, record, venv)
     except Interrupted as exc:
         out.print(f"[yellow]{exc}: servers stopped; writing what was measured[/yellow]")
         record["partial"] = {"signal": exc.name}
     write(out, args, "scenarios" if scenarios else "bench", record)
-    return 128 + signal.Signals[record["partial"]["signal"]] if record.get("partial") else 0
+    if record.get("failures"):
+        print(f"echolab suite: {failures_line(record['failures'])}", file=sys.stderr)
+    if record.get("partial"):
+        return 128 + signal.Signals[record["partial"]["signal"]]
+    return 1 if record.get("failures") else 0
 
 
-def measure_all(args: SuiteSettings, out: Any, record: dict[str, Any]) -> None:
-    """The sweeps, the paired rounds and Locust's capacity, into ``record`` as they come."""
+def measure_all(args: SuiteSettings, out: Any, record: dict[str, Any], venv: Venv | None = None) -> None:
+    """The sweeps, the paired rounds and Locust's capacity, into ``record`` as they come; every
+    server under ``venv``'s interpreter if given."""
     rows: list[Row] = record.setdefault("rows", [])
     pairs: list[dict[str, Any]] = record.setdefault("pairs", [])
-    for _section, contender, levels, delay in plan():
+    for section, contender, levels, delay in plan():
         if args.only and args.only not in contender.name:
             continue
 
@@ -207,16 +259,21 @@ def measure_all(args: SuiteSettings, out: Any, record: dict[str, Any]) -> None:
             rows.append(r)
             show_row(out, r)
 
-        def failed(connections: int, exc: RuntimeError, name: str = contender.name) -> None:
-            out.print(f"  {name:<26} {connections:>6} conns  [red]client failed: {exc}[/red]")
-
-        measure(contender, levels, delay, args.duration, args.warmup, on_level=done, on_error=failed)
+        failed = failure_recorder(out, record, section, contender.name)
+        measure(
+            contender.under(venv, named=False), levels, delay, args.duration, args.warmup,
+            on_level=done, on_error=failed,
+        )  # fmt: skip
 
     out.print(rich_table("echolab bench (closed loop; bound = connections / delay)", rows, delay_column=True))
     for name, a, b, connections, delay, target in PAIRS:
         if args.only and args.only not in a.name:
             continue
-        pair = {**paired(name, a, b, connections, delay, args), "target": target}
+        pair: dict[str, Any] | None = None
+        with going_on(out, record, name, f"{a.name} / {b.name}"):
+            pair = {**paired(name, a, b, connections, delay, args, venv), "target": target}
+        if pair is None:
+            continue
         out.print(
             f"{name}: median ratio {pair['median_ratio']:.2f} "
             f"({min(pair['ratios']):.2f}-{max(pair['ratios']):.2f}), "
@@ -224,16 +281,19 @@ def measure_all(args: SuiteSettings, out: Any, record: dict[str, Any]) -> None:
             + f"; CPU per request: median ratio {pair['median_cpu_ratio']:.2f}"
         )
         pairs.append(pair)
-    locust_rate = locust_capacity(args.duration * 2)
-    out.print(f"one Locust process (50 AsyncUser, lines, async server at delay 0): {locust_rate:,.0f} req/s")
-    record["locust_requests_per_second"] = locust_rate
+    with going_on(out, record, "locust capacity", ASYNC.name):
+        locust_rate = locust_capacity(args.duration * 2)
+        out.print(
+            f"one Locust process (50 AsyncUser, lines, async server at delay 0): {locust_rate:,.0f} req/s"
+        )
+        record["locust_requests_per_second"] = locust_rate
     checks = targets(rows, pairs)
     for name, ok, detail in checks:
         out.print(f"{'PASS' if ok else 'MISS'}  {name}: {detail}")
     record.setdefault("targets", []).extend({"target": n, "met": ok, "measured": d} for n, ok, d in checks)
 
 
-def measure_costs(args: SuiteSettings, out: Any, record: dict[str, Any]) -> None:
+def measure_costs(args: SuiteSettings, out: Any, record: dict[str, Any], venv: Venv | None = None) -> None:
     """What each protection of each TCP server costs (.costs), into ``record`` family by family."""
     results: dict[str, Any] = record.setdefault("costs", {})
     measured: dict[str, costs.Cells] = {}
@@ -244,11 +304,14 @@ def measure_costs(args: SuiteSettings, out: Any, record: dict[str, Any]) -> None
             f"[bold]what each protection costs: {family.name}[/bold] "
             f"({len(family.contenders)} servers, {args.cost_rounds} rounds)"
         )
-        cells = costs.run_family(
-            family, args.cost_rounds, args.duration, args.warmup,
-            on_round=lambda f, n: out.print(f"  {f.name}: round {n} of {args.cost_rounds} done"),
-        )  # fmt: skip
-        measured[family.name] = cells
+        with going_on(out, record, "costs", family.name):
+            measured[family.name] = costs.run_family(
+                family, args.cost_rounds, args.duration, args.warmup, venv,
+                on_round=lambda f, n: out.print(f"  {f.name}: round {n} of {args.cost_rounds} done"),
+            )  # fmt: skip
+        if family.name not in measured:
+            continue
+        cells = measured[family.name]
         results[family.name] = [
             {"server": name, **dataclasses.asdict(level), **cell.summary()}
             for (name, level), cell in cells.items()
@@ -267,7 +330,9 @@ SCENARIO_LEVELS = (1, 10, 100, 1000)
 SCENARIO_CONTENDERS = (THREADED, POOL, ASYNC_STREAMS, ASYNC_PROTOCOL, THREADED_HTTP, ASYNC_HTTP)
 
 
-def run_scenarios(args: SuiteSettings, scenarios: list[Scenario], out: Any, record: dict[str, Any]) -> None:
+def run_scenarios(
+    args: SuiteSettings, scenarios: list[Scenario], out: Any, record: dict[str, Any], venv: Venv | None = None
+) -> None:
     results: dict[str, list[dict[str, Any]]] = record.setdefault("scenarios", {})
     for scenario in scenarios:
         out.print(f"[bold]scenario {scenario.name}[/bold]: {scenario.summary}")
@@ -285,11 +350,10 @@ def run_scenarios(args: SuiteSettings, scenarios: list[Scenario], out: Any, reco
                 )
                 show_row(out, r, per_request=True)
 
-            def failed(connections: int, exc: RuntimeError, name: str = contender.name) -> None:
-                out.print(f"  {name:<26} {connections:>6} conns  [red]client failed: {exc}[/red]")
-
+            failed = failure_recorder(out, record, scenario.name, contender.name)
             measure(
-                contender, SCENARIO_LEVELS, scenario.delay_hint_ms, args.duration, args.warmup,
+                contender.under(venv, named=False), SCENARIO_LEVELS, scenario.delay_hint_ms,
+                args.duration, args.warmup,
                 on_level=done, on_error=failed, server_options=scenario.options_for(contender.server),
             )  # fmt: skip
         title = f"scenario {scenario.name} (closed loop; bound = connections / {scenario.delay_hint_ms:g} ms)"

@@ -22,7 +22,9 @@ from typing import Any
 
 import psutil
 
+from ..launcher import LaunchError, Process
 from ..load.bench import CONNECT_PHASE_SECONDS
+from ..settings import STOP_TIMEOUT
 from .contenders import Contender, running
 from .results import Row
 
@@ -30,6 +32,9 @@ from .results import Row
 # simulated IO, so a server that slows down is not starved by the client.
 OPEN_LOOP_HEADROOM = 2.0
 OPEN_LOOP_MIN_CONNECTIONS = 10
+# A closed-loop level runs until the bound gives at least this many replies: a share of
+# the bound counted in whole replies is then good to a few percent.
+MIN_REQUESTS = 30
 
 
 @dataclass
@@ -133,7 +138,8 @@ def bench_once(
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"bench did not finish in {limit:g}s") from None
     if done.returncode not in (0, 1) or not done.stdout.strip():
-        raise RuntimeError(f"bench failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+        said = done.stderr.strip().splitlines()
+        raise RuntimeError(f"bench exited with {done.returncode}: {said[-1] if said else 'no output'}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
@@ -149,6 +155,17 @@ def open_loop_connections(rate: float, delay_ms: float) -> int:
     return max(OPEN_LOOP_MIN_CONNECTIONS, math.ceil(rate * delay_ms / 1000 * OPEN_LOOP_HEADROOM))
 
 
+def long_enough(duration: float, connections: int, delay_ms: float) -> float:
+    """``duration``, or longer where the bound gives fewer than :data:`MIN_REQUESTS` in it.
+
+    At 1 connection, 1 s and 100 ms, ten replies: one more or less moves
+    the share of the bound by a tenth, a quantisation, not a finding.
+    """
+    if delay_ms <= 0:
+        return duration
+    return max(duration, MIN_REQUESTS * delay_ms / 1000 / max(connections, 1))
+
+
 def measure(
     contender: Contender,
     levels: Sequence[int],
@@ -157,12 +174,13 @@ def measure(
     warmup: float,
     extra: Sequence[str] = (),
     on_level: Callable[[Row], None] | None = None,
-    on_error: Callable[[int, RuntimeError], None] | None = None,
+    on_error: Callable[[int | None, str], None] | None = None,
     server_options: Sequence[str] = (),
     *,
     open_loop: bool = False,
     scenario: str = "",
     stop_below: float = 0.0,
+    stop_timeout: float = STOP_TIMEOUT,
 ) -> list[Row]:
     """Start ``contender`` once and run the client at each level; one row per level.
 
@@ -170,45 +188,99 @@ def measure(
     an offered rate in requests/s, carried by :func:`open_loop_connections`.
     ``server_options`` go to the server after everything else (a scenario's
     flags: ``Scenario.options_for``); ``delay_ms`` is then the time one
-    request takes on an idle server, for the Little's-law bound.
+    request takes on an idle server, for the Little's-law bound. A closed
+    loop runs each level :func:`long_enough` to count.
 
-    With ``on_error``, a level whose client fails is reported there and ends
-    this server's sweep (higher levels would only fail worse); the rows so
-    far are kept. Without, the error propagates. A level where the server
-    gives less than ``stop_below`` of the bound ends its sweep too.
+    With ``on_error``, what goes wrong is told there in one line, with the
+    level it happened at, and this server's sweep ends there (higher levels
+    would only fail worse): a server that cannot start, or exits mid-level,
+    or a client that fails, comes back as that level's failed row
+    (:meth:`Row.failed`); a server that does not stop within
+    ``stop_timeout`` of SIGTERM is killed with all it started, told with
+    the level None. Without ``on_error``, the error propagates. A level
+    where the server gives less than ``stop_below`` of the bound ends its
+    sweep too.
     """
     rows: list[Row] = []
-    with running(contender, delay_ms, server_options) as (port, process):
-        for level in levels:
-            connections = open_loop_connections(level, delay_ms) if open_loop else level
-            options = (*extra, "--rate", str(level)) if open_loop else extra
-            sampler = Sampler(psutil.Process(process.pid))
-            sampler.start()
-            result: dict[str, Any] = {}
-            try:
-                result = bench_once(port, contender.framing, connections, duration, warmup, delay_ms, options)
-            except RuntimeError as exc:
-                if on_error is None:
-                    raise
-                on_error(level, exc)
-                break
-            finally:
-                usage = sampler.finish(measured_window(result))
-            rows.append(
-                Row.from_dict(
-                    {
-                        **result,
-                        "server": contender.name,
-                        "scenario": scenario,
-                        "delay_ms": delay_ms,
-                        "server_cpu_percent": usage.cpu_percent,
-                        "server_rss_mb": usage.rss_mb,
-                        "server_threads": usage.threads,
-                    }
+    mode = "open" if open_loop else "closed"
+
+    def connections(level: int) -> int:
+        return open_loop_connections(level, delay_ms) if open_loop else level
+
+    def failed(level: int, failure: str) -> None:
+        if on_error is None:
+            raise RuntimeError(failure)
+        rate = level if open_loop else 0.0
+        row = Row.failed(
+            failure, server=contender.name, **contender.runtime(), framing=contender.framing,
+            connections=connections(level),
+            delay_ms=delay_ms, scenario=scenario, mode=mode, rate=rate,
+        )  # fmt: skip
+        rows.append(row)
+        if on_level is not None:
+            on_level(row)
+        on_error(level, failure)
+
+    def stop_failed(failure: str) -> None:
+        assert on_error is not None
+        on_error(None, failure)
+
+    on_stop_error = stop_failed if on_error else None
+    try:
+        with running(
+            contender, delay_ms, server_options, stop_timeout=stop_timeout, on_stop_error=on_stop_error
+        ) as (port, process):
+            for level in levels:
+                if not process.running():  # between levels
+                    failed(level, exited(process))
+                    break
+                options = (*extra, "--rate", str(level)) if open_loop else extra
+                seconds = duration if open_loop else long_enough(duration, level, delay_ms)
+                sampler = Sampler(psutil.Process(process.pid))
+                sampler.start()
+                result: dict[str, Any] = {}
+                try:
+                    result = bench_once(
+                        port, contender.framing, connections(level), seconds, warmup, delay_ms, options
+                    )
+                except RuntimeError as exc:
+                    client_failed = str(exc)
+                else:
+                    client_failed = ""
+                finally:
+                    usage = sampler.finish(measured_window(result))
+                if not process.running():  # what the client saw was a server going away
+                    failed(level, exited(process, "mid-level"))
+                    break
+                if client_failed:
+                    failed(level, f"the client failed: {client_failed}")
+                    break
+                rows.append(
+                    Row.from_dict(
+                        {
+                            **result,
+                            "server": contender.name,
+                            **contender.runtime(),
+                            "scenario": scenario,
+                            "delay_ms": delay_ms,
+                            "server_cpu_percent": usage.cpu_percent,
+                            "server_rss_mb": usage.rss_mb,
+                            "server_threads": usage.threads,
+                        }
+                    )
                 )
-            )
-            if on_level is not None:
-                on_level(rows[-1])
-            if (rows[-1].bound_fraction or 0.0) < stop_below:
-                break
+                if on_level is not None:
+                    on_level(rows[-1])
+                if (rows[-1].bound_fraction or 0.0) < stop_below:
+                    break
+    except LaunchError as exc:  # it did not start (a stop that failed went to on_error)
+        if on_error is None:
+            raise
+        failed(levels[0], exc.summary)
     return rows
+
+
+def exited(process: Process, when: str = "between levels") -> str:
+    """A server that went away, in one line: its exit status and what it logged last."""
+    assert process.proc is not None
+    return f"{process.name} exited with {process.proc.returncode} {when}; {process.last_word()}"

@@ -526,6 +526,8 @@ async def bench(host: str, port: int, args: BenchSettings) -> BenchResult:
     if not result.partial:
         result.notes[:0] = [note for note in (explain_connections(result, still_connecting),) if note]
         result.problem = diagnose(result, run.evidence)
+        if result.problem:  # the figures are not the server's: no share of the bound to show
+            result.bound_fraction = None
     return result
 
 

@@ -1,9 +1,10 @@
 """What ``echolab bench`` reports: the result, its latency histogram, and what went wrong, in words.
 
 A result never holds NaN: a figure that could not be measured (a percentile
-of no requests) is None, JSON ``null``. What makes a run's figures
-meaningless (nothing connected, a framing mismatch) is its ``problem``, one
-line; what the reader should know to read them (connections that did not
+of no requests) is None, JSON ``null``, and shows as :data:`UNMEASURED`.
+What makes a run's figures meaningless (nothing connected, a framing
+mismatch) is its ``problem``, one line: such a run has no share of the
+bound. What the reader should know to read them (connections that did not
 open, an offered rate the connections cannot carry) are its ``notes``.
 """
 
@@ -19,6 +20,12 @@ from typing import Any
 BUCKETS_PER_DECADE = 100
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
 FD_ADVICE = "raise the limit with ulimit -n"
+UNMEASURED = "\N{EN DASH}"  # what every table and line of the lab shows for a figure that was not measured
+
+
+def shown(value: float | None, spec: str = ",.1f") -> str:
+    """A figure as text, or :data:`UNMEASURED`."""
+    return UNMEASURED if value is None else format(value, spec)
 
 
 @dataclass
@@ -137,8 +144,7 @@ def render(result: BenchResult) -> str:
     """The result for a terminal."""
 
     def ms(key: str) -> str:
-        value = result.latency_ms.get(key)
-        return "-" if value is None else f"{value:,.1f}"
+        return shown(result.latency_ms.get(key))
 
     loop = f"{result.mode} loop"
     lines = [
@@ -147,7 +153,7 @@ def render(result: BenchResult) -> str:
         f"requests    {result.requests:,} in {result.seconds:.2f}s = {result.throughput:,.0f} req/s",
     ]
     if result.mode == "open":
-        fraction = f" ({result.bound_fraction:.1%})" if result.bound_fraction is not None else ""
+        fraction = f" ({shown(result.bound_fraction, '.1%')})"
         unsent = f", {result.unsent:,} still queued in the client at the end" if result.unsent else ""
         lines.append(
             f"rate        offered {result.rate:,.0f} req/s, achieved {result.throughput:,.0f} req/s"
@@ -159,10 +165,10 @@ def render(result: BenchResult) -> str:
         "errors      " + (", ".join(f"{k}={v:,}" for k, v in sorted(result.errors.items())) or "none"),
     ]
     if result.mode == "closed" and result.bound:
-        fraction = f"{result.bound_fraction:.1%}" if result.bound_fraction is not None else "-"
         lines.append(
             f"little's law bound {result.bound:,.0f} req/s "
-            f"({result.connections:,} connections / {result.delay_hint_ms:g} ms): achieved {fraction}"
+            f"({result.connections:,} connections / {result.delay_hint_ms:g} ms): "
+            f"achieved {shown(result.bound_fraction, '.1%')}"
         )
     lines += [f"note        {note}" for note in result.notes]
     if result.partial:

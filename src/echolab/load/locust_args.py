@@ -18,13 +18,14 @@ def add_arguments(parser: Any, cls: type[Settings] = LocustSettings) -> None:
 
     For :class:`LocustSettings`, each server's target too. Locust reads each
     as a flag or its variable; those marked ``web_ui`` are fields of its web
-    UI, which converts what is typed there with ``type(default)``: a float
-    setting's default is a float. The rest are fixed by whoever starts Locust
-    (see :mod:`.locust_web`).
+    UI, labelled with their help, which converts what is typed there with
+    ``type(default)``: a float setting's default is a float. The rest are
+    fixed by whoever starts Locust (see :mod:`.locust_web`).
     """
     targets = [o for server in SERVERS for o in server.locust_target] if cls is LocustSettings else []
     # Not an argument group: only the parser's own add_argument marks arguments for the web UI.
     for option in (*targets, *options(cls)):
+        default = option.describe_default(option.default)
         parser.add_argument(
             option.flag,
             dest=option.name,
@@ -33,7 +34,11 @@ def add_arguments(parser: Any, cls: type[Settings] = LocustSettings) -> None:
             type=argparse_type(option),
             choices=option.spec.choices or None,
             include_in_web_ui=option.spec.web_ui,
-            help=f"{option.spec.help} (env {option.env}; default {option.describe_default(option.default)})",
+            # The form shows the help after the field's name, cut at the field's width; the
+            # field shows the value, and the variable is docs/locust.md's.
+            help=option.spec.help
+            if option.spec.web_ui
+            else f"{option.spec.help} (env {option.env}; default {default})",
         )
 
 

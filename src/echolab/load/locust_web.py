@@ -24,7 +24,9 @@ the UI:
 * ``POST /user`` may change a class's weight, fixed count and tasks only.
 
 It also adds a "Targets" tab: per server, where its users send, how many
-there are, and what came back.
+there are, and what came back; and hides Locust's Host field and header,
+which would name one host for every class (each class has its own target,
+and a host typed there is refused).
 
 Importing this module imports Locust (see :mod:`echolab.load.locust_plugin`).
 """
@@ -190,6 +192,28 @@ def show_targets_tab(environment: Environment, users: Callable[[], Mapping[str, 
     web_ui.app.after_request(add_rows)
 
 
+# The form's Host field, and the header's Host (empty: the classes' hosts differ). Locust's UI has
+# no switch for either; its Material UI markup does: the field's input is named "host", the
+# header's value is the text with an aria-label, followed by a divider.
+HIDE_HOST = (
+    "<style>"
+    '.MuiFormControl-root:has(input[name="host"]),'
+    "header div:has(> p[aria-label]), header div:has(> p[aria-label]) + .MuiDivider-root"
+    "{display:none}</style>"
+)
+
+
+def hide_host(web_ui: Any) -> None:
+    """Add HIDE_HOST to the UI's page (the form and the header are drawn there, in the browser)."""
+
+    def add_style(response: Response) -> Response:
+        if request.endpoint == "locust.index" and response.mimetype == "text/html":
+            response.set_data(response.get_data(as_text=True).replace("</head>", f"{HIDE_HOST}</head>", 1))
+        return response
+
+    web_ui.app.after_request(add_style)
+
+
 def install(environment: Environment, users: Callable[[], Mapping[str, int]]) -> None:
     """Guard ``POST /swarm`` and ``POST /user`` of this process's web UI (none: nothing to guard),
     and show the targets, ``users`` counting the users per server."""
@@ -197,6 +221,7 @@ def install(environment: Environment, users: Callable[[], Mapping[str, int]]) ->
     if web_ui is None or web_ui.app is None or environment.parsed_options is None:
         return
     show_targets_tab(environment, users)
+    hide_host(web_ui)
     guard = Guard(environment)
 
     def check() -> Response | None:

@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry, Counter, multiprocess, start_ht
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .. import interpreters
 from ..catalogue import Server
 from ..metrics import family, watch_cgroup
 from ..runtime import STILL_STOPPING, binding, log, no_signals_for_threads
@@ -176,7 +177,7 @@ class ProcessTree(Collector):
 
 
 def server_info(settings: HttpSettings) -> dict[str, str]:
-    common = {"workers": str(settings.workers), **work_model.info(settings)}
+    common = {"workers": str(settings.workers), **work_model.info(settings), **interpreters.here().facts()}
     if isinstance(settings, ThreadedHttpSettings):
         return {"model": "gthread", "threads": str(settings.http_threads), **common}
     return {"loop": "uvloop", "http": "httptools", **common}

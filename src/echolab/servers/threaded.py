@@ -437,7 +437,8 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
     info = {
         "model": settings.model,
         "framing": settings.framing,
-        "threads": str(settings.threads),
+        # --threads sizes the pool; a thread per connection, or none, has no such setting.
+        **({"threads": str(settings.threads)} if settings.model == "pool" else {}),
         **work_model.info(settings),
     }
     metrics, metrics_port = metrics_module.start(

@@ -131,7 +131,9 @@ def info(settings: ServeSettings) -> dict[str, str]:
         "blocking_ms": f"{settings.blocking_ms:g}",
     }
     if isinstance(settings, OffloadSettings):
-        labels |= {"offload": settings.offload, "offload_threads": str(settings.offload_threads)}
+        labels["offload"] = settings.offload
+        if settings.offload == "thread":  # the pool's size, where there is a pool
+            labels["offload_threads"] = str(settings.offload_threads)
     labels["io"] = settings.io
     if settings.io != "timer":
         labels |= {
