@@ -8,11 +8,14 @@ once (PostgreSQL's pg_stat_activity, the downstream's peak gauge).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -92,13 +95,28 @@ def downstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DownstreamP
     assert "Traceback" not in process.log, process.log
 
 
+@contextlib.contextmanager
+def bound_port() -> Iterator[socket.socket]:
+    """A loopback port bound and not listening: refused, and no one else's, until the block ends; a
+    process may bind it meanwhile (SO_REUSEADDR on both sides: Python's listening sockets set it)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        yield sock
+
+
 @pytest.fixture
-def own_downstream(tmp_path: Path) -> Iterator[Callable[[], DownstreamProcess]]:
-    """``own_downstream()``: a downstream of the test's own, not started (its peak is the test's)."""
+def own_downstream(tmp_path: Path) -> Iterator[Callable[..., DownstreamProcess]]:
+    """``own_downstream(ports=(port, metrics_port))``: a downstream of the test's own, not started (its
+    peak is the test's), on free ports or those."""
     made: list[DownstreamProcess] = []
 
-    def make() -> DownstreamProcess:
-        made.append(DownstreamProcess(log=tmp_path / f"downstream-{len(made)}.log", env=clean_environment()))
+    def make(ports: tuple[int, int] | None = None) -> DownstreamProcess:
+        options = ("--port", str(ports[0]), "--metrics-port", str(ports[1])) if ports else ()
+        log = tmp_path / f"downstream-{len(made)}.log"
+        made.append(DownstreamProcess(options, log=log, env=clean_environment()))
+        if ports:  # the flags given last win; the process is ready once that port accepts
+            made[-1].port, made[-1].metrics_port = ports
         return made[-1]
 
     yield make
@@ -396,9 +414,13 @@ def test_postgres_down_at_start_fails_each_request_at_once_then_serves_when_it_i
 def test_the_downstream_down_at_start_fails_each_request_at_once_then_serves_when_it_is_back(
     start_server, own_downstream, flags
 ):
-    service = own_downstream()  # its ports chosen, not started
-    server = start_server(*flags, "--io", "http", "--downstream-url", service.url, "--delay-ms", "20")
-    fails_then_recovers(server, service.start)
+    with contextlib.ExitStack() as held:
+        # Its ports held, bound but not listening (refused), until it starts: another test's
+        # process could take a port merely free meanwhile.
+        ports = [held.enter_context(bound_port()) for _ in range(2)]
+        service = own_downstream(ports=(ports[0].getsockname()[1], ports[1].getsockname()[1]))
+        server = start_server(*flags, "--io", "http", "--downstream-url", service.url, "--delay-ms", "20")
+        fails_then_recovers(server, service.start)
 
 
 POOL_TIMEOUTS = {
@@ -426,6 +448,21 @@ def test_a_request_that_waits_past_the_pool_timeout_fails_as_pool_timeout(
     assert delta.counts(expected) == expected
 
 
+def connected_when_free(db: PostgreSQL) -> psycopg.Connection[Any]:
+    """A connection, once the sessions of the group's previous test, which may have filled
+    max_connections, have ended."""
+
+    def attempt() -> psycopg.Connection[Any] | None:
+        try:
+            return psycopg.connect(db.dsn, autocommit=True)
+        except psycopg.OperationalError:
+            return None
+
+    conn = poll_until(attempt, what="a free connection slot")
+    assert conn is not None
+    return conn
+
+
 @FAULTS
 @pytest.mark.parametrize("flags", [("threaded",), ("async",)], ids=["threaded", "async"])
 def test_a_pool_larger_than_max_connections_queues_for_the_connections_there_are(
@@ -434,11 +471,11 @@ def test_a_pool_larger_than_max_connections_queues_for_the_connections_there_are
     # 20 connections at most, one of them the test's: psycopg's pool of 30 gets 19, and its attempts
     # at more are refused ("too many clients"); requests queue for those 19 and none fails.
     count, name = 40, "crowded_" + flags[0]
-    server = start_server(
-        *flags, "--io", "postgres", "--database-url", app_url(faulty_postgres, name), "--delay-ms", "300",
-        "--pool-size", "30",
-    )  # fmt: skip
-    with psycopg.connect(faulty_postgres.dsn, autocommit=True) as monitor:
+    with connected_when_free(faulty_postgres) as monitor:  # first: the pool takes the rest
+        server = start_server(
+            *flags, "--io", "postgres", "--database-url", app_url(faulty_postgres, name), "--delay-ms", "300",
+            "--pool-size", "30",
+        )  # fmt: skip
         before = server.scrape()
 
         def sleeping() -> float:
