@@ -660,7 +660,9 @@ class DemoSettings(Settings):
         check=positive_list,
     )  # fmt: skip
     other_levels: tuple[int, ...] = setting(
-        (1, 100, 1000), "concurrent connections for the other scenarios", check=positive_list
+        (1, 100, 1000),
+        "concurrent connections for the other scenarios (db, db-pool and api run at levels of their own)",
+        check=positive_list,
     )
     open_loop: bool = setting(
         True, "also sweep the first scenario in an open loop at --rates (the line-protocol servers)"

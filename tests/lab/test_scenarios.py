@@ -14,7 +14,9 @@ from echolab.settings import WORK_MODEL
 def test_every_server_accepts_the_flags_it_reads(scenario: Scenario) -> None:
     for server in catalogue.SERVERS:
         flags = scenario.options_for(server)
-        args = build_parser().parse_args(["serve", server.name, *flags])
+        # A database's scenario runs with the lab's database (lab/dependencies.py gives its URL).
+        url = ("--database-url", "postgresql://lab@127.0.0.1/lab") if scenario.io == "postgres" else ()
+        args = build_parser().parse_args(["serve", server.name, *flags, *url])
         work = settings.from_namespace(server.settings, args)
         # The bound's D: one request's work on an idle server.
         assert work.cpu_ms + work.blocking_ms + work.delay_ms == scenario.delay_hint_ms

@@ -8,7 +8,9 @@ once (PostgreSQL's pg_stat_activity, the downstream's peak gauge).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -93,13 +95,28 @@ def downstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DownstreamP
     assert "Traceback" not in process.log, process.log
 
 
+@contextlib.contextmanager
+def bound_port() -> Iterator[socket.socket]:
+    """A loopback port bound and not listening: refused, and no one else's, until the block ends; a
+    process may bind it meanwhile (SO_REUSEADDR on both sides: Python's listening sockets set it)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        yield sock
+
+
 @pytest.fixture
-def own_downstream(tmp_path: Path) -> Iterator[Callable[[], DownstreamProcess]]:
-    """``own_downstream()``: a downstream of the test's own, not started (its peak is the test's)."""
+def own_downstream(tmp_path: Path) -> Iterator[Callable[..., DownstreamProcess]]:
+    """``own_downstream(ports=(port, metrics_port))``: a downstream of the test's own, not started (its
+    peak is the test's), on free ports or those."""
     made: list[DownstreamProcess] = []
 
-    def make() -> DownstreamProcess:
-        made.append(DownstreamProcess(log=tmp_path / f"downstream-{len(made)}.log", env=clean_environment()))
+    def make(ports: tuple[int, int] | None = None) -> DownstreamProcess:
+        options = ("--port", str(ports[0]), "--metrics-port", str(ports[1])) if ports else ()
+        log = tmp_path / f"downstream-{len(made)}.log"
+        made.append(DownstreamProcess(options, log=log, env=clean_environment()))
+        if ports:  # the flags given last win; the process is ready once that port accepts
+            made[-1].port, made[-1].metrics_port = ports
         return made[-1]
 
     yield make
@@ -397,9 +414,13 @@ def test_postgres_down_at_start_fails_each_request_at_once_then_serves_when_it_i
 def test_the_downstream_down_at_start_fails_each_request_at_once_then_serves_when_it_is_back(
     start_server, own_downstream, flags
 ):
-    service = own_downstream()  # its ports chosen, not started
-    server = start_server(*flags, "--io", "http", "--downstream-url", service.url, "--delay-ms", "20")
-    fails_then_recovers(server, service.start)
+    with contextlib.ExitStack() as held:
+        # Its ports held, bound but not listening (refused), until it starts: another test's
+        # process could take a port merely free meanwhile.
+        ports = [held.enter_context(bound_port()) for _ in range(2)]
+        service = own_downstream(ports=(ports[0].getsockname()[1], ports[1].getsockname()[1]))
+        server = start_server(*flags, "--io", "http", "--downstream-url", service.url, "--delay-ms", "20")
+        fails_then_recovers(server, service.start)
 
 
 POOL_TIMEOUTS = {

@@ -167,8 +167,19 @@ ASYNC_HTTP_BARE_ALIKE = Contender(
 )  # fmt: skip
 BARE_HTTPTOOLS = Contender("bare httptools", "async", "http", PALETTE["async"][6], reference="httptools")
 BARE_H11 = Contender("bare h11", "async", "http", PALETTE["async"][7], reference="h11")
+# The other clients a server can call its dependency through (``--io``): asyncpg, what people pick
+# for speed, on the event loop; requests in threads, whose pool does not block but opens more.
+ASYNCPG = Contender(
+    "async (asyncpg)", "async", "lines", PALETTE["async"][2], server("async"), ("--db-driver", "asyncpg")
+)
+REQUESTS = Contender(
+    "threaded (requests)", "threaded", "lines", PALETTE["threaded"][5], server("threaded"),
+    ("--http-client", "requests"),
+)  # fmt: skip
+ALTERNATIVES: dict[str, tuple[Contender, ...]] = {"postgres": (ASYNCPG,), "http": (REQUESTS,)}
 ALL = (
     *SERVERS_AS_THEY_ARE, SERIAL, POOL, ASYNC_STREAMS, ASYNC_PROTOCOL, ASYNC_NO_METRICS,
     BARE_UVLOOP, BARE_STREAMS, BARE_THREADED, ASYNC_HTTP_BARE_ALIKE, BARE_HTTPTOOLS, BARE_H11,
+    ASYNCPG, REQUESTS,
 )  # fmt: skip
 COLORS = {v.name: v.color for v in ALL}

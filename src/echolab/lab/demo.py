@@ -9,6 +9,13 @@ verdict per server and a finding per section, and writes
 reports/demo-<time>/index.html. A scenario added to SCENARIOS is a section
 of the report with nothing else to change.
 
+A scenario whose requests call a dependency (``--io postgres``, ``--io
+http``) runs at its own levels, every one of them, with the libraries' other
+clients beside the servers (:data:`.contenders.ALTERNATIVES`); the lab starts
+the dependency (:mod:`.dependencies`) and gives each server its URL. Where
+PostgreSQL cannot run, its scenarios are left out, with one line saying how to
+install it, and the rest runs.
+
 Ctrl-C or SIGTERM stops the servers and the client, writes the report of
 what was measured so far, marked partial, and exits 130 or 143. A server
 that cannot start, exits mid-level or does not stop when told is killed
@@ -32,8 +39,10 @@ from ..load.bench_result import shown
 from ..scenarios import SCENARIOS, Scenario
 from ..settings import DemoSettings
 from . import history, report
-from .contenders import SERIAL, SERVERS_AS_THEY_ARE, Contender
+from .contenders import ALTERNATIVES, SERIAL, SERVERS_AS_THEY_ARE, Contender
+from .dependencies import Dependencies, DependencyFailed
 from .interrupt import Interrupted, held, interruptible
+from .pools import pools
 from .report import Section
 from .results import Row, by_server, console, rich_table
 from .sweep import measure
@@ -55,10 +64,18 @@ class Step:
     contender: Contender
     levels: tuple[int, ...]
     duration: float
+    warmup: float
 
 
 class DemoError(Exception):
     """A setting the demo cannot run with: one line, exit status 2."""
+
+
+def framed(contender: Contender, settings: DemoSettings) -> Contender:
+    """The contender in the demo's framing, if it has a --framing."""
+    if not contender.reads("--framing"):
+        return contender
+    return dataclasses.replace(contender, framing=settings.framing)
 
 
 def contenders(
@@ -68,17 +85,31 @@ def contenders(
 ) -> list[Contender]:
     """Every server as it is (those with a --framing in the demo's), then the article's serial baseline;
     each under ``main``'s interpreter (None: the lab's own), then under each of ``others``."""
-    chosen = [
-        dataclasses.replace(v, framing=settings.framing) if v.reads("--framing") else v
-        for v in SERVERS_AS_THEY_ARE
-    ]
+    chosen = [framed(v, settings) for v in SERVERS_AS_THEY_ARE]
     chosen.append(SERIAL)
     if settings.servers:
-        unknown = set(settings.servers) - {v.name for v in chosen}
+        known = [v.name for v in chosen] + [v.name for group in ALTERNATIVES.values() for v in group]
+        unknown = set(settings.servers) - set(known)
         if unknown:
-            names = ", ".join(v.name for v in chosen)
-            raise DemoError(f"no server {', '.join(sorted(unknown))}: choose from {names}")
+            raise DemoError(f"no server {', '.join(sorted(unknown))}: choose from {', '.join(known)}")
         chosen = [v for v in chosen if v.name in settings.servers]
+    return [under for v in chosen for under in (v.under(main), *(v.under(other) for other in others))]
+
+
+def alternatives(
+    settings: DemoSettings,
+    scenario: Scenario,
+    main: interpreters.Venv | None = None,
+    others: Sequence[interpreters.Venv] = (),
+) -> list[Contender]:
+    """The other clients of the scenario's dependency, where their server runs or they are named;
+    under the interpreters the servers run under."""
+    servers = {v.name for v in contenders(settings)}
+    chosen = [
+        framed(v, settings)
+        for v in ALTERNATIVES.get(scenario.io, ())
+        if (v.server is not None and v.server.name in servers) or v.name in settings.servers
+    ]
     return [under for v in chosen for under in (v.under(main), *(v.under(other) for other in others))]
 
 
@@ -111,21 +142,31 @@ def plan(
 ) -> list[Step]:
     """Every server's sweep, section by section, in the order they run."""
     steps = []
-    servers = contenders(settings, main, others)
     for index, scenario in enumerate(scenarios(settings)):
         first = index == 0
-        closed = Section(scenario.name, scenario.summary, "closed", scenario.delay_hint_ms, scenario.options)
+        servers = [
+            v
+            for v in (*contenders(settings, main, others), *alternatives(settings, scenario, main, others))
+            if not scenario.servers or (v.server is not None and v.server.name in scenario.servers)
+        ]
+        levels = scenario.levels or (settings.levels if first else settings.other_levels)
+        # The article's baseline belongs to the article's workload, a timer.
+        serial_levels = (
+            tuple(n for n in levels if n <= SERIAL_MAX_LEVEL) if first and not scenario.levels else ()
+        )
+        sweeps = [(v, serial_levels if v.name.split("@")[0] == SERIAL.name else levels) for v in servers]
+        sweeps = [(v, at) for v, at in sweeps if at]
+        closed = Section(
+            scenario.name, scenario.summary, "closed", scenario.delay_hint_ms, scenario.options,
+            scenario.io, pools([v for v, _ in sweeps], scenario),
+        )  # fmt: skip
         duration = settings.duration if first else settings.other_duration
-        for contender in servers:
-            levels = settings.levels if first else settings.other_levels
-            if contender.name.split("@")[0] == SERIAL.name:  # the article's baseline: the article's workload
-                levels = tuple(n for n in levels if n <= SERIAL_MAX_LEVEL) if first else ()
-            if levels:
-                steps.append(Step(closed, with_options(contender, scenario), levels, duration))
-        if first and settings.open_loop:
+        warmup = max(settings.warmup, scenario.warmup)
+        steps += [Step(closed, with_options(v, scenario), at, duration, warmup) for v, at in sweeps]
+        if first and settings.open_loop and not scenario.levels:
             opened = dataclasses.replace(closed, mode="open")
             steps += [
-                Step(opened, with_options(v, scenario), settings.rates, duration)
+                Step(opened, with_options(v, scenario), settings.rates, duration, warmup)
                 for v in servers
                 if v.framing == "lines"  # the line protocol's servers: HTTP's knee shows in the closed loop
             ]
@@ -145,6 +186,16 @@ def sections(steps: Sequence[Step]) -> list[Section]:
     return list(dict.fromkeys(step.section for step in steps))
 
 
+def left_out(steps: Sequence[Step]) -> tuple[list[Step], dict[str, Any] | None]:
+    """The steps whose dependency can run here; the scenarios left out, and why, in one line."""
+    why = {s.section.scenario: Dependencies.missing(s.section.io) for s in steps}
+    missing = [name for name, reason in why.items() if reason]
+    if not missing:
+        return list(steps), None
+    line = f"{' and '.join(missing)} left out: {why[missing[0]]}"
+    return [s for s in steps if s.section.scenario not in missing], {"scenarios": missing, "why": line}
+
+
 def run(settings: DemoSettings) -> int:
     report.require_extra()
     out = console()
@@ -153,10 +204,14 @@ def run(settings: DemoSettings) -> int:
         python = settings.python or os.environ.get("ECHO_PYTHON", "")
         main = interpreters.prepared(python, out.print) if python else None
         others = [interpreters.prepared(spec, out.print) for spec in settings.pythons]
-        steps = plan(settings, main, others)
+        steps, out_of_reach = left_out(plan(settings, main, others))
+        if not steps and out_of_reach:
+            raise DemoError(out_of_reach["why"])
     except (DemoError, interpreters.InterpreterError) as exc:
         print(f"echolab demo: error: {exc}", file=sys.stderr)
         return 2
+    if out_of_reach:
+        print(f"echolab demo: {out_of_reach['why']}", file=sys.stderr)
     record: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "settings": {k: str(v) if k == "out" else v for k, v in dataclasses.asdict(settings).items()},
@@ -164,6 +219,7 @@ def run(settings: DemoSettings) -> int:
         "partial": None,
         "skipped": [],
         "failures": [],
+        "left_out": out_of_reach,
     }
     busy = machine.busy(record["machine"])
     if busy:
@@ -172,8 +228,8 @@ def run(settings: DemoSettings) -> int:
     rows: list[Row] = []
     began = time.monotonic()
     try:
-        with interruptible():
-            sweep(steps, settings, rows, record, out)
+        with interruptible(), Dependencies() as dependencies:
+            sweep(steps, settings, rows, record, out, dependencies)
     except Interrupted as exc:
         out.print(f"[yellow]{exc}: servers stopped; writing the report of what was measured[/yellow]")
         # The levels the run would have measured: less those it skipped, not those the signal cut off.
@@ -195,7 +251,12 @@ def run(settings: DemoSettings) -> int:
 
 
 def sweep(
-    steps: Sequence[Step], settings: DemoSettings, rows: list[Row], record: dict[str, Any], console: Any
+    steps: Sequence[Step],
+    settings: DemoSettings,
+    rows: list[Row],
+    record: dict[str, Any],
+    console: Any,
+    dependencies: Dependencies,
 ) -> None:
     """Run every step, appending each level's row to ``rows`` as it is measured (or failed), and to
     ``record`` what failed and what it skipped; an interrupted step is noted as cut off."""
@@ -225,25 +286,37 @@ def sweep(
                 if level is None:  # a stop that failed: the levels were measured
                     progress.console.print(f"  {step.contender.name:>13} [red]{why}[/red]")
 
+            # A dependency's pool holds a server at a flat rate under the bound: every level is the finding.
+            stop_below = settings.stop_below if step.section.io == "timer" else 0.0
             try:
-                measure(
-                    step.contender,
-                    step.levels,
-                    step.section.delay_ms,
-                    step.duration,
-                    settings.warmup,
-                    on_level=done,
-                    on_error=failed,
-                    open_loop=step.section.mode == "open",
-                    scenario=step.section.scenario,
-                    stop_below=settings.stop_below,
-                    stop_timeout=settings.stop_timeout,
-                )
+                with dependencies.sweep(step.section.io) as (flags, probe):
+                    measure(
+                        step.contender,
+                        step.levels,
+                        step.section.delay_ms,
+                        step.duration,
+                        step.warmup,
+                        on_level=done,
+                        on_error=failed,
+                        server_options=flags,
+                        open_loop=step.section.mode == "open",
+                        scenario=step.section.scenario,
+                        stop_below=stop_below,
+                        stop_timeout=settings.stop_timeout,
+                        probe=probe,
+                    )
+            except DependencyFailed as exc:
+                why = str(exc).split("\n")[0]  # the line; the log's tail is in the server's log
+                failed(step.levels[0], why)
+                progress.console.print(f"  {step.contender.name:>13} [red]{why}[/red]")
+                progress.advance(task, len(step.levels))
+                record["skipped"].append(skip(step, why, list(step.levels), cut=True))
+                continue
             except Interrupted as exc:  # the sweep under way: its verdict speaks of the levels before
                 rest = list(step.levels[len(measured) :])
                 record["skipped"].append(skip(step, f"cut off by {exc.name}", rest, cut=True))
                 raise
-            note = skipped_levels(step, measured, settings.stop_below)
+            note = skipped_levels(step, measured, stop_below)
             if note:
                 record["skipped"].append(note)
                 progress.advance(task, len(note["levels"]))
@@ -308,6 +381,8 @@ def summarise(
         bound = "bound = offered rate" if section.mode == "open" else "bound = connections / time per request"
         ordered = sorted(section_rows, key=lambda r: (r.level, r.server))
         console.print(rich_table(f"{section.title}; {bound}", ordered))
+        if section.pools:
+            console.print(f"{report.pools_text(section)} (gunicorn's workers: processes, each with its own)")
         cut = report.cut_off(section, skipped)
         for name, series in by_server(section_rows).items():
             console.print("• " + report.verdict(name, series, cut.get(name)))

@@ -68,9 +68,11 @@ class PostgresError(RuntimeError):
     """initdb or pg_ctl failed; the message ends with the server log's tail."""
 
 
-def find_binaries(path: str | None = None, debian: str = DEBIAN_BINARIES) -> Path | None:
+def find_binaries(path: str | None = None, debian: str | None = None) -> Path | None:
     """The folder of ``initdb`` and ``pg_ctl``: the one of ``pg_ctl`` on ``path`` (default ``PATH``),
-    symlinks followed; else the newest Debian version's. None if neither has both."""
+    symlinks followed; else the newest Debian version's (``debian``, default :data:`DEBIAN_BINARIES`).
+    None if neither has both."""
+    debian = debian or DEBIAN_BINARIES  # read now: a test points it at an empty folder
     found = shutil.which("pg_ctl", path=path)
     candidates = [Path(found).resolve().parent] if found else []
     versions = [Path(folder) for folder in glob.glob(debian) if Path(folder).parent.name.isdigit()]

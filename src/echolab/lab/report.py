@@ -9,6 +9,7 @@ import html
 import importlib.util
 import io
 import json
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 from ..load.bench_result import shown
 from ..machine import busy, summary
+from ..scenarios import MAX_CONNECTIONS
 from . import charts
 from .contenders import ALL
 from .history import SavedRun
@@ -64,6 +66,9 @@ class Section:
     mode: str  # closed | open
     delay_ms: float  # the bound's D
     options: tuple[str, ...] = ()  # the servers' flags
+    io: str = "timer"  # what a request's IO waits on: timer, or a dependency (postgres, http)
+    # Each server's pool for the dependency: (server, the most it holds at once, in words); lab/pools.py.
+    pools: tuple[tuple[str, int | None, str], ...] = ()
 
     @property
     def key(self) -> str:
@@ -135,6 +140,8 @@ def finding(section: Section, rows: list[Row], cut: dict[str, str] | None = None
 
     It speaks of the levels measured: a server ``cut`` short says so, and its peak is set against
     no other (the other side's was measured at levels it never reached)."""
+    if section.io != "timer":
+        return pool_finding(section, rows)
     cut = cut or {}
     best: dict[tuple[bool, str], tuple[float, str, list[Row]]] = {}  # (http, family): peak, server, series
     for name, series in by_server(rows).items():
@@ -183,11 +190,99 @@ def scaling(series: list[Row]) -> str:
         text += f", {peak.throughput:,.0f} at {level_text(peak)}"
     if last is not first:
         text += f", {last.throughput:,.0f} at {level_text(last)}"
-    # Ten times the load for less than twice the throughput: the model, not the load, sets the rate.
-    flat = last.connections >= 10 * first.connections and peak.throughput < 2 * first.throughput
-    if first.mode == "closed" and flat:
+    if flat(series):
         text += ", whatever the concurrency"
     return text
+
+
+def flat(series: list[Row]) -> bool:
+    """Ten times the load for less than twice the throughput: the model, not the load, sets the rate."""
+    first, last = series[0], series[-1]
+    peak = max(r.throughput for r in series)
+    wide = last.connections >= 10 * first.connections
+    return first.mode == "closed" and wide and peak < 2 * first.throughput
+
+
+def steady(series: list[Row]) -> bool:
+    """The same throughput, within 15%, from the first level to the last, ten times more connections."""
+    tops = [r.throughput for r in series]
+    return series[-1].connections >= 10 * series[0].connections and max(tops) <= 1.15 * min(tops)
+
+
+def pools_text(section: Section) -> str:
+    """Each server's pool for the section's dependency, in words; "" for a timer."""
+    if not section.pools:
+        return ""
+    return "pools: " + "; ".join(f"{name}, {text}" for name, _, text in section.pools)
+
+
+# Under this share of what its calls at once allow (calls / time per call), a server is held by the
+# time its calls take through the client (its CPU, or waiting for it), not by how many its pool lets through.
+SLOW_FRACTION = 0.7
+
+
+def pool_finding(section: Section, rows: list[Row]) -> str:
+    """A dependency's section in one sentence, at each server's top level: the servers grouped by the
+    calls they made at once and what held them there (a pool, PostgreSQL's max_connections, or the
+    cost of the calls themselves), with their rates."""
+    noun = ("query", "queries") if section.io == "postgres" else ("call", "calls")
+    pools = {name: (limit, text) for name, limit, text in section.pools}
+    groups: dict[tuple[int | None, str, str], list[tuple[str, list[Row]]]] = {}
+    for name, series in by_server(measured(rows)).items():  # a level that failed says nothing of a pool
+        top = series[-1]
+        peak = top.dependency_peak
+        limit, text = pools.get(name, (None, ""))
+        if peak is None:
+            kind, text = "unknown", ""
+        elif top.throughput < SLOW_FRACTION * peak / (section.delay_ms / 1000):
+            kind, text = "slow", ""
+        elif limit is None:
+            kind = "unbounded"  # a pool that does not wait (requests) lets through what comes
+        elif peak == limit:
+            kind = "pool"
+        elif section.io == "postgres" and peak >= MAX_CONNECTIONS * HOLD_FRACTION:
+            kind, text = "max_connections", f"PostgreSQL's max_connections of {MAX_CONNECTIONS}"
+        else:
+            kind, text = "other", ""
+        groups.setdefault((peak, kind, text), []).append((name, series))
+    clauses = [group_clause(key, members, noun, section.delay_ms) for key, members in groups.items()]
+    kinds = {kind for _, kind, _ in groups}
+    tail = {
+        frozenset({"pool"}): "the pool, not the model, is the limit",
+        frozenset({"max_connections"}): "PostgreSQL's max_connections, not the model, is the limit",
+    }.get(frozenset(kinds), "")
+    return f"{section.summary}: " + "; ".join(clauses) + (f": {tail}" if tail else "") + "."
+
+
+def group_clause(
+    key: tuple[int | None, str, str],
+    members: list[tuple[str, list[Row]]],
+    noun: tuple[str, str],
+    delay_ms: float,
+) -> str:
+    peak, kind, text = key
+    calls = f"{peak or 0:,} {noun[peak != 1]}"  # noun: (singular, plural)
+    names = " and ".join(name for name, _ in members)
+    tops = [series[-1].throughput for _, series in members]
+    if len(members) > 1 and max(tops) <= 1.15 * min(tops):
+        rate = f"{'both' if len(members) == 2 else 'all'} serve {statistics.median(tops):,.0f} req/s"
+    else:
+        rate = ("serves " if len(members) == 1 else "serve ") + " and ".join(f"{t:,.0f}" for t in tops)
+        rate += " req/s"
+    steady_rate = all(steady(series) for _, series in members)
+    where = " at any concurrency" if steady_rate else f" at {level_text(members[0][1][-1])}"
+    failed = [f"{name} {s[-1].error_count:,}" for name, s in members if s[-1].error_count]
+    errors = f" (failed requests: {', '.join(failed)})" if failed else ""
+    if kind == "slow":
+        cpu = ", ".join(f"{s[-1].server_cpu_percent:.0f}%" for _, s in members)
+        allowed = (peak or 0) / (delay_ms / 1000)
+        return (
+            f"{names} {rate}{where}{errors}, under the {allowed:,.0f} that up to {calls} at once would "
+            f"allow: not the pool's size but the time each call takes, {delay_ms:g} ms and more through "
+            f"the client, is the limit (server CPU {cpu})"
+        )
+    at_once = "" if peak is None else f"with {calls} at once" + (f" ({text})" if text else "")
+    return ", ".join(part for part in (at_once, f"{names} {rate}{where}") if part) + errors
 
 
 def times(ratio: float) -> str:
@@ -257,12 +352,24 @@ def section_html(
 <h2>{html.escape(section.title)}</h2>
 <p class="meta">servers run with <code>{html.escape(flags)}</code>; the bound's time per request
 {section.delay_ms:g} ms</p>
+{pools_html(section)}
 <p class="finding">{html.escape(finding(section, rows, cut))}</p>
 <ul class="verdict">{verdicts}</ul>
 {f'<p>Notes:</p><ul class="notes">{notes}</ul>' if notes else ""}
 {figures}
 <h3>Measurements</h3>{html_table(ordered)}
 </section>"""
+
+
+def pools_html(section: Section) -> str:
+    if not section.pools:
+        return ""
+    return (
+        f'<p class="meta">{html.escape(pools_text(section))}. gunicorn\'s workers are processes, each '
+        "with a pool of its own. <em>at once</em>: the most "
+        f"{'queries PostgreSQL ran' if section.io == 'postgres' else 'calls the downstream served'} "
+        "at once during the level, counted there.</p>"
+    )
 
 
 def history_html(runs: Sequence[SavedRun], here: Path) -> str:
@@ -328,13 +435,15 @@ def partial_banner(partial: dict[str, Any] | None) -> str:
 
 
 def warning_banners(record: dict[str, Any]) -> str:
-    """What the reader must know before the figures: failures, a busy machine."""
+    """What the reader must know before the figures: failures, a busy machine, scenarios left out."""
     told = []
     if record.get("failures"):
         told.append(f"<strong>Failed</strong>: {html.escape(failures_line(record['failures']))}")
     loaded = busy(record.get("machine", {}))
     if loaded:
         told.append(f"<strong>Busy machine</strong>: {html.escape(loaded)}")
+    if record.get("left_out"):
+        told.append(f"<strong>Left out</strong>: {html.escape(record['left_out']['why'])}")
     return "".join(f'<p class="partial">{text}</p>' for text in told)
 
 

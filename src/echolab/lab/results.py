@@ -57,6 +57,9 @@ class Row:
     # Why the level was not measured: the server could not start, died mid-level or the
     # client failed (one line). Such a row's figures are not the server's: they show as UNMEASURED.
     failure: str | None = None
+    # The most calls at once the server's dependency saw (queries running in PostgreSQL, calls in
+    # progress at the downstream): what its pools let through. None: its IO is a timer.
+    dependency_peak: int | None = None
 
     @classmethod
     def failed(cls, failure: str, **what: Any) -> Row:
@@ -190,6 +193,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("p90 ms", lambda r: shown(r.latency("p90")), wide=True),
     Column("p99 ms", lambda r: shown(r.latency("p99"))),
     Column("p99.9 ms", lambda r: shown(r.latency("p99.9")), wide=True),
+    Column(
+        "at once",
+        lambda r: shown(r.dependency_peak, ","),
+        only_if=lambda r: r.dependency_peak is not None,
+    ),
     Column("errors", errors_cell),
     Column("server CPU", lambda r: f"{r.server_cpu_percent:.0f}%"),
     Column("RSS MiB", lambda r: f"{r.server_rss_mb:.0f}"),

@@ -6,8 +6,13 @@ server costs, against the bare servers (:mod:`.costs`). Writes
 reports/bench-<time>.json.
 
 With ``--scenario``, it runs the lab's scenarios instead (cpu, blocking,
-offload, mixed, io: :mod:`echolab.scenarios`) on every server at a few levels, and
-adds each server's CPU time per request: writes reports/scenarios-<time>.json.
+offload, mixed, io, db, db-pool, api: :mod:`echolab.scenarios`) on every server
+at a few levels, and adds each server's CPU time per request: writes
+reports/scenarios-<time>.json. A scenario with a dependency runs the
+libraries' other clients too, with the dependency the lab starts
+(:mod:`.dependencies`); under ``api`` the downstream service is then measured
+alone at the same levels and more, its capacity beside what the servers drive
+through it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from ..scenarios import SCENARIOS, Scenario
 from ..settings import SuiteSettings
 from . import costs
 from .contenders import (
+    ALTERNATIVES,
     ASYNC_HTTP_BARE_ALIKE,
     ASYNC_NO_METRICS,
     ASYNC_PROTOCOL,
@@ -43,6 +49,8 @@ from .contenders import (
     SERVERS_AS_THEY_ARE,
     Contender,
 )
+from .dependencies import Dependencies
+from .downstream import DOWNSTREAM, delay_path
 from .interrupt import Interrupted, interruptible
 from .report import failures_line, require_extra
 from .results import Row, console, rich_table
@@ -182,7 +190,9 @@ def show_row(out: Any, r: Row, per_request: bool = False) -> None:
         out.print(f"{head}[red]failed: {r.failure}[/red]")
         return
     cpu = f"  CPU {cpu_ms_per_request(r):6.2f} ms/req" if per_request else ""
-    out.print(f"{head}{r.throughput:>9,.0f} req/s  p99 {shown(r.latency('p99')):>8} ms{cpu}")
+    at_once = "" if r.dependency_peak is None else f"  {r.dependency_peak:>5,} at once"
+    errors = f"  {r.error_count:,} errors" if r.error_count else ""
+    out.print(f"{head}{r.throughput:>9,.0f} req/s  p99 {shown(r.latency('p99')):>8} ms{cpu}{at_once}{errors}")
 
 
 def failure_recorder(
@@ -330,34 +340,68 @@ SCENARIO_LEVELS = (1, 10, 100, 1000)
 SCENARIO_CONTENDERS = (THREADED, POOL, ASYNC_STREAMS, ASYNC_PROTOCOL, THREADED_HTTP, ASYNC_HTTP)
 
 
+# The downstream alone, at these multiples of the servers' top level: it must never be their limit.
+DOWNSTREAM_MULTIPLES = (1, 2)
+
+
 def run_scenarios(
     args: SuiteSettings, scenarios: list[Scenario], out: Any, record: dict[str, Any], venv: Venv | None = None
 ) -> None:
+    with Dependencies() as dependencies:
+        for scenario in scenarios:
+            run_scenario(args, scenario, out, record, dependencies, venv)
+            if scenario.io == "http":
+                measure_downstream(args, scenario, out, record)
+
+
+def run_scenario(
+    args: SuiteSettings,
+    scenario: Scenario,
+    out: Any,
+    record: dict[str, Any],
+    dependencies: Dependencies,
+    venv: Venv | None = None,
+) -> None:
     results: dict[str, list[dict[str, Any]]] = record.setdefault("scenarios", {})
-    for scenario in scenarios:
-        out.print(f"[bold]scenario {scenario.name}[/bold]: {scenario.summary}")
-        rows: list[Row] = []
-        results[scenario.name] = []
-        for contender in SCENARIO_CONTENDERS:
-            if args.only and args.only not in contender.name:
-                continue
-            assert contender.server is not None
+    out.print(f"[bold]scenario {scenario.name}[/bold]: {scenario.summary}")
+    rows: list[Row] = []
+    results[scenario.name] = []
+    for contender in (*SCENARIO_CONTENDERS, *ALTERNATIVES.get(scenario.io, ())):
+        if args.only and args.only not in contender.name:
+            continue
+        assert contender.server is not None
 
-            def done(r: Row, name: str = scenario.name, rows: list[Row] = rows) -> None:
-                rows.append(r)
-                results[name].append(
-                    {**dataclasses.asdict(r), "server_cpu_ms_per_request": round(cpu_ms_per_request(r), 3)}
-                )
-                show_row(out, r, per_request=True)
+        def done(r: Row, name: str = scenario.name, rows: list[Row] = rows) -> None:
+            rows.append(r)
+            results[name].append(
+                {**dataclasses.asdict(r), "server_cpu_ms_per_request": round(cpu_ms_per_request(r), 3)}
+            )
+            show_row(out, r, per_request=True)
 
-            failed = failure_recorder(out, record, scenario.name, contender.name)
+        failed = failure_recorder(out, record, scenario.name, contender.name)
+        options = scenario.options_for(contender.server)
+        with dependencies.sweep(scenario.io) as (flags, probe):
             measure(
                 contender.under(venv, named=False), SCENARIO_LEVELS, scenario.delay_hint_ms,
                 args.duration, args.warmup,
-                on_level=done, on_error=failed, server_options=scenario.options_for(contender.server),
+                on_level=done, on_error=failed, server_options=(*options, *flags), probe=probe,
             )  # fmt: skip
-        title = f"scenario {scenario.name} (closed loop; bound = connections / {scenario.delay_hint_ms:g} ms)"
-        out.print(rich_table(title, rows))
+    title = f"scenario {scenario.name} (closed loop; bound = connections / {scenario.delay_hint_ms:g} ms)"
+    out.print(rich_table(title, rows))
+
+
+def measure_downstream(args: SuiteSettings, scenario: Scenario, out: Any, record: dict[str, Any]) -> None:
+    """The downstream service alone, loaded as the servers load it at their top level and beyond."""
+    levels = [SCENARIO_LEVELS[-1] * n for n in DOWNSTREAM_MULTIPLES]
+    out.print(f"[bold]the downstream alone[/bold], {scenario.delay_hint_ms:g} ms calls (its capacity)")
+    rows = measure(
+        DOWNSTREAM, levels, scenario.delay_hint_ms, args.duration, args.warmup,
+        delay_path(scenario.delay_hint_ms), on_level=lambda r: show_row(out, r, per_request=True),
+        on_error=failure_recorder(out, record, scenario.name, DOWNSTREAM.name),
+    )  # fmt: skip
+    record["downstream"] = [
+        {**dataclasses.asdict(r), "server_cpu_ms_per_request": round(cpu_ms_per_request(r), 3)} for r in rows
+    ]
 
 
 def write(out: Any, args: SuiteSettings, kind: str, record: dict[str, Any]) -> None:

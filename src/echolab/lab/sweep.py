@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -45,6 +45,16 @@ class Usage:
     rss_mb: float = 0.0
     threads: int = 0
     samples: list[tuple[float, float, int]] = field(default_factory=list)
+
+
+class Probe(Protocol):
+    """Counts what a server's dependency sees at once while a level runs (lab/dependencies.py)."""
+
+    def start(self) -> None: ...
+
+    def finish(self) -> int | None:
+        """The most calls in progress at once since :meth:`start`; None if it could not tell."""
+        ...
 
 
 def tree(process: psutil.Process) -> list[psutil.Process]:
@@ -181,6 +191,7 @@ def measure(
     scenario: str = "",
     stop_below: float = 0.0,
     stop_timeout: float = STOP_TIMEOUT,
+    probe: Probe | None = None,
 ) -> list[Row]:
     """Start ``contender`` once and run the client at each level; one row per level.
 
@@ -199,7 +210,8 @@ def measure(
     ``stop_timeout`` of SIGTERM is killed with all it started, told with
     the level None. Without ``on_error``, the error propagates. A level
     where the server gives less than ``stop_below`` of the bound ends its
-    sweep too.
+    sweep too. ``probe``, if given, counts the calls at the server's
+    dependency during each level.
     """
     rows: list[Row] = []
     mode = "open" if open_loop else "closed"
@@ -238,6 +250,8 @@ def measure(
                 seconds = duration if open_loop else long_enough(duration, level, delay_ms)
                 sampler = Sampler(psutil.Process(process.pid))
                 sampler.start()
+                if probe is not None:
+                    probe.start()
                 result: dict[str, Any] = {}
                 try:
                     result = bench_once(
@@ -249,6 +263,7 @@ def measure(
                     client_failed = ""
                 finally:
                     usage = sampler.finish(measured_window(result))
+                    peak = probe.finish() if probe is not None else None
                 if not process.running():  # what the client saw was a server going away
                     failed(level, exited(process, "mid-level"))
                     break
@@ -266,6 +281,7 @@ def measure(
                             "server_cpu_percent": usage.cpu_percent,
                             "server_rss_mb": usage.rss_mb,
                             "server_threads": usage.threads,
+                            "dependency_peak": peak,
                         }
                     )
                 )

@@ -132,3 +132,13 @@ class LoopClient(Protocol):
         """The request's IO of ``seconds``; DependencyError if it fails."""
 
     def close(self) -> Awaitable[None]: ...
+
+
+def downstream_path(seconds: float) -> str:
+    return f"/delay/{seconds * 1000:.3f}"  # never an exponent, which the downstream refuses
+
+
+def checked(status: int, failures: Failures) -> None:
+    if status != 200:
+        raise failures.failed("query", f"HTTP status {status}")
+    failures.succeeded()

@@ -1,6 +1,7 @@
 """``--io http``: each request calls ``GET <downstream>/delay/<ms>`` (echolab downstream) through a pool.
 
-* Threads: httpx's ``Client``, or requests' ``Session`` (``--http-client requests``).
+* Threads: httpx's ``Client``, or requests' ``Session`` (``--http-client requests``,
+  :mod:`.requests_io`: its own module, so that an interpreter without one runs the other).
 * An event loop: httpx's ``AsyncClient``.
 
 httpx's pool holds 100 connections unless told (keeping 20 alive between
@@ -23,16 +24,11 @@ import time
 from typing import Any
 
 import httpx
-import requests
 
 from ..settings import ServeSettings
-from .dependency import ANSWER_MARGIN, CONNECT_TIMEOUT, Events, Failures, pool_size
+from .dependency import ANSWER_MARGIN, CONNECT_TIMEOUT, Events, Failures, checked, downstream_path, pool_size
 
 SENDING = "send_request_headers.started"  # httpcore's trace event: the call has its connection
-
-
-def path(seconds: float) -> str:
-    return f"/delay/{seconds * 1000:.3f}"  # never an exponent, which the downstream refuses
 
 
 def httpx_kind(exc: httpx.HTTPError) -> str:
@@ -73,12 +69,6 @@ class Call:
             self.events.dependency_released()
 
 
-def checked(status: int, failures: Failures) -> None:
-    if status != 200:
-        raise failures.failed("query", f"HTTP status {status}")
-    failures.succeeded()
-
-
 class ThreadHttpx:
     """httpx's ``Client``, shared by the threads."""
 
@@ -96,7 +86,9 @@ class ThreadHttpx:
 
         try:
             response = self.client.get(
-                path(seconds), timeout=timeouts(seconds, self.pool_timeout), extensions={"trace": trace}
+                downstream_path(seconds),
+                timeout=timeouts(seconds, self.pool_timeout),
+                extensions={"trace": trace},
             )
         except httpx.HTTPError as exc:
             raise self.failures.failed(httpx_kind(exc), exc) from None
@@ -106,37 +98,6 @@ class ThreadHttpx:
 
     def close(self) -> None:
         self.client.close()
-
-
-class ThreadRequests:
-    """requests' ``Session``, shared by the threads."""
-
-    def __init__(self, settings: ServeSettings, events: Events) -> None:
-        self.events, self.base = events, settings.downstream_url.rstrip("/")
-        self.session = requests.Session()
-        if settings.pool_size:
-            adapter = requests.adapters.HTTPAdapter(pool_maxsize=settings.pool_size)
-            self.session.mount("http://", adapter)
-        self.failures = Failures("the downstream service", events)
-        events.dependency_pool(pool_size(settings))
-
-    def call(self, seconds: float) -> None:
-        self.events.dependency_acquired(0.0)  # its pool never waits: it opens another connection
-        try:
-            answer = (CONNECT_TIMEOUT, seconds + ANSWER_MARGIN)
-            response = self.session.get(self.base + path(seconds), timeout=answer)
-        except requests.exceptions.RequestException as exc:
-            if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.ReadTimeout):
-                kind = "timeout"
-            else:
-                kind = "connect" if isinstance(exc, requests.exceptions.ConnectionError) else "query"
-            raise self.failures.failed(kind, exc) from None
-        finally:
-            self.events.dependency_released()
-        checked(response.status_code, self.failures)
-
-    def close(self) -> None:
-        self.session.close()
 
 
 class LoopHttpx:
@@ -162,7 +123,9 @@ class LoopHttpx:
 
         try:
             response = await client.get(
-                path(seconds), timeout=timeouts(seconds, self.pool_timeout), extensions={"trace": trace}
+                downstream_path(seconds),
+                timeout=timeouts(seconds, self.pool_timeout),
+                extensions={"trace": trace},
             )
         except httpx.HTTPError as exc:
             raise self.failures.failed(httpx_kind(exc), exc) from None

@@ -153,9 +153,13 @@ def thread_client(settings: ServeSettings, events: Events) -> ThreadClient | Non
 
         return ThreadPostgres(settings, events)
     if library:
-        from .http_io import ThreadHttpx, ThreadRequests
+        if library == "requests":
+            from .requests_io import ThreadRequests
 
-        return (ThreadRequests if library == "requests" else ThreadHttpx)(settings, events)
+            return ThreadRequests(settings, events)
+        from .http_io import ThreadHttpx
+
+        return ThreadHttpx(settings, events)
     return None
 
 
@@ -164,9 +168,13 @@ def loop_client(settings: ServeSettings, events: Events) -> LoopClient | None:
     library = dependency.library(settings)
     dependency.quiet_libraries()
     if library in ("psycopg", "asyncpg"):
-        from .postgres_io import LoopAsyncpg, LoopPsycopg
+        if library == "asyncpg":
+            from .asyncpg_io import LoopAsyncpg
 
-        return (LoopAsyncpg if library == "asyncpg" else LoopPsycopg)(settings, events)
+            return LoopAsyncpg(settings, events)
+        from .postgres_io import LoopPsycopg
+
+        return LoopPsycopg(settings, events)
     if library:
         from .http_io import LoopHttpx
 
