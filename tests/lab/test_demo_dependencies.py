@@ -67,7 +67,8 @@ def test_the_servers_call_a_real_database_and_api_through_pools_counted_there(
     assert peaks[API.name, "threaded", 8] == peaks[API.name, "async", 8] == POOL
     assert peaks[API.name, "threaded (requests)", 8] > POOL
     api_finding = data["findings"][f"{API.name}-closed"]
-    assert f"with {POOL} calls at once (httpx {POOL}), threaded and async" in api_finding
+    # How the finding groups the two (one rate or two) is the machine's; that it names the pool is not.
+    assert f"with {POOL} calls at once (httpx {POOL}), threaded" in api_finding and "async" in api_finding
     assert f"{peaks[API.name, 'threaded (requests)', 8]} calls at once" in api_finding
     assert "queries at once" in data["findings"][f"{DB.name}-closed"]
     page = (folder / "index.html").read_text()
