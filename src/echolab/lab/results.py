@@ -69,6 +69,11 @@ class Row:
         )
 
     @property
+    def interpreter(self) -> str:
+        """``3.13.0, GIL on``: the server's Python as tables and headers show it ("" if not recorded)."""
+        return f"{self.python}, GIL {self.gil}" if self.python else ""
+
+    @property
     def level(self) -> float:
         """What the sweep raised: connections (closed loop) or the offered rate (open loop)."""
         return self.rate if self.mode == "open" else self.connections
@@ -222,9 +227,9 @@ def columns(rows: list[Row], wide: bool = False) -> list[Column]:
 
 
 def interpreters(rows: list[Row]) -> str:
-    """The servers' interpreters, for a run's header: ``Python 3.11.7 (GIL on), 3.14.0t (GIL off)``."""
-    seen = dict.fromkeys(f"{r.python} (GIL {r.gil})" for r in rows if r.python)
-    return f"servers on Python {', '.join(seen)}" if seen else "servers' Python not recorded"
+    """The servers' interpreters, for a run's header: ``Python 3.11.7, GIL on; 3.14.0t, GIL off``."""
+    seen = dict.fromkeys(r.interpreter for r in rows if r.python)
+    return f"servers on Python {'; '.join(seen)}" if seen else "servers' Python not recorded"
 
 
 def by_server(rows: list[Row]) -> dict[str, list[Row]]:

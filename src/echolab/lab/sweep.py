@@ -215,6 +215,7 @@ def measure(
     """
     rows: list[Row] = []
     mode = "open" if open_loop else "closed"
+    runtime = contender.runtime()  # its Python, GIL and loop: the same at every level
 
     def connections(level: int) -> int:
         return open_loop_connections(level, delay_ms) if open_loop else level
@@ -224,7 +225,7 @@ def measure(
             raise RuntimeError(failure)
         rate = level if open_loop else 0.0
         row = Row.failed(
-            failure, server=contender.name, **contender.runtime(), framing=contender.framing,
+            failure, server=contender.name, **runtime, framing=contender.framing,
             connections=connections(level),
             delay_ms=delay_ms, scenario=scenario, mode=mode, rate=rate,
         )  # fmt: skip
@@ -275,7 +276,7 @@ def measure(
                         {
                             **result,
                             "server": contender.name,
-                            **contender.runtime(),
+                            **runtime,
                             "scenario": scenario,
                             "delay_ms": delay_ms,
                             "server_cpu_percent": usage.cpu_percent,
