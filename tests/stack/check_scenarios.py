@@ -15,15 +15,23 @@ asserts on what Prometheus then sees, in counts and their order:
   threads wait out the calls side by side, serves more than half again as
   many per process (5 users: up to 5 per 20 ms in all).
 
-Then `make scenario NAME=io` puts the servers back, and the open-loop load
-of the other modules runs again.
+Then, under the same closed loop, ``db`` and ``api`` send every request
+through a pool to the stack's postgres and downstream. A closed loop keeps
+each user's next call right behind its last, so a scrape finds connections in
+use: under the open loop, a user's calls come at a fixed pace, and one in
+phase with the scrapes can be idle at every scrape.
+
+After both, `make scenario NAME=io` puts the servers back, and the open-loop
+load of the other modules runs again.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from support.dashboards import DASHBOARDS, load_dashboard, split_row, wait_for_every_panel
 from support.stack import (
     CLOSED_LOOP,
@@ -138,6 +146,15 @@ def check_switch_marked(stack: Compose, before: float, after: float) -> None:
     print(f"\nswitch to blocking under {USERS} users: marked {marked:.0f} s, failed requests {failed}")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def back_to_io_and_the_open_loop(load: Load) -> Iterator[None]:
+    """After this module's closed loop, failed or not: the io scenario and the other modules' open loop."""
+    yield
+    make_scenario(load.stack, "io")
+    stop_swarm(load.stack)
+    swarm(load.stack, OPEN_LOOP)
+
+
 def test_blocking_calls_stall_the_event_loop_not_the_threads(load: Load) -> None:
     stack = load.stack
     under_io = late_and_all(stack, "1m")
@@ -175,14 +192,11 @@ def test_blocking_calls_stall_the_event_loop_not_the_threads(load: Load) -> None
         assert late / total > io_late / max(io_total, 1), f"{server}: {lag} vs under io {under_io}"
         assert p99[server] > LATE, f"{server}: the dashboard's p99 lag {p99}"
 
-    make_scenario(stack, "io")
-    stop_swarm(stack)
-    swarm(stack, OPEN_LOOP)
-
 
 def test_the_db_and_api_scenarios_call_the_stack_s_postgres_and_downstream(load: Load) -> None:
     """`make scenario NAME=db`: every server queries the postgres container through its pool, and
-    answers; NAME=api: the downstream container serves their calls. Then back to io."""
+    answers; NAME=api: the downstream container serves their calls. Under the closed loop the
+    blocking test left running."""
     stack = load.stack
     in_use = spec("echo_dependency_connections_in_use").name
     calls_count = f"{spec('echo_dependency_pool_wait_seconds').name}_count"  # one per call
@@ -218,4 +232,3 @@ def test_the_db_and_api_scenarios_call_the_stack_s_postgres_and_downstream(load:
             served = stack.query('sum(increase(echo_downstream_requests_total{code="200"}[30s]))')
             peak = stack.query("max(echo_downstream_calls_in_progress_peak)")
             assert float(served[0]["value"][1]) > 0 and float(peak[0]["value"][1]) > 1, (served, peak)
-    make_scenario(stack, "io")
