@@ -204,8 +204,10 @@ def bad_server() -> Iterator[Callable[..., BadServer]]:
         server.close()
 
 
-# A name that resolves nowhere (RFC 2606 reserves .invalid): as unreachable as a host with no route.
-UNREACHABLE_ADDRESS = ("no-such-host.invalid", 9)
+# A multicast group: TCP cannot connect to one, and the kernel says ENETUNREACH at once, with no
+# route or name server asked (a .invalid name waits on the resolver, longer than a read timeout
+# when it drops a query).
+UNREACHABLE_ADDRESS = ("224.0.0.1", 9)
 
 
 # What Locust's failure table shows for each kind: the exception's repr.
@@ -215,7 +217,7 @@ LOCUST_ERROR = {
     "closed": "ClosedEarly",
     "timeout": "ReadTimeout",
     "refused": "ConnectionRefusedError",
-    "unreachable": "gaierror",
+    "unreachable": "OSError",  # ENETUNREACH
 }
 # The HTTP users' timeout is the socket's own (FastHttpUser's network_timeout); a connection
 # closed before the response is geventhttpclient's HTTPConnectionClosed (so is a reset there).
