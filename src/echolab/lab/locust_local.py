@@ -84,6 +84,9 @@ def option(args: list[str], flag: str, default: str) -> str:
 
 
 def main(args: list[str]) -> int:
+    # Ctrl-C stops it all, as the banner says, even where the shell that started it ignores SIGINT
+    # (a background job's does): a handled signal is a default one again in Locust, started below.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     web_port = int(option(args, "--web-port", os.environ.get("LOCUST_WEB_PORT") or str(ports.LOCUST_WEB)))
     headless = "--headless" in args
     if not headless and not bindable(web_port):
