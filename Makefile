@@ -227,7 +227,7 @@ report: install .env
 # worker lost, servers stopped); always tears it down.
 # Needs Docker: fails, never skips, without it.
 test-stack: install
-	$(BIN)/pytest tests/stack/check_stack.py tests/stack/check_scenarios.py tests/stack/check_recreate.py \
+	$(BIN)/pytest tests/stack/check_stack.py tests/stack/check_scenarios.py \
 	  tests/stack/check_chaos.py \
 	  --timeout=1800 -s
 
