@@ -182,13 +182,7 @@ class Column:
 COLUMNS: tuple[Column, ...] = (
     Column("server", lambda r: r.server, left=True, figure=False),
     Column("framing", lambda r: r.framing, left=True, figure=False),
-    Column(
-        "python",
-        lambda r: f"{r.python}, GIL {r.gil}" if r.python else "",
-        left=True,
-        figure=False,
-        varies=True,
-    ),
+    Column("python", lambda r: r.interpreter, left=True, figure=False, varies=True),
     Column("offered req/s", lambda r: f"{r.rate:,.0f}", mode="open", figure=False),
     Column("conns", lambda r: f"{r.connections:,}", figure=False),
     Column("req/s", lambda r: f"{r.throughput:,.0f}"),

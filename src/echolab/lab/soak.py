@@ -35,7 +35,7 @@ from ..launcher import HOST, LaunchError, Process
 from ..load.bench_result import UNMEASURED
 from ..settings import SoakSettings
 from .contenders import SERVERS_AS_THEY_ARE, Contender, running
-from .sweep import exited, tree
+from .sweep import client_failed, exited, tree
 
 # Growth from the first loaded sample to the last that is still noise: the
 # allocator's arenas settle, a gunicorn worker's heap grows a little, a
@@ -167,9 +167,9 @@ def soak(args: SoakSettings) -> list[Soaked]:
             )
         for (result, _, _), running_client in zip(watched, clients, strict=True):
             out, err = running_client.communicate(timeout=end - time.monotonic() + 120)
-            if running_client.returncode not in (0, 1) or not out.strip():
-                said = err.strip().splitlines()
-                result.failure = result.failure or f"its client failed: {said[-1] if said else 'no output'}"
+            why = client_failed(running_client.returncode, out, err)
+            if why is not None:
+                result.failure = result.failure or f"its client failed: {why}"
                 continue
             result.client = json.loads(out)
         time.sleep(2)  # the clients' connections closed: what the servers still hold is theirs

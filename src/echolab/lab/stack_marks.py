@@ -221,11 +221,6 @@ def marks_html(prometheus: Prometheus, found: list[Mark]) -> str:
     return f'<h2>Runs and changes</h2><table class="data marks"><tr>{head}</tr>{body}</table>'
 
 
-def shaded(found: list[Mark]) -> list[tuple[float, float, str]]:
-    """The regions as the charts shade them."""
-    return [(m.start, m.end, m.colour) for m in found]
-
-
 def legend(dashboard: Dashboard) -> list[tuple[str, str]]:
     """(annotation, colour) of each annotation the charts shade."""
     return [(a["name"], a.get("iconColor", "grey")) for a in dashboard.get("annotations", {}).get("list", [])

@@ -403,8 +403,8 @@ def panel_html(title: str, width: int, body: str, description: str = "") -> str:
 
 def draw_dashboard(
     prometheus: Prometheus, dashboard: Dashboard, window: Window, drawing: Drawing
-) -> tuple[str, list[PanelResult]]:
-    """The dashboard's rows and panels as HTML, and what each panel drew."""
+) -> tuple[str, list[PanelResult], list[stack_marks.Mark]]:
+    """The dashboard's rows and panels as HTML, what each panel drew, and the runs and changes it shades."""
     title = dashboard["title"]
     try:
         panels: Panels | None = Panels(prometheus, dashboard, window)
@@ -438,7 +438,7 @@ def draw_dashboard(
             results.append(PanelResult(title, name, kind, has_data, part))
             parts.append(part)
     parts.append("</div>")
-    return "".join(parts), results
+    return "".join(parts), results, panels.runs if panels is not None else []
 
 
 def draw_panel(
@@ -504,17 +504,11 @@ def write_report(
     drawing = Drawing()
     prometheus = Prometheus(prometheus_url)
     window = Window(start, end)
-    files = dashboard_files(dashboards)
-    bodies, results = [], []
-    for path in files:
-        body, drawn = draw_dashboard(prometheus, load(path), window, drawing)
-        bodies.append(body)
-        results.extend(drawn)
-    home = load(files[0])
-    try:
-        found = Panels(prometheus, home, window).runs
-    except NoData:
-        found = []
+    loaded = [load(path) for path in dashboard_files(dashboards)]
+    drawn = [draw_dashboard(prometheus, dashboard, window, drawing) for dashboard in loaded]
+    bodies = [body for body, _, _ in drawn]
+    results = [result for _, panels, _ in drawn for result in panels]
+    home, found = loaded[0], drawn[0][2]  # the runs and changes listed at the top: the home dashboard's
     span = f"{datetime.fromtimestamp(start):%Y-%m-%d %H:%M:%S} to {datetime.fromtimestamp(end):%H:%M:%S}"
     empty = [r for r in results if r.kind != "text" and not r.has_data]
     shades = ", ".join(

@@ -147,11 +147,20 @@ def bench_once(
         done = subprocess.run(argv, capture_output=True, text=True, env=os.environ.copy(), timeout=limit)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"bench did not finish in {limit:g}s") from None
-    if done.returncode not in (0, 1) or not done.stdout.strip():
-        said = done.stderr.strip().splitlines()
-        raise RuntimeError(f"bench exited with {done.returncode}: {said[-1] if said else 'no output'}")
+    why = client_failed(done.returncode, done.stdout, done.stderr)
+    if why is not None:
+        raise RuntimeError(f"bench exited with {done.returncode}: {why}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def client_failed(returncode: int, stdout: str, stderr: str) -> str | None:
+    """Why a bench client gave no result (the last line it wrote to stderr), or None if it gave one:
+    it reports its JSON with 0, and with 1 when requests failed."""
+    if returncode in (0, 1) and stdout.strip():
+        return None
+    said = stderr.strip().splitlines()
+    return said[-1] if said else "no output"
 
 
 def measured_window(result: dict[str, Any]) -> tuple[float, float] | None:
