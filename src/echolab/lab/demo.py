@@ -78,13 +78,8 @@ def framed(contender: Contender, settings: DemoSettings) -> Contender:
     return dataclasses.replace(contender, framing=settings.framing)
 
 
-def contenders(
-    settings: DemoSettings,
-    main: interpreters.Venv | None = None,
-    others: Sequence[interpreters.Venv] = (),
-) -> list[Contender]:
-    """Every server as it is (those with a --framing in the demo's), then the article's serial baseline;
-    each under ``main``'s interpreter (None: the lab's own), then under each of ``others``."""
+def contenders(settings: DemoSettings) -> list[Contender]:
+    """Every server as it is (those with a --framing in the demo's), then the article's serial baseline."""
     chosen = [framed(v, settings) for v in SERVERS_AS_THEY_ARE]
     chosen.append(SERIAL)
     if settings.servers:
@@ -93,24 +88,17 @@ def contenders(
         if unknown:
             raise DemoError(f"no server {', '.join(sorted(unknown))}: choose from {', '.join(known)}")
         chosen = [v for v in chosen if v.name in settings.servers]
-    return [under for v in chosen for under in (v.under(main), *(v.under(other) for other in others))]
+    return chosen
 
 
-def alternatives(
-    settings: DemoSettings,
-    scenario: Scenario,
-    main: interpreters.Venv | None = None,
-    others: Sequence[interpreters.Venv] = (),
-) -> list[Contender]:
-    """The other clients of the scenario's dependency, where their server runs or they are named;
-    under the interpreters the servers run under."""
-    servers = {v.name for v in contenders(settings)}
-    chosen = [
+def alternatives(settings: DemoSettings, scenario: Scenario, servers: set[str]) -> list[Contender]:
+    """The other clients of the scenario's dependency, where their server is among ``servers`` (the
+    contenders' names) or they are named."""
+    return [
         framed(v, settings)
         for v in ALTERNATIVES.get(scenario.io, ())
         if (v.server is not None and v.server.name in servers) or v.name in settings.servers
     ]
-    return [under for v in chosen for under in (v.under(main), *(v.under(other) for other in others))]
 
 
 def scenarios(settings: DemoSettings) -> list[Scenario]:
@@ -142,12 +130,17 @@ def plan(
 ) -> list[Step]:
     """Every server's sweep, section by section, in the order they run."""
     steps = []
-    for index, scenario in enumerate(scenarios(settings)):
+    chosen = scenarios(settings)
+    base = contenders(settings)
+    names = {v.name for v in base}
+    for index, scenario in enumerate(chosen):
         first = index == 0
+        # Each under ``main``'s interpreter (None: the lab's own), then under each of ``others``.
         servers = [
-            v
-            for v in (*contenders(settings, main, others), *alternatives(settings, scenario, main, others))
+            under
+            for v in (*base, *alternatives(settings, scenario, names))
             if not scenario.servers or (v.server is not None and v.server.name in scenario.servers)
+            for under in (v.under(main), *(v.under(other) for other in others))
         ]
         levels = scenario.levels or (settings.levels if first else settings.other_levels)
         # The article's baseline belongs to the article's workload, a timer.
