@@ -27,7 +27,6 @@ PUBLISH = "${BIND_ADDRESS:-127.0.0.1}"
 SERVER_CPUS = f"${{SERVER_CPUS:-{stack.SERVER_LIMITS.cpus:g}}}"
 SERVER_MEMORY = f"${{SERVER_MEMORY:-{stack.SERVER_LIMITS.memory_mib}m}}"
 SERVER_PIDS = f"${{SERVER_PIDS:-{stack.SERVER_LIMITS.pids}}}"
-SERVER_LIMITS = {"cpus": SERVER_CPUS, "memory": SERVER_MEMORY, "pids": SERVER_PIDS}
 NOFILE = f"${{NOFILE_LIMIT:-{stack.NOFILE}}}"
 GRAFANA_PASSWORD = "grafana-admin-password"
 POSTGRES_PASSWORD = "postgres-password"
@@ -116,8 +115,7 @@ def server_service(server: Server) -> dict[str, Any]:
         "restart": "unless-stopped",
         "user": str(stack.UID),
         "environment": environment,
-        "deploy": {"resources": {"limits": SERVER_LIMITS}},
-        "memswap_limit": SERVER_MEMORY,
+        **resource_limits(SERVER_CPUS, SERVER_MEMORY, SERVER_PIDS),
         **hardened(stack.writable_paths(server)),
         "ulimits": {"nofile": {"soft": NOFILE, "hard": NOFILE}},
         "stop_grace_period": f"{stack.STOP_GRACE_SECONDS}s",
@@ -127,11 +125,17 @@ def server_service(server: Server) -> dict[str, Any]:
     }
 
 
-def limits(limits: stack.Limits) -> dict[str, Any]:
+def resource_limits(cpus: str, memory: str, pids: str | int) -> dict[str, Any]:
     """CPU, memory (no swap beyond it) and tasks; compose refuses pids_limit beside deploy's limits."""
-    memory = f"{limits.memory_mib}m"
-    spec = {"cpus": f"{limits.cpus:g}", "memory": memory, "pids": limits.pids}
-    return {"deploy": {"resources": {"limits": spec}}, "memswap_limit": memory}
+    return {
+        "deploy": {"resources": {"limits": {"cpus": cpus, "memory": memory, "pids": pids}}},
+        "memswap_limit": memory,
+    }
+
+
+def limits(limits: stack.Limits) -> dict[str, Any]:
+    """A service's fixed limits (the servers' are .env's, SERVER_CPUS...)."""
+    return resource_limits(f"{limits.cpus:g}", f"{limits.memory_mib}m", limits.pids)
 
 
 def fixed_address(service: str) -> dict[str, Any]:

@@ -133,8 +133,10 @@ def pod_template(
     metadata: Object = {"labels": labels(name, component)}
     if annotations:
         metadata["annotations"] = annotations
+    # A pod's own security settings (postgres' fsGroup) go beside the seccomp profile, not over it.
+    security = {"seccompProfile": {"type": "RuntimeDefault"}, **pod.pop("securityContext", {})}
     spec: Object = {
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": security,
         "automountServiceAccountToken": False,
         **pod,
         "containers": [container],
@@ -262,7 +264,7 @@ def postgres_objects() -> list[Object]:
             volumes=volumes,
             terminationGracePeriodSeconds=stack.STOP_GRACE_SECONDS,
             # Its in-memory directories writable by its user, whatever mode the runtime makes them with.
-            securityContext={"seccompProfile": {"type": "RuntimeDefault"}, "fsGroup": stack.POSTGRES_UID},
+            securityContext={"fsGroup": stack.POSTGRES_UID},
         ),
         service(name, "database", {"postgres": ports.POSTGRES}),
     ]
