@@ -241,12 +241,8 @@ def dependencies() -> Row:
         metric("echo_downstream_calls_in_progress"),
         metric("echo_downstream_calls_in_progress_peak"),
     )
-    # A series that shows 'none' until the first error, as the errors row's.
     serving = f"group by (server) ({metric('echo_dependency_pool_size')}{{{SERVER}}})"
-    failed = (
-        server_rate("echo_dependency_errors", by="server, kind")
-        + f' or on (server) label_replace(0 * {serving}, "kind", "none", "", "")'
-    )
+    failed = rate_or_none("echo_dependency_errors", "kind", serving)
     wait = "echo_dependency_pool_wait_seconds"
     return Row(
         DEPENDENCIES,
@@ -297,13 +293,18 @@ def dependencies() -> Row:
     )
 
 
-def errors() -> Row:
-    # A series that shows 'none' until the first error: a panel with no line at all looks broken.
-    opened = f"group by (server) ({metric('echo_connections_opened')}{{{SERVER}}})"
-    accept = (
-        server_rate("echo_accept_errors", by="server, errno")
-        + f' or on (server) label_replace(0 * {opened}, "errno", "none", "", "")'
+def rate_or_none(name: str, label: str, present: str) -> str:
+    """``name``'s rate by server and ``label``, or 0 with ``label`` "none" for each server ``present``
+    (a ``group by (server)``) has: a series that shows 'none' until the first one, since a panel
+    with no line at all looks broken."""
+    return server_rate(name, by=f"server, {label}") + (
+        f' or on (server) label_replace(0 * {present}, "{label}", "none", "", "")'
     )
+
+
+def errors() -> Row:
+    opened = f"group by (server) ({metric('echo_connections_opened')}{{{SERVER}}})"
+    accept = rate_or_none("echo_accept_errors", "errno", opened)
     server_errors = timeseries_panel(
         "Server errors by kind",
         "cps",
@@ -329,13 +330,7 @@ def errors() -> Row:
         "Client failures by kind",
         "reqps",
         f"Failed requests as Locust saw them: {', '.join(FAILURE_KINDS)}.",
-        [
-            Query(
-                server_rate("echo_client_failures", by="server, kind")
-                + f' or on (server) label_replace(0 * {users}, "kind", "none", "", "")',
-                "{{server}} {{kind}}",
-            )
-        ],
+        [Query(rate_or_none("echo_client_failures", "kind", users), "{{server}} {{kind}}")],
     )
     return Row("Errors", [server_errors, client_failures])
 
