@@ -14,19 +14,18 @@ import subprocess
 import time
 from typing import Any
 
+from support.servers import TCP_SERVERS
 from support.stack import (
     SERVERS,
     TIMINGS,
     USERS,
     Compose,
     Load,
-    by_labels,
+    failures,
     inspect,
     users_per_server,
     wait_for,
 )
-
-from echolab import catalogue
 
 # A request a server had read when its process died: the connection ends, or is reset, under it.
 IN_FLIGHT = {"closed", "reset"}
@@ -43,12 +42,7 @@ for pid in filter(str.isdigit, os.listdir('/proc')):
 """
 
 
-def failures(stack: Compose) -> dict[tuple[str, str], float]:
-    """Failed requests by (server, kind), as the workers counted them and Prometheus last scraped them."""
-    return by_labels(stack.query("sum by (server, kind) (echo_client_failures_total)"), "server", "kind")
-
-
-def grown_since(stack: Compose, counted: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+def grown_since(stack: Compose, counted: dict[tuple[str, ...], float]) -> dict[tuple[str, ...], float]:
     """The failures counted since ``counted`` was, by (server, kind)."""
     grown = {key: value - counted.get(key, 0) for key, value in failures(stack).items()}
     return {key: value for key, value in grown.items() if value > 0}
@@ -90,13 +84,12 @@ def test_killed_servers_are_restarted_and_their_lost_requests_counted(load: Load
     # A TCP user's connection dies with the server, whether a request was on it or not. An HTTP
     # server has only the requests in flight at that instant (about 2.5 at this load), maybe none:
     # its users count the outage as they reconnect.
-    tcp = {server for server in SERVERS if catalogue.server(server).transport == "tcp"}
 
     def lost_and_counted() -> tuple[bool, Any]:
         grown = grown_since(stack, counted)
         in_flight = {server for (server, kind) in grown if kind in IN_FLIGHT}
         lost = {server for (server, kind) in grown if kind in OUTAGE}
-        return in_flight >= tcp and lost == set(SERVERS), grown
+        return in_flight >= set(TCP_SERVERS) and lost == set(SERVERS), grown
 
     grown = wait_for("the requests lost counted, for every server", lost_and_counted, 60)
     print(f"\nfailures counted after the kills, by (server, kind): {grown}")

@@ -45,6 +45,7 @@ from typing import Any
 
 import pytest
 from support.dashboards import DASHBOARDS, load_dashboard, split_row, wait_for_every_panel
+from support.servers import TCP_SERVERS
 from support.stack import (
     CLOSED_LOOP,
     OPEN_LOOP,
@@ -55,7 +56,7 @@ from support.stack import (
     Load,
     answered_and_sent,
     by,
-    by_labels,
+    failures,
     settled,
     stop_swarm,
     swarm,
@@ -63,6 +64,7 @@ from support.stack import (
 )  # fmt: skip
 
 from echolab import catalogue
+from echolab.dashboards.grafana import RESTARTED
 from echolab.dashboards.overview import DEPENDENCIES
 from echolab.dashboards.panels import RESTARTS, queries, resolve_variables, substitute
 from echolab.dashboards.prometheus import Prometheus
@@ -73,7 +75,8 @@ from echolab.scenarios import SCENARIOS
 from echolab.servers.work_model import info
 from echolab.settings import ReportSettings, from_environment
 
-BLOCKING_S = float(SCENARIOS["blocking"].environment(catalogue.SERVERS[0])["ECHO_BLOCKING_MS"]) / 1000
+BLOCKING_MS = SCENARIOS["blocking"].environment(catalogue.SERVERS[0])["ECHO_BLOCKING_MS"]
+BLOCKING_S = float(BLOCKING_MS) / 1000
 CAP = 1 / BLOCKING_S  # requests/s of one process that runs its blocking calls one at a time
 SCRAPE = 5.0  # the stack's scrape interval (prometheus/prometheus.yml)
 WINDOW = "30s"  # six scrapes of the stack's 5 s
@@ -81,11 +84,11 @@ LAG = spec("echo_event_loop_lag_seconds").name
 LATE = 0.05  # a lag bucket's bound: a probe more than 50 ms late
 EVENT_LOOP = [s.name for s in catalogue.SERVERS if s.family == "async"]
 THREADED = [s.name for s in catalogue.SERVERS if s.family == "threaded"]
-TCP = [s.name for s in catalogue.SERVERS if s.transport == "tcp"]
 PER_CLASS = USERS / len(SERVERS)  # Locust splits the users evenly between the four classes
 # What a user meets on another protocol's server: a TCP user reads an HTTP server's "400 Bad
 # Request" as a wrong reply, an HTTP user cannot parse a TCP server's echo ("other").
 WRONG_PROTOCOL = ("wrong_reply", "other")
+OVERVIEW = DASHBOARDS[0].parent / "echolab-overview.json"
 
 
 def late_and_all(stack: Compose, window: str) -> dict[str, tuple[float, float]]:
@@ -97,7 +100,7 @@ def late_and_all(stack: Compose, window: str) -> dict[str, tuple[float, float]]:
 
 def work_model(stack: Compose) -> dict[str, dict[str, str]]:
     """What the dashboard's table shows of each server's work model (echo_server_info's labels)."""
-    dashboard = load_dashboard(DASHBOARDS[0].parent / "echolab-overview.json")
+    dashboard = load_dashboard(OVERVIEW)
     prometheus = Prometheus(stack.url("PROMETHEUS", ""))
     (table,) = [expr for name, expr in queries(dashboard) if "'Servers and limits in force'" in name]
     result = prometheus.query(substitute(table, resolve_variables(prometheus, dashboard, WINDOW)))
@@ -140,14 +143,14 @@ def check_switch_marked(stack: Compose, before: float, after: float) -> None:
     servers' restarts make one change, which the report lists with the
     settings that changed and the requests that failed in it.
     """
-    ended = "server:echo_restarted:30s > 0"
-    wait_for("the switch's mark ended", lambda: (not stack.query(ended), stack.query(ended)), 60)
+    ended = f"{RESTARTED} > 0"
+    wait_for("the switch's mark ended", lambda: (not (still := stack.query(ended)), still), 60)
     url = stack.url("PROMETHEUS", "")
     start, end, what = stack_report.report_window(
         ReportSettings(prometheus=url, dashboards=DASHBOARDS[0].parent), time.time()
     )
     assert what.startswith("the last load-test run (running)"), what
-    home = load_dashboard(DASHBOARDS[0].parent / "echolab-overview.json")
+    home = load_dashboard(OVERVIEW)
     prometheus = Prometheus(url)
     values = resolve_variables(prometheus, home, "1m")
     found = stack_marks.marks(prometheus, home, values, (start, end, SCRAPE), RESTARTS)
@@ -155,8 +158,7 @@ def check_switch_marked(stack: Compose, before: float, after: float) -> None:
     assert [set(c.servers) for c in switch] == [set(SERVERS)], (before, after, found)
     assert start <= switch[0].start and switch[0].end < end, "inside the report's window"
     listed = stack_marks.marks_html(prometheus, found)
-    blocking_ms = SCENARIOS["blocking"].environment(catalogue.SERVERS[0])["ECHO_BLOCKING_MS"]
-    assert f"blocking_ms 0 → {blocking_ms}" in listed, listed
+    assert f"blocking_ms 0 → {BLOCKING_MS}" in listed, listed
     started = stack_marks.first_start(prometheus, switch[0])
     cost = stack_marks.failed(prometheus, (), started - stack_marks.BEFORE_START, switch[0].end)
     marked = switch[0].end - switch[0].start
@@ -165,19 +167,18 @@ def check_switch_marked(stack: Compose, before: float, after: float) -> None:
 
 
 def connections(stack: Compose) -> dict[str, float]:
-    expr = f'sum by (server) (echo_connections_active{{server=~"{"|".join(TCP)}"}})'
+    expr = f'sum by (server) (echo_connections_active{{server=~"{"|".join(TCP_SERVERS)}"}})'
     return by(stack.query(expr), "server")
 
 
 def own_connections(stack: Compose) -> tuple[bool, Any]:
     seen = connections(stack)
-    return seen == dict.fromkeys(TCP, PER_CLASS), seen
+    return seen == dict.fromkeys(TCP_SERVERS, PER_CLASS), seen
 
 
 def wrong_protocol(stack: Compose) -> dict[tuple[str, ...], float]:
     """Failures of the kinds a wrong protocol gives, by (server, kind), as last scraped."""
-    expr = f'sum by (server, kind) (echo_client_failures_total{{kind=~"{"|".join(WRONG_PROTOCOL)}"}})'
-    return by_labels(stack.query(expr), "server", "kind")
+    return {key: count for key, count in failures(stack).items() if key[1] in WRONG_PROTOCOL}
 
 
 def addresses(stack: Compose) -> dict[str, dict[str, str]]:
@@ -215,11 +216,9 @@ def closed_loop(load: Load) -> Iterator[Before]:
     swarm(stack, OPEN_LOOP)
 
 
-def recreated_in_place(
-    stack: Compose, name: str, before: Before
-) -> tuple[dict[str, float], dict[str, float]]:
-    """After the switch to ``name``: each server at its own address and with its own users; their
-    requests/s over WINDOW, answered and sent."""
+def recreated_in_place(stack: Compose, name: str, before: Before) -> dict[str, float]:
+    """After the switch to ``name``: each server at its own address and with its own users; the
+    requests/s each answered over WINDOW."""
     assert addresses(stack) == before.addresses, "each server's address back"
     recreated_at = time.monotonic()
     # Within the reconnect window: a user's next request after its connection broke reconnects.
@@ -232,9 +231,10 @@ def recreated_in_place(
     # One user of 5 on another class's server would be 20% more on one server and 20% less on
     # the other; a closed loop's counts on the two sides differ only by the scrapes' timing.
     assert all(abs(answered[s] / sent[s] - 1) < 0.1 for s in SERVERS), f"answered {answered}, sent {sent}"
-    assert own_connections(stack)[0], connections(stack)
+    still_own, seen = own_connections(stack)
+    assert still_own, seen
     assert wrong_protocol(stack) == before.wrong_protocol, "a user got a reply in another server's protocol"
-    return answered, sent
+    return answered
 
 
 def test_blocking_calls_stall_the_event_loop_not_the_threads(load: Load, closed_loop: Before) -> None:
@@ -243,7 +243,7 @@ def test_blocking_calls_stall_the_event_loop_not_the_threads(load: Load, closed_
     make_scenario(stack, "blocking")
     after = time.time()
     workers = {s: float(labels.get("workers", "1")) for s, labels in work_model(stack).items()}
-    rates, _ = recreated_in_place(stack, "blocking", closed_loop)
+    rates = recreated_in_place(stack, "blocking", closed_loop)
     check_switch_marked(stack, before, after)  # the run goes on
     under_io = closed_loop.lag_under_io
     per_process = {server: rates[server] / workers[server] for server in SERVERS}
@@ -276,9 +276,11 @@ def test_the_db_and_api_scenarios_call_the_stack_s_postgres_and_downstream(
     stack = load.stack
     in_use = spec("echo_dependency_connections_in_use").name
     calls_count = f"{spec('echo_dependency_pool_wait_seconds').name}_count"  # one per call
+    _, row = split_row(load_dashboard(OVERVIEW), DEPENDENCIES)
+    prometheus = Prometheus(stack.url("PROMETHEUS", ""))
     for name in ("db", "api"):
         make_scenario(stack, name)
-        rates, _ = recreated_in_place(stack, name, closed_loop)
+        rates = recreated_in_place(stack, name, closed_loop)
         # Every request went through the pool: as many calls as requests answered, and no error.
         calls = by(stack.query(f"sum by (server) (increase({calls_count}[{WINDOW}]))"), "server")
         answered = by(
@@ -291,8 +293,7 @@ def test_the_db_and_api_scenarios_call_the_stack_s_postgres_and_downstream(
         )
         errors = stack.query(f"sum by (server, kind) (increase(echo_dependency_errors_total[{WINDOW}])) > 0")
         assert not errors, errors
-        _, row = split_row(load_dashboard(DASHBOARDS[0].parent / "echolab-overview.json"), DEPENDENCIES)
-        wait_for_every_panel(Prometheus(stack.url("PROMETHEUS", "")), row, WINDOW, 60, SERVERS)
+        wait_for_every_panel(prometheus, row, WINDOW, 60, SERVERS)
         most = by(stack.query(f"sum by (server) (max_over_time({in_use}[{WINDOW}]))"), "server")
         print(f"\n{name} scenario: requests/s {rates}, most connections in use at once {most}")
         assert all(most.get(s, 0) >= 1 for s in SERVERS), most

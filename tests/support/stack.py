@@ -182,6 +182,11 @@ def settled(stack: Compose, window: str) -> tuple[bool, Any]:
     return ok and not failed, (age, resets, failed)
 
 
+def failures(stack: Compose) -> dict[tuple[str, ...], float]:
+    """Failed requests by (server, kind), as the workers counted them and Prometheus last scraped them."""
+    return by_labels(stack.query("sum by (server, kind) (echo_client_failures_total)"), "server", "kind")
+
+
 def answered_and_sent(stack: Compose, window: str) -> tuple[dict[str, float], dict[str, float]]:
     """Requests/s over ``window``, per server: answered as the server counts them, sent as its users do.
 
