@@ -87,13 +87,11 @@ class Process:
         cwd: Path | None = None,
         host: str = HOST,
         port: int = 0,
-        stop_timeout: float = STOP_TIMEOUT,
     ) -> None:
         self.argv = list(argv)
         self.name = name
         self.host = host
         self.port = port
-        self.stop_timeout = stop_timeout
         self.log_path = log or Path(tempfile.mkstemp(prefix=f"echolab-{name}-", suffix=".log")[1])
         self.env = dict(os.environ if env is None else env)
         self.cwd = cwd
@@ -136,10 +134,7 @@ class Process:
         self.spawn()
         if not self.wait_ready(self.is_ready, timeout):
             assert self.proc is not None
-            raise LaunchError(
-                f"{self.name} exited with {self.proc.returncode} while starting; {self.last_word()}\n"
-                f"{self.tail()}"
-            )
+            raise self.failed(f"{self.name} exited with {self.proc.returncode} while starting")
         return self
 
     def wait_ready(self, ready: Callable[[], bool], timeout: float = READY_TIMEOUT) -> bool:
@@ -149,9 +144,7 @@ class Process:
             if not self.running():
                 return False
             if time.monotonic() > deadline:
-                raise LaunchError(
-                    f"{self.name} not ready after {timeout:g}s; {self.last_word()}\n{self.tail()}"
-                )
+                raise self.failed(f"{self.name} not ready after {timeout:g}s")
             time.sleep(0.02)
         return True
 
@@ -160,16 +153,15 @@ class Process:
         if self.running():
             os.kill(self.pid, signum)
 
-    def wait(self, timeout: float | None = None) -> int:
+    def wait(self, timeout: float = STOP_TIMEOUT) -> int:
         assert self.proc is not None, "not started"
-        return self.proc.wait(self.stop_timeout if timeout is None else timeout)
+        return self.proc.wait(timeout)
 
-    def stop(self, timeout: float | None = None, signum: int = signal.SIGTERM) -> int:
-        """Signal (SIGTERM) and wait up to ``timeout`` (its ``stop_timeout``) for the exit code; else
-        SIGKILL it and everything it started, and raise."""
+    def stop(self, timeout: float = STOP_TIMEOUT, signum: int = signal.SIGTERM) -> int:
+        """Signal (SIGTERM) and wait up to ``timeout`` for the exit code; else SIGKILL it and
+        everything it started, and raise."""
         if self.proc is None:
             return 0
-        timeout = self.stop_timeout if timeout is None else timeout
         self.send(signum)
         try:
             return self.proc.wait(timeout)
@@ -179,6 +171,10 @@ class Process:
                 f"{self.name} did not exit within {timeout:g}s of {signal.Signals(signum).name}, "
                 f"killed; {self.last_word()}; its log: {self.log_path}\n{self.tail()}"
             ) from None
+
+    def failed(self, what: str) -> LaunchError:
+        """``what`` went wrong, with what the log said last and its tail."""
+        return LaunchError(f"{what}; {self.last_word()}\n{self.tail()}")
 
     def last_word(self) -> str:
         """What the log says it was doing: what a stop overdue waited for (StopWatch), or its last line."""
@@ -246,10 +242,7 @@ class ServerProcess(Process):
             if "in use" not in self.log:  # lost a free port to another process: try new ones
                 break
         assert self.proc is not None
-        raise LaunchError(
-            f"{self.name} server exited with {self.proc.returncode} while starting; {self.last_word()}\n"
-            f"{self.tail()}"
-        )
+        raise self.failed(f"{self.name} server exited with {self.proc.returncode} while starting")
 
 
 @contextlib.contextmanager

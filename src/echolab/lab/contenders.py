@@ -104,7 +104,6 @@ def running(
     that has died already leaves nothing behind either (a gunicorn master's workers).
     """
     process = contender.process(delay_ms, options)
-    process.stop_timeout = stop_timeout
     try:
         process.start()
         yield process.port, process
@@ -112,10 +111,10 @@ def running(
         if not process.running():
             process.kill()
         elif on_stop_error is None:
-            process.stop()
+            process.stop(stop_timeout)
         else:
             try:
-                process.stop()
+                process.stop(stop_timeout)
             except LaunchError as exc:
                 on_stop_error(exc.summary)
 
