@@ -136,11 +136,11 @@ def candidates(spec: str) -> list[str]:
     return found
 
 
-def probe(executable: str, env: Mapping[str, str] | None = None) -> Interpreter:
+def probe(executable: str) -> Interpreter:
     """What ``executable`` is; InterpreterError if it does not run or is not a CPython echolab runs on."""
     try:
         done = subprocess.run(
-            [executable, "-I", "-c", PROBE], capture_output=True, text=True, timeout=PROBE_TIMEOUT, env=env
+            [executable, "-I", "-c", PROBE], capture_output=True, text=True, timeout=PROBE_TIMEOUT
         )
     except FileNotFoundError:
         raise InterpreterError(f"{executable}: no such interpreter") from None
@@ -163,7 +163,7 @@ def probe(executable: str, env: Mapping[str, str] | None = None) -> Interpreter:
     return Interpreter(facts["executable"], facts["version"], facts["free_threaded"], facts["gil"])
 
 
-def find(spec: str, env: Mapping[str, str] | None = None) -> Interpreter:
+def find(spec: str) -> Interpreter:
     """The interpreter ``spec`` names (a path, a command, a version); InterpreterError in one line."""
     places = candidates(spec)
     if not places:
@@ -173,7 +173,7 @@ def find(spec: str, env: Mapping[str, str] | None = None) -> Interpreter:
     problems = []
     for place in places:
         try:
-            return probe(place, env)
+            return probe(place)
         except InterpreterError as exc:
             problems.append(exc)
     raise problems[-1]
@@ -228,17 +228,11 @@ def fingerprint(root: Path, interpreter: Interpreter) -> str:
     return digest.hexdigest()[:16]
 
 
-def venv(
-    interpreter: Interpreter,
-    say: Callable[[str], None],
-    env: Mapping[str, str] | None = None,
-    folder: Path | None = None,
-) -> Venv:
-    """The venv for ``interpreter``, in ``folder`` (the source tree), made on first use with one
-    line through ``say``; InterpreterError in one line if it cannot be made at all."""
+def venv(interpreter: Interpreter, say: Callable[[str], None]) -> Venv:
+    """The venv for ``interpreter``, in the source tree, made on first use with one line through
+    ``say``; InterpreterError in one line if it cannot be made at all."""
     root = source_tree()
-    path = (folder or root) / f".venv-{interpreter.tag}"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = root / f".venv-{interpreter.tag}"
     stamp = fingerprint(root, interpreter)
     # Two commands that want the same venv (a demo, a server by hand): one makes it, the other waits.
     with open(path.parent / f"{path.name}.lock", "w") as lock:
@@ -253,10 +247,10 @@ def venv(
             "(first use: installs the servers' dependencies, about a minute)"
         )
         shutil.rmtree(path, ignore_errors=True)
-        run([interpreter.executable, "-m", "venv", str(path)], f"python{interpreter.tag} -m venv", env)
+        run([interpreter.executable, "-m", "venv", str(path)], f"python{interpreter.tag} -m venv")
         pip = pip_install(path)
-        run([*pip, "--no-deps", "-e", str(root)], "installing echolab", env)
-        unavailable = install_what_installs(pip, requirements(root), env)
+        run([*pip, "--no-deps", "-e", str(root)], "installing echolab")
+        unavailable = install_what_installs(pip, requirements(root))
         essential = sorted(set(unavailable) - OPTIONAL)
         if essential:
             name = essential[0]
@@ -280,7 +274,7 @@ def pip_install(venv_path: Path) -> list[str]:
 
 
 def install_what_installs(
-    pip: Sequence[str], wanted: Sequence[str], env: Mapping[str, str] | None
+    pip: Sequence[str], wanted: Sequence[str], env: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """Install ``wanted`` (requirements); {distribution: why} for those that would not install.
 
@@ -324,16 +318,16 @@ def plainly(error: str) -> str:
     return error.split(": for help visit")[0]
 
 
-def run(argv: Sequence[str], what: str, env: Mapping[str, str] | None) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=INSTALL_TIMEOUT, env=env)
+def run(argv: Sequence[str], what: str) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise InterpreterError(f"{what} failed: {last}")
 
 
-def prepared(spec: str, say: Callable[[str], None], env: Mapping[str, str] | None = None) -> Venv:
+def prepared(spec: str, say: Callable[[str], None]) -> Venv:
     """``spec``'s interpreter and its venv, made if need be: the one call the commands make."""
-    return venv(find(spec, env), say, env)
+    return venv(find(spec), say)
 
 
 # Where to look for a CPython besides this one, newest first.
