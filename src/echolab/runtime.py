@@ -39,12 +39,20 @@ STOP_MARGIN = 1.0
 STILL_STOPPING = "still stopping"
 
 
+# The dependencies' libraries log a line per call (httpx each request at INFO, psycopg_pool each
+# connection handed out and returned): per-request lines, which the servers log only at debug.
+LIBRARY_LOGGERS = ("httpx", "psycopg.pool")
+
+
 def setup_logging(level: str, server: str) -> None:
     logging.basicConfig(
         stream=sys.stderr,
         level=level.upper(),
         format=f"%(asctime)s %(levelname)s {server} %(message)s",
     )
+    if level != "debug":
+        for name in LIBRARY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class CannotBind(OSError):

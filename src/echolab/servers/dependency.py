@@ -16,26 +16,15 @@ on: nothing is retried, so nothing hangs, and the next request tries again.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Coroutine
 from typing import Any, Protocol
 
 from ..runtime import log
 from ..settings import LIBRARY_POOL_SIZES, OffloadSettings, ServeSettings, ThreadIoSettings
 
-# The libraries' own lines per call (httpx logs each request at INFO, psycopg_pool each connection
-# handed out and returned): per-request lines, which the servers log only at debug.
-LIBRARY_LOGGERS = ("httpx", "psycopg.pool")
-
 # httpx's default for each of its timeouts; libpq waits for ever unless told.
 CONNECT_TIMEOUT = 5.0
 ANSWER_MARGIN = 5.0  # how late after its delay a call's answer may come
-
-
-def quiet_libraries() -> None:
-    if not log.isEnabledFor(logging.DEBUG):
-        for name in LIBRARY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def library(settings: ServeSettings) -> str:

@@ -147,16 +147,15 @@ def info(settings: ServeSettings) -> dict[str, str]:
 def thread_client(settings: ServeSettings, events: Events) -> ThreadClient | None:
     """The dependency as threads call it (None: --io timer). The drivers are imported only when used."""
     library = dependency.library(settings)
-    dependency.quiet_libraries()
     if library == "psycopg":
         from .postgres_io import ThreadPostgres
 
         return ThreadPostgres(settings, events)
-    if library:
-        if library == "requests":
-            from .requests_io import ThreadRequests
+    if library == "requests":
+        from .requests_io import ThreadRequests
 
-            return ThreadRequests(settings, events)
+        return ThreadRequests(settings, events)
+    if library == "httpx":
         from .http_io import ThreadHttpx
 
         return ThreadHttpx(settings, events)
@@ -166,16 +165,15 @@ def thread_client(settings: ServeSettings, events: Events) -> ThreadClient | Non
 def loop_client(settings: ServeSettings, events: Events) -> LoopClient | None:
     """The dependency as an event loop awaits it (None: --io timer)."""
     library = dependency.library(settings)
-    dependency.quiet_libraries()
-    if library in ("psycopg", "asyncpg"):
-        if library == "asyncpg":
-            from .asyncpg_io import LoopAsyncpg
+    if library == "asyncpg":
+        from .asyncpg_io import LoopAsyncpg
 
-            return LoopAsyncpg(settings, events)
+        return LoopAsyncpg(settings, events)
+    if library == "psycopg":
         from .postgres_io import LoopPsycopg
 
         return LoopPsycopg(settings, events)
-    if library:
+    if library == "httpx":
         from .http_io import LoopHttpx
 
         return LoopHttpx(settings, events)
