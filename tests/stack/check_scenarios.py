@@ -49,6 +49,7 @@ from support.servers import TCP_SERVERS
 from support.stack import (
     CLOSED_LOOP,
     OPEN_LOOP,
+    SCRAPE,
     SERVERS,
     TIMINGS,
     USERS,
@@ -78,7 +79,6 @@ from echolab.settings import ReportSettings, from_environment
 BLOCKING_MS = SCENARIOS["blocking"].environment(catalogue.SERVERS[0])["ECHO_BLOCKING_MS"]
 BLOCKING_S = float(BLOCKING_MS) / 1000
 CAP = 1 / BLOCKING_S  # requests/s of one process that runs its blocking calls one at a time
-SCRAPE = 5.0  # the stack's scrape interval (prometheus/prometheus.yml)
 WINDOW = "30s"  # six scrapes of the stack's 5 s
 LAG = spec("echo_event_loop_lag_seconds").name
 LATE = 0.05  # a lag bucket's bound: a probe more than 50 ms late
@@ -154,7 +154,9 @@ def check_switch_marked(stack: Compose, before: float, after: float) -> None:
     prometheus = Prometheus(url)
     values = resolve_variables(prometheus, home, "1m")
     found = stack_marks.marks(prometheus, home, values, (start, end, SCRAPE), RESTARTS)
-    switch = [c for c in stack_marks.changes(found) if before - SCRAPE <= c.start <= after]
+    # A restart shows once a scrape has seen it (up to a scrape after the new process is up), a rule
+    # evaluation has counted it (one more), and on the query's grid of SCRAPE steps (one more).
+    switch = [c for c in stack_marks.changes(found) if before - SCRAPE <= c.start <= after + 3 * SCRAPE]
     assert [set(c.servers) for c in switch] == [set(SERVERS)], (before, after, found)
     assert start <= switch[0].start and switch[0].end < end, "inside the report's window"
     listed = stack_marks.marks_html(prometheus, found)
