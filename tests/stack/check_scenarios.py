@@ -230,9 +230,11 @@ def recreated_in_place(stack: Compose, name: str, before: Before) -> dict[str, f
     # failure (the users' requests of the switch, refused in a burst, are out of it).
     wait_for(f"{WINDOW} of requests under the {name} scenario", lambda: settled(stack, WINDOW), 90)
     answered, sent = answered_and_sent(stack, WINDOW)
+    ratios = {s: round(answered[s] / sent[s], 3) for s in SERVERS}
+    print(f"\n{name}: answered/sent over {WINDOW} {ratios}")
     # One user of 5 on another class's server would be 20% more on one server and 20% less on
     # the other; a closed loop's counts on the two sides differ only by the scrapes' timing.
-    assert all(abs(answered[s] / sent[s] - 1) < 0.1 for s in SERVERS), f"answered {answered}, sent {sent}"
+    assert all(abs(ratio - 1) < 0.1 for ratio in ratios.values()), f"answered {answered}, sent {sent}"
     still_own, seen = own_connections(stack)
     assert still_own, seen
     assert wrong_protocol(stack) == before.wrong_protocol, "a user got a reply in another server's protocol"
