@@ -140,24 +140,27 @@ WORKERS  ?= 4
 generate: install
 	$(BIN)/python -m echolab.deploy
 
-# The first stack command writes .env from .env.example, readable by its owner
-# only, with random passwords (Grafana's, PostgreSQL's) in place of the example's.
-PASSWORDS := GRAFANA_ADMIN_PASSWORD POSTGRES_PASSWORD
+# The first stack command writes .env from .env.example, readable by its owner only.
 .env:
-	@umask 077 && cp .env.example $@ && for name in $(PASSWORDS); do \
-	  sed -i "s/^$$name=.*/$$name=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(18))')/" $@; \
-	done
-	@echo "wrote .env from .env.example (mode 0600, random passwords): edit it for limits and ports"
+	@umask 077 && cp .env.example $@
+	@echo "wrote .env from .env.example (mode 0600): edit it for limits and ports"
 
-# Refuses an empty password or the example's, which anyone can read in the repository.
-check-env: .env
-	@for name in $(PASSWORDS); do \
-	  example=$$(sed -n "s/^$$name=//p" .env.example); \
-	  password=$$(sed -n "s/^$$name=//p" .env | tail -1); \
-	  if [ -z "$$password" ] || [ "$$password" = "$$example" ]; then \
-	    echo "make up: $$name in .env is empty or the example's; set your own" \
-	      "(or delete .env and make up writes one with random passwords)" >&2; exit 1; \
-	  fi; \
+# The stack's passwords, each a file compose mounts into the containers that need it (a compose
+# secret), written at random on first use into .env's SECRETS_FOLDER. The folder is its owner's
+# only; the files are readable by all, as each container's own user reads its file through a bind
+# mount, where the folder's mode does not reach.
+SECRETS_FOLDER ?= $(or $(shell sed -n 's/^SECRETS_FOLDER=//p' .env 2>/dev/null | tail -1),secrets)
+SECRETS := grafana-admin-password postgres-password
+SECRET_FILES := $(addprefix $(SECRETS_FOLDER)/,$(SECRETS))
+$(SECRET_FILES):
+	@mkdir -p -m 0700 $(SECRETS_FOLDER) && umask 022 \
+	  && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(18))' > $@.new && mv $@.new $@
+	@echo "wrote $@ (a random password)"
+
+# Refuses an empty password file, which compose would mount as it is.
+check-env: .env $(SECRET_FILES)
+	@for file in $(SECRET_FILES); do \
+	  [ -s "$$file" ] || { echo "make up: $$file is empty; delete it and make up writes a random one" >&2; exit 1; }; \
 	done
 
 # Quiet: the build's log goes to $(BUILD_LOG) (its tail if it fails; V=1: on the terminal), then
@@ -197,7 +200,7 @@ logs: .env
 ps: .env
 	$(COMPOSE) ps
 
-scale: .env
+scale: .env $(SECRET_FILES)
 	$(COMPOSE) up --detach --wait --no-recreate --scale locust-worker=$(WORKERS) locust-worker
 
 # The servers recreated under a scenario's work model (`echolab scenario --help` lists them),
@@ -205,7 +208,7 @@ scale: .env
 # the whole work model over .env's; NAME=io is the default workload, `make up` goes back to .env.
 # All at once: each server has a fixed address on the stack's network (src/echolab/deploy/stack.py),
 # so none can come back at another's.
-scenario: install .env
+scenario: install .env $(SECRET_FILES)
 	@environment=$$($(BIN)/echolab scenario $(NAME)) && services=$$($(BIN)/echolab scenario $(NAME) --services) \
 	  && echo "scenario $(NAME):" $$environment \
 	  && env $$environment $(COMPOSE) up --detach --no-deps --force-recreate --wait $$services

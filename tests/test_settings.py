@@ -82,6 +82,7 @@ BAD_FLAGS = [
     (("--io", "postgres"), "--database-url"),  # which it needs
     (("--database-url", "mysql://db/x"), "--database-url"),
     (("--database-url", "postgresql://db:port/x"), "--database-url"),
+    (("--database-password-file", "/nonexistent/password"), "--database-password-file"),
     (("--downstream-url", "ftp://host/"), "--downstream-url"),
     (("--pool-size", "-1"), "--pool-size"),
     (("--pool-timeout", "0"), "--pool-timeout"),

@@ -106,6 +106,18 @@ def postgres_url(value: str) -> str | None:
     return "not a PostgreSQL URL: postgresql://user:password@host:port/database"
 
 
+def readable_file(value: str) -> str | None:
+    """A file a password can be read from, when one is named."""
+    if not value:
+        return None
+    try:
+        with open(value, "rb") as file:
+            empty = not file.read(1)
+    except OSError as exc:
+        return f"cannot read {value}: {exc.strerror}"
+    return f"{value} is empty" if empty else None
+
+
 def http_url(value: str) -> str | None:
     try:
         parts = urlsplit(value)
@@ -445,6 +457,12 @@ class ServeSettings(Settings):
         "PostgreSQL for --io postgres: postgresql://user:password@host:port/database",
         check=postgres_url,
         secret=True,
+    )
+    database_password_file: str = setting(
+        "",
+        "a file holding the password for --database-url (its first line), which then needs none: a compose "
+        "or Kubernetes secret, where a URL in the environment would show in docker inspect",
+        check=readable_file,
     )
     downstream_url: str = setting(
         f"http://127.0.0.1:{ports.DOWNSTREAM}", "echolab downstream, for --io http", check=http_url

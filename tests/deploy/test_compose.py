@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import stat
+import subprocess
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -155,7 +157,9 @@ def test_grafana_is_optional_and_its_password_a_secret(services: dict[str, Any])
     assert [f"/run/secrets/{s['target']}" for s in grafana["secrets"]] == [path]
     assert grafana["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     document = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    assert document["secrets"]["grafana-admin-password"] == {"environment": "GRAFANA_ADMIN_PASSWORD"}
+    assert document["secrets"]["grafana-admin-password"] == {
+        "file": "${SECRETS_FOLDER:-./secrets}/grafana-admin-password"
+    }
 
 
 def test_postgres_runs_unprivileged_with_its_password_a_secret(services: dict[str, Any]) -> None:
@@ -171,17 +175,50 @@ def test_postgres_runs_unprivileged_with_its_password_a_secret(services: dict[st
     assert [s["source"] for s in postgres["secrets"]] == ["postgres-password"]
     assert f"/run/secrets/{postgres['secrets'][0]['target']}" in postgres["entrypoint"][2]
     document = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    assert document["secrets"]["postgres-password"] == {"environment": "POSTGRES_PASSWORD"}
+    assert document["secrets"]["postgres-password"] == {
+        "file": "${SECRETS_FOLDER:-./secrets}/postgres-password"
+    }
     assert postgres["healthcheck"]["test"][1] == "pg_isready"
-    assert [t.split(":")[0] for t in postgres["tmpfs"]] == ["/var/lib/postgresql"], "nothing left on disk"
-    for server in SERVERS:  # every server reaches both dependencies by name, the password from .env
+    assert postgres["read_only"] is True
+    assert [t.split(":")[0] for t in postgres["tmpfs"]] == [
+        "/var/lib/postgresql",
+        "/var/run/postgresql",
+        "/tmp",
+    ], "its data, sockets and scratch in memory: nothing left on disk"
+    for server in SERVERS:  # every server reaches both dependencies by name, the password from the secret
         environment = services[server]["environment"]
-        url = urllib.parse.urlsplit(expand(environment["ECHO_DATABASE_URL"], {"POSTGRES_PASSWORD": "pw"}))
-        assert (url.hostname, url.port, url.password) == ("postgres", 5432, "pw"), server
+        url = urllib.parse.urlsplit(environment["ECHO_DATABASE_URL"])
+        assert (url.hostname, url.port, url.password) == ("postgres", 5432, None), server
+        (secret,) = services[server]["secrets"]
+        assert secret["source"] == "postgres-password" and not set(secret) - {"source", "target"}
+        assert environment["ECHO_DATABASE_PASSWORD_FILE"] == f"/run/secrets/{secret['target']}"
         assert environment["ECHO_DOWNSTREAM_URL"] == f"http://downstream:{ports.DOWNSTREAM}"
     downstream = services["downstream"]
     assert downstream["command"] == ["downstream"] and downstream["read_only"] is True
     assert downstream["cap_drop"] == ["ALL"] and downstream["user"] == str(stack.UID)
+
+
+def test_make_writes_each_secret_at_random_once_and_refuses_an_empty_one(tmp_path: Path) -> None:
+    """The Makefile's secrets are the stack's. The first stack command writes each: the folder its
+    owner's only, the files readable by the containers' users; a later one keeps them."""
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^SECRETS := (.*)$", makefile, re.M).group(1).split() == list(stack.SECRETS)  # type: ignore[union-attr]
+    folder = tmp_path / "secrets"
+
+    def check_env() -> subprocess.CompletedProcess[str]:
+        command = ["make", "--no-print-directory", "-o", ".env", "check-env", f"SECRETS_FOLDER={folder}"]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+
+    assert check_env().returncode == 0
+    written = {path.name: path.read_text() for path in folder.iterdir()}
+    assert set(written) == set(stack.SECRETS) and len(set(written.values())) == len(written), "each its own"
+    assert all(len(password.strip()) >= 24 for password in written.values()), written.keys()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert {stat.S_IMODE((folder / name).stat().st_mode) for name in written} == {0o644}
+    assert check_env().returncode == 0 and {p.name: p.read_text() for p in folder.iterdir()} == written
+    (folder / stack.POSTGRES_PASSWORD_SECRET).write_text("")
+    refused = check_env()
+    assert refused.returncode != 0 and f"{folder / stack.POSTGRES_PASSWORD_SECRET} is empty" in refused.stderr
 
 
 def test_server_targets_carry_the_limits() -> None:
@@ -218,7 +255,8 @@ def test_make_scenario_gives_each_server_the_flags_it_reads(
     for server in catalogue.SERVERS:
         given = {**env_file, **printed}
         environment = {name: expand(v, given) for name, v in services[server.name]["environment"].items()}
-        url = ["--database-url", stack.database_url("p")]  # the stack's, fixed: not the scenario's
+        url = ["--database-url", stack.FIXED_SERVER_ENV["ECHO_DATABASE_URL"]]  # the stack's, fixed
+        del environment["ECHO_DATABASE_PASSWORD_FILE"]  # a file in the container only
         args = cli.build_parser().parse_args(["serve", server.name, *url, *scenario.options_for(server)])
         expected = settings.from_namespace(server.settings, args)
         got = settings.from_environment(server.settings, environment)

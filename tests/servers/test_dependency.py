@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -192,6 +193,27 @@ def test_every_server_answers_through_postgres(start_server, postgres, flags):
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)
         ).fetchone()
     assert sessions is not None and sessions[0] >= 1
+
+
+# A client of each kind: psycopg's pool for threads and for an event loop, asyncpg's, gunicorn's workers.
+CLIENTS = {name: flags for name, flags in {**SERVERS, **ASYNCPG}.items()
+           if name in ("threaded-pool", "async-streams", "async-streams-asyncpg", "async-http")}  # fmt: skip
+
+
+@pytest.mark.parametrize("flags", CLIENTS.values(), ids=CLIENTS)
+def test_the_password_comes_from_the_password_file_when_one_is_named(start_server, postgres, tmp_path, flags):
+    """--database-password-file, as a compose secret gives it: the URL holds no password, and the
+    file's is the one used (a wrong one is refused: PostgreSQL asks for one on every connection)."""
+    parts = urlsplit(postgres.dsn)
+    url = parts._replace(netloc=f"{parts.username}@{parts.hostname}:{parts.port}").geturl()
+    right, wrong = tmp_path / "right", tmp_path / "wrong"
+    right.write_text(postgres.password + "\n")
+    wrong.write_text(f"not-{postgres.password}\n")
+    options = ("--io", "postgres", "--database-url", url, "--delay-ms", "10", "--database-password-file")
+    assert ask(start_server(*flags, *options, str(right))) == "ok"
+    refused = start_server(*flags, *options, str(wrong))
+    assert ask(refused) == "dependency"
+    refused.wait_metrics(lambda m: m.value("echo_dependency_errors_total", kind="connect") == 1)
 
 
 @pytest.mark.parametrize("flags", [*SERVERS.values(), *REQUESTS.values()], ids=[*SERVERS, *REQUESTS])

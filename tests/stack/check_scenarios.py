@@ -69,7 +69,7 @@ from echolab.dashboards.grafana import RESTARTED
 from echolab.dashboards.overview import DEPENDENCIES
 from echolab.dashboards.panels import RESTARTS, queries, resolve_variables, substitute
 from echolab.dashboards.prometheus import Prometheus
-from echolab.deploy.stack import DATABASE_URL_ENV, POSTGRES_SERVICE, POSTGRES_USER, database_url
+from echolab.deploy.stack import FIXED_SERVER_ENV, POSTGRES_SERVICE, POSTGRES_USER
 from echolab.lab import stack_marks, stack_report
 from echolab.metrics import spec
 from echolab.scenarios import SCENARIOS
@@ -107,6 +107,8 @@ def work_model(stack: Compose) -> dict[str, dict[str, str]]:
     return {series["metric"]["server"]: series["metric"] for series in result}
 
 
+# The stack's, without the password's file: that is in the containers only.
+DATABASE_URL = {"ECHO_DATABASE_URL": FIXED_SERVER_ENV["ECHO_DATABASE_URL"]}
 # The labels of echo_server_info that show only where they apply: absent is checked too.
 WHERE_THEY_APPLY = ("offload_threads", "client", "pool_size", "pool_timeout")
 
@@ -115,7 +117,7 @@ def wait_for_work_model(stack: Compose, name: str) -> None:
     """Until the table shows every server under scenario ``name``: the labels its settings give."""
     wanted = {}
     for server in catalogue.SERVERS:
-        environment = {**SCENARIOS[name].environment(server), DATABASE_URL_ENV: database_url("p")}
+        environment = {**SCENARIOS[name].environment(server), **DATABASE_URL}
         labels = info(from_environment(server.settings, environment))
         wanted[server.name] = {**dict.fromkeys(WHERE_THEY_APPLY), **labels}
 

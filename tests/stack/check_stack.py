@@ -64,21 +64,23 @@ def test_servers_run_under_the_same_limits(stack: Compose) -> None:
 
 
 def test_containers_are_hardened(stack: Compose) -> None:
+    # The passwords are secret files: no container's configuration (`docker inspect`) shows one.
+    passwords = [path.read_text().strip() for path in stack.secrets.iterdir()]
     for service in SERVICES:
         container = stack.container(service)
+        shown = " ".join(container["Config"]["Env"] or [])
+        assert not [p for p in passwords if p in shown], f"{service}: a password in its environment"
         host = container["HostConfig"]
         assert host["CapDrop"] == ["ALL"], service
         assert "no-new-privileges:true" in host["SecurityOpt"], service
         assert host["PidsLimit"] > 0, service
         assert container["Config"]["User"] not in ("", "root", "0"), f"{service} runs as root"
+    assert stack.container("postgres")["HostConfig"]["ReadonlyRootfs"] is True, "postgres"
     for service in OURS:
         container = stack.container(service)
         assert container["HostConfig"]["ReadonlyRootfs"] is True, service
         assert container["HostConfig"]["Init"] is True, service
         assert container["Config"]["Image"].startswith(f"{PROJECT}-"), "images named after the project"
-    # PostgreSQL's password is a secret file: its container's configuration does not show it.
-    postgres = stack.container("postgres")
-    assert not [e for e in postgres["Config"]["Env"] if e.startswith("POSTGRES_PASSWORD")], "docker inspect"
     # Only remote workers need the master's port: the default stack does not publish it.
     assert "5557/tcp" not in stack.container("locust-master")["HostConfig"]["PortBindings"]
 

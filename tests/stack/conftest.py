@@ -25,9 +25,10 @@ from support.stack import (
 
 
 @pytest.fixture(scope="session")
-def stack(request: pytest.FixtureRequest) -> Iterator[Compose]:
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
     require_docker()
-    compose = Compose()
+    compose = Compose(secrets=tmp_path_factory.mktemp("stack") / "secrets")
+    compose.make("check-env")  # the passwords, written as `make up` writes them
     failed_before = request.session.testsfailed
     started = time.monotonic()
     try:

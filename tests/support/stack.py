@@ -75,7 +75,8 @@ def free_network() -> str:
 class Compose:
     """``docker compose`` for the test's project, on free host ports and a network of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, secrets: Path) -> None:
+        self.secrets = secrets  # the passwords' files, `make check-env` writes them
         names = ["GRAFANA", "LOCUST_UI", "LOCUST_MASTER", "PROMETHEUS"]
         self.ports = {name: free_port() for name in [*names, *(s.env_name for s in catalogue.SERVERS)]}
         self.env = {
@@ -84,8 +85,7 @@ class Compose:
             "STACK_NETWORK": free_network(),
             "COMPOSE_PROFILES": "",  # no Grafana
             "COMPOSE_FILE": "docker-compose.yml",  # no override a developer may have
-            # Grafana is not started, but compose reads the whole file.
-            "GRAFANA_ADMIN_PASSWORD": "unused-by-the-stack-test",
+            "SECRETS_FOLDER": str(secrets),  # not a developer's
             "BIND_ADDRESS": "127.0.0.1",
             **{f"HOST_PORT_{name}": str(port) for name, port in self.ports.items()},
         }

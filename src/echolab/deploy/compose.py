@@ -28,8 +28,7 @@ SERVER_CPUS = f"${{SERVER_CPUS:-{stack.SERVER_LIMITS.cpus:g}}}"
 SERVER_MEMORY = f"${{SERVER_MEMORY:-{stack.SERVER_LIMITS.memory_mib}m}}"
 SERVER_PIDS = f"${{SERVER_PIDS:-{stack.SERVER_LIMITS.pids}}}"
 NOFILE = f"${{NOFILE_LIMIT:-{stack.NOFILE}}}"
-GRAFANA_PASSWORD = "grafana-admin-password"
-POSTGRES_PASSWORD = "postgres-password"
+SECRETS_FOLDER = f"${{{stack.SECRETS_FOLDER_VARIABLE}:-./{stack.SECRETS_FOLDER}}}"
 RETENTION = "15d"
 # Host ports, each a HOST_PORT_<NAME> in .env; the servers' are their native ports.
 HOST_PORTS = {
@@ -104,9 +103,6 @@ def image(built: stack.Image) -> dict[str, Any]:
 def server_service(server: Server) -> dict[str, Any]:
     port, path = stack.health(server)
     environment = dict(stack.FIXED_SERVER_ENV)
-    # In the URL, so `docker inspect` of a server shows it: compose copies a secret only into a
-    # writable root, and libpq and asyncpg both ignore a password file that others may read.
-    environment[stack.DATABASE_URL_ENV] = stack.database_url(env_reference(stack.POSTGRES_PASSWORD_VARIABLE))
     environment.update({option.env: env_reference(option.env) for option in stack.tunable_settings(server)})
     return {
         **image(stack.SERVER_IMAGE),
@@ -115,6 +111,7 @@ def server_service(server: Server) -> dict[str, Any]:
         "restart": "unless-stopped",
         "user": str(stack.UID),
         "environment": environment,
+        "secrets": [secret(stack.POSTGRES_PASSWORD_SECRET)],
         **resource_limits(SERVER_CPUS, SERVER_MEMORY, SERVER_PIDS),
         **hardened(stack.writable_paths(server)),
         "ulimits": {"nofile": {"soft": NOFILE, "hard": NOFILE}},
@@ -138,6 +135,15 @@ def limits(limits: stack.Limits) -> dict[str, Any]:
     return resource_limits(f"{limits.cpus:g}", f"{limits.memory_mib}m", limits.pids)
 
 
+def secret(name: str) -> dict[str, str]:
+    """A secret as a file in the container, at stack.secret_file(name): `docker inspect` shows the path.
+
+    Bind-mounted from SECRETS_FOLDER, as it is (compose sets no owner or mode on a file's secret):
+    readable by the container's own user, whichever it is.
+    """
+    return {"source": name, "target": name}
+
+
 def fixed_address(service: str) -> dict[str, Any]:
     return {"networks": {"default": {"ipv4_address": f"{NETWORK}.{stack.fixed_hosts()[service]}"}}}
 
@@ -147,10 +153,13 @@ def postgres_service() -> dict[str, Any]:
 
     The password comes from a secret file. The image reads POSTGRES_PASSWORD_FILE, but not every image
     that follows its contract does; POSTGRES_PASSWORD, set from the file as the entrypoint starts,
-    works with all. The root stays writable, as Grafana's: compose copies a secret into no other.
+    works with all. A read-only root, as in Kubernetes: what PostgreSQL writes is in memory.
     """
-    secret = f"/run/secrets/{POSTGRES_PASSWORD}"
+    password = stack.secret_file(stack.POSTGRES_PASSWORD_SECRET)
     user = {"POSTGRES_USER": stack.POSTGRES_USER, "POSTGRES_DB": stack.POSTGRES_DB}
+    security = hardened((stack.POSTGRES_SOCKETS, "/tmp"))
+    # The data: its mode and owner as initdb wants them; over the image's VOLUME, so no volume is left.
+    data = f"{stack.POSTGRES_HOME}:uid={stack.POSTGRES_UID},gid={stack.POSTGRES_UID},mode=0700,size=256m"
     return {
         "image": stack.POSTGRES_IMAGE,
         "restart": "unless-stopped",
@@ -158,20 +167,15 @@ def postgres_service() -> dict[str, Any]:
         "entrypoint": [
             "sh",
             "-c",
-            f'POSTGRES_PASSWORD="$$(cat {secret})" exec docker-entrypoint.sh "$$@"',
+            f'{stack.POSTGRES_PASSWORD_VARIABLE}="$$(cat {password})" exec docker-entrypoint.sh "$$@"',
             "postgres",
         ],
         "command": list(stack.POSTGRES_COMMAND),
         "environment": user,
-        # Readable by any user of the container (compose's copy fails with an owner set), as Grafana's:
-        # only PostgreSQL runs in it.
-        "secrets": [{"source": POSTGRES_PASSWORD, "target": POSTGRES_PASSWORD}],
+        "secrets": [secret(stack.POSTGRES_PASSWORD_SECRET)],
         **limits(stack.POSTGRES_LIMITS),
-        **hardened(None),
-        # In memory, its mode and owner as initdb wants them; over the image's VOLUME: no volume is left.
-        "tmpfs": [
-            f"{stack.POSTGRES_HOME}:uid={stack.POSTGRES_UID},gid={stack.POSTGRES_UID},mode=0700,size=256m"
-        ],
+        **security,
+        "tmpfs": [data, *security["tmpfs"]],
         "stop_grace_period": f"{stack.STOP_GRACE_SECONDS}s",
         "healthcheck": healthcheck(list(stack.POSTGRES_READY)),
         **fixed_address(stack.POSTGRES_SERVICE),
@@ -247,8 +251,7 @@ def services() -> dict[str, Any]:
         "profiles": [GRAFANA_PROFILE],
         "restart": "unless-stopped",
         "environment": stack.GRAFANA_ENV,
-        # A file in the container: `docker inspect` shows its path, not the password.
-        "secrets": [{"source": GRAFANA_PASSWORD, "target": GRAFANA_PASSWORD}],
+        "secrets": [secret(stack.GRAFANA_PASSWORD_SECRET)],
         "volumes": [
             "./grafana/provisioning:/etc/grafana/provisioning:ro",
             f"./grafana/dashboards:{stack.GRAFANA_DASHBOARDS}:ro",
@@ -295,11 +298,7 @@ def document() -> dict[str, Any]:
         "services": services(),
         "networks": {"default": network()},
         "configs": {"echo-server-targets": {"content": server_targets()}},
-        "secrets": {
-            # From .env (written 0600): compose copies it into the container as a file.
-            GRAFANA_PASSWORD: {"environment": "GRAFANA_ADMIN_PASSWORD"},
-            POSTGRES_PASSWORD: {"environment": stack.POSTGRES_PASSWORD_VARIABLE},
-        },
+        "secrets": {name: {"file": f"{SECRETS_FOLDER}/{name}"} for name in stack.SECRETS},
         "volumes": {"prometheus-data": None, "grafana-data": None},
     }
 

@@ -12,8 +12,6 @@ from .. import catalogue
 from ..settings import Option, as_text
 from . import compose, stack
 
-EXAMPLE_PASSWORD = "change-me"  # `make up` refuses it
-
 
 def _section(title: str) -> list[str]:
     return ["", f"# --- {title} " + "-" * max(3, 76 - len(title))]
@@ -66,14 +64,12 @@ def render() -> str:
         *(f"{name}={value}" for name, value in stack.LOCUST_TUNABLE_ENV.items()),
         *_section("monitoring"),
         f"PROMETHEUS_RETENTION={compose.RETENTION}",
-        "# Grafana's admin password (anonymous visitors get read-only access without it).",
-        "# `make up` refuses this example value; it writes a random one into .env.",
-        f"GRAFANA_ADMIN_PASSWORD={EXAMPLE_PASSWORD}",
-        *_section("dependencies"),
-        f"# The password of PostgreSQL's user {stack.POSTGRES_USER} (--io postgres). `make up` refuses this",
-        "# example value; it writes a random one into .env. Letters, digits, - and _ only:",
-        "# the servers get it in their database URL.",
-        f"{stack.POSTGRES_PASSWORD_VARIABLE}={EXAMPLE_PASSWORD}",
+        *_section("secrets"),
+        "# The stack's passwords are not here: each is a file of this folder, which `make up`",
+        f"# writes at random ({', '.join(stack.SECRETS)}), and compose gives",
+        "# each container that needs one as a secret: Grafana's admin (anonymous visitors",
+        f"# get read-only access), PostgreSQL's user {stack.POSTGRES_USER}, which the servers log in as.",
+        f"{stack.SECRETS_FOLDER_VARIABLE}=./{stack.SECRETS_FOLDER}",
         *_section("compose"),
         f'# Grafana runs in the profile "{compose.GRAFANA_PROFILE}": empty this to run the stack',
         "# without it (`make up` then starts the rest).",

@@ -187,22 +187,26 @@ def postgres_password() -> Object:
     return {"name": stack.POSTGRES_PASSWORD_VARIABLE, "valueFrom": ref}
 
 
-def server_env() -> list[Object]:
-    # Kubernetes expands $(NAME) of a variable defined above it: the URL takes the Secret's password.
-    url = stack.database_url(f"$({stack.POSTGRES_PASSWORD_VARIABLE})")
-    return [*env(stack.FIXED_SERVER_ENV), postgres_password(), *env({stack.DATABASE_URL_ENV: url})]
+def secret_volume(secret: str, name: str) -> tuple[Object, Object]:
+    """The Secret's key ``password`` as the file stack.secret_file(name), as compose mounts it: (volume,
+    mount)."""
+    folder, file = stack.secret_file(name).rsplit("/", 1)
+    volume = {"name": name, "secret": {"secretName": secret, "items": [{"key": "password", "path": file}]}}
+    return volume, {"name": name, "mountPath": folder, "readOnly": True}
 
 
 def server_objects(server: Server) -> list[Object]:
     port, path = stack.health(server)
     probe_port = "echo" if port == ports.SERVER else "metrics"
     volumes, mounts = scratch(stack.writable_paths(server))
+    password = secret_volume(POSTGRES_SECRET, stack.POSTGRES_PASSWORD_SECRET)
+    volumes, mounts = [*volumes, password[0]], [*mounts, password[1]]
     container: Object = {
         "name": "server",  # the same in every server: one patch sets all their limits
         "image": image(stack.SERVER_IMAGE),
         "imagePullPolicy": "IfNotPresent",
         "args": ["serve", server.name],
-        "env": server_env(),
+        "env": env(stack.FIXED_SERVER_ENV),
         "ports": [
             {"name": "echo", "containerPort": ports.SERVER},
             {"name": "metrics", "containerPort": ports.SERVER_METRICS},
@@ -211,9 +215,8 @@ def server_objects(server: Server) -> list[Object]:
         "readinessProbe": http_probe(probe_port, path),
         "livenessProbe": http_probe(probe_port, path, failures=6),
         "securityContext": hardened(stack.UID),
+        "volumeMounts": mounts,
     }
-    if mounts:
-        container["volumeMounts"] = mounts
     limits = {CPUS: f"{stack.SERVER_LIMITS.cpus:g}", MEMORY: memory(stack.SERVER_LIMITS.memory_mib)}
     return [
         deployment(
@@ -421,15 +424,9 @@ def grafana_objects() -> list[Object]:
         "dashboard-providers": "/etc/grafana/provisioning/dashboards",
         "dashboards": stack.GRAFANA_DASHBOARDS,
     }
-    secret_dir, secret_file = stack.GRAFANA_PASSWORD_FILE.rsplit("/", 1)
+    admin = secret_volume(GRAFANA_SECRET, stack.GRAFANA_PASSWORD_SECRET)
     volumes: list[Object] = [{"name": n, "configMap": {"name": f"grafana-{n}"}} for n in mounts]
-    volumes += [
-        {
-            "name": "admin",
-            "secret": {"secretName": GRAFANA_SECRET, "items": [{"key": "password", "path": secret_file}]},
-        },
-        {"name": "data", "emptyDir": {}},
-    ]
+    volumes += [admin[0], {"name": "data", "emptyDir": {}}]
     container = {
         "name": "grafana",
         "image": stack.GRAFANA_IMAGE,
@@ -442,7 +439,7 @@ def grafana_objects() -> list[Object]:
         "securityContext": hardened(GRAFANA_UID, read_only=False),
         "volumeMounts": [
             *({"name": n, "mountPath": path, "readOnly": True} for n, path in mounts.items()),
-            {"name": "admin", "mountPath": secret_dir, "readOnly": True},
+            admin[1],
             {"name": "data", "mountPath": "/var/lib/grafana"},
         ],
     }

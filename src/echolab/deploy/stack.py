@@ -66,6 +66,24 @@ NOFILE = 20000
 LOCUST_PIDS = 512
 MONITORING_PIDS = 512
 
+# --- secrets ---------------------------------------------------------------------
+
+# The stack's passwords. Compose takes each from a file of SECRETS_FOLDER, which `make up` writes
+# at random (SECRETS_FOLDER_VARIABLE moves it); Kubernetes from a Secret you create. Both mount it
+# at secret_file(name), where each container reads it: never in an environment, which `docker
+# inspect` and `kubectl describe` show.
+SECRETS_FOLDER = "secrets"
+SECRETS_FOLDER_VARIABLE = "SECRETS_FOLDER"
+GRAFANA_PASSWORD_SECRET = "grafana-admin-password"
+POSTGRES_PASSWORD_SECRET = "postgres-password"
+SECRETS = (GRAFANA_PASSWORD_SECRET, POSTGRES_PASSWORD_SECRET)
+SECRETS_MOUNT = "/run/secrets"
+
+
+def secret_file(name: str) -> str:
+    return f"{SECRETS_MOUNT}/{name}"
+
+
 # --- the servers' dependencies: PostgreSQL and the downstream service (issue 18) ---
 
 POSTGRES_SERVICE = "postgres"
@@ -87,10 +105,10 @@ POSTGRES_READY = (
     "--dbname",
     POSTGRES_DB,
 )
-POSTGRES_PASSWORD_VARIABLE = "POSTGRES_PASSWORD"  # in .env, written at random like Grafana's
+POSTGRES_PASSWORD_VARIABLE = "POSTGRES_PASSWORD"  # the image's; set from the secret as it starts
 POSTGRES_LIMITS = Limits(cpus=1.0, memory_mib=512, pids=POSTGRES_MAX_CONNECTIONS + 64)
 # The data lives in memory and dies with the container: pg_sleep reads none, and a fresh cluster
-# takes the password .env holds now (one initialised on a volume keeps the first for ever).
+# takes the password its secret holds now (one initialised on a volume keeps the first for ever).
 POSTGRES_HOME = "/var/lib/postgresql"
 POSTGRES_SOCKETS = "/var/run/postgresql"
 
@@ -101,22 +119,19 @@ DOWNSTREAM_ENV = settings.environment(
 )
 
 
-def database_url(password: str) -> str:
-    """The stack's PostgreSQL as the servers reach it, with ``password`` (a reference, where rendered)."""
-    return f"postgresql://{POSTGRES_USER}:{password}@{POSTGRES_SERVICE}:{ports.POSTGRES}/{POSTGRES_DB}"
-
-
 # Settings the stack decides for every server, not the user: where it
 # listens inside the container, the drain timeout (see above), and its
-# dependencies (the database's URL, which holds the password, is each
-# renderer's: see database_url). The image sets ECHO_HOST=0.0.0.0.
-FIXED_SERVER_ENV = {
-    "ECHO_PORT": str(ports.SERVER),
-    "ECHO_METRICS_PORT": str(ports.SERVER_METRICS),
-    "ECHO_DRAIN_TIMEOUT": f"{DRAIN_TIMEOUT:g}",
-    "ECHO_DOWNSTREAM_URL": f"http://{DOWNSTREAM_SERVICE}:{ports.DOWNSTREAM}",
-}
-DATABASE_URL_ENV = "ECHO_DATABASE_URL"
+# dependencies, the database's password in its secret's file, not in the URL.
+# The image sets ECHO_HOST=0.0.0.0.
+FIXED_SERVER_ENV = settings.environment(
+    settings.ServeSettings,
+    port=ports.SERVER,
+    metrics_port=ports.SERVER_METRICS,
+    drain_timeout=DRAIN_TIMEOUT,
+    downstream_url=f"http://{DOWNSTREAM_SERVICE}:{ports.DOWNSTREAM}",
+    database_url=f"postgresql://{POSTGRES_USER}@{POSTGRES_SERVICE}:{ports.POSTGRES}/{POSTGRES_DB}",
+    database_password_file=secret_file(POSTGRES_PASSWORD_SECRET),
+)
 
 
 # Settings that mean nothing in a container: its address is the image's, and so is its
@@ -127,7 +142,7 @@ NOT_IN_CONTAINERS = ("host", "python")
 def tunable_settings(server: Server) -> Iterator[settings.Option]:
     """The settings of ``server`` a user may set for the stack: all it reads but what the stack fixes."""
     for option in settings.options(server.settings):
-        fixed = option.env in FIXED_SERVER_ENV or option.env == DATABASE_URL_ENV
+        fixed = option.env in FIXED_SERVER_ENV
         if not fixed and option.name not in NOT_IN_CONTAINERS:
             yield option
 
@@ -228,7 +243,7 @@ LOCUST_FIXED_ENV = {
 # --- monitoring -----------------------------------------------------------------
 
 GRAFANA_DASHBOARDS = "/etc/grafana/dashboards"
-GRAFANA_PASSWORD_FILE = "/run/secrets/grafana-admin-password"
+GRAFANA_PASSWORD_FILE = secret_file(GRAFANA_PASSWORD_SECRET)
 GRAFANA_ENV = {
     "GF_SECURITY_ADMIN_USER": "admin",
     "GF_SECURITY_ADMIN_PASSWORD__FILE": GRAFANA_PASSWORD_FILE,

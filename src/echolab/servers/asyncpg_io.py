@@ -12,7 +12,7 @@ import time
 import asyncpg
 
 from ..settings import ServeSettings
-from .dependency import CONNECT_TIMEOUT, Events, Failures, pool_size
+from .dependency import CONNECT_TIMEOUT, Events, Failures, database_password, pool_size
 
 
 class LoopAsyncpg:
@@ -26,6 +26,7 @@ class LoopAsyncpg:
 
     def __init__(self, settings: ServeSettings, events: Events) -> None:
         self.url, self.events, self.timeout = settings.database_url, events, settings.pool_timeout
+        self.password = database_password(settings)
         self.size = pool_size(settings)
         self.pool: asyncpg.Pool | None = None
         self.failures = Failures("PostgreSQL", events)
@@ -33,7 +34,7 @@ class LoopAsyncpg:
 
     async def open(self) -> None:
         self.pool = await asyncpg.create_pool(
-            self.url, min_size=0, max_size=self.size, timeout=CONNECT_TIMEOUT
+            self.url, min_size=0, max_size=self.size, timeout=CONNECT_TIMEOUT, **self.password
         )
 
     async def call(self, seconds: float) -> None:

@@ -42,6 +42,17 @@ def pool_size(settings: ServeSettings) -> int:
     return settings.pool_size or LIBRARY_POOL_SIZES[library(settings)]
 
 
+def database_password(settings: ServeSettings) -> dict[str, str]:
+    """The ``password`` both drivers take beside the URL, from --database-password-file; none without.
+
+    Read when the pool is made: a secret rotated in place reaches the next server started.
+    """
+    if not settings.database_password_file:
+        return {}
+    with open(settings.database_password_file, encoding="utf-8") as file:
+        return {"password": file.readline().rstrip("\r\n")}
+
+
 class DependencyError(Exception):
     """The request's dependency failed; ``kind`` is the label of echo_dependency_errors_total."""
 

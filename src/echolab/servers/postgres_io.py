@@ -37,7 +37,7 @@ import psycopg
 import psycopg_pool
 
 from ..settings import ServeSettings
-from .dependency import CONNECT_TIMEOUT, Events, Failures, pool_size
+from .dependency import CONNECT_TIMEOUT, Events, Failures, database_password, pool_size
 
 QUERY = "SELECT pg_sleep(%s)"
 RECONNECT_TIMEOUT = 5.0  # seconds of the pool's own reconnection attempts before it waits for a request
@@ -102,11 +102,13 @@ def watched(base: type[Any], gate: Gate) -> type[Any]:
     return Watched
 
 
-def pool_options(settings: ServeSettings, connection_class: type[Any]) -> dict[str, Any]:
+def pool_options(
+    settings: ServeSettings, connection_class: type[Any], connection: dict[str, Any]
+) -> dict[str, Any]:
     sizes = {"min_size": settings.pool_size} if settings.pool_size else {}  # max_size follows min_size
     return {
         "connection_class": connection_class,
-        "kwargs": CONNECTION,
+        "kwargs": connection,
         "timeout": settings.pool_timeout,
         "reconnect_timeout": RECONNECT_TIMEOUT,
         "open": False,
@@ -119,6 +121,7 @@ class ThreadPostgres:
 
     def __init__(self, settings: ServeSettings, events: Events) -> None:
         self.url, self.events = settings.database_url, events
+        self.connection = {**CONNECTION, **database_password(settings)}
         self.gate = Gate()
         self.connection_class = watched(psycopg.Connection, self.gate)
         self.failures = Failures("PostgreSQL", events)
@@ -126,7 +129,7 @@ class ThreadPostgres:
         self.counting = threading.Lock()
         self.probe()  # the gate knows from the first request on
         self.pool = psycopg_pool.ConnectionPool(
-            settings.database_url, **pool_options(settings, self.connection_class)
+            settings.database_url, **pool_options(settings, self.connection_class, self.connection)
         )
         self.pool.open(wait=False)  # PostgreSQL may not be up yet: the pool keeps trying
         events.dependency_pool(pool_size(settings))
@@ -134,7 +137,7 @@ class ThreadPostgres:
     def probe(self) -> BaseException | None:
         """Try a connection of our own, closed at once (the gate hears how it went); its error, if any."""
         try:
-            self.connection_class.connect(self.url, **CONNECTION).close()
+            self.connection_class.connect(self.url, **self.connection).close()
         except (psycopg.Error, OSError) as exc:
             return exc
         return None
@@ -175,6 +178,7 @@ class LoopPsycopg:
 
     def __init__(self, settings: ServeSettings, events: Events) -> None:
         self.settings, self.url, self.events = settings, settings.database_url, events
+        self.connection = {**CONNECTION, **database_password(settings)}
         self.gate = Gate()
         self.connection_class = watched(psycopg.AsyncConnection, self.gate)
         self.pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
@@ -186,14 +190,14 @@ class LoopPsycopg:
         """On the loop that will call: the pool's tasks are that loop's."""
         await self.probe()  # the gate knows from the first request on
         self.pool = psycopg_pool.AsyncConnectionPool(
-            self.url, **pool_options(self.settings, self.connection_class)
+            self.url, **pool_options(self.settings, self.connection_class, self.connection)
         )
         await self.pool.open(wait=False)
 
     async def probe(self) -> BaseException | None:
         """Try a connection of our own, closed at once (the gate hears how it went); its error, if any."""
         try:
-            await (await self.connection_class.connect(self.url, **CONNECTION)).close()
+            await (await self.connection_class.connect(self.url, **self.connection)).close()
         except (psycopg.Error, OSError) as exc:
             return exc
         return None
