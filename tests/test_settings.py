@@ -83,6 +83,7 @@ BAD_FLAGS = [
     (("--database-url", "mysql://db/x"), "--database-url"),
     (("--database-url", "postgresql://db:port/x"), "--database-url"),
     (("--database-password-file", "/nonexistent/password"), "--database-password-file"),
+    (("--database-password-file", "/dev/null"), "--database-password-file"),  # no password in it
     (("--downstream-url", "ftp://host/"), "--downstream-url"),
     (("--pool-size", "-1"), "--pool-size"),
     (("--pool-timeout", "0"), "--pool-timeout"),

@@ -106,16 +106,23 @@ def postgres_url(value: str) -> str | None:
     return "not a PostgreSQL URL: postgresql://user:password@host:port/database"
 
 
-def readable_file(value: str) -> str | None:
+def password_in(path: str) -> str:
+    """The password a file holds: its first line, as a compose or Kubernetes secret's file has it."""
+    with open(path, encoding="utf-8") as file:
+        return file.readline().rstrip("\r\n")
+
+
+def password_file(value: str) -> str | None:
     """A file a password can be read from, when one is named."""
     if not value:
         return None
     try:
-        with open(value, "rb") as file:
-            empty = not file.read(1)
+        password = password_in(value)
     except OSError as exc:
-        return f"cannot read {value}: {exc.strerror}"
-    return f"{value} is empty" if empty else None
+        return f"cannot read it: {exc.strerror}"
+    except UnicodeDecodeError:
+        return "cannot read it: not UTF-8 text"
+    return None if password else "holds no password (its first line is empty)"
 
 
 def http_url(value: str) -> str | None:
@@ -462,7 +469,7 @@ class ServeSettings(Settings):
         "",
         "a file holding the password for --database-url (its first line), which then needs none: a compose "
         "or Kubernetes secret, where a URL in the environment would show in docker inspect",
-        check=readable_file,
+        check=password_file,
     )
     downstream_url: str = setting(
         f"http://127.0.0.1:{ports.DOWNSTREAM}", "echolab downstream, for --io http", check=http_url

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Coroutine
 from typing import Any, Protocol
 
 from ..runtime import log
-from ..settings import LIBRARY_POOL_SIZES, OffloadSettings, ServeSettings, ThreadIoSettings
+from ..settings import LIBRARY_POOL_SIZES, OffloadSettings, ServeSettings, ThreadIoSettings, password_in
 
 # httpx's default for each of its timeouts; libpq waits for ever unless told.
 CONNECT_TIMEOUT = 5.0
@@ -47,10 +47,8 @@ def database_password(settings: ServeSettings) -> dict[str, str]:
 
     Read when the pool is made: a secret rotated in place reaches the next server started.
     """
-    if not settings.database_password_file:
-        return {}
-    with open(settings.database_password_file, encoding="utf-8") as file:
-        return {"password": file.readline().rstrip("\r\n")}
+    path = settings.database_password_file
+    return {"password": password_in(path)} if path else {}
 
 
 class DependencyError(Exception):
