@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from echolab import catalogue
+from echolab.deploy.stack import SECRETS_FOLDER_VARIABLE
 
 from .waiting import poll_until
 
@@ -85,7 +86,7 @@ class Compose:
             "STACK_NETWORK": free_network(),
             "COMPOSE_PROFILES": "",  # no Grafana
             "COMPOSE_FILE": "docker-compose.yml",  # no override a developer may have
-            "SECRETS_FOLDER": str(secrets),  # not a developer's
+            SECRETS_FOLDER_VARIABLE: str(secrets),  # not a developer's
             "BIND_ADDRESS": "127.0.0.1",
             **{f"HOST_PORT_{name}": str(port) for name, port in self.ports.items()},
         }
@@ -175,14 +176,14 @@ def settled(stack: Compose, window: str) -> tuple[bool, Any]:
     back as the count reaching zero: a count first scraped inside the window, or born just before it,
     reads as answering less than its users sent (5-11% under a 30 s window, the first CI runs).
     """
-    span = f"{float(window.removesuffix('s')) + SCRAPE:g}s"
-    answered = f'echo_requests_total{{outcome="ok"}}[{span}]'
+    seconds = float(window.removesuffix("s")) + SCRAPE
+    answered = f'echo_requests_total{{outcome="ok"}}[{seconds:g}s]'
     samples = by(stack.query(f"min by (server) (count_over_time({answered}))"), "server")
     resets = by(stack.query(f"max by (server) (resets({answered}))"), "server")
     failed = by(
         stack.query(f"sum by (server) (increase(echo_client_failures_total[{window}])) > 0"), "server"
     )
-    full = float(span.removesuffix("s")) // SCRAPE  # a sample at each scrape of the span
+    full = seconds // SCRAPE  # a sample at each scrape of the window and the one before it
     ok = set(samples) == set(resets) == set(SERVERS) and min(samples.values()) >= full
     return ok and max(resets.values()) == 0 and not failed, (samples, resets, failed)
 

@@ -102,6 +102,11 @@ def watched(base: type[Any], gate: Gate) -> type[Any]:
     return Watched
 
 
+def connection_options(settings: ServeSettings) -> dict[str, Any]:
+    """What each connection is made with, the pool's and the gate's probe's alike."""
+    return {**CONNECTION, **database_password(settings)}
+
+
 def pool_options(
     settings: ServeSettings, connection_class: type[Any], connection: dict[str, Any]
 ) -> dict[str, Any]:
@@ -121,7 +126,7 @@ class ThreadPostgres:
 
     def __init__(self, settings: ServeSettings, events: Events) -> None:
         self.url, self.events = settings.database_url, events
-        self.connection = {**CONNECTION, **database_password(settings)}
+        self.connection = connection_options(settings)
         self.gate = Gate()
         self.connection_class = watched(psycopg.Connection, self.gate)
         self.failures = Failures("PostgreSQL", events)
@@ -178,7 +183,7 @@ class LoopPsycopg:
 
     def __init__(self, settings: ServeSettings, events: Events) -> None:
         self.settings, self.url, self.events = settings, settings.database_url, events
-        self.connection = {**CONNECTION, **database_password(settings)}
+        self.connection = connection_options(settings)
         self.gate = Gate()
         self.connection_class = watched(psycopg.AsyncConnection, self.gate)
         self.pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
