@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from . import __version__, catalogue, interpreters, ports, settings
-from .runtime import log, raise_fd_limit, setup_logging
+from .runtime import log, raise_fd_limit, setup_logging, watch_start
 from .scenarios import SCENARIOS
 
 DESCRIPTION = """\
@@ -242,6 +242,7 @@ def downstream(args: argparse.Namespace) -> int:
 def started(name: str, log_level: str, run: Callable[[], int]) -> int:
     """A service's exit status: ``run``'s, or 2 with one line when it cannot start."""
     setup_logging(log_level, name)
+    watch_start()
     raise_fd_limit()
     try:
         return run()

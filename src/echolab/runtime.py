@@ -37,6 +37,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # there says what holds it up (StopWatch), in a line that begins so.
 STOP_MARGIN = 1.0
 STILL_STOPPING = "still stopping"
+# A service not listening this long after it began to start dumps every thread's stack to its log,
+# so that one hanging on its way up shows where (a launcher gives up on it at 30 s).
+START_WATCH = 10.0
 
 
 # The dependencies' libraries log a line per call (httpx each request at INFO, psycopg_pool each
@@ -53,6 +56,22 @@ def setup_logging(level: str, server: str) -> None:
     if level != "debug":
         for name in LIBRARY_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def watch_start(seconds: float = START_WATCH) -> None:
+    """Until :func:`listening`: past ``seconds``, every thread's stack goes to the log, from
+    faulthandler's own thread, so that a main thread or an event loop that is stuck still says where."""
+    faulthandler.dump_traceback_later(seconds, file=sys.stderr)
+
+
+def start_watch_over() -> None:
+    faulthandler.cancel_dump_traceback_later()
+
+
+def listening(where: str, *args: object) -> None:
+    """The line launchers and users wait for ("listening on" ``where``); the start watch ends."""
+    start_watch_over()
+    log.info("listening on " + where, *args)
 
 
 class CannotBind(OSError):

@@ -26,7 +26,7 @@ import pytest
 import requests
 from support.postgres import ephemeral_postgres
 from support.scrape import Metrics, scrape
-from support.servers import TestServer, clean_environment, settled
+from support.servers import TestServer, clean_environment, run_command, settled
 from support.waiting import TIMEOUT, poll_until
 
 from echolab.lab.downstream import DownstreamProcess
@@ -214,6 +214,21 @@ def test_the_password_comes_from_the_password_file_when_one_is_named(start_serve
     refused = start_server(*flags, *options, str(wrong))
     assert ask(refused) == "dependency"
     refused.wait_metrics(lambda m: m.value("echo_dependency_errors_total", kind="connect") == 1)
+
+
+@pytest.mark.parametrize("flags", CLIENTS.values(), ids=CLIENTS)
+def test_a_port_in_use_ends_the_start_in_one_line_before_a_pool_starts(postgres, flags):
+    """An event loop's psycopg pool, once started, kept a start that failed from ending: asyncio's
+    closing cancels the pool's tasks, and its connection attempts outlive a cancellation."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        database = ("--io", "postgres", "--database-url", postgres.dsn)
+        done = run_command("serve", *flags, *database, "--port", str(port), "--metrics-port", "0", timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert f"cannot start: the echo port, 127.0.0.1:{port}: Address already in use" in done.stderr
 
 
 @pytest.mark.parametrize("flags", [*SERVERS.values(), *REQUESTS.values()], ids=[*SERVERS, *REQUESTS])

@@ -62,10 +62,11 @@ def test_cpu_work_costs_its_setting_in_process_cpu_time(start_server, server_arg
     assert delta.counts(expected) == expected
     assert delta.query('echo_work_seconds_total{kind="cpu"}') == pytest.approx(requests * cpu_ms / 1000)
     per_request_ms = 1000 * delta.value("process_cpu_seconds_total") / requests
-    # The work runs until the thread's own CPU clock has moved by the setting; the server's own
-    # cost per request (a connection, parsing, metrics, the scrapes: up to about 1 ms for the HTTP
-    # servers on a busy machine) comes on top, within a tenth of it.
-    assert 0.9 * cpu_ms < per_request_ms < 1.1 * cpu_ms, per_request_ms
+    # The work runs until the thread's own CPU clock has moved by the setting: never under it (work
+    # timed by the wall clock would be, on a busy machine). The server's own cost per request (a
+    # connection, parsing, metrics, the scrapes) comes on top: 1 to 2 ms for the HTTP servers with
+    # every core busy, far under the setting again that work done twice would add.
+    assert 0.9 * cpu_ms < per_request_ms < 1.5 * cpu_ms, per_request_ms
 
 
 @pytest.mark.parametrize("server_args", ASYNC_APIS, ids=ids(ASYNC_APIS))

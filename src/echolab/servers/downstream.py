@@ -42,7 +42,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from ..metrics import spec
-from ..runtime import log, log_drain, stop_event
+from ..runtime import listening, log, log_drain, stop_event
 from ..settings import DownstreamSettings
 
 PREFIX = b"/delay/"
@@ -237,8 +237,8 @@ async def serve(settings: DownstreamSettings, sock: socket.socket, metrics_port:
     server = await loop.create_server(lambda: Connection(service), sock=sock, backlog=settings.backlog)
     stop = stop_event(loop)
     service.sweep()
-    log.info(
-        "listening on %s:%d: GET /delay/<ms> up to %g ms; metrics on port %d",
+    listening(
+        "%s:%d: GET /delay/<ms> up to %g ms; metrics on port %d",
         settings.host, sock.getsockname()[1], settings.max_delay_ms, metrics_port,
     )  # fmt: skip
     await stop.wait()

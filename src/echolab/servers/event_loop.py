@@ -25,6 +25,7 @@ from ..runtime import (
     AcceptErrorLog,
     StopWatch,
     binding,
+    listening,
     log,
     log_drain,
     stop_event,
@@ -318,9 +319,13 @@ async def serve(
         )
     loop.set_exception_handler(handle_loop_exception(accept_errors, metrics))
     state = LoopServer(settings, metrics, loop, off)
-    await state.workload.open()
+    # The echo port first, not yet serving: a port in use fails the start before a dependency's pool
+    # starts its tasks, which a failed start would leave to asyncio.run's closing: that cancels
+    # them, and psycopg_pool's connection attempts outlive a cancellation (the process hung).
     with binding("echo", settings.host, settings.port):
-        server = await start(state, backlog=settings.backlog, **listen(settings))
+        server = await start(state, backlog=settings.backlog, start_serving=False, **listen(settings))
+    await state.workload.open()
+    await server.start_serving()
     watch = StopWatch(state.still_open)
     names: list[str] = []
 
@@ -338,8 +343,8 @@ async def serve(
     if settings.loop == "uvloop":
         state.probe_fds(server.sockets[0].fileno(), accept_errors)
     port = server.sockets[0].getsockname()[1]
-    log.info(
-        "listening on %s:%d api=%s loop=%s framing=%s %s metrics=%s",
+    listening(
+        "%s:%d api=%s loop=%s framing=%s %s metrics=%s",
         settings.host,
         port,
         settings.api,

@@ -44,7 +44,7 @@ from prometheus_client.registry import Collector
 from .. import interpreters
 from ..catalogue import Server
 from ..metrics import family, watch_cgroup
-from ..runtime import STILL_STOPPING, binding, log, no_signals_for_threads
+from ..runtime import STILL_STOPPING, binding, log, no_signals_for_threads, start_watch_over
 from ..settings import HttpSettings, ThreadedHttpSettings
 from . import work_model
 from .async_http import EchoUvicornWorker, client_gone, cut_quietly, limits_for
@@ -286,6 +286,11 @@ class EchoArbiter(Arbiter):  # type: ignore[misc]  # gunicorn is untyped
     takes no inherited socket). In a container an upgrade is a new
     container. So USR2 is logged and ignored: nothing is lost.
     """
+
+    @overrides
+    def start(self) -> None:
+        super().start()  # the echo port bound, when_ready called: gunicorn says "Listening at"
+        start_watch_over()
 
     @overrides
     def handle_usr2(self) -> None:

@@ -45,6 +45,7 @@ from ..runtime import (
     StopWatch,
     binding,
     hold_signals,
+    listening,
     log,
     log_drain,
     sweep_interval,
@@ -455,8 +456,8 @@ def run(server_kind: Server, settings: ThreadedSettings) -> int:
     watch = StopWatch(server.still_open)
     acceptor = threading.Thread(target=server.serve_forever, name="acceptor", daemon=True)
     acceptor.start()
-    log.info(
-        "listening on %s:%d model=%s framing=%s %s metrics=%s",
+    listening(
+        "%s:%d model=%s framing=%s %s metrics=%s",
         settings.host,
         server.server_address[1],
         settings.model,
