@@ -416,7 +416,7 @@ def fails_then_recovers(server: TestServer, bring_back: Callable[[], object]) ->
     count = 5
     # One after the other, each within the client's timeout of a few seconds, not the pool's 30 s.
     assert [ask(server) for _ in range(count)] == ["dependency"] * count
-    delta = server.scrape() - before
+    delta = settled(server, before, count, outcome="dependency_error")
     expected = {
         'echo_dependency_errors_total{kind="connect"}': count,
         "echo_dependency_errors_total": count,

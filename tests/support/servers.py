@@ -248,8 +248,8 @@ class HttpTestServer(TestServer):
         return counts
 
 
-def settled(server: TestServer, before: Metrics, ok: int) -> Metrics:
-    """The delta once ``ok`` requests are counted and none is in flight.
+def settled(server: TestServer, before: Metrics, ok: int, outcome: str = "ok") -> Metrics:
+    """The delta once ``ok`` requests are counted (of ``outcome``) and none is in flight.
 
     A server counts a request after writing its reply, so the client can read
     the reply a moment before the count moves: wait for it, then compare exactly.
@@ -258,7 +258,7 @@ def settled(server: TestServer, before: Metrics, ok: int) -> Metrics:
     """
     after = server.wait_metrics(
         lambda m: (
-            (m - before).query('echo_requests_total{outcome="ok"}') >= ok
+            (m - before).query(f'echo_requests_total{{outcome="{outcome}"}}') >= ok
             and m.value("echo_requests_in_flight") == 0
         )
     )
