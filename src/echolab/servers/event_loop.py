@@ -319,12 +319,25 @@ async def serve(
         )
     loop.set_exception_handler(handle_loop_exception(accept_errors, metrics))
     state = LoopServer(settings, metrics, loop, off)
-    # The echo port first, not yet serving: a port in use fails the start before a dependency's pool
-    # starts its tasks, which a failed start would leave to asyncio.run's closing: that cancels
-    # them, and psycopg_pool's connection attempts outlive a cancellation (the process hung).
+    # The echo port first, not yet serving: a port in use fails the start before the dependency is
+    # touched.
     with binding("echo", settings.host, settings.port):
         server = await start(state, backlog=settings.backlog, start_serving=False, **listen(settings))
     await state.workload.open()
+    try:
+        await serving(state, server, accept_errors, metrics_port)
+    finally:
+        # After a failure too: a pool's tasks left to asyncio.run's closing kept the process from
+        # ending (it cancels them, and psycopg_pool's connection attempts outlive a cancellation).
+        await state.workload.aclose()
+        state.workload.shutdown()
+
+
+async def serving(
+    state: LoopServer, server: asyncio.Server, accept_errors: AcceptErrorLog, metrics_port: int
+) -> None:
+    """Serve until SIGTERM or SIGINT, then drain."""
+    settings, loop = state.settings, state.loop
     await server.start_serving()
     watch = StopWatch(state.still_open)
     names: list[str] = []
@@ -364,5 +377,3 @@ async def serve(
     server.close()
     cut = await state.shutdown()
     log_drain(state.in_flight_signalled, state.in_flight, cut, time.monotonic() - state.signalled)
-    await state.workload.aclose()
-    state.workload.shutdown()
