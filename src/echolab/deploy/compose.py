@@ -70,13 +70,17 @@ def publish(name: str, container_port: int) -> str:
     return f"{PUBLISH}:{env_reference('HOST_PORT_' + name, str(HOST_PORTS[name]))}:{container_port}"
 
 
-def hardened(writable: tuple[str, ...] | None, pids: int | None = None) -> dict[str, Any]:
-    """The security keys every service gets; ``writable`` None keeps the root filesystem writable."""
+def hardened(
+    writable: tuple[str, ...] | None, pids: int | None = None, own_tmpfs: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The security keys every service gets; ``writable`` None keeps the root filesystem writable.
+    ``own_tmpfs``: tmpfs mounts with options of their own, before the writable paths' shared ones."""
     keys: dict[str, Any] = {}
     if writable is not None:
         keys["read_only"] = True
-        if writable:
-            keys["tmpfs"] = [f"{path}:mode=1777,size=64m" for path in writable]
+        tmpfs = [*own_tmpfs, *(f"{path}:mode=1777,size=64m" for path in writable)]
+        if tmpfs:
+            keys["tmpfs"] = tmpfs
     keys["cap_drop"] = ["ALL"]
     keys["security_opt"] = ["no-new-privileges:true"]
     if pids is not None:
@@ -157,7 +161,6 @@ def postgres_service() -> dict[str, Any]:
     """
     password = stack.secret_file(stack.POSTGRES_PASSWORD_SECRET)
     user = {"POSTGRES_USER": stack.POSTGRES_USER, "POSTGRES_DB": stack.POSTGRES_DB}
-    security = hardened((stack.POSTGRES_SOCKETS, "/tmp"))
     # The data: its mode and owner as initdb wants them; over the image's VOLUME, so no volume is left.
     data = f"{stack.POSTGRES_HOME}:uid={stack.POSTGRES_UID},gid={stack.POSTGRES_UID},mode=0700,size=256m"
     return {
@@ -174,8 +177,7 @@ def postgres_service() -> dict[str, Any]:
         "environment": user,
         "secrets": [secret(stack.POSTGRES_PASSWORD_SECRET)],
         **limits(stack.POSTGRES_LIMITS),
-        **security,
-        "tmpfs": [data, *security["tmpfs"]],
+        **hardened((stack.POSTGRES_SOCKETS, "/tmp"), own_tmpfs=(data,)),
         "stop_grace_period": f"{stack.STOP_GRACE_SECONDS}s",
         "healthcheck": healthcheck(list(stack.POSTGRES_READY)),
         **fixed_address(stack.POSTGRES_SERVICE),
