@@ -6,10 +6,8 @@ exit status 2, before anything starts; so is a port in use.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
-from support.servers import run_command
+from support.servers import run_command, taken_port
 
 from echolab import catalogue, interpreters, settings
 from echolab.servers import protections
@@ -135,10 +133,7 @@ def test_a_bad_variable_of_another_command_is_no_error() -> None:
 @pytest.mark.parametrize("which", ["--port", "--metrics-port"])
 @pytest.mark.parametrize("name", catalogue.NAMES)
 def test_a_port_in_use_is_one_line_and_exit_2(name: str, which: str) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         ports = {"--port": "0", "--metrics-port": "0", which: str(port)}
         done = run_command("serve", name, *(item for pair in ports.items() for item in pair), timeout=60)
     assert done.returncode == 2, done.stderr

@@ -64,13 +64,13 @@ def watch_start(seconds: float = START_WATCH) -> None:
     faulthandler.dump_traceback_later(seconds, file=sys.stderr)
 
 
-def start_watch_over() -> None:
+def end_start_watch() -> None:
     faulthandler.cancel_dump_traceback_later()
 
 
 def listening(where: str, *args: object) -> None:
     """The line launchers and users wait for ("listening on" ``where``); the start watch ends."""
-    start_watch_over()
+    end_start_watch()
     log.info("listening on " + where, *args)
 
 

@@ -26,7 +26,7 @@ import pytest
 import requests
 from support.postgres import ephemeral_postgres
 from support.scrape import Metrics, scrape
-from support.servers import TestServer, clean_environment, run_command, settled
+from support.servers import TestServer, clean_environment, run_command, settled, taken_port
 from support.waiting import TIMEOUT, poll_until
 
 from echolab.lab.downstream import DownstreamProcess
@@ -220,10 +220,7 @@ def test_the_password_comes_from_the_password_file_when_one_is_named(start_serve
 def test_a_port_in_use_ends_the_start_in_one_line_before_a_pool_starts(postgres, flags):
     """An event loop's psycopg pool, once started, kept a start that failed from ending: asyncio's
     closing cancels the pool's tasks, and its connection attempts outlive a cancellation."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         database = ("--io", "postgres", "--database-url", postgres.dsn)
         done = run_command("serve", *flags, *database, "--port", str(port), "--metrics-port", "0", timeout=30)
     assert done.returncode == 2, done.stderr

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from support.scrape import Metrics, scrape, wait_for
-from support.servers import clean_environment, run_command
+from support.servers import clean_environment, run_command, taken_port
 from support.wire import Connection
 
 from echolab.lab.downstream import DOWNSTREAM, DownstreamProcess, delay_path
@@ -139,11 +139,8 @@ def test_sigterm_answers_the_calls_in_progress_and_exits_0(start_downstream):
 
 
 def test_a_port_in_use_or_a_bad_setting_is_one_line_and_exit_2():
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = str(taken.getsockname()[1])
-        done = run_command("downstream", "--port", port, "--metrics-port", "0")
+    with taken_port() as port:
+        done = run_command("downstream", "--port", str(port), "--metrics-port", "0")
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "cannot start: Address already in use" in done.stderr, done.stderr
     done = run_command("downstream", env={"ECHO_DOWNSTREAM_MAX_DELAY_MS": "-1"})

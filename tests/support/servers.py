@@ -279,6 +279,15 @@ def make_server(
     return TestServer(kind, list(options), log, framing, env or {})
 
 
+@contextlib.contextmanager
+def taken_port() -> Iterator[int]:
+    """A loopback port another socket listens on, for the block: a server asked to bind it cannot."""
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
 def run_command(
     *argv: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:

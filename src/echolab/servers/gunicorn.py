@@ -44,7 +44,7 @@ from prometheus_client.registry import Collector
 from .. import interpreters
 from ..catalogue import Server
 from ..metrics import family, watch_cgroup
-from ..runtime import STILL_STOPPING, binding, log, no_signals_for_threads, start_watch_over
+from ..runtime import STILL_STOPPING, binding, end_start_watch, log, no_signals_for_threads
 from ..settings import HttpSettings, ThreadedHttpSettings
 from . import work_model
 from .async_http import EchoUvicornWorker, client_gone, cut_quietly, limits_for
@@ -290,7 +290,7 @@ class EchoArbiter(Arbiter):  # type: ignore[misc]  # gunicorn is untyped
     @overrides
     def start(self) -> None:
         super().start()  # the echo port bound, when_ready called: gunicorn says "Listening at"
-        start_watch_over()
+        end_start_watch()
 
     @overrides
     def handle_usr2(self) -> None:
